@@ -1,0 +1,1 @@
+//! CPU f32 reference implementations, one file per op.

@@ -1,0 +1,38 @@
+//! `realign`: the command-line front of the RLHF system. Each subcommand lives in `src/cli/<name>.rs`
+//! as a clap `Args` struct and a `run` function; this file only wires them up.
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "realign", version, about = "RLHF post-training for LLMs, colocated rollout and training")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the devices realign can use (CPU, and each CUDA GPU when a driver is present).
+    Devices,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Devices => cli::devices::run(),
+    };
+    if let Err(e) = result {
+        // One clear sentence (with its causes) instead of a panic or a debug dump.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
