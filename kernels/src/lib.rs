@@ -17,6 +17,7 @@ mod dtype;
 mod error;
 pub mod ops;
 mod tensor;
+pub mod testing;
 
 pub use device::Device;
 pub use dtype::DType;

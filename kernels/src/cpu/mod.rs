@@ -1,1 +1,60 @@
 //! CPU f32 reference implementations, one file per op.
+//!
+//! Each `cpu::<op>` module has a Tensor-level entry point with the same arguments as the public op
+//! (shapes already checked by `ops::<op>`), and a slice-level kernel that does the arithmetic.
+//! Only F32 is computed here: a BF16 input is an `Error::DType` (except in `cast`, and the bf16
+//! working copy written by `adamw_step`).
+
+use crate::{Device, Error, Result, Storage, Tensor};
+
+pub mod cast;
+pub mod elementwise;
+pub mod embedding;
+pub mod linear;
+
+/// The f32 data of a CPU tensor, or `Error::DType` naming `op`.
+pub(crate) fn f32s<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {
+    match t.storage() {
+        Storage::CpuF32(v) => Ok(v),
+        _ => Err(not_f32(op, t)),
+    }
+}
+
+/// The f32 data of a CPU tensor, mutably, or `Error::DType` naming `op`.
+pub(crate) fn f32s_mut<'a>(op: &'static str, t: &'a mut Tensor) -> Result<&'a mut [f32]> {
+    let err = not_f32(op, t);
+    match t.storage_mut() {
+        Storage::CpuF32(v) => Ok(v),
+        _ => Err(err),
+    }
+}
+
+/// The u32 data of a CPU tensor, or `Error::DType` naming `op`.
+pub(crate) fn u32s<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [u32]> {
+    match t.storage() {
+        Storage::CpuU32(v) => Ok(v),
+        _ => Err(Error::DType {
+            op,
+            dtype: t.dtype(),
+        }),
+    }
+}
+
+fn not_f32(op: &'static str, t: &Tensor) -> Error {
+    if t.device().is_cpu() {
+        Error::DType {
+            op,
+            dtype: t.dtype(),
+        }
+    } else {
+        Error::msg(format!(
+            "{op}: expected a cpu tensor, got one on {}",
+            t.device()
+        ))
+    }
+}
+
+/// Wraps host f32 data as a CPU tensor.
+pub(crate) fn tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_storage(Storage::CpuF32(data), shape, Device::Cpu)
+}

@@ -1,1 +1,68 @@
 //! Public ops: shapes, checks and dispatch to the CPU or CUDA backend. One file per op.
+//!
+//! Every op checks ranks, shapes, dtypes and devices here and returns an [`Error`] naming the op and
+//! the bad input; the backends (`crate::cpu::<op>`, `crate::cuda::<op>`) get the same arguments and
+//! may assume they are consistent.
+
+use crate::{DType, Error, Result, Tensor};
+
+pub mod cast;
+pub mod elementwise;
+pub mod embedding;
+pub mod linear;
+
+pub use cast::cast;
+pub use elementwise::{add, add_inplace, fill_inplace, scale_inplace};
+pub use embedding::{gather_rows, scatter_add_rows};
+pub use linear::{linear, linear_backward};
+
+/// Errors unless `t` has exactly `shape`.
+pub(crate) fn check_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() == shape {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("{name} must have shape {shape:?}, got {:?}", t.shape()),
+        ))
+    }
+}
+
+/// Errors unless `t` is F32 or BF16.
+pub(crate) fn check_float(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(Error::DType {
+            op,
+            dtype: t.dtype(),
+        })
+    }
+}
+
+/// Errors unless `t` has dtype `dtype`.
+pub(crate) fn check_dtype(op: &'static str, t: &Tensor, dtype: DType) -> Result<()> {
+    if t.dtype() == dtype {
+        Ok(())
+    } else {
+        Err(Error::DType {
+            op,
+            dtype: t.dtype(),
+        })
+    }
+}
+
+/// Errors unless all tensors share the first one's dtype and device.
+pub(crate) fn check_same(op: &'static str, first: &Tensor, rest: &[&Tensor]) -> Result<()> {
+    for t in rest {
+        first.check_same_device(t, op)?;
+        if t.dtype() != first.dtype() {
+            return Err(Error::msg(format!(
+                "{op}: all float inputs must share one dtype, got {} and {}",
+                first.dtype(),
+                t.dtype()
+            )));
+        }
+    }
+    Ok(())
+}

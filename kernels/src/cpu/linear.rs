@@ -1,0 +1,88 @@
+//! linear on the CPU: blocked GEMMs through ndarray (matrixmultiply's sgemm), never naive loops.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::{f32s, f32s_mut};
+use crate::{Error, Result, Tensor};
+
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let (n, i) = x.dims2(OP)?;
+    let (o, _) = w.dims2(OP)?;
+    let bias = b.map(|b| f32s(OP, b)).transpose()?;
+    let mut y = vec![0.0f32; n * o];
+    linear_forward(f32s(OP, x)?, f32s(OP, w)?, bias, &mut y, n, i, o)?;
+    super::tensor(y, &[n, o])
+}
+
+pub fn linear_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "linear_backward";
+    let (n, i) = x.dims2(OP)?;
+    let (o, _) = w.dims2(OP)?;
+    let (dy, x, w) = (f32s(OP, dy)?, f32s(OP, x)?, f32s(OP, w)?);
+    let mut dx = vec![0.0f32; n * i];
+    let db = db.map(|db| f32s_mut(OP, db)).transpose()?;
+    linear_backward_slices(dy, x, w, &mut dx, f32s_mut(OP, dw)?, db, n, i, o)?;
+    super::tensor(dx, &[n, i])
+}
+
+fn view<'a>(data: &'a [f32], rows: usize, cols: usize) -> Result<ArrayView2<'a, f32>> {
+    ArrayView2::from_shape((rows, cols), data).map_err(|e| Error::msg(format!("linear: {e}")))
+}
+
+fn view_mut<'a>(data: &'a mut [f32], rows: usize, cols: usize) -> Result<ArrayViewMut2<'a, f32>> {
+    ArrayViewMut2::from_shape((rows, cols), data).map_err(|e| Error::msg(format!("linear: {e}")))
+}
+
+/// y[N,O] = x[N,I] · w[O,I]ᵀ + b[O].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    let (xv, wv) = (view(x, n, i)?, view(w, o, i)?);
+    let mut yv = view_mut(y, n, o)?;
+    general_mat_mul(1.0, &xv, &wv.t(), 0.0, &mut yv);
+    if let (Some(b), true) = (b, o > 0) {
+        for row in y.chunks_exact_mut(o) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+        }
+    }
+    Ok(())
+}
+
+/// dx[N,I] = dy[N,O] · w[O,I];  dw[O,I] += dy[N,O]ᵀ · x[N,I];  db[O] += Σ_n dy[n,:].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_slices(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    let (dyv, xv, wv) = (view(dy, n, o)?, view(x, n, i)?, view(w, o, i)?);
+    general_mat_mul(1.0, &dyv, &wv, 0.0, &mut view_mut(dx, n, i)?);
+    general_mat_mul(1.0, &dyv.t(), &xv, 1.0, &mut view_mut(dw, o, i)?);
+    if let (Some(db), true) = (db, o > 0) {
+        for row in dy.chunks_exact(o) {
+            db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+        }
+    }
+    Ok(())
+}

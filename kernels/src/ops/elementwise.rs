@@ -1,0 +1,49 @@
+//! Elementwise helpers: add, add in place, scale in place (gradient clipping), fill in place.
+
+use crate::{Device, Error, Result, Tensor};
+
+/// `a + b` (same shape, dtype, device).
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add";
+    check_pair(OP, a, b)?;
+    match a.device() {
+        Device::Cpu => crate::cpu::elementwise::add(a, b),
+        Device::Cuda(_) => Err(Error::unsupported(OP, a.device())),
+    }
+}
+
+/// `a += b` (same shape, dtype, device).
+pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
+    const OP: &str = "add_inplace";
+    check_pair(OP, a, b)?;
+    match a.device() {
+        Device::Cpu => crate::cpu::elementwise::add_inplace(a, b),
+        Device::Cuda(_) => Err(Error::unsupported(OP, a.device())),
+    }
+}
+
+/// `x *= s`.
+pub fn scale_inplace(x: &mut Tensor, s: f32) -> Result<()> {
+    const OP: &str = "scale_inplace";
+    super::check_float(OP, x)?;
+    match x.device() {
+        Device::Cpu => crate::cpu::elementwise::scale_inplace(x, s),
+        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+    }
+}
+
+/// Sets every element of `x` to `v`.
+pub fn fill_inplace(x: &mut Tensor, v: f32) -> Result<()> {
+    const OP: &str = "fill_inplace";
+    super::check_float(OP, x)?;
+    match x.device() {
+        Device::Cpu => crate::cpu::elementwise::fill_inplace(x, v),
+        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+    }
+}
+
+fn check_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    super::check_float(op, a)?;
+    super::check_same(op, a, &[b])?;
+    super::check_shape(op, "b", b, a.shape())
+}

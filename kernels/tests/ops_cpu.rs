@@ -1,0 +1,333 @@
+//! CPU reference ops against independent naive f64 implementations written here, and backward ops
+//! against central finite differences of those f64 references (loss = Σ dy·y with random dy).
+//!
+//! Sizes are small and odd on purpose (N=7, C=13, H=6, K=2, D=8, V=37, packed sequences of
+//! different lengths) so that off-by-one and layout mistakes show up. Every random draw is seeded.
+
+use kernels::testing::{max_abs_diff, rand_ids, randn, randn_vec, rel_err, test_devices};
+use kernels::{ops, DType, Device, Error, Tensor};
+
+const CPU: Device = Device::Cpu;
+/// Relative tolerance for f32 results against f64 references.
+const TOL: f64 = 1e-4;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn f32_tensor(data: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_f32(data.iter().map(|&x| x as f32).collect(), shape, &CPU).unwrap()
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_vec_f32().unwrap()
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn to32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Seeded standard-normal draws as f64 (values exactly representable in f32, so the f32 op and
+/// the f64 reference see the same inputs).
+fn draw(n: usize, seed: u64) -> Vec<f64> {
+    to64(&randn_vec(n, seed))
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Central finite-difference gradient of `f` at `x` (f64; step 1e-6 gives ~1e-9 accuracy here).
+fn fd_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-6;
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let x0 = xp[i];
+            xp[i] = x0 + h;
+            let fp = f(&xp);
+            xp[i] = x0 - h;
+            let fm = f(&xp);
+            xp[i] = x0;
+            (fp - fm) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// Asserts rel_err(got, want) ≤ tol, prints the measured error (visible with --nocapture).
+fn check(name: &str, got: &[f32], want: &[f64], tol: f64) {
+    let want = to32(want);
+    let (rel, abs) = (rel_err(got, &want), max_abs_diff(got, &want));
+    eprintln!("{name}: rel_err {rel:.3e}, max_abs_diff {abs:.3e}");
+    assert!(
+        rel <= tol,
+        "{name}: relative error {rel:.3e} exceeds {tol:.1e} (max abs diff {abs:.3e})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// cast
+
+/// bf16 by bit manipulation: round to nearest, ties to even (independent of `half`).
+fn bf16_bits_rne(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let lsb = (bits >> 16) & 1;
+    ((bits + 0x7fff + lsb) >> 16) as u16
+}
+
+#[test]
+fn cast_f32_bf16_round_trip() {
+    let mut data = randn_vec(97, 1);
+    // Exact ties: 0x3f80_8000 rounds down to the even 0x3f80, 0x3f81_8000 up to the even 0x3f82.
+    data.extend([
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        -0.0,
+        1e-30,
+    ]);
+    let x = Tensor::from_f32(data.clone(), &[101], &CPU).unwrap();
+    let y = ops::cast(&x, DType::BF16).unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    assert_eq!(y.shape(), &[101]);
+    let got: Vec<f32> = host(&y);
+    for (i, (&g, &x)) in got.iter().zip(&data).enumerate() {
+        let want = f32::from_bits((bf16_bits_rne(x) as u32) << 16);
+        assert_eq!(
+            g.to_bits(),
+            want.to_bits(),
+            "element {i}: cast({x}) = {g}, want {want}"
+        );
+    }
+    assert_eq!(got[97].to_bits(), 0x3f80_0000);
+    assert_eq!(got[98].to_bits(), 0x3f82_0000);
+    // bf16 -> f32 is exact.
+    let back = ops::cast(&y, DType::F32).unwrap();
+    assert_eq!(back.dtype(), DType::F32);
+    assert_eq!(host(&back), got);
+    // Same dtype is a copy.
+    assert_eq!(host(&ops::cast(&x, DType::F32).unwrap()), data);
+    // u32 is not a float dtype.
+    assert!(matches!(
+        ops::cast(&x, DType::U32),
+        Err(Error::DType { .. })
+    ));
+    let ids = Tensor::from_u32(vec![1, 2], &[2], &CPU).unwrap();
+    assert!(ops::cast(&ids, DType::F32).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// elementwise
+
+#[test]
+fn elementwise_ops_match_reference() {
+    let (a, b) = (draw(7 * 13, 2), draw(7 * 13, 3));
+    let (ta, tb) = (f32_tensor(&a, &[7, 13]), f32_tensor(&b, &[7, 13]));
+    let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    check("add", &host(&ops::add(&ta, &tb).unwrap()), &sum, 1e-7);
+
+    let mut acc = ta.try_clone().unwrap();
+    ops::add_inplace(&mut acc, &tb).unwrap();
+    check("add_inplace", &host(&acc), &sum, 1e-7);
+
+    ops::scale_inplace(&mut acc, -0.375).unwrap();
+    let scaled: Vec<f64> = sum.iter().map(|x| x * -0.375).collect();
+    check("scale_inplace", &host(&acc), &scaled, 1e-7);
+
+    ops::fill_inplace(&mut acc, 2.5).unwrap();
+    assert!(host(&acc).iter().all(|&x| x == 2.5));
+
+    // Shape and dtype mismatches are errors, not panics.
+    let tc = f32_tensor(&a[..13 * 6], &[6, 13]);
+    assert!(matches!(ops::add(&ta, &tc), Err(Error::Shape { .. })));
+    let bf = ops::cast(&tb, DType::BF16).unwrap();
+    assert!(ops::add(&ta, &bf).is_err());
+    let mut bf2 = ops::cast(&ta, DType::BF16).unwrap();
+    assert!(matches!(ops::add(&bf2, &bf), Err(Error::DType { .. })));
+    assert!(matches!(
+        ops::scale_inplace(&mut bf2, 2.0),
+        Err(Error::DType { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear
+
+/// y[N,O] = x[N,I] · w[O,I]ᵀ + b[O] in f64.
+fn linear_ref(x: &[f64], w: &[f64], b: Option<&[f64]>, n: usize, i: usize, o: usize) -> Vec<f64> {
+    let mut y = vec![0.0; n * o];
+    for r in 0..n {
+        for c in 0..o {
+            let xr = &x[r * i..(r + 1) * i];
+            let wc = &w[c * i..(c + 1) * i];
+            y[r * o + c] = dot(xr, wc) + b.map_or(0.0, |b| b[c]);
+        }
+    }
+    y
+}
+
+#[test]
+fn linear_forward_matches_reference() {
+    let (n, i, o) = (7, 13, 11);
+    let (x, w, b) = (draw(n * i, 10), draw(o * i, 11), draw(o, 12));
+    let (tx, tw, tb) = (
+        f32_tensor(&x, &[n, i]),
+        f32_tensor(&w, &[o, i]),
+        f32_tensor(&b, &[o]),
+    );
+    let y = ops::linear(&tx, &tw, Some(&tb)).unwrap();
+    assert_eq!(y.shape(), &[n, o]);
+    check(
+        "linear fwd (bias)",
+        &host(&y),
+        &linear_ref(&x, &w, Some(&b), n, i, o),
+        TOL,
+    );
+    let y = ops::linear(&tx, &tw, None).unwrap();
+    check(
+        "linear fwd (no bias)",
+        &host(&y),
+        &linear_ref(&x, &w, None, n, i, o),
+        TOL,
+    );
+
+    // Wrong inner size, wrong bias size, bf16 on CPU: errors.
+    let bad_w = f32_tensor(&w[..o * 12], &[o, 12]);
+    assert!(matches!(
+        ops::linear(&tx, &bad_w, None),
+        Err(Error::Shape { .. })
+    ));
+    let bad_b = f32_tensor(&b[..5], &[5]);
+    assert!(matches!(
+        ops::linear(&tx, &tw, Some(&bad_b)),
+        Err(Error::Shape { .. })
+    ));
+    let (bx, bw) = (
+        ops::cast(&tx, DType::BF16).unwrap(),
+        ops::cast(&tw, DType::BF16).unwrap(),
+    );
+    assert!(matches!(
+        ops::linear(&bx, &bw, None),
+        Err(Error::DType { .. })
+    ));
+}
+
+#[test]
+fn linear_backward_matches_finite_differences() {
+    let (n, i, o) = (7, 13, 11);
+    let (x, w, b, dy) = (
+        draw(n * i, 20),
+        draw(o * i, 21),
+        draw(o, 22),
+        draw(n * o, 23),
+    );
+    let (tx, tw, tdy) = (
+        f32_tensor(&x, &[n, i]),
+        f32_tensor(&w, &[o, i]),
+        f32_tensor(&dy, &[n, o]),
+    );
+    // dw and db start non-zero: the op must add into them.
+    let (dw0, db0) = (draw(o * i, 24), draw(o, 25));
+    let (mut tdw, mut tdb) = (f32_tensor(&dw0, &[o, i]), f32_tensor(&db0, &[o]));
+    let dx = ops::linear_backward(&tdy, &tx, &tw, &mut tdw, Some(&mut tdb)).unwrap();
+    assert_eq!(dx.shape(), &[n, i]);
+
+    let want_dx = fd_grad(&x, |x| dot(&dy, &linear_ref(x, &w, Some(&b), n, i, o)));
+    let want_dw = fd_grad(&w, |w| dot(&dy, &linear_ref(&x, w, Some(&b), n, i, o)));
+    let want_db = fd_grad(&b, |b| dot(&dy, &linear_ref(&x, &w, Some(b), n, i, o)));
+    let got_dw: Vec<f32> = host(&tdw)
+        .iter()
+        .zip(&dw0)
+        .map(|(g, s)| g - *s as f32)
+        .collect();
+    let got_db: Vec<f32> = host(&tdb)
+        .iter()
+        .zip(&db0)
+        .map(|(g, s)| g - *s as f32)
+        .collect();
+    check("linear bwd dx", &host(&dx), &want_dx, TOL);
+    check("linear bwd dw (accumulated)", &got_dw, &want_dw, TOL);
+    check("linear bwd db (accumulated)", &got_db, &want_db, TOL);
+
+    // Without db; dw must be F32 and of shape [O,I].
+    let mut bad_dw = f32_tensor(&dw0[..o * 12], &[o, 12]);
+    assert!(ops::linear_backward(&tdy, &tx, &tw, &mut bad_dw, None).is_err());
+    let mut bf_dw = ops::cast(&tdw, DType::BF16).unwrap();
+    assert!(ops::linear_backward(&tdy, &tx, &tw, &mut bf_dw, None).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding
+
+#[test]
+fn gather_and_scatter_rows_match_reference() {
+    let (r, c, n) = (9, 13, 11);
+    let table = draw(r * c, 30);
+    let tt = f32_tensor(&table, &[r, c]);
+    // Random ids with guaranteed repeats (id 4 three times).
+    let mut ids = rand_ids(&[n], r as u32, 31, &CPU).to_vec_u32().unwrap();
+    ids[0] = 4;
+    ids[5] = 4;
+    ids[10] = 4;
+    let tid = Tensor::from_u32(ids.clone(), &[n], &CPU).unwrap();
+
+    let out = ops::gather_rows(&tt, &tid).unwrap();
+    assert_eq!(out.shape(), &[n, c]);
+    let want: Vec<f64> = ids
+        .iter()
+        .flat_map(|&id| table[id as usize * c..(id as usize + 1) * c].to_vec())
+        .collect();
+    assert_eq!(host(&out), to32(&want), "gather_rows copies rows exactly");
+
+    let (dst0, src) = (draw(r * c, 32), draw(n * c, 33));
+    let mut tdst = f32_tensor(&dst0, &[r, c]);
+    ops::scatter_add_rows(&mut tdst, &tid, &f32_tensor(&src, &[n, c])).unwrap();
+    let mut want = dst0.clone();
+    for (k, &id) in ids.iter().enumerate() {
+        for j in 0..c {
+            want[id as usize * c + j] += src[k * c + j];
+        }
+    }
+    check("scatter_add_rows", &host(&tdst), &want, 1e-6);
+
+    // Out-of-range ids are errors and leave dst untouched; ids must be U32.
+    let bad = Tensor::from_u32(vec![1, r as u32], &[2], &CPU).unwrap();
+    assert!(ops::gather_rows(&tt, &bad).is_err());
+    let before = host(&tdst);
+    let src2 = f32_tensor(&src[..2 * c], &[2, c]);
+    assert!(ops::scatter_add_rows(&mut tdst, &bad, &src2).is_err());
+    assert_eq!(host(&tdst), before);
+    let float_ids = f32_tensor(&[1.0, 2.0], &[2]);
+    assert!(matches!(
+        ops::gather_rows(&tt, &float_ids),
+        Err(Error::DType { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// testing utilities
+
+#[test]
+fn testing_utilities_behave() {
+    let devices = test_devices();
+    assert!(
+        devices[0].is_cpu(),
+        "the CPU is always the first test device"
+    );
+    // Same seed, same draw; different seed, different draw; bf16 is the rounded f32 draw.
+    let a = randn(&[3, 5], 7, &CPU, DType::F32);
+    assert_eq!(host(&a), host(&randn(&[3, 5], 7, &CPU, DType::F32)));
+    assert_ne!(host(&a), host(&randn(&[3, 5], 8, &CPU, DType::F32)));
+    let b = randn(&[3, 5], 7, &CPU, DType::BF16);
+    assert_eq!(b.dtype(), DType::BF16);
+    assert_eq!(host(&b), host(&ops::cast(&a, DType::BF16).unwrap()));
+    let ids = rand_ids(&[50], 4, 9, &CPU).to_vec_u32().unwrap();
+    assert!(ids.iter().all(|&i| i < 4) && ids.iter().any(|&i| i != ids[0]));
+    // rel_err is ‖a−b‖/‖b‖; max_abs_diff propagates NaN so tolerance checks fail on it.
+    assert!((rel_err(&[1.0, 2.0], &[1.0, 1.0]) - (0.5f64).sqrt()).abs() < 1e-12);
+    assert_eq!(max_abs_diff(&[1.0, -2.0], &[1.5, 1.0]), 3.0);
+    assert!(max_abs_diff(&[f32::NAN, 0.0], &[0.0, 5.0]).is_nan());
+    assert!(rel_err(&[f32::NAN], &[1.0]).is_nan());
+}
