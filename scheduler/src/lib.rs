@@ -1,1 +1,5 @@
-//! scheduler
+//! realign scheduler: the RLHF loop as a dataflow of model function calls, the config schema, and
+//! everything a run leaves behind (logs, checkpoints).
+
+pub mod atomic;
+pub mod logging;
