@@ -331,3 +331,147 @@ fn testing_utilities_behave() {
     assert!(max_abs_diff(&[f32::NAN, 0.0], &[0.0, 5.0]).is_nan());
     assert!(rel_err(&[f32::NAN], &[1.0]).is_nan());
 }
+
+// ---------------------------------------------------------------------------------------------
+// rmsnorm
+
+/// HF LlamaRMSNorm in f64: y = w * x / sqrt(mean(x²) + eps); also returns rstd.
+fn rmsnorm_ref(x: &[f64], w: &[f64], eps: f64, n: usize, c: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0.0; n * c];
+    let mut rstd = vec![0.0; n];
+    for r in 0..n {
+        let xr = &x[r * c..(r + 1) * c];
+        rstd[r] = 1.0 / (dot(xr, xr) / c as f64 + eps).sqrt();
+        for j in 0..c {
+            y[r * c + j] = w[j] * xr[j] * rstd[r];
+        }
+    }
+    (y, rstd)
+}
+
+#[test]
+fn rmsnorm_forward_and_backward_match_reference() {
+    let (n, c, eps) = (7, 13, 1e-5);
+    let (x, w, dy) = (draw(n * c, 40), draw(c, 41), draw(n * c, 42));
+    let (tx, tw) = (f32_tensor(&x, &[n, c]), f32_tensor(&w, &[c]));
+    let (y, rstd) = ops::rmsnorm(&tx, &tw, eps as f32).unwrap();
+    assert_eq!(
+        (y.shape(), rstd.shape(), rstd.dtype()),
+        (&[n, c][..], &[n][..], DType::F32)
+    );
+    let (want_y, want_rstd) = rmsnorm_ref(&x, &w, eps, n, c);
+    check("rmsnorm fwd y", &host(&y), &want_y, TOL);
+    check("rmsnorm fwd rstd", &host(&rstd), &want_rstd, TOL);
+
+    let (dx, dw) = ops::rmsnorm_backward(&f32_tensor(&dy, &[n, c]), &tx, &tw, &rstd).unwrap();
+    assert_eq!(dw.dtype(), DType::F32);
+    let want_dx = fd_grad(&x, |x| dot(&dy, &rmsnorm_ref(x, &w, eps, n, c).0));
+    let want_dw = fd_grad(&w, |w| dot(&dy, &rmsnorm_ref(&x, w, eps, n, c).0));
+    check("rmsnorm bwd dx", &host(&dx), &want_dx, TOL);
+    check("rmsnorm bwd dw", &host(&dw), &want_dw, TOL);
+
+    let bad_w = f32_tensor(&w[..12], &[12]);
+    assert!(matches!(
+        ops::rmsnorm(&tx, &bad_w, 1e-5),
+        Err(Error::Shape { .. })
+    ));
+    let bx = ops::cast(&tx, DType::BF16).unwrap();
+    let bw = ops::cast(&tw, DType::BF16).unwrap();
+    assert!(matches!(
+        ops::rmsnorm(&bx, &bw, 1e-5),
+        Err(Error::DType { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// rope
+
+/// HF rotate_half rope in f64, except inv_freq and the angle, which the contract (like HF) computes
+/// in f32; `sign` = −1 rotates backwards.
+fn rope_ref(x: &[f64], pos: &[u32], theta: f32, hx: usize, d: usize) -> Vec<f64> {
+    let half = d / 2;
+    let mut y = vec![0.0; x.len()];
+    for (t, &p) in pos.iter().enumerate() {
+        for i in 0..half {
+            let inv = 1.0f32 / theta.powf((2 * i) as f32 / d as f32);
+            let a = (p as f32 * inv) as f64;
+            let (c, s) = (a.cos(), a.sin());
+            for h in 0..hx {
+                let b = (t * hx + h) * d;
+                y[b + i] = x[b + i] * c - x[b + i + half] * s;
+                y[b + i + half] = x[b + i + half] * c + x[b + i] * s;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn rope_forward_and_backward_match_reference() {
+    let (hx, d, theta) = (6, 8, 10000.0f32);
+    // Positions restart per packed sequence; include large ones where the f32 angle matters.
+    let pos = vec![0u32, 1, 2, 3, 0, 1, 4093, 4094, 31];
+    let n = pos.len();
+    let (x, dy) = (draw(n * hx * d, 50), draw(n * hx * d, 51));
+    let tx = f32_tensor(&x, &[n, hx, d]);
+    let tpos = Tensor::from_u32(pos.clone(), &[n], &CPU).unwrap();
+    let y = ops::rope(&tx, &tpos, theta).unwrap();
+    assert_eq!(y.shape(), &[n, hx, d]);
+    check(
+        "rope fwd",
+        &host(&y),
+        &rope_ref(&x, &pos, theta, hx, d),
+        TOL,
+    );
+    // Position 0 is the identity.
+    assert_eq!(host(&y)[..hx * d], host(&tx)[..hx * d]);
+
+    let dx = ops::rope_backward(&f32_tensor(&dy, &[n, hx, d]), &tpos, theta).unwrap();
+    let want_dx = fd_grad(&x, |x| dot(&dy, &rope_ref(x, &pos, theta, hx, d)));
+    check("rope bwd dx", &host(&dx), &want_dx, TOL);
+
+    // Odd D, wrong pos length, float pos: errors.
+    let odd = f32_tensor(&x[..n * 7], &[n, 1, 7]);
+    assert!(matches!(
+        ops::rope(&odd, &tpos, theta),
+        Err(Error::Shape { .. })
+    ));
+    let short = Tensor::from_u32(pos[..3].to_vec(), &[3], &CPU).unwrap();
+    assert!(matches!(
+        ops::rope(&tx, &short, theta),
+        Err(Error::Shape { .. })
+    ));
+    let fpos = f32_tensor(&to64(&host(&tpos)), &[n]);
+    assert!(matches!(
+        ops::rope(&tx, &fpos, theta),
+        Err(Error::DType { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// swiglu
+
+fn swiglu_ref(g: &[f64], u: &[f64]) -> Vec<f64> {
+    g.iter()
+        .zip(u)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
+}
+
+#[test]
+fn swiglu_forward_and_backward_match_reference() {
+    let (n, f) = (7, 19);
+    let (g, u, dh) = (draw(n * f, 60), draw(n * f, 61), draw(n * f, 62));
+    let (tg, tu) = (f32_tensor(&g, &[n, f]), f32_tensor(&u, &[n, f]));
+    let h = ops::swiglu(&tg, &tu).unwrap();
+    check("swiglu fwd", &host(&h), &swiglu_ref(&g, &u), TOL);
+
+    let (dg, du) = ops::swiglu_backward(&f32_tensor(&dh, &[n, f]), &tg, &tu).unwrap();
+    let want_dg = fd_grad(&g, |g| dot(&dh, &swiglu_ref(g, &u)));
+    let want_du = fd_grad(&u, |u| dot(&dh, &swiglu_ref(&g, u)));
+    check("swiglu bwd dgate", &host(&dg), &want_dg, TOL);
+    check("swiglu bwd dup", &host(&du), &want_du, TOL);
+
+    let bad = f32_tensor(&u[..n * 18], &[n, 18]);
+    assert!(matches!(ops::swiglu(&tg, &bad), Err(Error::Shape { .. })));
+}

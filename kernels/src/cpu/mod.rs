@@ -1,7 +1,8 @@
 //! CPU f32 reference implementations, one file per op.
 //!
-//! Each `cpu::<op>` module has a Tensor-level entry point with the same arguments as the public op
-//! (shapes already checked by `ops::<op>`), and a slice-level kernel that does the arithmetic.
+//! Each `cpu::<op>` module has Tensor-level entry points with the same arguments as the public op
+//! (shapes already checked by `ops::<op>`); where other code can use the arithmetic on raw slices
+//! (e.g. `linear`), a slice-level function too.
 //! Only F32 is computed here: a BF16 input is an `Error::DType` (except in `cast`, and the bf16
 //! working copy written by `adamw_step`).
 
@@ -11,6 +12,9 @@ pub mod cast;
 pub mod elementwise;
 pub mod embedding;
 pub mod linear;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 /// The f32 data of a CPU tensor, or `Error::DType` naming `op`.
 pub(crate) fn f32s<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {

@@ -10,11 +10,17 @@ pub mod cast;
 pub mod elementwise;
 pub mod embedding;
 pub mod linear;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 pub use cast::cast;
 pub use elementwise::{add, add_inplace, fill_inplace, scale_inplace};
 pub use embedding::{gather_rows, scatter_add_rows};
 pub use linear::{linear, linear_backward};
+pub use rmsnorm::{rmsnorm, rmsnorm_backward};
+pub use rope::{rope, rope_backward};
+pub use swiglu::{swiglu, swiglu_backward};
 
 /// Errors unless `t` has exactly `shape`.
 pub(crate) fn check_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {

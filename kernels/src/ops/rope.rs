@@ -1,0 +1,43 @@
+//! Rotary position embedding, HF `rotate_half` convention: for i < D/2 and
+//! a = pos · inv_freq[i] with inv_freq[i] = 1 / theta^(2i/D) (both in f32, as HF computes them),
+//! y[i] = x[i]·cos a − x[i+D/2]·sin a and y[i+D/2] = x[i+D/2]·cos a + x[i]·sin a.
+//! The backward is the rotation by −a.
+
+use super::{check_dtype, check_float, check_shape};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// x[N,Hx,D] (Hx = H for queries, K for keys), pos[N] U32 -> y[N,Hx,D]. D must be even.
+pub fn rope(x: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
+    const OP: &str = "rope";
+    check_rope(OP, x, pos, theta)?;
+    match x.device() {
+        Device::Cpu => crate::cpu::rope::rope(x, pos, theta),
+        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+    }
+}
+
+/// dy[N,Hx,D], pos[N] -> dx[N,Hx,D] (rotation by −a).
+pub fn rope_backward(dy: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
+    const OP: &str = "rope_backward";
+    check_rope(OP, dy, pos, theta)?;
+    match dy.device() {
+        Device::Cpu => crate::cpu::rope::rope_backward(dy, pos, theta),
+        Device::Cuda(_) => Err(Error::unsupported(OP, dy.device())),
+    }
+}
+
+fn check_rope(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32) -> Result<()> {
+    check_float(op, x)?;
+    let (n, _hx, d) = x.dims3(op)?;
+    if d % 2 != 0 {
+        return Err(Error::shape(op, format!("head dim D = {d} must be even")));
+    }
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(Error::msg(format!(
+            "{op}: theta must be a positive number, got {theta}"
+        )));
+    }
+    check_dtype(op, pos, DType::U32)?;
+    x.check_same_device(pos, op)?;
+    check_shape(op, "pos", pos, &[n])
+}
