@@ -26,10 +26,10 @@ fn rotate(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32, sign: f32) -> 
     let freqs = inv_freq(theta, d);
     let mut y = vec![0.0f32; xs.len()];
     let (mut cos, mut sin) = (vec![0.0f32; half], vec![0.0f32; half]);
-    for t in 0..n {
+    for (t, &p) in ps.iter().enumerate().take(n) {
         // Angle in f32 (HF: inv_freq @ position_ids.float()), then cos / sin of that f32 angle.
         for i in 0..half {
-            let a = ps[t] as f32 * freqs[i];
+            let a = p as f32 * freqs[i];
             cos[i] = a.cos();
             sin[i] = sign * a.sin();
         }
