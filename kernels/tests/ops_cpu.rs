@@ -475,3 +475,152 @@ fn swiglu_forward_and_backward_match_reference() {
     let bad = f32_tensor(&u[..n * 18], &[n, 18]);
     assert!(matches!(ops::swiglu(&tg, &bad), Err(Error::Shape { .. })));
 }
+
+// ---------------------------------------------------------------------------------------------
+// attention
+
+/// Shapes of the attention tests: packed sequences of lengths 3, 1, 0, 6, 4 (N = 14).
+const CU_SEQLENS: [u32; 6] = [0, 3, 4, 4, 10, 14];
+const ATT_H: usize = 6;
+const ATT_K: usize = 2;
+const ATT_D: usize = 8;
+
+/// Naive causal GQA attention in f64: full softmax over keys start..=i of each query row.
+/// Returns (out[N,H,D], lse[N,H]).
+fn attention_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    cu: &[u32],
+    scale: f64,
+    (h, kh, d): (usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>) {
+    let n = *cu.last().unwrap() as usize;
+    let mut out = vec![0.0; n * h * d];
+    let mut lse = vec![0.0; n * h];
+    for w in cu.windows(2) {
+        let (start, end) = (w[0] as usize, w[1] as usize);
+        for i in start..end {
+            for hq in 0..h {
+                let g = hq * kh / h;
+                let qi = &q[(i * h + hq) * d..][..d];
+                let scores: Vec<f64> = (start..=i)
+                    .map(|j| scale * dot(qi, &k[(j * kh + g) * d..][..d]))
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                lse[i * h + hq] = m + z.ln();
+                for (jj, s) in scores.iter().enumerate() {
+                    let p = (s - m).exp() / z;
+                    let j = start + jj;
+                    for e in 0..d {
+                        out[(i * h + hq) * d + e] += p * v[(j * kh + g) * d + e];
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+#[test]
+fn attention_forward_matches_reference() {
+    let (h, kh, d) = (ATT_H, ATT_K, ATT_D);
+    let n = *CU_SEQLENS.last().unwrap() as usize;
+    let scale = 1.0 / (d as f64).sqrt();
+    let (q, k, v) = (
+        draw(n * h * d, 70),
+        draw(n * kh * d, 71),
+        draw(n * kh * d, 72),
+    );
+    let cu = Tensor::from_u32(CU_SEQLENS.to_vec(), &[CU_SEQLENS.len()], &CPU).unwrap();
+    let (out, lse) = ops::attention(
+        &f32_tensor(&q, &[n, h, d]),
+        &f32_tensor(&k, &[n, kh, d]),
+        &f32_tensor(&v, &[n, kh, d]),
+        &cu,
+        scale as f32,
+    )
+    .unwrap();
+    assert_eq!((out.shape(), lse.shape()), (&[n, h, d][..], &[n, h][..]));
+    let (want_out, want_lse) = attention_ref(&q, &k, &v, &CU_SEQLENS, scale, (h, kh, d));
+    check("attention fwd out", &host(&out), &want_out, TOL);
+    check("attention fwd lse", &host(&lse), &want_lse, TOL);
+    // The first token of each sequence sees only itself: out = v of its kv head, lse = its score.
+    let o = host(&out);
+    assert_eq!(o[(3 * h + 5) * d..][..d], to32(&v[(3 * kh + 1) * d..][..d]));
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let (h, kh, d) = (ATT_H, ATT_K, ATT_D);
+    let n = *CU_SEQLENS.last().unwrap() as usize;
+    let scale = 0.3;
+    let (q, k, v) = (
+        draw(n * h * d, 80),
+        draw(n * kh * d, 81),
+        draw(n * kh * d, 82),
+    );
+    let dout = draw(n * h * d, 83);
+    let cu = Tensor::from_u32(CU_SEQLENS.to_vec(), &[CU_SEQLENS.len()], &CPU).unwrap();
+    let (tq, tk, tv) = (
+        f32_tensor(&q, &[n, h, d]),
+        f32_tensor(&k, &[n, kh, d]),
+        f32_tensor(&v, &[n, kh, d]),
+    );
+    let (out, lse) = ops::attention(&tq, &tk, &tv, &cu, scale as f32).unwrap();
+    let tdout = f32_tensor(&dout, &[n, h, d]);
+    let (dq, dk, dv) =
+        ops::attention_backward(&tdout, &tq, &tk, &tv, &out, &lse, &cu, scale as f32).unwrap();
+    assert_eq!(
+        (dq.shape(), dk.shape(), dv.shape()),
+        (&[n, h, d][..], &[n, kh, d][..], &[n, kh, d][..])
+    );
+    let dims = (h, kh, d);
+    let loss = |q: &[f64], k: &[f64], v: &[f64]| {
+        dot(&dout, &attention_ref(q, k, v, &CU_SEQLENS, scale, dims).0)
+    };
+    check(
+        "attention bwd dq",
+        &host(&dq),
+        &fd_grad(&q, |q| loss(q, &k, &v)),
+        TOL,
+    );
+    check(
+        "attention bwd dk",
+        &host(&dk),
+        &fd_grad(&k, |k| loss(&q, k, &v)),
+        TOL,
+    );
+    check(
+        "attention bwd dv",
+        &host(&dv),
+        &fd_grad(&v, |v| loss(&q, &k, v)),
+        TOL,
+    );
+}
+
+#[test]
+fn attention_rejects_bad_inputs() {
+    let n = 5;
+    let q = randn(&[n, 6, 8], 1, &CPU, DType::F32);
+    let k = randn(&[n, 2, 8], 2, &CPU, DType::F32);
+    let v = randn(&[n, 2, 8], 3, &CPU, DType::F32);
+    let cu = |c: Vec<u32>| Tensor::from_u32(c.clone(), &[c.len()], &CPU).unwrap();
+    assert!(ops::attention(&q, &k, &v, &cu(vec![0, 2, 5]), 1.0).is_ok());
+    // cu_seqlens must end at N, start at 0 and not decrease.
+    assert!(ops::attention(&q, &k, &v, &cu(vec![0, 2, 4]), 1.0).is_err());
+    assert!(ops::attention(&q, &k, &v, &cu(vec![1, 2, 5]), 1.0).is_err());
+    assert!(ops::attention(&q, &k, &v, &cu(vec![0, 3, 2, 5]), 1.0).is_err());
+    // H must be a multiple of K; k and v must agree.
+    let k4 = randn(&[n, 4, 8], 4, &CPU, DType::F32);
+    assert!(matches!(
+        ops::attention(&q, &k4, &k4, &cu(vec![0, 5]), 1.0),
+        Err(Error::Shape { .. })
+    ));
+    let v1 = randn(&[n, 1, 8], 5, &CPU, DType::F32);
+    assert!(matches!(
+        ops::attention(&q, &k, &v1, &cu(vec![0, 5]), 1.0),
+        Err(Error::Shape { .. })
+    ));
+}

@@ -8,6 +8,7 @@
 
 use crate::{Device, Error, Result, Storage, Tensor};
 
+pub mod attention;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;

@@ -6,6 +6,7 @@
 
 use crate::{DType, Error, Result, Tensor};
 
+pub mod attention;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;
@@ -14,6 +15,7 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
+pub use attention::{attention, attention_backward};
 pub use cast::cast;
 pub use elementwise::{add, add_inplace, fill_inplace, scale_inplace};
 pub use embedding::{gather_rows, scatter_add_rows};
