@@ -624,3 +624,119 @@ fn attention_rejects_bad_inputs() {
         Err(Error::Shape { .. })
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// logsoftmax_gather
+
+/// Per row of z = logits·inv_temp in f64: (logprob of target or 0, entropy, lse).
+fn logsoftmax_ref(
+    logits: &[f64],
+    targets: &[u32],
+    inv_temp: f64,
+    v: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut lp, mut ent, mut lse) = (vec![], vec![], vec![]);
+    for (r, &t) in targets.iter().enumerate() {
+        let z: Vec<f64> = logits[r * v..(r + 1) * v]
+            .iter()
+            .map(|x| x * inv_temp)
+            .collect();
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let l = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        lse.push(l);
+        ent.push(-z.iter().map(|x| (x - l).exp() * (x - l)).sum::<f64>());
+        lp.push(if t == ops::NO_TARGET {
+            0.0
+        } else {
+            z[t as usize] - l
+        });
+    }
+    (lp, ent, lse)
+}
+
+#[test]
+fn logsoftmax_gather_forward_matches_reference() {
+    let (n, v, inv_temp) = (7, 37, 1.0 / 0.7);
+    let logits: Vec<f64> = draw(n * v, 90).iter().map(|x| 3.0 * x).collect();
+    let mut targets = rand_ids(&[n], v as u32, 91, &CPU).to_vec_u32().unwrap();
+    targets[4] = ops::NO_TARGET;
+    let tt = Tensor::from_u32(targets.clone(), &[n], &CPU).unwrap();
+    let (lp, ent, lse) =
+        ops::logsoftmax_gather(&f32_tensor(&logits, &[n, v]), &tt, inv_temp as f32).unwrap();
+    let (want_lp, want_ent, want_lse) = logsoftmax_ref(&logits, &targets, inv_temp, v);
+    check("logsoftmax_gather fwd logprob", &host(&lp), &want_lp, TOL);
+    check("logsoftmax_gather fwd entropy", &host(&ent), &want_ent, TOL);
+    check("logsoftmax_gather fwd lse", &host(&lse), &want_lse, TOL);
+    assert_eq!(host(&lp)[4], 0.0, "no target: logprob 0");
+
+    // Max subtraction: logits shifted by +1000 give the same logprob and entropy (no overflow).
+    let shifted: Vec<f64> = logits.iter().map(|x| x + 1000.0).collect();
+    let (lp2, ent2, _) = ops::logsoftmax_gather(&f32_tensor(&shifted, &[n, v]), &tt, 1.0).unwrap();
+    let (want_lp2, want_ent2, _) = logsoftmax_ref(&logits, &targets, 1.0, v);
+    // f32 logits near 1000 carry only ~6e-5 absolute precision, hence the looser tolerance.
+    check(
+        "logsoftmax_gather fwd logprob (+1000)",
+        &host(&lp2),
+        &want_lp2,
+        1e-3,
+    );
+    check(
+        "logsoftmax_gather fwd entropy (+1000)",
+        &host(&ent2),
+        &want_ent2,
+        1e-3,
+    );
+
+    // Out-of-range targets and non-positive inv_temp are errors.
+    let bad = Tensor::from_u32(vec![v as u32; n], &[n], &CPU).unwrap();
+    let tl = f32_tensor(&logits, &[n, v]);
+    assert!(ops::logsoftmax_gather(&tl, &bad, 1.0).is_err());
+    assert!(ops::logsoftmax_gather(&tl, &tt, 0.0).is_err());
+    let short = Tensor::from_u32(targets[..3].to_vec(), &[3], &CPU).unwrap();
+    assert!(matches!(
+        ops::logsoftmax_gather(&tl, &short, 1.0),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn logsoftmax_gather_backward_matches_finite_differences() {
+    let (n, v, inv_temp) = (7, 37, 1.0 / 0.7);
+    let logits: Vec<f64> = draw(n * v, 100).iter().map(|x| 2.0 * x).collect();
+    let mut targets = rand_ids(&[n], v as u32, 101, &CPU).to_vec_u32().unwrap();
+    targets[2] = ops::NO_TARGET;
+    let (dlp, dent) = (draw(n, 102), draw(n, 103));
+    let tl = f32_tensor(&logits, &[n, v]);
+    let tt = Tensor::from_u32(targets.clone(), &[n], &CPU).unwrap();
+    let (_, _, lse) = ops::logsoftmax_gather(&tl, &tt, inv_temp as f32).unwrap();
+    let (tdlp, tdent) = (f32_tensor(&dlp, &[n]), f32_tensor(&dent, &[n]));
+
+    let with_ent =
+        ops::logsoftmax_gather_backward(&tdlp, Some(&tdent), &tl, &tt, &lse, inv_temp as f32)
+            .unwrap();
+    assert_eq!(with_ent.shape(), &[n, v]);
+    let want = fd_grad(&logits, |x| {
+        let (lp, ent, _) = logsoftmax_ref(x, &targets, inv_temp, v);
+        dot(&dlp, &lp) + dot(&dent, &ent)
+    });
+    check(
+        "logsoftmax_gather bwd (logprob + entropy)",
+        &host(&with_ent),
+        &want,
+        TOL,
+    );
+
+    let only_lp =
+        ops::logsoftmax_gather_backward(&tdlp, None, &tl, &tt, &lse, inv_temp as f32).unwrap();
+    let want = fd_grad(&logits, |x| {
+        dot(&dlp, &logsoftmax_ref(x, &targets, inv_temp, v).0)
+    });
+    check(
+        "logsoftmax_gather bwd (logprob only)",
+        &host(&only_lp),
+        &want,
+        TOL,
+    );
+    // The no-target row gets no logprob gradient at all.
+    assert!(host(&only_lp)[2 * v..3 * v].iter().all(|&g| g == 0.0));
+}

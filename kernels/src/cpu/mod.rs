@@ -13,6 +13,7 @@ pub mod cast;
 pub mod elementwise;
 pub mod embedding;
 pub mod linear;
+pub mod logsoftmax_gather;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
