@@ -740,3 +740,115 @@ fn logsoftmax_gather_backward_matches_finite_differences() {
     // The no-target row gets no logprob gradient at all.
     assert!(host(&only_lp)[2 * v..3 * v].iter().all(|&g| g == 0.0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// sum_squares
+
+#[test]
+fn sum_squares_matches_reference() {
+    let x = draw(7 * 13, 110);
+    let got = ops::sum_squares(&f32_tensor(&x, &[7, 13])).unwrap();
+    let want = dot(&x, &x);
+    let rel = (got - want).abs() / want;
+    eprintln!("sum_squares: rel_err {rel:.3e}");
+    assert!(rel < 1e-12, "sum_squares {got} vs {want}");
+    let b = ops::cast(&f32_tensor(&x, &[7, 13]), DType::BF16).unwrap();
+    assert!(matches!(ops::sum_squares(&b), Err(Error::DType { .. })));
+}
+
+// ---------------------------------------------------------------------------------------------
+// adamw
+
+/// PyTorch AdamW written out in f64: decoupled decay, moments, bias-corrected update.
+#[allow(clippy::too_many_arguments)]
+fn adamw_ref(
+    p: &mut [f64],
+    g: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    (lr, b1, b2, eps, wd): (f64, f64, f64, f64, f64),
+    step: u64,
+) {
+    let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
+    for k in 0..p.len() {
+        p[k] *= 1.0 - lr * wd;
+        m[k] = b1 * m[k] + (1.0 - b1) * g[k];
+        v[k] = b2 * v[k] + (1.0 - b2) * g[k] * g[k];
+        p[k] -= lr / bc1 * m[k] / (v[k].sqrt() / bc2.sqrt() + eps);
+    }
+}
+
+#[test]
+fn adamw_matches_reference_over_several_steps() {
+    let n = 7 * 13;
+    // beta1 = 0.9 takes torch.lerp's first branch (weight 0.1), beta1 = 0.3 its second (0.7).
+    for (case, b1) in [(0u64, 0.9), (1, 0.3)] {
+        let hp = (3e-2, b1, 0.95, 1e-8, 0.1);
+        let mut p = draw(n, 120 + case);
+        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let mut tp = f32_tensor(&p, &[7, 13]);
+        let mut tm = Tensor::zeros(&[7, 13], DType::F32, &CPU).unwrap();
+        let mut tv = Tensor::zeros(&[7, 13], DType::F32, &CPU).unwrap();
+        let mut working = Tensor::zeros(&[7, 13], DType::BF16, &CPU).unwrap();
+        for step in 1..=5u64 {
+            let g = draw(n, 1000 * (case + 1) + step);
+            let params = ops::AdamWParams {
+                lr: hp.0,
+                beta1: hp.1,
+                beta2: hp.2,
+                eps: hp.3,
+                weight_decay: hp.4,
+                step,
+            };
+            let tg = f32_tensor(&g, &[7, 13]);
+            ops::adamw_step(&mut tp, &tg, &mut tm, &mut tv, &params, Some(&mut working)).unwrap();
+            adamw_ref(&mut p, &g, &mut m, &mut v, hp, step);
+        }
+        check(
+            &format!("adamw beta1={b1} master after 5 steps"),
+            &host(&tp),
+            &p,
+            1e-5,
+        );
+        check(
+            &format!("adamw beta1={b1} m after 5 steps"),
+            &host(&tm),
+            &m,
+            1e-5,
+        );
+        check(
+            &format!("adamw beta1={b1} v after 5 steps"),
+            &host(&tv),
+            &v,
+            1e-5,
+        );
+        // The working copy is the updated master rounded to bf16.
+        assert_eq!(host(&working), host(&ops::cast(&tp, DType::BF16).unwrap()));
+    }
+
+    // step 0, mismatched shapes and a non-bf16 working copy are errors.
+    let mut p = Tensor::zeros(&[3], DType::F32, &CPU).unwrap();
+    let (mut m, mut v) = (p.try_clone().unwrap(), p.try_clone().unwrap());
+    let g = p.try_clone().unwrap();
+    let mut params = ops::AdamWParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        step: 0,
+    };
+    assert!(ops::adamw_step(&mut p, &g, &mut m, &mut v, &params, None).is_err());
+    params.step = 1;
+    let g2 = Tensor::zeros(&[4], DType::F32, &CPU).unwrap();
+    assert!(matches!(
+        ops::adamw_step(&mut p, &g2, &mut m, &mut v, &params, None),
+        Err(Error::Shape { .. })
+    ));
+    let mut w32 = Tensor::zeros(&[3], DType::F32, &CPU).unwrap();
+    assert!(matches!(
+        ops::adamw_step(&mut p, &g, &mut m, &mut v, &params, Some(&mut w32)),
+        Err(Error::DType { .. })
+    ));
+    assert!(ops::adamw_step(&mut p, &g, &mut m, &mut v, &params, None).is_ok());
+}

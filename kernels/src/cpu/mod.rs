@@ -8,10 +8,12 @@
 
 use crate::{Device, Error, Result, Storage, Tensor};
 
+pub mod adamw;
 pub mod attention;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;
+pub mod grad_norm;
 pub mod linear;
 pub mod logsoftmax_gather;
 pub mod rmsnorm;

@@ -6,20 +6,24 @@
 
 use crate::{DType, Error, Result, Tensor};
 
+pub mod adamw;
 pub mod attention;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;
+pub mod grad_norm;
 pub mod linear;
 pub mod logsoftmax_gather;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
+pub use adamw::{adamw_step, AdamWParams, AdamWScalars};
 pub use attention::{attention, attention_backward};
 pub use cast::cast;
 pub use elementwise::{add, add_inplace, fill_inplace, scale_inplace};
 pub use embedding::{gather_rows, scatter_add_rows};
+pub use grad_norm::sum_squares;
 pub use linear::{linear, linear_backward};
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use rmsnorm::{rmsnorm, rmsnorm_backward};

@@ -1,0 +1,102 @@
+//! AdamW with f32 master weights, PyTorch `torch.optim.AdamW` semantics (single-tensor path):
+//!
+//! ```text
+//! master *= 1 − lr·weight_decay                  (decoupled weight decay, before the moments)
+//! m       = lerp(m, grad, 1 − beta1)
+//! v       = beta2·v + (1 − beta2)·grad²
+//! master += −(lr / (1 − beta1^step)) · m / (sqrt(v) / sqrt(1 − beta2^step) + eps)
+//! ```
+//!
+//! `step` counts from 1 (the value after PyTorch increments it). The bias corrections are computed
+//! in f64 on the host, as PyTorch does with Python floats, and enter the per-element f32 arithmetic
+//! as the scalars of [`AdamWScalars`]; every backend applies exactly those.
+
+use super::{check_dtype, check_shape};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// Hyper-parameters of one AdamW step (Python floats in PyTorch, hence f64).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1 for the first step.
+    pub step: u64,
+}
+
+/// The f32 scalars the per-element update uses, derived from [`AdamWParams`] on the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWScalars {
+    /// 1 − lr·weight_decay.
+    pub decay: f32,
+    /// The lerp weight 1 − beta1.
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// −lr / (1 − beta1^step).
+    pub neg_step_size: f32,
+    /// sqrt(1 − beta2^step).
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+}
+
+impl AdamWParams {
+    /// Checks the hyper-parameters and derives the per-element scalars.
+    pub fn scalars(&self) -> Result<AdamWScalars> {
+        let p = self;
+        let bad = |what: &str| Err(Error::msg(format!("adamw_step: {what} (got {p:?})")));
+        if p.step == 0 {
+            return bad("step counts from 1");
+        }
+        if !(0.0..1.0).contains(&p.beta1) || !(0.0..1.0).contains(&p.beta2) {
+            return bad("beta1 and beta2 must lie in [0, 1)");
+        }
+        let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+        if !(non_negative(p.lr) && non_negative(p.eps) && non_negative(p.weight_decay)) {
+            return bad("lr, eps and weight_decay must be finite and non-negative");
+        }
+        let step = p.step as f64;
+        let bias_correction1 = 1.0 - p.beta1.powf(step);
+        let bias_correction2 = 1.0 - p.beta2.powf(step);
+        Ok(AdamWScalars {
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            one_minus_beta1: (1.0 - p.beta1) as f32,
+            beta2: p.beta2 as f32,
+            one_minus_beta2: (1.0 - p.beta2) as f32,
+            neg_step_size: (-(p.lr / bias_correction1)) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            eps: p.eps as f32,
+        })
+    }
+}
+
+/// One AdamW step on F32 `master`, `m`, `v` (updated in place) from F32 `grad`, all of one shape.
+/// When `working` is given (BF16, same shape) it receives the updated master rounded to bf16.
+pub fn adamw_step(
+    master: &mut Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    params: &AdamWParams,
+    working: Option<&mut Tensor>,
+) -> Result<()> {
+    const OP: &str = "adamw_step";
+    let shape = master.shape().to_vec();
+    for (name, t) in [("master", &*master), ("grad", grad), ("m", &*m), ("v", &*v)] {
+        check_dtype(OP, t, DType::F32)?;
+        master.check_same_device(t, OP)?;
+        check_shape(OP, name, t, &shape)?;
+    }
+    if let Some(w) = &working {
+        check_dtype(OP, w, DType::BF16)?;
+        master.check_same_device(w, OP)?;
+        check_shape(OP, "working copy", w, &shape)?;
+    }
+    let scalars = params.scalars()?;
+    match master.device() {
+        Device::Cpu => crate::cpu::adamw::adamw_step(master, grad, m, v, &scalars, working),
+        Device::Cuda(_) => Err(Error::unsupported(OP, master.device())),
+    }
+}
