@@ -1,1 +1,10 @@
-//! model
+//! realign model: Llama-family decoders (Llama, Mistral, Qwen2) in Hugging Face layout.
+//!
+//! - `config`: HF `config.json` (read, validate, write back).
+//! - `params`: the parameters as tensors, HF names and shapes, shard descriptors.
+
+pub mod config;
+pub mod params;
+
+pub use config::{Arch, Head, ModelConfig};
+pub use params::{LayerParams, Params, ShardSpec};
