@@ -1,14 +1,38 @@
-//! CUDA backend: one GPU's context and stream, device storage, and (in `cuda/<op>.rs`) the ops.
+//! CUDA backend: one GPU's context, stream, cuBLAS handle and kernel-module cache, device storage,
+//! and (in `cuda/<op>.rs`) the ops.
 //!
 //! Everything CUDA is loaded at run time (`cudarc` with `dynamic-loading`), so this crate builds and
 //! its CPU tests run on machines with no CUDA at all; [`CudaDevice::new`] then fails cleanly.
+//!
+//! All realign work on one GPU is queued on that device's single stream, so kernels see each other's
+//! results in program order and device memory freed by a dropped tensor is reused only after the
+//! work queued before the drop (cudarc frees stream-ordered).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 
-use crate::{DType, Error, Result, Storage};
+use crate::{DType, Error, Result, Storage, Tensor};
+
+// pub mod adamw; (lands with ops::adamw)
+pub mod attention;
+mod blas;
+pub mod cast;
+pub mod elementwise;
+pub mod embedding;
+pub mod launch;
+pub mod linear;
+pub mod logsoftmax;
+pub mod nvrtc;
+pub mod rmsnorm;
+pub mod rope;
+pub mod sum_squares;
+pub mod swiglu;
+
+pub use launch::{Args, KernelSource};
 
 /// True when the CUDA driver library can be loaded and reports at least one GPU.
 pub fn is_available() -> bool {
@@ -24,47 +48,130 @@ pub fn is_available() -> bool {
     .unwrap_or(false)
 }
 
-fn cuda_err(e: impl std::fmt::Debug) -> Error {
+pub(crate) fn cuda_err(e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{e:?}"))
 }
 
-/// One GPU: its primary context and the stream all realign work is queued on.
+/// One GPU: its primary context, the stream all realign work is queued on, a cuBLAS handle bound
+/// to that stream, and the kernels loaded so far. Cheap to clone; [`CudaDevice::new`] returns the
+/// same shared state for the same ordinal within a process.
 #[derive(Clone)]
 pub struct CudaDevice {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    /// `sm_XY` of this GPU, the NVRTC target.
+    arch: String,
+    /// Loaded kernels by (module name, compile defines, function name).
+    functions: Mutex<HashMap<(String, String), CudaFunction>>,
 }
 
 impl CudaDevice {
     pub fn new(ordinal: usize) -> Result<CudaDevice> {
+        static DEVICES: OnceLock<Mutex<HashMap<usize, CudaDevice>>> = OnceLock::new();
+        let devices = DEVICES.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut devices = devices
+            .lock()
+            .map_err(|_| Error::Cuda("device registry lock poisoned".into()))?;
+        if let Some(d) = devices.get(&ordinal) {
+            return Ok(d.clone());
+        }
         if !is_available() {
             return Err(Error::Cuda(
                 "no CUDA driver or GPU found on this machine (use --device cpu)".into(),
             ));
         }
+        let count = CudaContext::device_count().map_err(cuda_err)?;
+        if ordinal >= count as usize {
+            return Err(Error::Cuda(format!(
+                "GPU {ordinal} requested but this machine has {count} GPU(s)"
+            )));
+        }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err)?;
+        // One stream per device orders all work, so cudarc's per-allocation event tracking (two
+        // events per buffer, waits on every launch) buys nothing here.
+        // SAFETY: no buffer exists yet on this context, and realign queues everything on `stream`.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        Ok(CudaDevice { ctx, stream })
+        let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
+        let blas = blas::new_handle(&stream)?;
+        let dev = CudaDevice {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                arch: format!("sm_{major}{minor}"),
+                functions: Mutex::new(HashMap::new()),
+            }),
+        };
+        tracing::debug!(ordinal, arch = %dev.inner.arch, "opened CUDA device");
+        devices.insert(ordinal, dev.clone());
+        Ok(dev)
     }
 
     pub fn ordinal(&self) -> usize {
-        self.ctx.ordinal()
+        self.inner.ctx.ordinal()
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+        &self.inner.ctx
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        &self.inner.stream
+    }
+
+    /// The NVRTC target of this GPU, e.g. `sm_90` on an H100/H200.
+    pub fn arch(&self) -> &str {
+        &self.inner.arch
+    }
+
+    pub(crate) fn blas(&self) -> &CudaBlas {
+        &self.inner.blas
     }
 
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err)
+        self.inner.stream.synchronize().map_err(cuda_err)
+    }
+
+    /// Kernel `func` of `src` compiled with `defines` (e.g. `-DHEAD_DIM=64`), compiled by NVRTC on
+    /// first use (disk-cached) and loaded once per device.
+    pub fn function(
+        &self,
+        src: &KernelSource,
+        defines: &[String],
+        func: &str,
+    ) -> Result<CudaFunction> {
+        let key = (
+            format!("{}|{}", src.name, defines.join(" ")),
+            func.to_string(),
+        );
+        let mut cache = self
+            .inner
+            .functions
+            .lock()
+            .map_err(|_| Error::Cuda("kernel cache lock poisoned".into()))?;
+        if let Some(f) = cache.get(&key) {
+            return Ok(f.clone());
+        }
+        let module = launch::load_module(self, src, defines)?;
+        // Load every requested function lazily; the module stays alive through its functions.
+        let f = module.load_function(func).map_err(|e| {
+            Error::Cuda(format!(
+                "kernel `{func}` not found in {}.cu: {e:?}",
+                src.name
+            ))
+        })?;
+        cache.insert(key, f.clone());
+        Ok(f)
     }
 
     pub fn zeros(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
-        let s = &self.stream;
+        let s = &self.inner.stream;
         Ok(match dtype {
             DType::F32 => CudaStorage::F32(s.alloc_zeros::<f32>(n).map_err(cuda_err)?),
             DType::BF16 => CudaStorage::BF16(s.alloc_zeros::<bf16>(n).map_err(cuda_err)?),
@@ -72,9 +179,23 @@ impl CudaDevice {
         })
     }
 
+    /// Storage for `n` elements whose content is unspecified: only for outputs a kernel fully
+    /// writes.
+    pub fn alloc(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
+        let s = &self.inner.stream;
+        // SAFETY: the memory is handed only to kernels that write every element before any read.
+        unsafe {
+            Ok(match dtype {
+                DType::F32 => CudaStorage::F32(s.alloc::<f32>(n).map_err(cuda_err)?),
+                DType::BF16 => CudaStorage::BF16(s.alloc::<bf16>(n).map_err(cuda_err)?),
+                DType::U32 => CudaStorage::U32(s.alloc::<u32>(n).map_err(cuda_err)?),
+            })
+        }
+    }
+
     /// Host storage to device storage (same dtype).
     pub fn upload(&self, host: &Storage) -> Result<CudaStorage> {
-        let s = &self.stream;
+        let s = &self.inner.stream;
         Ok(match host {
             Storage::CpuF32(v) => CudaStorage::F32(s.clone_htod(v).map_err(cuda_err)?),
             Storage::CpuBF16(v) => CudaStorage::BF16(s.clone_htod(v).map_err(cuda_err)?),
@@ -85,7 +206,7 @@ impl CudaDevice {
 
     /// Device-to-device copy onto this device's stream.
     pub fn copy_from(&self, src: &CudaStorage) -> Result<CudaStorage> {
-        let s = &self.stream;
+        let s = &self.inner.stream;
         Ok(match src {
             CudaStorage::F32(x) => CudaStorage::F32(s.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::BF16(x) => CudaStorage::BF16(s.clone_dtod(x).map_err(cuda_err)?),
@@ -122,6 +243,17 @@ impl CudaStorage {
         self.len() == 0
     }
 
+    /// The raw device address, for passing to a kernel on `stream`.
+    pub fn device_ptr(&self, stream: &CudaStream) -> u64 {
+        // The guard records a read event only in cudarc's multi-stream mode, which realign does
+        // not use (one stream per device); dropping it at once is therefore fine.
+        match self {
+            CudaStorage::F32(x) => x.device_ptr(stream).0,
+            CudaStorage::BF16(x) => x.device_ptr(stream).0,
+            CudaStorage::U32(x) => x.device_ptr(stream).0,
+        }
+    }
+
     pub fn try_clone(&self) -> Result<CudaStorage> {
         let stream = match self {
             CudaStorage::F32(x) => x.stream().clone(),
@@ -138,10 +270,53 @@ impl CudaStorage {
     pub fn to_host(&self) -> Result<Storage> {
         Ok(match self {
             CudaStorage::F32(x) => Storage::CpuF32(x.stream().clone_dtoh(x).map_err(cuda_err)?),
-            CudaStorage::BF16(x) => {
-                Storage::CpuBF16(x.stream().clone_dtoh(x).map_err(cuda_err)?)
-            }
+            CudaStorage::BF16(x) => Storage::CpuBF16(x.stream().clone_dtoh(x).map_err(cuda_err)?),
             CudaStorage::U32(x) => Storage::CpuU32(x.stream().clone_dtoh(x).map_err(cuda_err)?),
         })
+    }
+}
+
+/// The CUDA device a tensor lives on, or an error naming `op`.
+pub(crate) fn device_of(t: &Tensor, op: &'static str) -> Result<CudaDevice> {
+    match t.device() {
+        crate::Device::Cuda(d) => Ok(d.clone()),
+        other => Err(Error::msg(format!(
+            "{op}: expected a CUDA tensor, got one on {other}"
+        ))),
+    }
+}
+
+/// A tensor's raw device address, or an error naming `op` if it is not on the GPU.
+pub(crate) fn ptr(t: &Tensor, dev: &CudaDevice, op: &'static str) -> Result<u64> {
+    match t.storage() {
+        Storage::Cuda(s) => Ok(s.device_ptr(dev.stream())),
+        _ => Err(Error::msg(format!(
+            "{op}: expected a CUDA tensor, got one on {}",
+            t.device()
+        ))),
+    }
+}
+
+/// A fresh tensor of `shape`/`dtype` on `dev` whose content is unspecified (kernel fills it).
+pub(crate) fn empty(dev: &CudaDevice, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Tensor::from_storage(
+        Storage::Cuda(dev.alloc(dtype, n)?),
+        shape,
+        crate::Device::Cuda(dev.clone()),
+    )
+}
+
+/// A zero-filled tensor of `shape`/`dtype` on `dev`.
+pub(crate) fn zeros(dev: &CudaDevice, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    Tensor::zeros(shape, dtype, &crate::Device::Cuda(dev.clone()))
+}
+
+/// The kernel-name suffix for a float dtype (`f32` / `bf16`).
+pub(crate) fn suffix(dtype: DType, op: &'static str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        DType::U32 => Err(Error::DType { op, dtype }),
     }
 }

@@ -1,0 +1,34 @@
+// Elementwise helpers: add, add in place, scale in place, fill. f32 arithmetic, one rounding to T.
+
+template <typename T>
+__device__ void add_impl(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        st(out, i, ld(a, i) + ld(b, i));
+}
+
+template <typename T>
+__device__ void add_inplace_impl(T* a, const T* __restrict__ b, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        st(a, i, ld(a, i) + ld(b, i));
+}
+
+template <typename T>
+__device__ void scale_impl(T* x, float s, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        st(x, i, ld(x, i) * s);
+}
+
+template <typename T>
+__device__ void fill_impl(T* x, float v, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        st(x, i, v);
+}
+
+#define ELEMENTWISE(S, T)                                                                               \
+    extern "C" __global__ void add_##S(const T* a, const T* b, T* out, u64 n) { add_impl(a, b, out, n); } \
+    extern "C" __global__ void add_inplace_##S(T* a, const T* b, u64 n) { add_inplace_impl(a, b, n); }   \
+    extern "C" __global__ void scale_inplace_##S(T* x, float s, u64 n) { scale_impl(x, s, n); }          \
+    extern "C" __global__ void fill_inplace_##S(T* x, float v, u64 n) { fill_impl(x, v, n); }
+
+ELEMENTWISE(f32, float)
+ELEMENTWISE(bf16, __nv_bfloat16)

@@ -1,0 +1,68 @@
+// RMSNorm (HF LlamaRMSNorm): rstd = 1 / sqrt(mean(x^2) + eps); y = w * T(x * rstd), the
+// normalised value rounded to the input dtype before the weight multiplies it, as HF does.
+// One block per row (grid-stride over rows), threads across C.
+
+template <typename T>
+__device__ void rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                             float* __restrict__ rstd_out, u32 n, u32 c, float eps) {
+    __shared__ float scratch[32];
+    for (u32 row = blockIdx.x; row < n; row += gridDim.x) {
+        const size_t off = (size_t)row * c;
+        float ss = 0.0f;
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
+            const float v = ld(x, off + j);
+            ss += v * v;
+        }
+        ss = block_sum(ss, scratch);
+        const float rstd = 1.0f / sqrtf(ss / (float)c + eps);
+        if (threadIdx.x == 0) rstd_out[row] = rstd;
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x)
+            st(y, off + j, ld(w, j) * round_to<T>(ld(x, off + j) * rstd));
+    }
+}
+
+// dx = rstd * (w*dy - xn * mean(w*dy*xn)),  dw += sum_rows dy * xn,  xn = x * rstd.
+// Each block takes `rows_per_block` consecutive rows and keeps its dw partial in shared memory
+// (column j always belongs to the same thread, so no races), then adds it to dw with one atomic
+// per column: dw must be zeroed before launch.
+template <typename T>
+__device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+                                 const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
+                                 u32 n, u32 c, u32 rows_per_block) {
+    extern __shared__ float dw_part[];  // [c]
+    __shared__ float scratch[32];
+    for (u32 j = threadIdx.x; j < c; j += blockDim.x) dw_part[j] = 0.0f;
+    const u32 r0 = blockIdx.x * rows_per_block;
+    const u32 r1 = min(n, r0 + rows_per_block);
+    for (u32 row = r0; row < r1; ++row) {
+        const size_t off = (size_t)row * c;
+        const float r = rstd[row];
+        float dot = 0.0f;
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x)
+            dot += ld(w, j) * ld(dy, off + j) * (ld(x, off + j) * r);
+        dot = block_sum(dot, scratch) / (float)c;
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
+            const float g = ld(dy, off + j), xn = ld(x, off + j) * r;
+            st(dx, off + j, r * (ld(w, j) * g - xn * dot));
+            dw_part[j] += g * xn;
+        }
+    }
+    for (u32 j = threadIdx.x; j < c; j += blockDim.x)
+        if (r1 > r0) atomicAdd(dw + j, dw_part[j]);
+}
+
+extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* y, float* rstd, u32 n, u32 c, float eps) {
+    rmsnorm_impl(x, w, y, rstd, n, c, eps);
+}
+extern "C" __global__ void rmsnorm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, float* rstd,
+                                        u32 n, u32 c, float eps) {
+    rmsnorm_impl(x, w, y, rstd, n, c, eps);
+}
+extern "C" __global__ void rmsnorm_backward_f32(const float* dy, const float* x, const float* w, const float* rstd,
+                                                float* dx, float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x, const __nv_bfloat16* w,
+                                                 const float* rstd, __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
+}

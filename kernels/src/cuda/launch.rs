@@ -1,0 +1,223 @@
+//! Kernel sources, module loading and a checked launch helper.
+//!
+//! Every `.cu` file is compiled together with `cu/common.cuh` (prepended as text, so NVRTC needs no
+//! header lookup for it). Arguments are packed by [`Args`] (device pointers, u32/i32/f32/u64
+//! scalars) and every launch's result is checked; with `REALIGN_CUDA_SYNC=1` each launch is also
+//! followed by a synchronize, so that an asynchronous fault names the kernel that caused it.
+
+use std::ffi::c_void;
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::{CudaFunction, CudaModule};
+
+use super::{cuda_err, ptr, CudaDevice};
+use crate::{Error, Result, Tensor};
+
+/// Helpers shared by every kernel (dtype load/store, warp and block reductions).
+pub const COMMON: &str = include_str!("../../cu/common.cuh");
+
+/// One embedded `.cu` file.
+pub struct KernelSource {
+    /// File stem, used in messages and cache file names.
+    pub name: &'static str,
+    pub src: &'static str,
+}
+
+macro_rules! kernel_source {
+    ($name:literal) => {
+        $crate::cuda::launch::KernelSource {
+            name: $name,
+            src: include_str!(concat!("../../cu/", $name, ".cu")),
+        }
+    };
+}
+pub(crate) use kernel_source;
+
+/// Every kernel source of this crate, so a test can compile them all without a GPU.
+pub fn all_sources() -> Vec<KernelSource> {
+    vec![
+        kernel_source!("cast"),
+        kernel_source!("elementwise"),
+        kernel_source!("embedding"),
+        kernel_source!("linear"),
+        kernel_source!("rmsnorm"),
+        kernel_source!("rope"),
+        kernel_source!("swiglu"),
+        kernel_source!("attention"),
+        kernel_source!("logsoftmax"),
+        kernel_source!("sum_squares"),
+        kernel_source!("adamw"),
+    ]
+}
+
+/// The full text NVRTC compiles for `src`.
+pub fn full_source(src: &KernelSource) -> String {
+    format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", src.name, src.src)
+}
+
+pub(crate) fn load_module(
+    dev: &CudaDevice,
+    src: &KernelSource,
+    defines: &[String],
+) -> Result<Arc<CudaModule>> {
+    let text = full_source(src);
+    let cubin = super::nvrtc::compile_cubin(src.name, &text, dev.arch(), defines)?;
+    dev.context()
+        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .map_err(|e| Error::Cuda(format!("loading module {}.cu: {e:?}", src.name)))
+}
+
+/// Packed kernel arguments. Each value sits in its own 8-byte slot: the driver copies as many bytes
+/// as the parameter's size from the slot's start, so 4-byte values in the low half are read right
+/// (little-endian).
+#[derive(Default)]
+pub struct Args {
+    slots: Vec<u64>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    /// A tensor's device address (`T*` in the kernel).
+    pub fn ptr(mut self, t: &Tensor, dev: &CudaDevice, op: &'static str) -> Result<Args> {
+        self.slots.push(ptr(t, dev, op)?);
+        Ok(self)
+    }
+
+    /// A raw device address.
+    pub fn raw(mut self, p: u64) -> Args {
+        self.slots.push(p);
+        self
+    }
+
+    /// An optional tensor: its address, or a null pointer.
+    pub fn opt_ptr(
+        mut self,
+        t: Option<&Tensor>,
+        dev: &CudaDevice,
+        op: &'static str,
+    ) -> Result<Args> {
+        self.slots.push(match t {
+            Some(t) => ptr(t, dev, op)?,
+            None => 0,
+        });
+        Ok(self)
+    }
+
+    pub fn u32(mut self, v: u32) -> Args {
+        self.slots.push(v as u64);
+        self
+    }
+
+    pub fn i32(mut self, v: i32) -> Args {
+        self.slots.push(v as u32 as u64);
+        self
+    }
+
+    pub fn f32(mut self, v: f32) -> Args {
+        self.slots.push(v.to_bits() as u64);
+        self
+    }
+
+    pub fn u64(mut self, v: u64) -> Args {
+        self.slots.push(v);
+        self
+    }
+}
+
+/// Launch geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem: u32,
+}
+
+impl Grid {
+    /// A 1-D grid of `blocks` × `threads`.
+    pub fn d1(blocks: u32, threads: u32) -> Grid {
+        Grid {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+            smem: 0,
+        }
+    }
+
+    /// Enough blocks of `threads` to cover `n` items one per thread, capped (grid-stride kernels
+    /// cover the rest).
+    pub fn cover(n: usize, threads: u32) -> Grid {
+        let blocks = n.div_ceil(threads as usize).clamp(1, 65535 * 16) as u32;
+        Grid::d1(blocks, threads)
+    }
+
+    pub fn with_smem(mut self, bytes: u32) -> Grid {
+        self.smem = bytes;
+        self
+    }
+}
+
+fn sync_each_launch() -> bool {
+    static SYNC: OnceLock<bool> = OnceLock::new();
+    *SYNC.get_or_init(|| std::env::var("REALIGN_CUDA_SYNC").is_ok_and(|v| v == "1"))
+}
+
+/// Raises `f`'s dynamic shared-memory limit to `bytes` (needed above 48 KiB).
+pub(crate) fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
+    if bytes > 48 * 1024 {
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| Error::Cuda(format!("raising the shared-memory limit to {bytes} B: {e:?}")))?;
+    }
+    Ok(())
+}
+
+/// Launches `f` (named `name` in errors) on `dev`'s stream and checks the result.
+pub fn launch(dev: &CudaDevice, f: &CudaFunction, name: &str, g: Grid, args: Args) -> Result<()> {
+    if g.grid.0 == 0 || g.grid.1 == 0 || g.grid.2 == 0 {
+        return Ok(()); // nothing to do (empty tensor)
+    }
+    let mut slots = args.slots;
+    let mut params: Vec<*mut c_void> = slots
+        .iter_mut()
+        .map(|s| s as *mut u64 as *mut c_void)
+        .collect();
+    dev.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: `params` point into `slots`, which outlive the call; each op passes the arguments in
+    // the order and types its kernel declares, with buffers sized by the op's shape checks.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            f.cu_function(),
+            g.grid,
+            g.block,
+            g.smem,
+            dev.stream().cu_stream(),
+            &mut params,
+        )
+    }
+    .map_err(|e| Error::Cuda(format!("launching {name} with {g:?}: {e:?}")))?;
+    if sync_each_launch() {
+        dev.synchronize()
+            .map_err(|e| Error::Cuda(format!("kernel {name} failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Looks up kernel `func` of `src` on `dev` and launches it.
+pub fn run(
+    dev: &CudaDevice,
+    src: &KernelSource,
+    defines: &[String],
+    func: &str,
+    g: Grid,
+    args: Args,
+) -> Result<()> {
+    let f = dev.function(src, defines, func)?;
+    if g.smem > 48 * 1024 {
+        allow_smem(&f, g.smem)?;
+    }
+    launch(dev, &f, func, g, args)
+}

@@ -1,0 +1,135 @@
+//! linear on the GPU: cuBLAS GEMMs (bf16 in, f32 accumulate; or IEEE f32) plus small kernels for
+//! the bias broadcast and the bias gradient.
+//!
+//! Row-major [R, C] is column-major C×R, so (with A = w[O,I], B = x[N,I]):
+//! - forward   y[N,O] = x wᵀ:  column-major y(O×N) = wᵀ-op(I×O → O×I) · x(I×N)
+//! - backward  dx[N,I] = dy w: column-major dx(I×N) = w(I×O) · dy(O×N)
+//! - backward  dw[O,I] += dyᵀ x: column-major dw(I×O) = x(I×N) · dyᵀ(N×O), beta = 1, f32 C.
+
+use super::blas::Gemm;
+use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::{device_of, empty, ptr, suffix};
+use crate::{DType, Error, Result, Tensor};
+
+const SRC: KernelSource = kernel_source!("linear");
+
+fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
+}
+
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let dev = device_of(x, OP)?;
+    let (n, i) = x.dims2(OP)?;
+    let (o, _) = w.dims2(OP)?;
+    let dtype = x.dtype();
+    let y = empty(&dev, &[n, o], dtype)?;
+    let beta = match b {
+        Some(b) => {
+            // Seed y with the bias so the GEMM adds the product with beta = 1 and rounds once.
+            let args = Args::new()
+                .ptr(b, &dev, OP)?
+                .ptr(&y, &dev, OP)?
+                .u32(u32_dim(OP, n)?)
+                .u32(u32_dim(OP, o)?);
+            let func = format!("bias_fill_{}", suffix(dtype, OP)?);
+            run(&dev, &SRC, &[], &func, Grid::cover(n * o, 256), args)?;
+            1.0
+        }
+        None => 0.0,
+    };
+    Gemm {
+        trans_a: true,
+        trans_b: false,
+        m: o,
+        n,
+        k: i,
+        a: ptr(w, &dev, OP)?,
+        lda: i,
+        b: ptr(x, &dev, OP)?,
+        ldb: i,
+        c: ptr(&y, &dev, OP)?,
+        ldc: o,
+        alpha: 1.0,
+        beta,
+        ab: dtype,
+        c_type: dtype,
+    }
+    .run(&dev)?;
+    Ok(y)
+}
+
+pub fn linear_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "linear_backward";
+    let dev = device_of(x, OP)?;
+    let (n, i) = x.dims2(OP)?;
+    let (o, _) = w.dims2(OP)?;
+    let dtype = x.dtype();
+    let dx = empty(&dev, &[n, i], dtype)?;
+    Gemm {
+        trans_a: false,
+        trans_b: false,
+        m: i,
+        n,
+        k: o,
+        a: ptr(w, &dev, OP)?,
+        lda: i,
+        b: ptr(dy, &dev, OP)?,
+        ldb: o,
+        c: ptr(&dx, &dev, OP)?,
+        ldc: i,
+        alpha: 1.0,
+        beta: 0.0,
+        ab: dtype,
+        c_type: dtype,
+    }
+    .run(&dev)?;
+    Gemm {
+        trans_a: false,
+        trans_b: true,
+        m: i,
+        n: o,
+        k: n,
+        a: ptr(x, &dev, OP)?,
+        lda: i,
+        b: ptr(dy, &dev, OP)?,
+        ldb: o,
+        c: ptr(dw, &dev, OP)?,
+        ldc: i,
+        alpha: 1.0,
+        beta: 1.0,
+        ab: dtype,
+        c_type: DType::F32,
+    }
+    .run(&dev)?;
+    if let Some(db) = db {
+        // Row chunks of 64: enough blocks to fill the GPU, few atomics per column.
+        const CHUNK: usize = 64;
+        let threads = 256u32;
+        let g = Grid {
+            grid: (
+                o.div_ceil(threads as usize).max(1) as u32,
+                n.div_ceil(CHUNK).clamp(1, 65535) as u32,
+                1,
+            ),
+            block: (threads, 1, 1),
+            smem: 0,
+        };
+        let chunk = n.div_ceil(g.grid.1 as usize).max(1);
+        let args = Args::new()
+            .ptr(dy, &dev, OP)?
+            .ptr(db, &dev, OP)?
+            .u32(u32_dim(OP, n)?)
+            .u32(u32_dim(OP, o)?)
+            .u32(u32_dim(OP, chunk)?);
+        let func = format!("bias_grad_{}", suffix(dtype, OP)?);
+        run(&dev, &SRC, &[], &func, g, args)?;
+    }
+    Ok(dx)
+}

@@ -1,0 +1,68 @@
+//! RMSNorm on the GPU: one block per row forward; the backward keeps per-block dw partials in
+//! shared memory and adds them with one f32 atomic per column per block.
+
+use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::{device_of, empty, suffix, zeros};
+use crate::{DType, Error, Result, Tensor};
+
+const SRC: KernelSource = kernel_source!("rmsnorm");
+
+fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
+}
+
+/// Threads per row: enough to cover C in a few strides, a multiple of 32.
+fn threads_for(c: usize) -> u32 {
+    (c.div_ceil(4).next_multiple_of(32)).clamp(32, 512) as u32
+}
+
+pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "rmsnorm";
+    let dev = device_of(x, OP)?;
+    let (n, c) = x.dims2(OP)?;
+    let y = empty(&dev, &[n, c], x.dtype())?;
+    let rstd = empty(&dev, &[n], DType::F32)?;
+    let args = Args::new()
+        .ptr(x, &dev, OP)?
+        .ptr(w, &dev, OP)?
+        .ptr(&y, &dev, OP)?
+        .ptr(&rstd, &dev, OP)?
+        .u32(u32_dim(OP, n)?)
+        .u32(u32_dim(OP, c)?)
+        .f32(eps);
+    let func = format!("rmsnorm_{}", suffix(x.dtype(), OP)?);
+    let g = Grid::d1(n.clamp(1, 65535 * 4) as u32, threads_for(c));
+    run(&dev, &SRC, &[], &func, g, args)?;
+    Ok((y, rstd))
+}
+
+pub fn rmsnorm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "rmsnorm_backward";
+    let dev = device_of(x, OP)?;
+    let (n, c) = x.dims2(OP)?;
+    let dx = empty(&dev, &[n, c], x.dtype())?;
+    let dw = zeros(&dev, &[c], DType::F32)?;
+    // ~4 blocks per SM on an H200-sized GPU, at least one row each.
+    let rows_per_block = n.div_ceil(528).max(1);
+    let blocks = n.div_ceil(rows_per_block).max(1);
+    let smem = (c * 4) as u32;
+    let args = Args::new()
+        .ptr(dy, &dev, OP)?
+        .ptr(x, &dev, OP)?
+        .ptr(w, &dev, OP)?
+        .ptr(rstd, &dev, OP)?
+        .ptr(&dx, &dev, OP)?
+        .ptr(&dw, &dev, OP)?
+        .u32(u32_dim(OP, n)?)
+        .u32(u32_dim(OP, c)?)
+        .u32(u32_dim(OP, rows_per_block)?);
+    let func = format!("rmsnorm_backward_{}", suffix(x.dtype(), OP)?);
+    let g = Grid::d1(blocks as u32, threads_for(c)).with_smem(smem);
+    run(&dev, &SRC, &[], &func, g, args)?;
+    Ok((dx, dw))
+}

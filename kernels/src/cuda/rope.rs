@@ -1,0 +1,44 @@
+//! Rotary embedding on the GPU (HF `rotate_half`), one thread per rotated pair.
+
+use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::{device_of, empty, suffix};
+use crate::{Error, Result, Tensor};
+
+const SRC: KernelSource = kernel_source!("rope");
+
+fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
+}
+
+fn rotate(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32, sign: f32) -> Result<Tensor> {
+    let dev = device_of(x, op)?;
+    let (n, h, d) = x.dims3(op)?;
+    let y = empty(&dev, &[n, h, d], x.dtype())?;
+    let args = Args::new()
+        .ptr(x, &dev, op)?
+        .ptr(pos, &dev, op)?
+        .ptr(&y, &dev, op)?
+        .u32(u32_dim(op, n)?)
+        .u32(u32_dim(op, h)?)
+        .u32(u32_dim(op, d)?)
+        .f32(theta)
+        .f32(sign);
+    let func = format!("rope_{}", suffix(x.dtype(), op)?);
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n * h * (d / 2), 256),
+        args,
+    )?;
+    Ok(y)
+}
+
+pub fn rope(x: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
+    rotate("rope", x, pos, theta, 1.0)
+}
+
+pub fn rope_backward(dy: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
+    rotate("rope_backward", dy, pos, theta, -1.0)
+}
