@@ -1,5 +1,6 @@
-//! Causal GQA attention on the CPU: per sequence, per head, per query row, with an online softmax
-//! over that row's keys, so memory is O(D) per row and there is never a T×T buffer.
+//! Causal GQA attention on the CPU: per sequence, per head, per query row, two passes over that
+//! row's keys (scores and their max, then softmax-weighted values), so memory is O(T) per row and
+//! there is never a T×T buffer. The backward recomputes each probability from the saved lse.
 
 use super::{f32s, u32s};
 use crate::{Error, Result, Tensor};
@@ -26,8 +27,28 @@ pub fn sequences(op: &'static str, cu_seqlens: &[u32], n: usize) -> Result<Vec<(
     Ok(seqs)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// a·b with eight independent partial sums, so the compiler can vectorise it (a single running sum
+/// cannot be reordered). The partial sums are combined in a fixed order: deterministic.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+/// y += alpha·x.
+fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x);
 }
 
 pub fn attention(
@@ -45,36 +66,33 @@ pub fn attention(
     let group = h / kh; // query heads per kv head
     let mut out = vec![0.0f32; n * h * d];
     let mut lse = vec![0.0f32; n * h];
-    let mut acc = vec![0.0f64; d];
+    let longest = seqs.iter().map(|(s, e)| e - s).max().unwrap_or(0);
+    // One query row's scores: O(T) memory, never T×T.
+    let mut scores = vec![0.0f32; longest];
+    let mut acc = vec![0.0f32; d];
     for &(start, end) in &seqs {
         for hq in 0..h {
             let g = hq / group;
             for i in start..end {
                 let qi = &qs[(i * h + hq) * d..][..d];
-                // Online softmax: running max m, running denominator l, running numerator acc,
-                // all relative to the current max (rescaled when the max grows).
-                let (mut m, mut l) = (f32::NEG_INFINITY, 0.0f64);
+                // Pass 1: scores of keys start..=i and their max.
+                let row = &mut scores[..i + 1 - start];
+                let mut m = f32::NEG_INFINITY;
+                for (jj, s) in row.iter_mut().enumerate() {
+                    *s = scale * dot(qi, &ks[((start + jj) * kh + g) * d..][..d]);
+                    m = m.max(*s);
+                }
+                // Pass 2: softmax numerators, their sum, and the weighted sum of values.
+                let mut l = 0.0f32;
                 acc.fill(0.0);
-                for j in start..=i {
-                    let s = scale * dot(qi, &ks[(j * kh + g) * d..][..d]);
-                    if s > m {
-                        let corr = ((m - s) as f64).exp();
-                        l *= corr;
-                        acc.iter_mut().for_each(|a| *a *= corr);
-                        m = s;
-                    }
-                    let p = ((s - m) as f64).exp();
+                for (jj, &s) in row.iter().enumerate() {
+                    let p = (s - m).exp();
                     l += p;
-                    let vj = &vs[(j * kh + g) * d..][..d];
-                    acc.iter_mut()
-                        .zip(vj)
-                        .for_each(|(a, &x)| *a += p * x as f64);
+                    axpy(&mut acc, p, &vs[((start + jj) * kh + g) * d..][..d]);
                 }
                 let o = &mut out[(i * h + hq) * d..][..d];
-                o.iter_mut()
-                    .zip(&acc)
-                    .for_each(|(o, &a)| *o = (a / l) as f32);
-                lse[i * h + hq] = m + l.ln() as f32;
+                o.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a / l);
+                lse[i * h + hq] = m + l.ln();
             }
         }
     }
@@ -122,17 +140,9 @@ pub fn attention_backward(
                     let (kj, vj) = (&ks[kv..][..d], &vs[kv..][..d]);
                     let p = (scale * dot(qi, kj) - lse_i).exp();
                     let ds = p * (dot(doi, vj) - delta);
-                    dv[kv..kv + d]
-                        .iter_mut()
-                        .zip(doi)
-                        .for_each(|(a, &x)| *a += p * x);
-                    dk[kv..kv + d]
-                        .iter_mut()
-                        .zip(qi)
-                        .for_each(|(a, &x)| *a += scale * ds * x);
-                    dqi.iter_mut()
-                        .zip(kj)
-                        .for_each(|(a, &x)| *a += scale * ds * x);
+                    axpy(&mut dv[kv..kv + d], p, doi);
+                    axpy(&mut dk[kv..kv + d], scale * ds, qi);
+                    axpy(dqi, scale * ds, kj);
                 }
             }
         }

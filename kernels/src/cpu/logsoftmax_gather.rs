@@ -1,5 +1,5 @@
 //! Fused log-softmax + gather + entropy on the CPU: two passes over each row of logits (max, then
-//! sums of e^(z−max)), sums in f64, no probability buffer.
+//! sums of e^(z−max)); exp in f32, row sums in f64; no probability buffer.
 
 use super::{f32s, u32s};
 use crate::ops::NO_TARGET;
@@ -36,12 +36,13 @@ pub fn logsoftmax_gather(
             .fold(f32::NEG_INFINITY, f32::max);
         // s = Σ e^(z−m), sz = Σ e^(z−m)(z−m); then lse = m + ln s and
         // entropy = lse − Σ p z = ln s − sz / s.
+        // exp in f32 (as PyTorch's f32 log_softmax), sums in f64 (vocabularies are long).
         let (mut s, mut sz) = (0.0f64, 0.0f64);
         for &x in row {
-            let zm = (x * inv_temp - m) as f64;
+            let zm = x * inv_temp - m;
             let e = zm.exp();
-            s += e;
-            sz += e * zm;
+            s += e as f64;
+            sz += (e * zm) as f64;
         }
         let l = m as f64 + s.ln();
         lse[r] = l as f32;
@@ -75,31 +76,29 @@ pub fn logsoftmax_gather_backward(
     let mut dx = vec![0.0f32; n * v];
     for r in 0..n {
         let row = &xs[r * v..(r + 1) * v];
-        let l = ls[r] as f64;
-        let dl = if ts[r] == NO_TARGET {
-            0.0
-        } else {
-            dlp[r] as f64
-        };
-        let de = dent.map_or(0.0, |d| d[r] as f64);
+        let l = ls[r];
+        let dl = if ts[r] == NO_TARGET { 0.0 } else { dlp[r] };
+        let de = dent.map_or(0.0, |d| d[r]);
         // The entropy term needs H = Σ p (lse − z): one extra pass, only when it is used.
         let h = if de != 0.0 {
-            row.iter()
+            let sum: f64 = row
+                .iter()
                 .map(|&x| {
-                    let logp = (x * inv_temp) as f64 - l;
-                    -logp.exp() * logp
+                    let logp = x * inv_temp - l;
+                    (-logp.exp() * logp) as f64
                 })
-                .sum::<f64>()
+                .sum();
+            sum as f32
         } else {
             0.0
         };
         let target = ts[r] as usize; // never matches a column when it is NO_TARGET
         let out = &mut dx[r * v..(r + 1) * v];
         for (k, (o, &x)) in out.iter_mut().zip(row).enumerate() {
-            let logp = (x * inv_temp) as f64 - l;
+            let logp = x * inv_temp - l;
             let p = logp.exp();
             let hit = if k == target { 1.0 } else { 0.0 };
-            *o = (inv_temp as f64 * (dl * (hit - p) - de * p * (logp + h))) as f32;
+            *o = inv_temp * (dl * (hit - p) - de * p * (logp + h));
         }
     }
     super::tensor(dx, &[n, v])
