@@ -852,3 +852,33 @@ fn adamw_matches_reference_over_several_steps() {
     ));
     assert!(ops::adamw_step(&mut p, &g, &mut m, &mut v, &params, None).is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// empty inputs
+
+/// N = 0 (an empty micro-batch) must work, not panic, for every op.
+#[test]
+fn ops_accept_zero_tokens() {
+    let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &CPU).unwrap();
+    let no_ids = Tensor::from_u32(vec![], &[0], &CPU).unwrap();
+    let (x, w) = (z(&[0, 13]), z(&[11, 13]));
+    assert_eq!(ops::linear(&x, &w, None).unwrap().shape(), &[0, 11]);
+    let mut dw = z(&[11, 13]);
+    let dx = ops::linear_backward(&z(&[0, 11]), &x, &w, &mut dw, None).unwrap();
+    assert_eq!(dx.shape(), &[0, 13]);
+    assert!(host(&dw).iter().all(|&g| g == 0.0));
+    assert_eq!(ops::gather_rows(&w, &no_ids).unwrap().shape(), &[0, 13]);
+    ops::scatter_add_rows(&mut dw, &no_ids, &x).unwrap();
+    let (y, rstd) = ops::rmsnorm(&x, &z(&[13]), 1e-5).unwrap();
+    assert_eq!((y.shape(), rstd.shape()), (&[0, 13][..], &[0][..]));
+    ops::rmsnorm_backward(&x, &x, &z(&[13]), &rstd).unwrap();
+    ops::rope(&z(&[0, 2, 8]), &no_ids, 1e4).unwrap();
+    ops::swiglu(&x, &x).unwrap();
+    let cu = Tensor::from_u32(vec![0], &[1], &CPU).unwrap();
+    let (q, kv) = (z(&[0, 6, 8]), z(&[0, 2, 8]));
+    let (out, lse) = ops::attention(&q, &kv, &kv, &cu, 1.0).unwrap();
+    ops::attention_backward(&out, &q, &kv, &kv, &out, &lse, &cu, 1.0).unwrap();
+    let (_, _, lse) = ops::logsoftmax_gather(&z(&[0, 37]), &no_ids, 1.0).unwrap();
+    ops::logsoftmax_gather_backward(&z(&[0]), None, &z(&[0, 37]), &no_ids, &lse, 1.0).unwrap();
+    assert_eq!(ops::sum_squares(&x).unwrap(), 0.0);
+}
