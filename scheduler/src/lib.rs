@@ -2,4 +2,6 @@
 //! everything a run leaves behind (logs, checkpoints).
 
 pub mod atomic;
+pub mod config;
 pub mod logging;
+pub mod synthetic;
