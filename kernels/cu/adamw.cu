@@ -1,33 +1,26 @@
-// Fused AdamW step (PyTorch `AdamW` semantics), f32 master weights and moments:
-//   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
-//   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc_i = 1 - beta_i^step (from the host).
-// Optionally writes the bf16 working copy of the updated master.
+// Fused AdamW step (PyTorch `AdamW` semantics, see ops/adamw.rs), f32 master weights, grads and
+// moments, with the per-element arithmetic in the same order as the CPU reference:
+//   p *= decay;  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2;
+//   p += neg_step_size * m / (sqrt(v) / bias_correction2_sqrt + eps).
+// The scalars come from the host (f64 bias corrections rounded to f32). Optionally writes the bf16
+// working copy of the updated master.
 
-template <typename G>
-__device__ void adamw_impl(float* master, const G* __restrict__ grad, float* m, float* v,
-                           __nv_bfloat16* working, u64 n, float lr, float beta1, float beta2, float eps,
-                           float weight_decay, float step_size, float inv_sqrt_bc2) {
+extern "C" __global__ void adamw_step_f32(float* master, const float* __restrict__ grad, float* m, float* v,
+                                          __nv_bfloat16* working, u64 n, float decay, float one_minus_beta1,
+                                          float beta2, float one_minus_beta2, float neg_step_size,
+                                          float bias_correction2_sqrt, float eps) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        const float g = ld(grad, i);
-        float p = master[i];
-        p -= lr * weight_decay * p;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        const float g = grad[i];
+        const float p = master[i] * decay;
+        // torch.lerp: start + w (end - start) for |w| < 0.5, else end - (end - start)(1 - w).
+        const float w = one_minus_beta1, mo = m[i];
+        const float mi = fabsf(w) < 0.5f ? mo + w * (g - mo) : g - (g - mo) * (1.0f - w);
+        const float vi = v[i] * beta2 + one_minus_beta2 * g * g;
+        const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+        const float pn = p + neg_step_size * mi / denom;
         m[i] = mi;
         v[i] = vi;
-        p -= step_size * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
-        master[i] = p;
-        if (working) working[i] = __float2bfloat16_rn(p);
+        master[i] = pn;
+        if (working) working[i] = __float2bfloat16_rn(pn);
     }
-}
-
-extern "C" __global__ void adamw_step_f32(float* master, const float* grad, float* m, float* v, __nv_bfloat16* working,
-                                          u64 n, float lr, float b1, float b2, float eps, float wd, float step_size,
-                                          float inv_sqrt_bc2) {
-    adamw_impl(master, grad, m, v, working, n, lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2);
-}
-extern "C" __global__ void adamw_step_bf16(float* master, const __nv_bfloat16* grad, float* m, float* v,
-                                           __nv_bfloat16* working, u64 n, float lr, float b1, float b2, float eps,
-                                           float wd, float step_size, float inv_sqrt_bc2) {
-    adamw_impl(master, grad, m, v, working, n, lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2);
 }

@@ -1,8 +1,9 @@
 // Rotary embedding, HF `rotate_half` layout: for i < D/2, a = pos * theta^(-2i/D) (f32),
 //   y[i] = x[i] cos a - x[i+D/2] sin a,   y[i+D/2] = x[i+D/2] cos a + x[i] sin a.
 // The backward is the rotation by -a (sign = -1). One thread per (token, head, i < D/2).
-// The inverse frequency and cos/sin are evaluated in f64 and rounded, so they are the correctly
-// rounded f32 values (what a careful f32 reference computes) and do not drift with large positions.
+// As HF (and the CPU reference): inv_freq = 1 / theta^(f32(2i) / f32(D)) and a = f32(pos) * inv_freq
+// in f32. theta^e and cos/sin(a) are evaluated in f64 and rounded, giving the correctly rounded f32
+// values a good libm returns, so the angle does not drift from the reference at large positions.
 
 template <typename T>
 __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, T* __restrict__ y,
@@ -13,7 +14,8 @@ __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, 
         const u32 i = t % half;
         const size_t nh = t / half;       // token * heads + head
         const u32 tok = nh / heads;
-        const float inv_freq = (float)pow((double)theta, -2.0 * (double)i / (double)d);
+        const float expo = (float)(2 * i) / (float)d;
+        const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
         const float a = (float)pos[tok] * inv_freq;
         double sd, cd;
         sincos((double)a, &sd, &cd);

@@ -7,6 +7,21 @@ use crate::{DType, Error, Result, Tensor};
 const SRC: KernelSource = kernel_source!("logsoftmax");
 const THREADS: u32 = 512;
 
+/// Targets ≥ V other than NO_TARGET are an error, as on the CPU (copies N u32s to the host).
+fn check_targets(op: &'static str, targets: &Tensor, v: usize) -> Result<()> {
+    let ts = targets.to_vec_u32()?;
+    match ts
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t != crate::ops::NO_TARGET && t as usize >= v)
+    {
+        Some((n, t)) => Err(Error::msg(format!(
+            "{op}: target {t} at position {n} is out of range for a vocabulary of {v}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
 }
@@ -19,6 +34,7 @@ pub fn logsoftmax_gather(
     const OP: &str = "logsoftmax_gather";
     let dev = device_of(logits, OP)?;
     let (n, v) = logits.dims2(OP)?;
+    check_targets(OP, targets, v)?;
     let logprob = empty(&dev, &[n], DType::F32)?;
     let entropy = empty(&dev, &[n], DType::F32)?;
     let lse = empty(&dev, &[n], DType::F32)?;
@@ -50,6 +66,7 @@ pub fn logsoftmax_gather_backward(
     const OP: &str = "logsoftmax_gather_backward";
     let dev = device_of(logits, OP)?;
     let (n, v) = logits.dims2(OP)?;
+    check_targets(OP, targets, v)?;
     let dlogits = empty(&dev, &[n, v], logits.dtype())?;
     let args = Args::new()
         .ptr(dlogprob, &dev, OP)?

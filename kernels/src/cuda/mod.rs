@@ -17,7 +17,7 @@ use half::bf16;
 
 use crate::{DType, Error, Result, Storage, Tensor};
 
-// pub mod adamw; (lands with ops::adamw)
+pub mod adamw;
 pub mod attention;
 mod blas;
 pub mod cast;

@@ -97,6 +97,6 @@ pub fn adamw_step(
     let scalars = params.scalars()?;
     match master.device() {
         Device::Cpu => crate::cpu::adamw::adamw_step(master, grad, m, v, &scalars, working),
-        Device::Cuda(_) => Err(Error::unsupported(OP, master.device())),
+        Device::Cuda(_) => crate::cuda::adamw::adamw_step(master, grad, m, v, &scalars, working),
     }
 }

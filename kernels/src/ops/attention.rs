@@ -22,7 +22,7 @@ pub fn attention(
     check_qkv(OP, q, k, v, cu_seqlens)?;
     match q.device() {
         Device::Cpu => crate::cpu::attention::attention(q, k, v, cu_seqlens, scale),
-        Device::Cuda(_) => Err(Error::unsupported(OP, q.device())),
+        Device::Cuda(_) => crate::cuda::attention::attention(q, k, v, cu_seqlens, scale),
     }
 }
 
@@ -52,7 +52,9 @@ pub fn attention_backward(
         Device::Cpu => {
             crate::cpu::attention::attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
         }
-        Device::Cuda(_) => Err(Error::unsupported(OP, q.device())),
+        Device::Cuda(_) => {
+            crate::cuda::attention::attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
+        }
     }
 }
 

@@ -11,6 +11,6 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     }
     match x.device() {
         Device::Cpu => crate::cpu::cast::cast(x, dtype),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::cast::cast(x, dtype),
     }
 }

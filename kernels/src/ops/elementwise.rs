@@ -1,6 +1,6 @@
 //! Elementwise helpers: add, add in place, scale in place (gradient clipping), fill in place.
 
-use crate::{Device, Error, Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 /// `a + b` (same shape, dtype, device).
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -8,7 +8,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_pair(OP, a, b)?;
     match a.device() {
         Device::Cpu => crate::cpu::elementwise::add(a, b),
-        Device::Cuda(_) => Err(Error::unsupported(OP, a.device())),
+        Device::Cuda(_) => crate::cuda::elementwise::add(a, b),
     }
 }
 
@@ -18,7 +18,7 @@ pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
     check_pair(OP, a, b)?;
     match a.device() {
         Device::Cpu => crate::cpu::elementwise::add_inplace(a, b),
-        Device::Cuda(_) => Err(Error::unsupported(OP, a.device())),
+        Device::Cuda(_) => crate::cuda::elementwise::add_inplace(a, b),
     }
 }
 
@@ -28,7 +28,7 @@ pub fn scale_inplace(x: &mut Tensor, s: f32) -> Result<()> {
     super::check_float(OP, x)?;
     match x.device() {
         Device::Cpu => crate::cpu::elementwise::scale_inplace(x, s),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::elementwise::scale_inplace(x, s),
     }
 }
 
@@ -38,7 +38,7 @@ pub fn fill_inplace(x: &mut Tensor, v: f32) -> Result<()> {
     super::check_float(OP, x)?;
     match x.device() {
         Device::Cpu => crate::cpu::elementwise::fill_inplace(x, v),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::elementwise::fill_inplace(x, v),
     }
 }
 

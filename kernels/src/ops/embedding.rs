@@ -11,7 +11,7 @@ pub fn gather_rows(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
     check_ids(OP, table, idx)?;
     match table.device() {
         Device::Cpu => crate::cpu::embedding::gather_rows(table, idx),
-        Device::Cuda(_) => Err(Error::unsupported(OP, table.device())),
+        Device::Cuda(_) => crate::cuda::embedding::gather_rows(table, idx),
     }
 }
 
@@ -26,7 +26,7 @@ pub fn scatter_add_rows(dst: &mut Tensor, idx: &Tensor, src: &Tensor) -> Result<
     check_shape(OP, "src", src, &[idx.numel(), c])?;
     match dst.device() {
         Device::Cpu => crate::cpu::embedding::scatter_add_rows(dst, idx, src),
-        Device::Cuda(_) => Err(Error::unsupported(OP, dst.device())),
+        Device::Cuda(_) => crate::cuda::embedding::scatter_add_rows(dst, idx, src),
     }
 }
 

@@ -2,7 +2,7 @@
 //! sum_squares). Clipping then is `scale_inplace(grad, max_norm / norm)`.
 
 use super::check_float;
-use crate::{Device, Error, Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 /// Σ x² as a host f64 (accumulated in f64 on the CPU).
 pub fn sum_squares(x: &Tensor) -> Result<f64> {
@@ -10,6 +10,6 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
     check_float(OP, x)?;
     match x.device() {
         Device::Cpu => crate::cpu::grad_norm::sum_squares(x),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::sum_squares::sum_squares(x),
     }
 }

@@ -27,7 +27,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
     match x.device() {
         Device::Cpu => crate::cpu::linear::linear(x, w, b),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::linear::linear(x, w, b),
     }
 }
 
@@ -57,6 +57,6 @@ pub fn linear_backward(
     }
     match x.device() {
         Device::Cpu => crate::cpu::linear::linear_backward(dy, x, w, dw, db),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::linear::linear_backward(dy, x, w, dw, db),
     }
 }

@@ -22,7 +22,7 @@ pub fn logsoftmax_gather(
     check_inputs(OP, logits, targets, inv_temp)?;
     match logits.device() {
         Device::Cpu => crate::cpu::logsoftmax_gather::logsoftmax_gather(logits, targets, inv_temp),
-        Device::Cuda(_) => Err(Error::unsupported(OP, logits.device())),
+        Device::Cuda(_) => crate::cuda::logsoftmax::logsoftmax_gather(logits, targets, inv_temp),
     }
 }
 
@@ -55,7 +55,9 @@ pub fn logsoftmax_gather_backward(
         Device::Cpu => crate::cpu::logsoftmax_gather::logsoftmax_gather_backward(
             dlogprob, dentropy, logits, targets, lse, inv_temp,
         ),
-        Device::Cuda(_) => Err(Error::unsupported(OP, logits.device())),
+        Device::Cuda(_) => crate::cuda::logsoftmax::logsoftmax_gather_backward(
+            dlogprob, dentropy, logits, targets, lse, inv_temp,
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! normalisation in f32 whatever the input dtype. The backward needs the saved rstd.
 
 use super::{check_dtype, check_float, check_same, check_shape};
-use crate::{DType, Device, Error, Result, Tensor};
+use crate::{DType, Device, Result, Tensor};
 
 /// Forward: x[N,C], w[C] -> (y[N,C] in x's dtype, rstd[N] F32).
 pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
@@ -13,7 +13,7 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     check_shape(OP, "weight w", w, &[c])?;
     match x.device() {
         Device::Cpu => crate::cpu::rmsnorm::rmsnorm(x, w, eps),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm(x, w, eps),
     }
 }
 
@@ -35,6 +35,6 @@ pub fn rmsnorm_backward(
     check_shape(OP, "rstd", rstd, &[n])?;
     match x.device() {
         Device::Cpu => crate::cpu::rmsnorm::rmsnorm_backward(dy, x, w, rstd),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm_backward(dy, x, w, rstd),
     }
 }

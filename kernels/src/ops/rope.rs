@@ -12,7 +12,7 @@ pub fn rope(x: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
     check_rope(OP, x, pos, theta)?;
     match x.device() {
         Device::Cpu => crate::cpu::rope::rope(x, pos, theta),
-        Device::Cuda(_) => Err(Error::unsupported(OP, x.device())),
+        Device::Cuda(_) => crate::cuda::rope::rope(x, pos, theta),
     }
 }
 
@@ -22,7 +22,7 @@ pub fn rope_backward(dy: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
     check_rope(OP, dy, pos, theta)?;
     match dy.device() {
         Device::Cpu => crate::cpu::rope::rope_backward(dy, pos, theta),
-        Device::Cuda(_) => Err(Error::unsupported(OP, dy.device())),
+        Device::Cuda(_) => crate::cuda::rope::rope_backward(dy, pos, theta),
     }
 }
 

@@ -1,7 +1,7 @@
 //! SwiGLU activation of the Llama MLP: h = silu(gate) * up, silu(g) = g / (1 + e^(−g)).
 
 use super::{check_float, check_same, check_shape};
-use crate::{Device, Error, Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 /// gate[N,F], up[N,F] -> h[N,F].
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -12,7 +12,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     check_shape(OP, "up", up, &[n, f])?;
     match gate.device() {
         Device::Cpu => crate::cpu::swiglu::swiglu(gate, up),
-        Device::Cuda(_) => Err(Error::unsupported(OP, gate.device())),
+        Device::Cuda(_) => crate::cuda::swiglu::swiglu(gate, up),
     }
 }
 
@@ -26,6 +26,6 @@ pub fn swiglu_backward(dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tenso
     check_shape(OP, "dh", dh, &[n, f])?;
     match gate.device() {
         Device::Cpu => crate::cpu::swiglu::swiglu_backward(dh, gate, up),
-        Device::Cuda(_) => Err(Error::unsupported(OP, gate.device())),
+        Device::Cuda(_) => crate::cuda::swiglu::swiglu_backward(dh, gate, up),
     }
 }
