@@ -81,6 +81,7 @@ pub enum Init {
 
 /// The parameters of one decoder layer. Shapes: C hidden, H query heads, K kv heads, D head dim,
 /// F MLP width.
+#[derive(Debug)]
 pub struct LayerParams {
     /// `input_layernorm.weight [C]`
     pub attn_norm: Tensor,
@@ -109,6 +110,7 @@ pub struct LayerParams {
 }
 
 /// All parameters of a model, in HF layout.
+#[derive(Debug)]
 pub struct Params {
     /// `model.embed_tokens.weight [V, C]`
     pub embed: Tensor,
