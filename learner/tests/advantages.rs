@@ -83,7 +83,7 @@ fn grpo_hand_computed() {
     let scores = [1.0, 2.0, 0.0, 0.0, 4.0, 1.0, 0.25];
     let groups = [0, 1, 0, 0, 1, 0, 2];
     let a = grpo_advantages(&scores, &groups, true, 0.0).unwrap();
-    let (x, y) = (0.866025403784, 0.707106781187);
+    let (x, y) = (0.866025403784, std::f64::consts::FRAC_1_SQRT_2);
     assert_close(&a, &[x, -y, -x, -x, y, x, 0.25], 1e-11, "with std");
     // Without std (Dr.GRPO): s - mean.
     let a = grpo_advantages(&scores, &groups, false, 1e-6).unwrap();
