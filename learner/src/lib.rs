@@ -11,6 +11,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod advantages;
+pub mod batch;
 pub mod layout;
 pub mod metrics;
 pub mod objectives;
