@@ -16,6 +16,11 @@ struct Cli {
 enum Command {
     /// Print the devices realign can use (CPU, and each CUDA GPU when a driver is present).
     Devices,
+    /// Serve the web dashboard: live curves, samples, timelines and health warnings of the runs
+    /// under a log directory.
+    Dashboard(cli::dashboard::DashboardArgs),
+    /// Write the main curves of one run folder as a PNG or SVG image.
+    Plot(cli::plot::PlotArgs),
 }
 
 fn main() {
@@ -29,6 +34,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => cli::devices::run(),
+        Command::Dashboard(args) => cli::dashboard::run(args),
+        Command::Plot(args) => cli::plot::run(args),
     };
     if let Err(e) = result {
         // One clear sentence (with its causes) instead of a panic or a debug dump.

@@ -4,6 +4,7 @@
 //! - `params`: the parameters as tensors, HF names and shapes, shard descriptors.
 
 pub mod config;
+pub mod gguf;
 pub mod io;
 pub mod params;
 
