@@ -1,0 +1,217 @@
+//! Opens the dashboard in headless Chromium (Debian's `chromium`) against a temporary log directory
+//! and checks what the page rendered after its scripts ran: every chart, the overlay, the health
+//! warnings, the sample table, the timeline and the config, with the run's own numbers. Saves a
+//! screenshot as an artifact and prints its path.
+//!
+//! Without Chromium the test prints "skipped" and passes, except under CI=true, where it fails:
+//! CI installs Chromium (.ci/run), so a missing browser there is a broken setup, not a skip.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |d| d.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// Runs Chromium headless with a fresh profile; returns stdout. `extra` adds the mode flags.
+fn chromium(bin: &Path, url: &str, extra: &[String]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1440,3400",
+        // Virtual time runs the page's polling and fetches, then the DOM is taken: no sleeps.
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(extra)
+    .arg(url)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    // A guard against a hung browser, not a performance check.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("chromium did not finish within 120 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The HTML of the chart card for `metric`, up to the next card.
+fn chart_card<'a>(dom: &'a str, metric: &str) -> &'a str {
+    let start = dom
+        .find(&format!("class=\"chart\" data-metric=\"{metric}\""))
+        .unwrap_or_else(|| panic!("no chart for {metric}"));
+    let rest = &dom[start..];
+    let end = rest[1..]
+        .find("class=\"chart\"")
+        .map_or(rest.len(), |e| e + 1);
+    &rest[..end]
+}
+
+#[test]
+fn dashboard_page_renders_the_run_in_headless_chromium() {
+    let Some(bin) = find_chromium() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromium is not installed: CI must install Debian's `chromium` package (.ci/run does)");
+        }
+        println!("skipped: chromium not installed (apt-get install chromium), the dashboard browser test did not run");
+        return;
+    };
+    let fx = write_fixture();
+    let (addr, _rt) = start_server(&fx.logdir);
+    let url = format!(
+        "http://{addr}/#run={PRIMARY}&overlay={}",
+        OVERLAY.replace('/', "%2F")
+    );
+
+    let dom = chromium(&bin, &url, &["--dump-dom".to_string()]);
+
+    // Sidebar: both runs, the symlink out of the log directory absent.
+    assert!(
+        dom.contains(&format!("data-run=\"{PRIMARY}\""))
+            && dom.contains(&format!("data-run=\"{OVERLAY}\""))
+    );
+    assert!(!dom.contains("SECRET") && !dom.contains("data-run=\"link\""));
+    assert!(
+        dom.contains("1 malformed line skipped"),
+        "the bad line at step 7 is reported"
+    );
+
+    // Charts grouped by prefix, one per scalar, the primary's latest value on each card.
+    for group in [
+        "reward",
+        "kl",
+        "actor",
+        "critic",
+        "response_length",
+        "timing_s",
+        "perf",
+    ] {
+        assert!(
+            dom.contains(&format!("data-group=\"{group}\"")),
+            "group {group} missing"
+        );
+    }
+    let reward_card = chart_card(&dom, "reward/mean");
+    assert!(
+        reward_card.contains(&format!("data-run=\"{PRIMARY}\" data-points=\"{STEPS}\"")),
+        "{reward_card}"
+    );
+    assert!(
+        reward_card.contains(&format!("data-run=\"{OVERLAY}\" data-points=\"{STEPS}\"")),
+        "overlay: {reward_card}"
+    );
+    assert!(
+        reward_card.contains(">0.875</span>"),
+        "latest reward: {reward_card}"
+    );
+    // The path goes through 20 points: one move and 19 line segments.
+    let d = reward_card
+        .split(" d=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(
+        (d.matches('M').count(), d.matches('L').count()),
+        (1, STEPS as usize - 1),
+        "{d}"
+    );
+    let entropy = chart_card(&dom, "actor/entropy");
+    assert!(
+        entropy.contains(&format!("data-points=\"{STEPS}\"")),
+        "{entropy}"
+    );
+    // The NaN grad norm: a gap (19 finite points) and a red marker.
+    let grad = chart_card(&dom, "actor/grad_norm");
+    assert!(
+        grad.contains("data-points=\"19\"") && grad.contains("class=\"nonfinite\""),
+        "{grad}"
+    );
+    assert!(chart_card(&dom, "perf/gen_tokens_per_s").contains(">4200</span>"));
+
+    // Health: the NaN as an error, the collapsing entropy as a warning.
+    assert!(dom.contains("class=\"warning error\" data-kind=\"non_finite\""));
+    assert!(dom.contains("actor/grad_norm is NaN at step 13"));
+    assert!(dom.contains("data-kind=\"entropy_collapse\""));
+
+    // Sample table of the latest step, HTML in prompts shown as text.
+    assert!(dom.contains("id=\"sample-table\""));
+    assert!(dom.contains("17 + 20 = 37"));
+    assert!(
+        dom.contains("Is &lt;b&gt;2 &amp; 2&lt;/b&gt; four?"),
+        "prompt must be escaped"
+    );
+    assert!(dom.contains("<td class=\"num reward\"") && dom.contains(">-0.25</td>"));
+    assert!(dom.contains("<th>correct</th><th>format</th>"));
+
+    // Timeline of step 20: every call as a bar, durations labelled.
+    for call in [
+        "actor_gen",
+        "reward_inf",
+        "ref_inf",
+        "critic_inf",
+        "actor_train",
+        "critic_train",
+        "reshard",
+    ] {
+        assert!(
+            dom.contains(&format!("class=\"bar\" data-call=\"{call}\"")),
+            "no bar for {call}"
+        );
+    }
+    for label in [
+        "actor_gen: 1.5 s",
+        "reward_inf: 250 ms",
+        "actor_train: 2.25 s",
+        "reshard: 125 ms",
+    ] {
+        assert!(dom.contains(label), "no bar titled {label:?}");
+    }
+    assert!(dom.contains("step 20 · 5.13 s from first call to last"));
+
+    // The resolved config.
+    assert!(dom.contains("kl_coef</span> = 0.05"));
+
+    // The screenshot artifact.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::remove_file(&shot).ok();
+    chromium(&bin, &url, &[format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    println!("dashboard screenshot: {}", shot.display());
+}
