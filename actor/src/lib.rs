@@ -1,1 +1,21 @@
-//! actor
+//! realign's rollout engine: generates the responses of a batch of prompts with a paged KV cache
+//! (vLLM), continuous batching (ORCA), prefix sharing of the n samples of one prompt, and sampling
+//! that reports each token's log-prob under the distribution it was drawn from.
+//!
+//! - `block_manager.rs`: KV blocks, block tables, reference counts, copy on write.
+//! - `scheduler.rs`: waiting/running queues, token budget, preemption by recompute.
+//! - `sampling.rs`: temperature / top-k / top-p / seeds / log-probs.
+//! - `step_model.rs`: the model interface of the loop; `fake_model.rs` a stand-in for tests.
+//! - `rollout.rs`: the loop itself.
+
+pub mod block_manager;
+pub mod fake_model;
+pub mod request;
+pub mod rollout;
+pub mod sampling;
+pub mod scheduler;
+pub mod step_model;
+
+pub use request::{Completion, FinishReason, Request, RolloutStats};
+pub use rollout::{run_rollout, RolloutConfig};
+pub use sampling::SamplingParams;

@@ -1,0 +1,72 @@
+//! What callers hand the engine and what they get back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::SamplingParams;
+
+/// One prompt to complete `n` times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Prompt token ids (chat template already applied).
+    pub tokens: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Samples to draw for this prompt (a GRPO group); they share the prompt's KV blocks.
+    pub n: usize,
+    /// Sample i draws from `sampling::sample_rng(seed, i)`: same seed + same inputs = same tokens.
+    pub seed: u64,
+}
+
+/// Why a sample stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Emitted a stop token (kept as the last token).
+    Stop,
+    /// Reached `max_new_tokens` or the model's context length.
+    Length,
+    /// The KV cache cannot hold this sequence even with every other sequence preempted; its
+    /// tokens so far are returned. A larger KV budget fixes it.
+    CacheFull,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::CacheFull => "cache_full",
+        }
+    }
+}
+
+/// One sample of one request: the response only (no prompt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// Index of the request in the input.
+    pub request: usize,
+    /// Index of the sample within the request (0..n).
+    pub sample: usize,
+    pub tokens: Vec<u32>,
+    /// Log-prob of each token under the distribution it was sampled from.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+/// What one rollout did; the scheduler turns these into metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RolloutStats {
+    /// Engine steps (each runs a prefill forward, a decode forward, or both).
+    pub steps: usize,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    /// Sequences evicted for lack of KV blocks (and recomputed later).
+    pub preemptions: usize,
+    /// Copy-on-write copies of shared partial blocks.
+    pub block_copies: usize,
+    pub kv_blocks: usize,
+    pub block_size: usize,
+    pub kv_bytes_per_block: usize,
+    /// Most blocks in use at once, and their bytes.
+    pub peak_kv_blocks: usize,
+    pub peak_kv_bytes: usize,
+}
