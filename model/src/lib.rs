@@ -2,10 +2,12 @@
 //!
 //! - `config`: HF `config.json` (read, validate, write back).
 //! - `params`: the parameters as tensors, HF names and shapes, shard descriptors.
+//! - `llama`: the decoder's forward and explicit backward, LM head (log-prob/entropy) and scalar head.
 
 pub mod config;
 pub mod gguf;
 pub mod io;
+pub mod llama;
 pub mod params;
 
 pub use config::{Arch, Head, ModelConfig};

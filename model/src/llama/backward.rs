@@ -1,0 +1,160 @@
+//! The decoder backward: from d(final hidden) [N,C] to the gradient of every decoder parameter,
+//! layer by layer in reverse, with each op's explicit backward. The head backwards (LM, scalar)
+//! produce d(final hidden) and their own weight gradients; see `lm_head.rs` and `score_head.rs`.
+//!
+//! Gradients are f32 and accumulated (+=) into a `Params`-shaped buffer
+//! (`params.zeros_like(DType::F32)`), so micro-batches add up. The activations are consumed: each
+//! layer's saved tensors are freed as soon as its backward is done.
+
+use anyhow::{bail, Context, Result};
+use kernels::ops::{
+    add_inplace, attention_backward, linear_backward, rmsnorm_backward, rope_backward,
+    scatter_add_rows, swiglu, swiglu_backward,
+};
+use kernels::{DType, Tensor};
+
+use super::activations::{Activations, LayerActs};
+use super::batch::Batch;
+use crate::config::ModelConfig;
+use crate::params::{LayerParams, Params};
+
+/// Accumulates into `grads` the gradients of all decoder parameters (embedding, layers, final
+/// norm) given `d_hidden` [N,C] = dLoss/d(final hidden), in the activation dtype.
+pub fn backward(
+    params: &Params,
+    cfg: &ModelConfig,
+    batch: &Batch,
+    acts: Activations,
+    d_hidden: &Tensor,
+    grads: &mut Params,
+) -> Result<()> {
+    check_grads(grads)?;
+    let Activations {
+        hidden,
+        layers,
+        final_in,
+        final_rstd,
+    } = acts;
+    drop(hidden);
+    let final_in = final_in.context(
+        "the activations were computed without saving for backward (use Keep::ForBackward)",
+    )?;
+    if layers.len() != params.layers.len() {
+        bail!(
+            "{} saved layers for a model of {} layers",
+            layers.len(),
+            params.layers.len()
+        );
+    }
+
+    let (mut dx, dw) = rmsnorm_backward(d_hidden, &final_in, &params.final_norm, &final_rstd)
+        .context("backward of the final norm")?;
+    add_inplace(&mut grads.final_norm, &dw)?;
+    drop(final_in);
+
+    let mut layers = layers;
+    for l in (0..params.layers.len()).rev() {
+        let saved = layers
+            .pop()
+            .expect("one saved entry per layer, checked above");
+        dx = layer_backward(
+            dx,
+            &params.layers[l],
+            &mut grads.layers[l],
+            saved,
+            cfg,
+            batch,
+        )
+        .with_context(|| format!("backward of layer {l}"))?;
+    }
+
+    // The embedding rows of the batch's tokens receive d(layer-0 input); repeated ids add up.
+    scatter_add_rows(&mut grads.embed, &batch.tokens, &dx).context("embedding backward")?;
+    Ok(())
+}
+
+/// Backward of one layer: d(layer output) in, d(layer input) out; weight gradients accumulate
+/// into `g`.
+fn layer_backward(
+    d_out: Tensor,
+    lp: &LayerParams,
+    g: &mut LayerParams,
+    s: LayerActs,
+    cfg: &ModelConfig,
+    batch: &Batch,
+) -> Result<Tensor> {
+    let n = batch.num_tokens();
+    let (h, k, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let theta = cfg.rope_theta as f32;
+    let scale = 1.0 / (d as f32).sqrt();
+
+    // MLP block: x_out = x2 + down(silu(gate(xn2)) * up(xn2)).
+    let act = swiglu(&s.gate, &s.up)?; // [N,F], recomputed rather than saved
+    let d_act = linear_backward(&d_out, &act, &lp.down, &mut g.down, None)?; // [N,F]
+    drop(act);
+    let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
+    drop(d_act);
+    let mut d_xn2 = linear_backward(&d_gate, &s.xn2, &lp.gate, &mut g.gate, None)?; // [N,C]
+    add_inplace(
+        &mut d_xn2,
+        &linear_backward(&d_up, &s.xn2, &lp.up, &mut g.up, None)?,
+    )?;
+    drop((d_gate, d_up));
+    let (d_x2_norm, dw) = rmsnorm_backward(&d_xn2, &s.x2, &lp.mlp_norm, &s.mlp_rstd)?;
+    add_inplace(&mut g.mlp_norm, &dw)?;
+    // The residual passes d_out straight through to x2.
+    let mut d_x2 = d_out;
+    add_inplace(&mut d_x2, &d_x2_norm)?;
+    drop((d_xn2, d_x2_norm));
+
+    // Attention block: x2 = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))).
+    let att = s.att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
+    let d_att = linear_backward(&d_x2, &att, &lp.o, &mut g.o, None)?; // [N,H*D]
+    let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
+    let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
+    let (dq, dk, dv) = attention_backward(
+        &d_att,
+        &s.q,
+        &s.k,
+        &s.v,
+        &att,
+        &s.lse,
+        &batch.cu_seqlens,
+        scale,
+    )?;
+    drop((d_att, att, s.q, s.k, s.v, s.lse));
+    let dq = rope_backward(&dq, &batch.positions, theta)?.reshape(&[n, h * d])?; // -> [N,H*D]
+    let dk = rope_backward(&dk, &batch.positions, theta)?.reshape(&[n, k * d])?; // -> [N,K*D]
+    let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
+    let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut())?; // [N,C]
+    add_inplace(
+        &mut d_xn,
+        &linear_backward(&dk, &s.xn, &lp.k, &mut g.k, g.k_bias.as_mut())?,
+    )?;
+    add_inplace(
+        &mut d_xn,
+        &linear_backward(&dv, &s.xn, &lp.v, &mut g.v, g.v_bias.as_mut())?,
+    )?;
+    let (d_x_norm, dw) = rmsnorm_backward(&d_xn, &s.x, &lp.attn_norm, &s.attn_rstd)?;
+    add_inplace(&mut g.attn_norm, &dw)?;
+    let mut d_x = d_x2;
+    add_inplace(&mut d_x, &d_x_norm)?;
+    Ok(d_x)
+}
+
+/// Gradient buffers must be f32 (master precision) whatever the activation dtype.
+pub(crate) fn check_grads(grads: &Params) -> Result<()> {
+    for (name, t) in grads.tensors() {
+        if t.dtype() != DType::F32 {
+            bail!(
+                "gradient buffer {name} is {}, expected f32 (make it with params.zeros_like(DType::F32))",
+                t.dtype()
+            );
+        }
+    }
+    Ok(())
+}

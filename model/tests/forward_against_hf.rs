@@ -1,0 +1,438 @@
+//! The decoder's forward and backward against Hugging Face `transformers` on the committed fixtures
+//! (scripts/make_model_fixtures.py: random-init Llama with GQA, Qwen2 with q/k/v bias and tied
+//! embeddings, Mistral with one kv head, and a Llama sequence-classification model).
+//!
+//! One test body per fixture runs on every device of `kernels::testing::test_devices()`: CPU f32,
+//! and on a GPU machine CUDA f32 (same tolerances) and CUDA bf16 (mean absolute log-prob error).
+//! The fixtures' reference numbers are float64 math on the saved float32 weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kernels::testing::{max_abs_diff, rel_err, test_devices};
+use kernels::{DType, Device, Tensor};
+use model::llama::{
+    backward, forward, last_token_scores, values, values_backward, Batch, Keep, LmHead,
+};
+use model::{ModelConfig, Params};
+use serde::Deserialize;
+
+/// f32 tolerances (issue 2): log-probs and entropies absolute, gradients relative per tensor.
+const F32_ABS: f64 = 1e-4;
+const F32_GRAD_REL: f64 = 1e-3;
+/// bf16: mean absolute log-prob error (issue 2), and loose bounds for the rest that still catch a
+/// wrong formula (a missing term gives errors of order 1).
+const BF16_MEAN_ABS: f64 = 2e-2;
+const BF16_GRAD_REL: f64 = 1e-1;
+
+#[derive(Deserialize)]
+struct BatchJson {
+    sequences: Vec<Vec<u32>>,
+    loss_mask: Vec<Vec<u8>>,
+    #[serde(default)]
+    temperature: f32,
+    #[serde(default)]
+    pg_logprob_weights: Vec<f32>,
+    #[serde(default)]
+    pg_entropy_weights: Vec<f32>,
+    #[serde(default)]
+    value_weights: Vec<f32>,
+}
+
+struct Fixture {
+    name: String,
+    cfg: ModelConfig,
+    weights: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    outputs: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    batch: BatchJson,
+}
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+/// All tensors of a float32 safetensors file as (shape, data).
+fn read_f32_safetensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, (view.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+fn load(name: &str) -> Fixture {
+    let dir = fixture_dir(name);
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let batch: BatchJson =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
+    Fixture {
+        name: name.to_string(),
+        cfg,
+        weights: read_f32_safetensors(&dir.join("model.safetensors")),
+        outputs: read_f32_safetensors(&dir.join("outputs.safetensors")),
+        batch,
+    }
+}
+
+impl Fixture {
+    fn params(&self, device: &Device, dtype: DType) -> Params {
+        Params::build(&self.cfg, |spec| {
+            let (shape, data) = &self.weights[&spec.name];
+            let t = Tensor::from_f32(data.clone(), shape, &Device::Cpu)?;
+            let t = if dtype == DType::BF16 {
+                kernels::ops::cast(&t, DType::BF16)?
+            } else {
+                t
+            };
+            Ok(t.to_device(device)?)
+        })
+        .unwrap()
+    }
+
+    fn out(&self, key: &str) -> &[f32] {
+        &self
+            .outputs
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no output {key}", self.name))
+            .1
+    }
+
+    fn batch_on(&self, device: &Device) -> Batch {
+        Batch::from_sequences(&self.batch.sequences, device).unwrap()
+    }
+
+    /// d(SFT loss)/d(logprob) per position: -mask / (number of masked positions).
+    fn sft_dlogprob(&self) -> Vec<f32> {
+        let mask: Vec<f32> = self
+            .batch
+            .loss_mask
+            .iter()
+            .flatten()
+            .map(|&m| m as f32)
+            .collect();
+        let count: f32 = mask.iter().sum();
+        mask.iter().map(|m| -m / count).collect()
+    }
+}
+
+fn f32_tensor(data: Vec<f32>, device: &Device) -> Tensor {
+    let n = data.len();
+    Tensor::from_f32(data, &[n], device).unwrap()
+}
+
+fn dtypes(device: &Device) -> Vec<DType> {
+    if device.is_cuda() {
+        vec![DType::F32, DType::BF16]
+    } else {
+        vec![DType::F32]
+    }
+}
+
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+/// Checks log-probs / entropies against the reference: max abs error for f32, mean for bf16.
+fn check_per_position(what: &str, got: &[f32], want: &[f32], dtype: DType) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if dtype == DType::F32 {
+        let e = max_abs_diff(got, want);
+        eprintln!("  {what}: max abs err {e:.2e}");
+        assert!(e <= F32_ABS, "{what}: max abs error {e:.3e} > {F32_ABS:e}");
+    } else {
+        let e = mean_abs_diff(got, want);
+        eprintln!("  {what}: mean abs err {e:.2e}");
+        assert!(
+            e <= BF16_MEAN_ABS,
+            "{what}: mean abs error {e:.3e} > {BF16_MEAN_ABS:e}"
+        );
+    }
+}
+
+/// Every gradient tensor (HF names) against the reference `prefix.<name>`, relative by norm.
+fn check_grads(fx: &Fixture, grads: &Params, prefix: &str, dtype: DType) {
+    let tol = if dtype == DType::F32 {
+        F32_GRAD_REL
+    } else {
+        BF16_GRAD_REL
+    };
+    let mut worst = (0.0f64, String::new());
+    let names = grads.names();
+    let want_names: Vec<&String> = fx
+        .outputs
+        .keys()
+        .filter(|k| k.starts_with(&format!("{prefix}.")))
+        .collect();
+    assert_eq!(names.len(), want_names.len(), "{prefix}: number of tensors");
+    for (name, t) in grads.tensors() {
+        let got = t.to_vec_f32().unwrap();
+        let want = fx.out(&format!("{prefix}.{name}"));
+        let e = rel_err(&got, want);
+        assert!(
+            e <= tol,
+            "{}: {prefix} of {name}: rel err {e:.3e} > {tol:e}",
+            fx.name
+        );
+        if e >= worst.0 {
+            worst = (e, name);
+        }
+    }
+    eprintln!("  {prefix}: worst rel err {:.2e} ({})", worst.0, worst.1);
+}
+
+/// Forward log-probs and entropies at temperature 1 and T, SFT loss, and its gradients.
+fn check_causal_lm(name: &str) {
+    let fx = load(name);
+    for device in test_devices() {
+        for dtype in dtypes(&device) {
+            eprintln!("{name} on {device} {dtype}:");
+            let params = fx.params(&device, dtype);
+            let batch = fx.batch_on(&device);
+            let targets = batch.next_token_targets();
+
+            // Inference-only forward: same numbers, nothing kept.
+            let acts = forward(&params, &fx.cfg, &batch, Keep::OutputOnly).unwrap();
+            assert!(!acts.kept_for_backward());
+            let t = fx.batch.temperature;
+            let out_t = LmHead::new(t)
+                .forward(&params, &acts.hidden, &targets)
+                .unwrap();
+            check_per_position(
+                "logprobs at T",
+                &out_t.logprobs.to_vec_f32().unwrap(),
+                fx.out("logprobs_t"),
+                dtype,
+            );
+            check_per_position(
+                "entropy at T",
+                &out_t.entropy.to_vec_f32().unwrap(),
+                fx.out("entropy_t"),
+                dtype,
+            );
+
+            let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
+            let head = LmHead::new(1.0);
+            let out = head.forward(&params, &acts.hidden, &targets).unwrap();
+            let lp = out.logprobs.to_vec_f32().unwrap();
+            check_per_position("logprobs", &lp, fx.out("logprobs"), dtype);
+            check_per_position(
+                "entropy",
+                &out.entropy.to_vec_f32().unwrap(),
+                fx.out("entropy"),
+                dtype,
+            );
+
+            let dlp = fx.sft_dlogprob();
+            let loss: f64 = lp.iter().zip(&dlp).map(|(&l, &d)| (l * d) as f64).sum();
+            let want = fx.out("sft_loss")[0] as f64;
+            eprintln!("  sft loss {loss:.6} (hf {want:.6})");
+            let tol = if dtype == DType::F32 {
+                F32_ABS
+            } else {
+                BF16_MEAN_ABS
+            };
+            assert!((loss - want).abs() <= tol, "sft loss {loss} vs {want}");
+
+            let mut grads = params.zeros_like(DType::F32).unwrap();
+            let d_lp = f32_tensor(dlp, &device);
+            let d_hidden = head
+                .backward(
+                    &params,
+                    &acts.hidden,
+                    &targets,
+                    &out,
+                    &d_lp,
+                    None,
+                    &mut grads,
+                )
+                .unwrap();
+            backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+            check_grads(&fx, &grads, "grad", dtype);
+        }
+    }
+}
+
+#[test]
+fn llama_gqa_matches_transformers() {
+    check_causal_lm("llama_gqa");
+}
+
+#[test]
+fn qwen2_tied_with_bias_matches_transformers() {
+    check_causal_lm("qwen2_tied");
+}
+
+#[test]
+fn mistral_one_kv_head_matches_transformers() {
+    check_causal_lm("mistral");
+}
+
+/// A policy-gradient-shaped loss: arbitrary d(logprob) and d(entropy) at temperature T, with the
+/// LM head forced to work in chunks of a few rows (the path long batches take).
+#[test]
+fn qwen2_logprob_and_entropy_backward_at_temperature_in_chunks() {
+    let fx = load("qwen2_tied");
+    for device in test_devices() {
+        for dtype in dtypes(&device) {
+            eprintln!("qwen2_tied pg loss on {device} {dtype}:");
+            let params = fx.params(&device, dtype);
+            let batch = fx.batch_on(&device);
+            let targets = batch.next_token_targets();
+            let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
+            let mut head = LmHead::new(fx.batch.temperature);
+            // 5 rows of V = 128 logits per chunk: 24 tokens take 5 chunks, the last one partial.
+            head.max_logits = 5 * fx.cfg.vocab_size;
+            let out = head.forward(&params, &acts.hidden, &targets).unwrap();
+            let lp = out.logprobs.to_vec_f32().unwrap();
+            let ent = out.entropy.to_vec_f32().unwrap();
+            check_per_position("chunked logprobs at T", &lp, fx.out("logprobs_t"), dtype);
+            check_per_position("chunked entropy at T", &ent, fx.out("entropy_t"), dtype);
+            let (a, b) = (&fx.batch.pg_logprob_weights, &fx.batch.pg_entropy_weights);
+            let loss: f64 = (0..lp.len())
+                .map(|i| (a[i] * lp[i] + b[i] * ent[i]) as f64)
+                .sum();
+            let want = fx.out("pg_loss")[0] as f64;
+            eprintln!("  pg loss {loss:.6} (hf {want:.6})");
+            let tol = if dtype == DType::F32 { 1e-3 } else { 0.5 };
+            assert!((loss - want).abs() <= tol, "pg loss {loss} vs {want}");
+
+            let mut grads = params.zeros_like(DType::F32).unwrap();
+            let (d_lp, d_ent) = (
+                f32_tensor(a.clone(), &device),
+                f32_tensor(b.clone(), &device),
+            );
+            let d_hidden = head
+                .backward(
+                    &params,
+                    &acts.hidden,
+                    &targets,
+                    &out,
+                    &d_lp,
+                    Some(&d_ent),
+                    &mut grads,
+                )
+                .unwrap();
+            backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+            check_grads(&fx, &grads, "pg_grad", dtype);
+        }
+    }
+}
+
+/// Two micro-batches (sequence 0, then sequences 1 and 2) accumulated into one buffer give the
+/// full batch's gradient.
+#[test]
+fn micro_batches_accumulate_to_the_full_batch_gradient() {
+    let fx = load("llama_gqa");
+    let device = Device::Cpu;
+    let params = fx.params(&device, DType::F32);
+    let dlp_all = fx.sft_dlogprob();
+    let mut grads = params.zeros_like(DType::F32).unwrap();
+    let seqs = &fx.batch.sequences;
+    let split = seqs[0].len();
+    for (part, dlp) in [
+        (&seqs[..1], &dlp_all[..split]),
+        (&seqs[1..], &dlp_all[split..]),
+    ] {
+        let batch = Batch::from_sequences(part, &device).unwrap();
+        let targets = batch.next_token_targets();
+        let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
+        let head = LmHead::new(1.0);
+        let out = head.forward(&params, &acts.hidden, &targets).unwrap();
+        let d_lp = f32_tensor(dlp.to_vec(), &device);
+        let d_hidden = head
+            .backward(
+                &params,
+                &acts.hidden,
+                &targets,
+                &out,
+                &d_lp,
+                None,
+                &mut grads,
+            )
+            .unwrap();
+        backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+    }
+    check_grads(&fx, &grads, "grad", DType::F32);
+}
+
+/// The scalar head (LlamaForSequenceClassification): per-position values, HF's pooled score of
+/// each sequence (its last token), and the gradients of sum_i w_i * value_i.
+#[test]
+fn llama_seqcls_scalar_head_matches_transformers() {
+    let fx = load("llama_seqcls");
+    for device in test_devices() {
+        for dtype in dtypes(&device) {
+            eprintln!("llama_seqcls on {device} {dtype}:");
+            let params = fx.params(&device, dtype);
+            let batch = fx.batch_on(&device);
+            let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
+            let v = values(&params, &acts.hidden).unwrap();
+            let got = v.to_vec_f32().unwrap();
+            let scores = last_token_scores(&v, &batch).unwrap();
+            let (tol_v, err_v, err_s) = if dtype == DType::F32 {
+                (
+                    F32_ABS,
+                    max_abs_diff(&got, fx.out("value")),
+                    max_abs_diff(&scores, fx.out("score_last")),
+                )
+            } else {
+                (
+                    5e-2,
+                    mean_abs_diff(&got, fx.out("value")),
+                    mean_abs_diff(&scores, fx.out("score_last")),
+                )
+            };
+            eprintln!("  values err {err_v:.2e}, pooled scores err {err_s:.2e}");
+            assert!(
+                err_v <= tol_v && err_s <= tol_v,
+                "values {err_v}, scores {err_s}"
+            );
+
+            let mut grads = params.zeros_like(DType::F32).unwrap();
+            let w = f32_tensor(fx.batch.value_weights.clone(), &device);
+            let d_hidden = values_backward(&params, &acts.hidden, &w, &mut grads).unwrap();
+            backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+            check_grads(&fx, &grads, "value_grad", dtype);
+        }
+    }
+}
+
+/// Misuse ends in errors, not panics.
+#[test]
+fn errors_instead_of_panics() {
+    let fx = load("llama_gqa");
+    let params = fx.params(&Device::Cpu, DType::F32);
+    let batch = Batch::from_sequences(&[vec![1u32, 2, 200]], &Device::Cpu).unwrap();
+    let e = forward(&params, &fx.cfg, &batch, Keep::OutputOnly)
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("token id 200"), "{e:#}");
+
+    let batch = fx.batch_on(&Device::Cpu);
+    let acts = forward(&params, &fx.cfg, &batch, Keep::OutputOnly).unwrap();
+    let d = Tensor::zeros(acts.hidden.shape(), DType::F32, &Device::Cpu).unwrap();
+    let mut grads = params.zeros_like(DType::F32).unwrap();
+    let e = backward(&params, &fx.cfg, &batch, acts, &d, &mut grads)
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("Keep::ForBackward"), "{e:#}");
+
+    // A causal LM has no score head.
+    let acts = forward(&params, &fx.cfg, &batch, Keep::OutputOnly).unwrap();
+    assert!(values(&params, &acts.hidden).is_err());
+}
