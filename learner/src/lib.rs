@@ -15,6 +15,7 @@ pub mod batch;
 pub mod layout;
 pub mod metrics;
 pub mod objectives;
+pub mod optim;
 pub mod real;
 
 pub use metrics::Metrics;

@@ -1,0 +1,302 @@
+//! AdamW over a model's [`Params`], with f32 master weights and moments per parameter name.
+//!
+//! The working weights (what forward/backward read) may be bf16 on the GPU or f32 on the CPU;
+//! the optimiser owns an f32 master copy and the two moments of every parameter, addressable by
+//! HF name so that a ZeRO layout can later keep only its shard of each. One step:
+//!   1. global grad norm ‖g‖ = sqrt(Σ_params sum_squares(g)) (kernels, f64 on the host);
+//!   2. if ‖g‖ is not finite: skip the update (report it) — a NaN must not reach the weights;
+//!   3. clip: if ‖g‖ > max_norm, g ← g · max_norm / (‖g‖ + 1e-6) (`scale_inplace`, PyTorch's
+//!      `clip_grad_norm_` rule);
+//!   4. `adamw_step` per parameter (PyTorch AdamW semantics), weight decay only where the mask
+//!      says; the kernel writes the bf16 working copy, or the f32 master is copied to an f32
+//!      working tensor.
+//!
+//! Weight-decay mask: no decay on rank-1 tensors, which in these models are exactly the RMSNorm
+//! weights and the q/k/v biases.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use kernels::ops::{adamw_step, scale_inplace, sum_squares, AdamWParams};
+use kernels::{DType, Tensor};
+use model::Params;
+use serde::{Deserialize, Serialize};
+
+/// Hyper-parameters (config names in docs/algorithms.md).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global grad-norm clip; `None` turns clipping off.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+/// Optimiser state of one parameter: f32 master weights and moments, same shape and device as
+/// the parameter (or its shard).
+#[derive(Debug)]
+pub struct ParamState {
+    pub master: Tensor,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    /// Whether weight decay applies.
+    pub decay: bool,
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// ‖g‖ before clipping (`actor/grad_norm`).
+    pub grad_norm: f64,
+    /// The factor the gradients were scaled by (1 when not clipped).
+    pub clip_coef: f64,
+    pub lr: f64,
+    /// True when the norm was not finite and the weights were left alone.
+    pub skipped: bool,
+}
+
+/// The default weight-decay mask: decay matrices, not norms and biases (rank-1 tensors).
+pub fn decays(_name: &str, shape: &[usize]) -> bool {
+    shape.len() >= 2
+}
+
+#[derive(Debug)]
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    /// Optimiser steps taken (the next step is `step + 1` in PyTorch's counting).
+    pub step: u64,
+    states: BTreeMap<String, ParamState>,
+}
+
+impl AdamW {
+    /// Fresh state for `params`: master = the weights in f32, zero moments, on their device.
+    pub fn new(params: &Params, cfg: AdamWConfig) -> Result<AdamW> {
+        let mut states = BTreeMap::new();
+        for (name, p) in params.tensors() {
+            let master = to_f32(p).with_context(|| format!("optimiser master copy of {name}"))?;
+            let exp_avg = Tensor::zeros(p.shape(), DType::F32, p.device())?;
+            let exp_avg_sq = Tensor::zeros(p.shape(), DType::F32, p.device())?;
+            let decay = decays(&name, p.shape());
+            states.insert(
+                name,
+                ParamState {
+                    master,
+                    exp_avg,
+                    exp_avg_sq,
+                    decay,
+                },
+            );
+        }
+        Ok(AdamW {
+            cfg,
+            step: 0,
+            states,
+        })
+    }
+
+    /// The state of one parameter by HF name.
+    pub fn state(&self, name: &str) -> Option<&ParamState> {
+        self.states.get(name)
+    }
+
+    pub fn state_mut(&mut self, name: &str) -> Option<&mut ParamState> {
+        self.states.get_mut(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.states.keys()
+    }
+
+    /// Global L2 norm of the gradients.
+    pub fn grad_norm(grads: &Params) -> Result<f64> {
+        let mut ss = 0.0f64;
+        for (name, g) in grads.tensors() {
+            ss += sum_squares(g).with_context(|| format!("gradient norm of {name}"))?;
+        }
+        Ok(ss.sqrt())
+    }
+
+    /// One update of `params` (working weights) from `grads` (f32, same structure) at `lr`.
+    /// `grads` is clipped in place.
+    pub fn step(&mut self, params: &mut Params, grads: &mut Params, lr: f64) -> Result<StepStats> {
+        let norm = AdamW::grad_norm(grads)?;
+        if !norm.is_finite() {
+            tracing::warn!(grad_norm = norm, "non-finite gradient norm: update skipped");
+            return Ok(StepStats {
+                grad_norm: norm,
+                clip_coef: 0.0,
+                lr,
+                skipped: true,
+            });
+        }
+        let mut clip_coef = 1.0;
+        if let Some(max) = self.cfg.max_grad_norm {
+            let c = max / (norm + 1e-6);
+            if c < 1.0 {
+                clip_coef = c;
+                for (name, g) in grads.tensors_mut() {
+                    scale_inplace(g, c as f32).with_context(|| format!("clipping {name}"))?;
+                }
+            }
+        }
+        self.step += 1;
+        let grads_by_name: BTreeMap<String, &Tensor> = grads.tensors().into_iter().collect();
+        for (name, w) in params.tensors_mut() {
+            let st = self
+                .states
+                .get_mut(&name)
+                .with_context(|| format!("the optimiser has no state for parameter {name}"))?;
+            let g = grads_by_name
+                .get(&name)
+                .with_context(|| format!("no gradient for parameter {name}"))?;
+            let hp = AdamWParams {
+                lr,
+                beta1: self.cfg.beta1,
+                beta2: self.cfg.beta2,
+                eps: self.cfg.eps,
+                weight_decay: if st.decay { self.cfg.weight_decay } else { 0.0 },
+                step: self.step,
+            };
+            let ctx = || format!("AdamW step of {name}");
+            match w.dtype() {
+                DType::BF16 => adamw_step(
+                    &mut st.master,
+                    g,
+                    &mut st.exp_avg,
+                    &mut st.exp_avg_sq,
+                    &hp,
+                    Some(w),
+                )
+                .with_context(ctx)?,
+                DType::F32 => {
+                    adamw_step(
+                        &mut st.master,
+                        g,
+                        &mut st.exp_avg,
+                        &mut st.exp_avg_sq,
+                        &hp,
+                        None,
+                    )
+                    .with_context(ctx)?;
+                    *w = st.master.try_clone().with_context(ctx)?;
+                }
+                DType::U32 => bail!("parameter {name} has dtype u32"),
+            }
+        }
+        Ok(StepStats {
+            grad_norm: norm,
+            clip_coef,
+            lr,
+            skipped: false,
+        })
+    }
+
+    /// Writes the state (master, moments per parameter, step, config) to one safetensors file:
+    /// tensors `{name}.master`, `{name}.exp_avg`, `{name}.exp_avg_sq`, metadata `step`, `config`.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+        for (name, st) in &self.states {
+            for (suffix, t) in [
+                ("master", &st.master),
+                ("exp_avg", &st.exp_avg),
+                ("exp_avg_sq", &st.exp_avg_sq),
+            ] {
+                let data = t.to_vec_f32()?;
+                let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                bufs.push((format!("{name}.{suffix}"), t.shape().to_vec(), bytes));
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bufs
+            .iter()
+            .map(|(n, s, b)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("step".to_string(), self.step.to_string());
+        meta.insert("config".to_string(), serde_json::to_string(&self.cfg)?);
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(views, Some(meta), &tmp)
+            .with_context(|| format!("writing optimiser state to {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("moving optimiser state into {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Reads a state written by [`AdamW::save`] for `params` (names and shapes must match), placing
+    /// it on `params`' devices.
+    pub fn load(path: &std::path::Path, params: &Params) -> Result<AdamW> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading optimiser state {}", path.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let step: u64 = meta
+            .get("step")
+            .context("optimiser state has no `step` metadata")?
+            .parse()
+            .context("optimiser state: `step` is not an integer")?;
+        let cfg: AdamWConfig = serde_json::from_str(
+            meta.get("config")
+                .context("optimiser state has no `config` metadata")?,
+        )
+        .context("optimiser state: bad `config` metadata")?;
+        let mut states = BTreeMap::new();
+        for (name, p) in params.tensors() {
+            let get = |suffix: &str| -> Result<Tensor> {
+                let key = format!("{name}.{suffix}");
+                let v = st
+                    .tensor(&key)
+                    .with_context(|| format!("optimiser state {} lacks {key}", path.display()))?;
+                if v.shape() != p.shape() || v.dtype() != safetensors::Dtype::F32 {
+                    bail!(
+                        "optimiser state {key} is {:?} {:?}, expected F32 {:?}",
+                        v.dtype(),
+                        v.shape(),
+                        p.shape()
+                    );
+                }
+                let data: Vec<f32> = v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                Ok(Tensor::from_f32(data, p.shape(), p.device())?)
+            };
+            let state = ParamState {
+                master: get("master")?,
+                exp_avg: get("exp_avg")?,
+                exp_avg_sq: get("exp_avg_sq")?,
+                decay: decays(&name, p.shape()),
+            };
+            states.insert(name, state);
+        }
+        Ok(AdamW { cfg, step, states })
+    }
+}
+
+/// An f32 copy of a float tensor on its own device.
+fn to_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(match t.dtype() {
+        DType::F32 => t.try_clone()?,
+        DType::BF16 => kernels::ops::cast(t, DType::F32)?,
+        DType::U32 => bail!("a parameter has dtype u32"),
+    })
+}

@@ -1,0 +1,8 @@
+//! Optimiser: AdamW with f32 master weights and moments per parameter, global grad-norm clipping,
+//! weight-decay masks, LR schedules, checkpointable state.
+
+pub mod adamw;
+pub mod schedule;
+
+pub use adamw::{decays, AdamW, AdamWConfig, ParamState, StepStats};
+pub use schedule::{LrSchedule, ScheduleKind};
