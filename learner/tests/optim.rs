@@ -75,10 +75,10 @@ struct RefAdam {
 impl RefAdam {
     fn step(&mut self, g: &[f64], lr: f64, cfg: &AdamWConfig, wd: f64, t: u64) {
         let (b1, b2) = (cfg.beta1, cfg.beta2);
-        for i in 0..self.p.len() {
+        for (i, &gi) in g.iter().enumerate() {
             self.p[i] *= 1.0 - lr * wd;
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * gi;
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * gi * gi;
             let denom = self.v[i].sqrt() / (1.0 - b2.powi(t as i32)).sqrt() + cfg.eps;
             self.p[i] -= lr / (1.0 - b1.powi(t as i32)) * self.m[i] / denom;
         }
