@@ -20,6 +20,11 @@ Conventions (the ones `realign score` and the model crate use):
 The reference math runs in float64 on the float32 weights that are saved, so the fixture is the exact
 answer for those weights and our f32 implementation is measured against it, not against f32 noise.
 
+A character-level tokenizer (tokenizer.json, one id per printable ASCII character) is saved with
+llama_gqa so that text input can be tested end to end; batch.json then also holds a sentence, its
+token ids as HF tokenizes it, and outputs.safetensors its log-probs and entropies
+(`text_logprobs`, `text_entropy`, per-sequence convention above).
+
 Extra losses:
   qwen2_tied: `pg`   loss = sum_i a_i * logprob_T[i] + b_i * entropy_T[i] with a, b in batch.json
               (exercises arbitrary d(logprob), d(entropy) and the temperature in the backward);
@@ -96,7 +101,26 @@ def grads_of(model, loss, prefix):
     return {f"{prefix}.{n}": p.grad.detach().to(torch.float32).contiguous() for n, p in model.named_parameters()}
 
 
-def causal_lm_fixture(name, cls, config, embed_std, seed, pg=False):
+TEXT = "Hi there, 12 tokens!"
+
+
+def char_tokenizer(vocab_size):
+    """One id per printable ASCII character (id 0 is <unk>), padded with unused entries."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0}
+    for i in range(32, 127):
+        vocab[chr(i)] = len(vocab)
+    while len(vocab) < vocab_size:
+        vocab[f"<extra_{len(vocab)}>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def causal_lm_fixture(name, cls, config, embed_std, seed, pg=False, text=False):
     out_dir = os.path.join(ROOT, name)
     os.makedirs(out_dir, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -143,6 +167,16 @@ def causal_lm_fixture(name, cls, config, embed_std, seed, pg=False):
         outputs.update(grads_of(ref, pg_loss, "pg_grad"))
         batch["pg_logprob_weights"] = a.tolist()
         batch["pg_entropy_weights"] = b.tolist()
+    if text:
+        tokenizer = char_tokenizer(config.vocab_size)
+        tokenizer.save_pretrained(out_dir)
+        ids = tokenizer(TEXT, add_special_tokens=True)["input_ids"]
+        logits = ref(input_ids=torch.tensor([ids])).logits[0]
+        lp, ent = per_position(logits, ids, 1.0)
+        outputs["text_logprobs"] = lp[:-1].detach()
+        outputs["text_entropy"] = ent[:-1].detach()
+        batch["text"] = TEXT
+        batch["text_tokens"] = ids
 
     save_file({k: v.to(torch.float32).contiguous() for k, v in outputs.items()}, os.path.join(out_dir, "outputs.safetensors"))
     with open(os.path.join(out_dir, "batch.json"), "w") as f:
@@ -190,7 +224,7 @@ def main():
         head_dim=16, rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=False, **common,
     )
-    causal_lm_fixture("llama_gqa", LlamaForCausalLM, llama, 1.0, seed=1)
+    causal_lm_fixture("llama_gqa", LlamaForCausalLM, llama, 1.0, seed=1, text=True)
     # Qwen2: q/k/v biases, tied embeddings (the embedding gradient gets both contributions).
     qwen2 = Qwen2Config(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

@@ -7,6 +7,7 @@
 //! - `backward`: d(final hidden) → gradients of every decoder parameter (accumulating).
 //! - `lm_head`: log-prob of a target and entropy per position (chunked over tokens), and backward.
 //! - `score_head`: scalar values for critics / reward models, and backward.
+//! - `score`: per-token log-probs and entropies of whole sequences (inference only).
 //!
 //! A training step for a policy loss reads:
 //! ```text
@@ -23,6 +24,7 @@ mod backward;
 mod batch;
 mod forward;
 mod lm_head;
+mod score;
 mod score_head;
 
 pub use activations::{Activations, LayerActs};
@@ -30,4 +32,5 @@ pub use backward::backward;
 pub use batch::{Batch, NO_TARGET};
 pub use forward::{forward, Keep};
 pub use lm_head::{LmHead, LmHeadOutput, LOGITS_CHUNK_ELEMS};
+pub use score::{score_sequences, SeqScores};
 pub use score_head::{last_token_scores, values, values_backward};
