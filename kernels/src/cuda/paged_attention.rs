@@ -1,0 +1,121 @@
+//! Paged decode attention on the GPU (`cu/paged_attention.cu`): a split-K kernel over context
+//! partitions, specialised at compile time for the head dim and the GQA group size, then a merge
+//! of the partitions when there is more than one.
+
+use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::{device_of, empty, suffix};
+use crate::{DType, Error, Result, Tensor};
+
+const SRC: KernelSource = kernel_source!("paged_attention");
+
+/// Tokens per partition (one thread block each); must match `-DPART`.
+pub const PART: usize = 512;
+/// Threads per block of the main kernel (`NWARPS` warps).
+const THREADS: u32 = 128;
+/// Largest GQA group × head dim (rounded up to 32) the kernel is built for: the warps' partial
+/// outputs (4 · GROUP · D f32) must fit the 48 KiB of static shared memory, and each lane holds
+/// GROUP · D / 32 accumulators in registers. Real models use 64..1024 (e.g. 7 × 64).
+const MAX_GROUP_DIM: usize = 2048;
+
+/// The kernel source, for compile tests.
+pub fn source() -> KernelSource {
+    kernel_source!("paged_attention")
+}
+
+/// The NVRTC defines of the kernel for head dim `d` and group size `group`.
+pub fn defines(d: usize, group: usize) -> Vec<String> {
+    vec![
+        format!("-DHEAD_DIM={d}"),
+        format!("-DGROUP={group}"),
+        format!("-DPART={PART}"),
+    ]
+}
+
+fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::msg(format!("{op}: size {v} exceeds u32")))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    block_tables: &Tensor,
+    context_lens: &Tensor,
+    block_size: usize,
+    max_context_len: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    const OP: &str = "paged_attention";
+    let dev = device_of(q, OP)?;
+    let (s, h, d) = q.dims3(OP)?;
+    let kh = k_cache.shape()[1];
+    let group = h / kh;
+    if group * d.div_ceil(32) * 32 > MAX_GROUP_DIM {
+        return Err(Error::msg(format!(
+            "{OP}: GQA group {group} × head dim {d} exceeds the CUDA kernel's limit of \
+             {MAX_GROUP_DIM}"
+        )));
+    }
+    let m = block_tables.shape()[1];
+    let out = empty(&dev, &[s, h, d], q.dtype())?;
+    let nparts = max_context_len.div_ceil(PART).max(1);
+    // Partition scratch: (max, sum) and the unnormalised output per (s, h, partition).
+    let (ml, acc) = if nparts > 1 {
+        (
+            empty(&dev, &[s, h, nparts, 2], DType::F32)?,
+            empty(&dev, &[s, h, nparts, d], DType::F32)?,
+        )
+    } else {
+        // Unused by the kernel with one partition; a 1-element stand-in keeps the pointers valid.
+        (
+            empty(&dev, &[1], DType::F32)?,
+            empty(&dev, &[1], DType::F32)?,
+        )
+    };
+    let defs = defines(d, group);
+    let sfx = suffix(q.dtype(), OP)?;
+    let args = Args::new()
+        .ptr(q, &dev, OP)?
+        .ptr(k_cache, &dev, OP)?
+        .ptr(v_cache, &dev, OP)?
+        .ptr(block_tables, &dev, OP)?
+        .ptr(context_lens, &dev, OP)?
+        .ptr(&out, &dev, OP)?
+        .ptr(&ml, &dev, OP)?
+        .ptr(&acc, &dev, OP)?
+        .u32(u32_of(OP, h)?)
+        .u32(u32_of(OP, kh)?)
+        .u32(u32_of(OP, m)?)
+        .u32(u32_of(OP, block_size)?)
+        .f32(scale);
+    let grid = Grid {
+        grid: (u32_of(OP, nparts)?, u32_of(OP, kh)?, u32_of(OP, s)?),
+        block: (THREADS, 1, 1),
+        smem: 0,
+    };
+    run(
+        &dev,
+        &SRC,
+        &defs,
+        &format!("paged_attention_{sfx}"),
+        grid,
+        args,
+    )?;
+    if nparts > 1 {
+        let args = Args::new()
+            .ptr(&ml, &dev, OP)?
+            .ptr(&acc, &dev, OP)?
+            .ptr(&out, &dev, OP)?
+            .u32(u32_of(OP, h)?)
+            .u32(u32_of(OP, nparts)?);
+        let grid = Grid {
+            grid: (u32_of(OP, h)?, u32_of(OP, s)?, 1),
+            block: (u32_of(OP, d.div_ceil(32) * 32)?, 1, 1),
+            smem: 0,
+        };
+        let func = format!("paged_attention_combine_{sfx}");
+        run(&dev, &SRC, &defs, &func, grid, args)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,290 @@
+//! The paged KV-cache ops: kv_cache_write / kv_cache_copy_blocks move the right rows, and paged
+//! decode attention over blocks scattered through the pool equals the last rows of packed causal
+//! `attention` on the same sequences. Runs on the CPU, and on the GPU when present (against the
+//! CPU reference, f32 and bf16).
+
+use half::bf16;
+use kernels::cuda::{kv_cache, nvrtc, paged_attention as pa};
+use kernels::testing::{randn_vec, rel_err, test_devices};
+use kernels::{ops, DType, Device, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+
+fn rounded(v: Vec<f32>, dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::BF16 => v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect(),
+        _ => v,
+    }
+}
+
+fn put(v: &[f32], shape: &[usize], dev: &Device, dtype: DType) -> Tensor {
+    let t = Tensor::from_f32(v.to_vec(), shape, &Device::Cpu).unwrap();
+    let t = if dtype == DType::BF16 {
+        ops::cast(&t, DType::BF16).unwrap()
+    } else {
+        t
+    };
+    t.to_device(dev).unwrap()
+}
+
+/// One decode-attention case: sequences of `lens`, H query heads, K kv heads, head dim D.
+struct Case {
+    lens: Vec<usize>,
+    h: usize,
+    k: usize,
+    d: usize,
+    block_size: usize,
+}
+
+/// Runs paged attention on `dev` in `dtype` and the packed causal reference on the CPU in f32 (on
+/// the same rounded inputs); returns the relative error.
+fn paged_vs_packed(case: &Case, dev: &Device, dtype: DType, seed: u64) -> f64 {
+    let Case {
+        lens,
+        h,
+        k: kh,
+        d,
+        block_size: bs,
+    } = case;
+    let (h, kh, d, bs) = (*h, *kh, *d, *bs);
+    let n: usize = lens.iter().sum();
+    let s = lens.len();
+    let q = rounded(randn_vec(n * h * d, seed), dtype);
+    let k = rounded(randn_vec(n * kh * d, seed + 1), dtype);
+    let v = rounded(randn_vec(n * kh * d, seed + 2), dtype);
+    let scale = 1.0 / (d as f32).sqrt();
+
+    // Reference: packed causal attention; the last row of each sequence is its decode output.
+    let mut cu = vec![0u32];
+    for &l in lens {
+        cu.push(cu.last().unwrap() + l as u32);
+    }
+    let cpu = Device::Cpu;
+    let (full, _) = ops::attention(
+        &Tensor::from_f32(q.clone(), &[n, h, d], &cpu).unwrap(),
+        &Tensor::from_f32(k.clone(), &[n, kh, d], &cpu).unwrap(),
+        &Tensor::from_f32(v.clone(), &[n, kh, d], &cpu).unwrap(),
+        &Tensor::from_u32(cu.clone(), &[s + 1], &cpu).unwrap(),
+        scale,
+    )
+    .unwrap();
+    let full = full.to_vec_f32().unwrap();
+    let row = h * d;
+    let mut want = Vec::new();
+    let mut q_last = Vec::new();
+    for w in cu.windows(2) {
+        let last = w[1] as usize - 1;
+        want.extend_from_slice(&full[last * row..(last + 1) * row]);
+        q_last.extend_from_slice(&q[last * row..(last + 1) * row]);
+    }
+
+    // Pool with spare blocks, each sequence's blocks drawn from a shuffled order.
+    let need: usize = lens.iter().map(|l| l.div_ceil(bs)).sum();
+    let num_blocks = need + 5;
+    let mut order: Vec<u32> = (0..num_blocks as u32).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let max_blocks = lens.iter().map(|l| l.div_ceil(bs)).max().unwrap();
+    let mut tables = vec![0u32; s * max_blocks];
+    let mut slots = Vec::with_capacity(n);
+    let mut next = 0;
+    for (si, &l) in lens.iter().enumerate() {
+        for b in 0..l.div_ceil(bs) {
+            tables[si * max_blocks + b] = order[next];
+            next += 1;
+        }
+        for p in 0..l {
+            slots.push(tables[si * max_blocks + p / bs] * bs as u32 + (p % bs) as u32);
+        }
+    }
+    let p = num_blocks * bs;
+    let mut kc = Tensor::zeros(&[p, kh, d], dtype, dev).unwrap();
+    let mut vc = Tensor::zeros(&[p, kh, d], dtype, dev).unwrap();
+    ops::kv_cache_write(
+        &mut kc,
+        &mut vc,
+        &put(&k, &[n, kh, d], dev, dtype),
+        &put(&v, &[n, kh, d], dev, dtype),
+        &Tensor::from_u32(slots, &[n], dev).unwrap(),
+    )
+    .unwrap();
+    let lens_u32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
+    let out = ops::paged_attention(
+        &put(&q_last, &[s, h, d], dev, dtype),
+        &kc,
+        &vc,
+        &Tensor::from_u32(tables, &[s, max_blocks], dev).unwrap(),
+        &Tensor::from_u32(lens_u32, &[s], dev).unwrap(),
+        bs,
+        *lens.iter().max().unwrap(),
+        scale,
+    )
+    .unwrap();
+    assert_eq!(out.shape(), &[s, h, d]);
+    assert_eq!(out.dtype(), dtype);
+    rel_err(&out.to_vec_f32().unwrap(), &want)
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // GQA group 3, odd head dim (not a multiple of 32), a context spanning three partitions.
+        Case {
+            lens: vec![1, 7, 33, 1100, 130],
+            h: 6,
+            k: 2,
+            d: 24,
+            block_size: 16,
+        },
+        // Multi-head (group 1), D = 64, block size not a power of two.
+        Case {
+            lens: vec![5, 64, 3],
+            h: 4,
+            k: 4,
+            d: 64,
+            block_size: 6,
+        },
+        // Qwen2.5-0.5B-like group of 7 at D = 64, and a D = 128 single-kv-head case.
+        Case {
+            lens: vec![513, 17],
+            h: 14,
+            k: 2,
+            d: 64,
+            block_size: 16,
+        },
+        Case {
+            lens: vec![40, 9],
+            h: 8,
+            k: 1,
+            d: 128,
+            block_size: 8,
+        },
+    ]
+}
+
+#[test]
+fn paged_attention_equals_packed_causal_attention() {
+    for dev in test_devices() {
+        for (i, case) in cases().iter().enumerate() {
+            let dtypes: &[DType] = if dev.is_cuda() {
+                &[DType::F32, DType::BF16]
+            } else {
+                &[DType::F32]
+            };
+            for &dtype in dtypes {
+                let err = paged_vs_packed(case, &dev, dtype, 100 + i as u64);
+                // bf16 output rounding is ~4e-3 relative; f32 differs only in summation order.
+                let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+                assert!(
+                    err < tol,
+                    "case {i} on {dev} {dtype}: rel err {err:.2e} >= {tol:.0e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kv_cache_write_and_copy_blocks_move_whole_rows() {
+    for dev in test_devices() {
+        for dtype in [DType::F32, DType::BF16] {
+            if dev.is_cpu() && dtype == DType::BF16 {
+                continue; // CPU caches are f32
+            }
+            let (bs, kh, d, blocks) = (4, 2, 3, 6);
+            let row = kh * d;
+            let p = bs * blocks;
+            let n = 7;
+            let k = rounded(randn_vec(n * row, 1), dtype);
+            let v = rounded(randn_vec(n * row, 2), dtype);
+            // Distinct slots.
+            let mut all: Vec<u32> = (0..p as u32).collect();
+            all.shuffle(&mut StdRng::seed_from_u64(3));
+            let slots = all[..n].to_vec();
+            let mut kc = Tensor::zeros(&[p, kh, d], dtype, &dev).unwrap();
+            let mut vc = Tensor::zeros(&[p, kh, d], dtype, &dev).unwrap();
+            ops::kv_cache_write(
+                &mut kc,
+                &mut vc,
+                &put(&k, &[n, kh, d], &dev, dtype),
+                &put(&v, &[n, kh, d], &dev, dtype),
+                &Tensor::from_u32(slots.clone(), &[n], &dev).unwrap(),
+            )
+            .unwrap();
+            let mut want_k = vec![0.0f32; p * row];
+            let mut want_v = vec![0.0f32; p * row];
+            for (i, &s) in slots.iter().enumerate() {
+                let s = s as usize;
+                want_k[s * row..(s + 1) * row].copy_from_slice(&k[i * row..(i + 1) * row]);
+                want_v[s * row..(s + 1) * row].copy_from_slice(&v[i * row..(i + 1) * row]);
+            }
+            assert_eq!(kc.to_vec_f32().unwrap(), want_k, "{dev} {dtype}");
+            assert_eq!(vc.to_vec_f32().unwrap(), want_v, "{dev} {dtype}");
+
+            // Copy blocks 1 -> 4 and 5 -> 0.
+            let (src, dst) = (vec![1u32, 5], vec![4u32, 0]);
+            ops::kv_cache_copy_blocks(
+                &mut kc,
+                &mut vc,
+                &Tensor::from_u32(src.clone(), &[2], &dev).unwrap(),
+                &Tensor::from_u32(dst.clone(), &[2], &dev).unwrap(),
+                bs,
+            )
+            .unwrap();
+            let be = bs * row;
+            for want in [&mut want_k, &mut want_v] {
+                for (&a, &b) in src.iter().zip(&dst) {
+                    let (a, b) = (a as usize * be, b as usize * be);
+                    want.copy_within(a..a + be, b);
+                }
+            }
+            assert_eq!(kc.to_vec_f32().unwrap(), want_k, "{dev} {dtype}");
+            assert_eq!(vc.to_vec_f32().unwrap(), want_v, "{dev} {dtype}");
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let cpu = Device::Cpu;
+    let mut kc = Tensor::zeros(&[8, 1, 4], DType::F32, &cpu).unwrap();
+    let mut vc = Tensor::zeros(&[8, 1, 4], DType::F32, &cpu).unwrap();
+    let k = Tensor::zeros(&[1, 1, 4], DType::F32, &cpu).unwrap();
+    let bad_slot = Tensor::from_u32(vec![8], &[1], &cpu).unwrap();
+    let e = ops::kv_cache_write(&mut kc, &mut vc, &k, &k, &bad_slot).unwrap_err();
+    assert!(e.to_string().contains("outside the cache"), "{e}");
+    let q = Tensor::zeros(&[1, 2, 4], DType::F32, &cpu).unwrap();
+    let tables = Tensor::from_u32(vec![0, 9], &[1, 2], &cpu).unwrap();
+    let lens = Tensor::from_u32(vec![6], &[1], &cpu).unwrap();
+    let e = ops::paged_attention(&q, &kc, &vc, &tables, &lens, 4, 6, 1.0).unwrap_err();
+    assert!(e.to_string().contains("block 9"), "{e}");
+    // Three query heads over two kv heads is not GQA.
+    let q3 = Tensor::zeros(&[1, 3, 4], DType::F32, &cpu).unwrap();
+    let kc2 = Tensor::zeros(&[8, 2, 4], DType::F32, &cpu).unwrap();
+    let e = ops::paged_attention(&q3, &kc2, &kc2, &tables, &lens, 4, 6, 1.0).unwrap_err();
+    assert!(e.to_string().contains("multiple"), "{e}");
+    // max_context_len beyond what the table holds.
+    let e = ops::paged_attention(&q, &kc, &vc, &tables, &lens, 4, 9, 1.0).unwrap_err();
+    assert!(e.to_string().contains("max_context_len"), "{e}");
+}
+
+/// Both kernel files compile with NVRTC for sm_90 at the shapes the tests and real models use
+/// (needs only the NVRTC library, no GPU).
+#[test]
+fn nvrtc_compiles_paged_kernels() {
+    if !nvrtc::is_available() {
+        eprintln!("skipped: no NVRTC library");
+        return;
+    }
+    let src = kv_cache::source();
+    nvrtc::compile_cubin(
+        src.name,
+        &kernels::cuda::launch::full_source(&src),
+        "sm_90",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("kv_cache.cu: {e}"));
+    let src = pa::source();
+    let text = kernels::cuda::launch::full_source(&src);
+    for (d, g) in [(24, 3), (64, 1), (64, 7), (64, 3), (128, 16), (256, 8)] {
+        nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines(d, g))
+            .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g}: {e}"));
+    }
+}
