@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod objectives;
 pub mod optim;
 pub mod real;
+pub mod train;
 
 pub use metrics::Metrics;
 pub use real::Real;

@@ -1,0 +1,54 @@
+//! Pieces every training step shares: the model-side batch of a packed micro-batch, zeroing the
+//! gradient buffers, host <-> device f32 vectors, and the optimiser step with its metrics.
+
+use anyhow::{Context, Result};
+use kernels::ops::fill_inplace;
+use kernels::{Device, Tensor};
+use model::llama::Batch;
+use model::Params;
+
+use crate::batch::PackedBatch;
+use crate::metrics::Metrics;
+use crate::optim::AdamW;
+
+/// The decoder's view of a packed micro-batch (tokens, offsets, positions on `device`).
+pub fn model_batch(p: &PackedBatch, device: &Device) -> Result<Batch> {
+    Batch::new(
+        p.tokens.clone(),
+        p.cu_seqlens_u32(),
+        p.positions.clone(),
+        device,
+    )
+}
+
+/// Sets every gradient buffer to 0 before accumulating a mini-batch.
+pub fn zero_grads(grads: &mut Params) -> Result<()> {
+    for (name, g) in grads.tensors_mut() {
+        fill_inplace(g, 0.0).with_context(|| format!("zeroing the gradient of {name}"))?;
+    }
+    Ok(())
+}
+
+/// An `[N]` f32 tensor on `device` from host values.
+pub fn upload(v: Vec<f32>, device: &Device) -> Result<Tensor> {
+    let n = v.len();
+    Ok(Tensor::from_f32(v, &[n], device)?)
+}
+
+/// Clips, steps AdamW, and records `{prefix}/grad_norm`, `{prefix}/lr` (and a skipped-step flag).
+pub fn optimiser_step(
+    prefix: &str,
+    params: &mut Params,
+    grads: &mut Params,
+    opt: &mut AdamW,
+    lr: f64,
+    metrics: &mut Metrics,
+) -> Result<()> {
+    let s = opt.step(params, grads, lr)?;
+    metrics.set(&format!("{prefix}/grad_norm"), s.grad_norm);
+    metrics.set(&format!("{prefix}/lr"), s.lr);
+    if s.skipped {
+        metrics.set(&format!("{prefix}/skipped_steps"), 1.0);
+    }
+    Ok(())
+}
