@@ -53,3 +53,41 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     v = lane < nwarps ? scratch[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// 8 consecutive elements starting at element i (i a multiple of 8; buffers from cudaMalloc are
+// 256-byte aligned): one 16-byte access for bf16, two for f32.
+__device__ __forceinline__ void ld8(const float* p, size_t i, float* v) {
+    const float4 a = *reinterpret_cast<const float4*>(p + i), b = *reinterpret_cast<const float4*>(p + i + 4);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const __nv_bfloat16* p, size_t i, float* v) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p + i);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(h[k]);
+        v[2 * k] = f.x;
+        v[2 * k + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void st8(float* p, size_t i, const float* v) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void st8(__nv_bfloat16* p, size_t i, const float* v) {
+    uint4 u;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    *reinterpret_cast<uint4*>(p + i) = u;
+}
+
+// Grid-stride loop over n elements, 8 at a time, then the tail one at a time: `body8(i)` handles
+// elements i..i+7, `body1(i)` element i.
+template <typename F8, typename F1>
+__device__ __forceinline__ void for_each_8(u64 n, F8 body8, F1 body1) {
+    const u64 n8 = n / 8, stride = (u64)gridDim.x * blockDim.x;
+    const u64 tid = blockIdx.x * (u64)blockDim.x + threadIdx.x;
+    for (u64 j = tid; j < n8; j += stride) body8((size_t)j * 8);
+    for (u64 j = n8 * 8 + tid; j < n; j += stride) body1((size_t)j);
+}

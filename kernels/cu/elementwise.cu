@@ -1,27 +1,45 @@
-// Elementwise helpers: add, add in place, scale in place, fill. f32 arithmetic, one rounding to T.
+// Elementwise helpers: add, add in place, scale in place, fill. f32 arithmetic, one rounding to T;
+// 8 elements per access.
 
 template <typename T>
 __device__ void add_impl(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        st(out, i, ld(a, i) + ld(b, i));
+    float x[8], y[8];
+    for_each_8(n, [&](size_t i) {
+        ld8(a, i, x); ld8(b, i, y);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) x[k] += y[k];
+        st8(out, i, x);
+    }, [&](size_t i) { st(out, i, ld(a, i) + ld(b, i)); });
 }
 
 template <typename T>
 __device__ void add_inplace_impl(T* a, const T* __restrict__ b, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        st(a, i, ld(a, i) + ld(b, i));
+    float x[8], y[8];
+    for_each_8(n, [&](size_t i) {
+        ld8(a, i, x); ld8(b, i, y);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) x[k] += y[k];
+        st8(a, i, x);
+    }, [&](size_t i) { st(a, i, ld(a, i) + ld(b, i)); });
 }
 
 template <typename T>
 __device__ void scale_impl(T* x, float s, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        st(x, i, ld(x, i) * s);
+    float v[8];
+    for_each_8(n, [&](size_t i) {
+        ld8(x, i, v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] *= s;
+        st8(x, i, v);
+    }, [&](size_t i) { st(x, i, ld(x, i) * s); });
 }
 
 template <typename T>
-__device__ void fill_impl(T* x, float v, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        st(x, i, v);
+__device__ void fill_impl(T* x, float s, u64 n) {
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = s;
+    for_each_8(n, [&](size_t i) { st8(x, i, v); }, [&](size_t i) { st(x, i, s); });
 }
 
 #define ELEMENTWISE(S, T)                                                                               \

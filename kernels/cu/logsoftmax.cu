@@ -65,14 +65,24 @@ __device__ void lsm_fwd_impl(const T* __restrict__ logits, const u32* __restrict
     for (u32 row = blockIdx.x; row < n; row += gridDim.x) {
         const T* z = logits + (size_t)row * v;
         Stats a = {-INFINITY, 0.0f, 0.0f};
-        u32 j = threadIdx.x;
-        // Four independent loads in flight per thread before the first use.
-        for (; j + 3 * blockDim.x < v; j += 4 * blockDim.x) {
-            const float z0 = ld(z, j) * inv_temp, z1 = ld(z, j + blockDim.x) * inv_temp;
-            const float z2 = ld(z, j + 2 * blockDim.x) * inv_temp, z3 = ld(z, j + 3 * blockDim.x) * inv_temp;
-            push(a, z0); push(a, z1); push(a, z2); push(a, z3);
+        if ((v & 7) == 0) {
+            // 16-byte loads (rows start at multiples of 8 elements), 8 values each.
+            float x[8];
+            for (u32 c = threadIdx.x; c < v / 8; c += blockDim.x) {
+                ld8(z, (size_t)c * 8, x);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) push(a, x[k] * inv_temp);
+            }
+        } else {
+            u32 j = threadIdx.x;
+            // Four independent loads in flight per thread before the first use.
+            for (; j + 3 * blockDim.x < v; j += 4 * blockDim.x) {
+                const float z0 = ld(z, j) * inv_temp, z1 = ld(z, j + blockDim.x) * inv_temp;
+                const float z2 = ld(z, j + 2 * blockDim.x) * inv_temp, z3 = ld(z, j + 3 * blockDim.x) * inv_temp;
+                push(a, z0); push(a, z1); push(a, z2); push(a, z3);
+            }
+            for (; j < v; j += blockDim.x) push(a, ld(z, j) * inv_temp);
         }
-        for (; j < v; j += blockDim.x) push(a, ld(z, j) * inv_temp);
         const Stats r = block_merge(a, scratch);
         if (threadIdx.x == 0) {
             const float lse = r.m + logf(r.s);
@@ -98,23 +108,47 @@ __device__ void lsm_bwd_impl(const float* __restrict__ dlogprob, const float* __
         const u32 tgt = targets[row];
         const float dlp = tgt == NO_TARGET ? 0.0f : dlogprob[row];
         const float dent = dentropy ? dentropy[row] : 0.0f;
+        const bool vec = (v & 7) == 0;  // 16-byte accesses, 8 values each
         float ez = 0.0f;
         if (dent != 0.0f) {
             float acc = 0.0f;
-            for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
-                const float zj = ld(z, j) * inv_temp;
-                const float p = expf(zj - l);
-                if (p > 0.0f) acc += p * zj;
+            if (vec) {
+                float x[8];
+                for (u32 c = threadIdx.x; c < v / 8; c += blockDim.x) {
+                    ld8(z, (size_t)c * 8, x);
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) {
+                        const float zj = x[k] * inv_temp, p = expf(zj - l);
+                        if (p > 0.0f) acc += p * zj;
+                    }
+                }
+            } else {
+                for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
+                    const float zj = ld(z, j) * inv_temp;
+                    const float p = expf(zj - l);
+                    if (p > 0.0f) acc += p * zj;
+                }
             }
             ez = block_sum(acc, scratch);
         }
-        for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
-            const float zj = ld(z, j) * inv_temp;
+        auto grad = [&](u32 j, float zraw) {
+            const float zj = zraw * inv_temp;
             const float p = expf(zj - l);
             float g = -dlp * p;
             if (j == tgt) g += dlp;
             if (dent != 0.0f && p > 0.0f) g -= dent * p * (zj - ez);
-            st(dz, j, g * inv_temp);
+            return g * inv_temp;
+        };
+        if (vec) {
+            float x[8];
+            for (u32 c = threadIdx.x; c < v / 8; c += blockDim.x) {
+                ld8(z, (size_t)c * 8, x);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) x[k] = grad(c * 8 + k, x[k]);
+                st8(dz, (size_t)c * 8, x);
+            }
+        } else {
+            for (u32 j = threadIdx.x; j < v; j += blockDim.x) st(dz, j, grad(j, ld(z, j)));
         }
     }
 }

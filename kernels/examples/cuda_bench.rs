@@ -68,21 +68,31 @@ fn main() -> kernels::Result<()> {
     let cu = Tensor::from_u32(cu, &[s + 1], &dev)?;
     let scale = 1.0 / (d as f32).sqrt();
     let att_flops = 4.0 * (h * d) as f64 * (s * tlen * (tlen + 1) / 2) as f64;
-    let ms = time(cuda, || {
-        ops::attention(&q, &k, &vv, &cu, scale).unwrap();
-    });
-    report("attention fwd 8x1024 H14 K2 D64 bf16", ms, att_flops, 0.0);
-    let (out, lse) = ops::attention(&q, &k, &vv, &cu, scale)?;
-    let dout = t(&[n, h, d], 4, &dev, bf);
-    let ms = time(cuda, || {
-        ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale).unwrap();
-    });
-    report(
-        "attention bwd 8x1024 H14 K2 D64 bf16",
-        ms,
-        2.5 * att_flops,
-        0.0,
-    );
+    // Tensor-core kernels (the default for bf16), then the CUDA-core ones for comparison.
+    for (kind, env) in [("mma", "mma"), ("simt", "simt")] {
+        std::env::set_var("REALIGN_ATTENTION", env);
+        let ms = time(cuda, || {
+            ops::attention(&q, &k, &vv, &cu, scale).unwrap();
+        });
+        report(
+            &format!("attention fwd 8x1024 H14 K2 D64 bf16 {kind}"),
+            ms,
+            att_flops,
+            0.0,
+        );
+        let (out, lse) = ops::attention(&q, &k, &vv, &cu, scale)?;
+        let dout = t(&[n, h, d], 4, &dev, bf);
+        let ms = time(cuda, || {
+            ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale).unwrap();
+        });
+        report(
+            &format!("attention bwd 8x1024 H14 K2 D64 bf16 {kind}"),
+            ms,
+            2.5 * att_flops,
+            0.0,
+        );
+    }
+    std::env::remove_var("REALIGN_ATTENTION");
 
     // linear (the MLP up projection): 2·N·I·O FLOPs forward, twice that backward.
     let x = t(&[n, c], 5, &dev, bf);

@@ -18,13 +18,16 @@ fn nvrtc_compiles_every_kernel() {
     }
     for src in launch::all_sources() {
         let text = launch::full_source(&src);
-        let define_sets: Vec<Vec<String>> = if src.name == "attention" {
-            [(64, 64), (128, 64), (128, 32), (24, 64), (256, 32)]
+        let define_sets: Vec<Vec<String>> = match src.name {
+            "attention" => [(64, 64), (128, 64), (128, 32), (24, 64), (256, 32)]
                 .iter()
                 .map(|(d, b)| vec![format!("-DHEAD_DIM={d}"), format!("-DBLOCK={b}")])
-                .collect()
-        } else {
-            vec![vec![]]
+                .collect(),
+            "attention_mma" => [(64, 64), (128, 32), (32, 64), (96, 32)]
+                .iter()
+                .map(|(d, b)| vec![format!("-DHEAD_DIM={d}"), format!("-DBQ={b}")])
+                .collect(),
+            _ => vec![vec![]],
         };
         for defs in define_sets {
             let cubin = nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)
@@ -398,9 +401,15 @@ fn cuda_attention_matches_cpu() {
     let cu_seqlens: Vec<u32> = vec![0, 1, 71, 71, 200, 233, 300];
     let n = *cu_seqlens.last().unwrap() as usize;
     for (k, dtype) in DTYPES.into_iter().enumerate() {
-        for (case, &(h, kh, d)) in [(6, 2, 64), (4, 4, 128), (3, 1, 24), (2, 1, 256)]
-            .iter()
-            .enumerate()
+        for (case, &(h, kh, d)) in [
+            (6, 2, 64),
+            (14, 2, 64),
+            (4, 4, 128),
+            (3, 1, 24),
+            (2, 1, 256),
+        ]
+        .iter()
+        .enumerate()
         {
             let seed = 500 + 10 * (k * 4 + case) as u64;
             let scale = 1.0 / (d as f32).sqrt();

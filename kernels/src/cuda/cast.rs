@@ -28,6 +28,6 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
         .ptr(x, &dev, OP)?
         .ptr(&y, &dev, OP)?
         .u64(n as u64);
-    run(&dev, &SRC, &[], func, Grid::cover(n, 256), args)?;
+    run(&dev, &SRC, &[], func, Grid::cover(n.div_ceil(8), 256), args)?;
     Ok(y)
 }

@@ -17,7 +17,14 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         .ptr(&out, &dev, OP)?
         .u64(n as u64);
     let func = format!("add_{}", suffix(a.dtype(), OP)?);
-    run(&dev, &SRC, &[], &func, Grid::cover(n, 256), args)?;
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n.div_ceil(8), 256),
+        args,
+    )?;
     Ok(out)
 }
 
@@ -30,7 +37,14 @@ pub fn add_inplace(a: &mut Tensor, b: &Tensor) -> Result<()> {
         .ptr(b, &dev, OP)?
         .u64(n as u64);
     let func = format!("add_inplace_{}", suffix(a.dtype(), OP)?);
-    run(&dev, &SRC, &[], &func, Grid::cover(n, 256), args)
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n.div_ceil(8), 256),
+        args,
+    )
 }
 
 pub fn scale_inplace(x: &mut Tensor, s: f32) -> Result<()> {
@@ -39,7 +53,14 @@ pub fn scale_inplace(x: &mut Tensor, s: f32) -> Result<()> {
     let n = x.numel();
     let args = Args::new().ptr(x, &dev, OP)?.f32(s).u64(n as u64);
     let func = format!("scale_inplace_{}", suffix(x.dtype(), OP)?);
-    run(&dev, &SRC, &[], &func, Grid::cover(n, 256), args)
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n.div_ceil(8), 256),
+        args,
+    )
 }
 
 pub fn fill_inplace(x: &mut Tensor, v: f32) -> Result<()> {
@@ -48,5 +69,12 @@ pub fn fill_inplace(x: &mut Tensor, v: f32) -> Result<()> {
     let n = x.numel();
     let args = Args::new().ptr(x, &dev, OP)?.f32(v).u64(n as u64);
     let func = format!("fill_inplace_{}", suffix(x.dtype(), OP)?);
-    run(&dev, &SRC, &[], &func, Grid::cover(n, 256), args)
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n.div_ceil(8), 256),
+        args,
+    )
 }

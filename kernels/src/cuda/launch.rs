@@ -44,6 +44,7 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("rope"),
         kernel_source!("swiglu"),
         kernel_source!("attention"),
+        kernel_source!("attention_mma"),
         kernel_source!("logsoftmax"),
         kernel_source!("sum_squares"),
         kernel_source!("adamw"),

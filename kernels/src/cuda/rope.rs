@@ -24,14 +24,10 @@ fn rotate(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32, sign: f32) -> 
         .f32(theta)
         .f32(sign);
     let func = format!("rope_{}", suffix(x.dtype(), op)?);
-    run(
-        &dev,
-        &SRC,
-        &[],
-        &func,
-        Grid::cover(n * h * (d / 2), 256),
-        args,
-    )?;
+    // One block per token (grid-stride), threads over heads × D/2; the cos/sin table in smem.
+    let threads = (h * d / 2).next_multiple_of(32).clamp(32, 256) as u32;
+    let g = Grid::d1(n.clamp(1, 65535 * 4) as u32, threads).with_smem((d * 4) as u32);
+    run(&dev, &SRC, &[], &func, g, args)?;
     Ok(y)
 }
 

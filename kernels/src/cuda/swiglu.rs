@@ -17,7 +17,14 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         .ptr(&h, &dev, OP)?
         .u64(n as u64);
     let func = format!("swiglu_{}", suffix(gate.dtype(), OP)?);
-    run(&dev, &SRC, &[], &func, Grid::cover(n, 256), args)?;
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n.div_ceil(8), 256),
+        args,
+    )?;
     Ok(h)
 }
 
@@ -35,6 +42,13 @@ pub fn swiglu_backward(dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tenso
         .ptr(&dup, &dev, OP)?
         .u64(n as u64);
     let func = format!("swiglu_backward_{}", suffix(gate.dtype(), OP)?);
-    run(&dev, &SRC, &[], &func, Grid::cover(n, 256), args)?;
+    run(
+        &dev,
+        &SRC,
+        &[],
+        &func,
+        Grid::cover(n.div_ceil(8), 256),
+        args,
+    )?;
     Ok((dgate, dup))
 }
