@@ -70,8 +70,12 @@ fn aggregation_modes_hand_computed() {
         assert_close1(out.loss, want, 1e-12, &format!("{agg:?}"));
     }
     assert_eq!(
-        LossAgg::from_name("seq-mean-token-sum-norm", 4.0).unwrap(),
+        LossAgg::from_name("token_sum_norm", 4.0).unwrap(),
         LossAgg::SeqMeanTokenSumNorm { constant: 4.0 }
+    );
+    assert_eq!(
+        LossAgg::from_name("seq-mean-token-mean", 0.0).unwrap(),
+        LossAgg::SeqMeanTokenMean
     );
     let err = LossAgg::from_name("token_avg", 1.0)
         .unwrap_err()

@@ -34,18 +34,20 @@ pub enum LossAgg {
 }
 
 impl LossAgg {
-    /// Parses the config name; the Dr.GRPO mode takes its constant separately.
+    /// Parses the config name (`token_mean`, `seq_mean_token_mean`, `seq_mean_token_sum`,
+    /// `token_sum_norm` for Dr.GRPO; veRL's dashed spellings too). Dr.GRPO takes its constant
+    /// separately (typically the maximum number of new tokens).
     pub fn from_name(name: &str, norm_constant: f64) -> Result<LossAgg> {
-        Ok(match name {
-            "token-mean" => LossAgg::TokenMean,
-            "seq-mean-token-mean" => LossAgg::SeqMeanTokenMean,
-            "seq-mean-token-sum" => LossAgg::SeqMeanTokenSum,
-            "seq-mean-token-sum-norm" => LossAgg::SeqMeanTokenSumNorm {
+        Ok(match name.replace('-', "_").as_str() {
+            "token_mean" => LossAgg::TokenMean,
+            "seq_mean_token_mean" => LossAgg::SeqMeanTokenMean,
+            "seq_mean_token_sum" => LossAgg::SeqMeanTokenSum,
+            "token_sum_norm" | "seq_mean_token_sum_norm" => LossAgg::SeqMeanTokenSumNorm {
                 constant: norm_constant,
             },
-            other => bail!(
-                "unknown loss aggregation `{other}` (expected token-mean, seq-mean-token-mean, \
-                 seq-mean-token-sum or seq-mean-token-sum-norm)"
+            _ => bail!(
+                "unknown loss_agg `{name}` (expected token_mean, seq_mean_token_mean, \
+                 seq_mean_token_sum or token_sum_norm)"
             ),
         })
     }

@@ -19,6 +19,18 @@ pub enum ScheduleKind {
     Cosine,
 }
 
+impl ScheduleKind {
+    /// Parses the config name (`constant`, `linear`, `cosine`).
+    pub fn from_name(name: &str) -> Result<ScheduleKind> {
+        Ok(match name {
+            "constant" => ScheduleKind::Constant,
+            "linear" => ScheduleKind::Linear,
+            "cosine" => ScheduleKind::Cosine,
+            other => bail!("unknown lr schedule `{other}` (expected constant, linear or cosine)"),
+        })
+    }
+}
+
 /// Settings (config names in docs/algorithms.md).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
