@@ -7,15 +7,20 @@
 //! - `sampling.rs`: temperature / top-k / top-p / seeds / log-probs.
 //! - `step_model.rs`: the model interface of the loop; `fake_model.rs` a stand-in for tests.
 //! - `rollout.rs`: the loop itself.
+//! - `llama.rs`: the Llama-family decoder's prefill/decode forward over the paged cache.
+//! - `engine.rs`: the entry point: KV budget, weights in, completions out.
 
 pub mod block_manager;
+pub mod engine;
 pub mod fake_model;
+pub mod llama;
 pub mod request;
 pub mod rollout;
 pub mod sampling;
 pub mod scheduler;
 pub mod step_model;
 
+pub use engine::{Engine, EngineConfig, KvBudget};
 pub use request::{Completion, FinishReason, Request, RolloutStats};
 pub use rollout::{run_rollout, RolloutConfig};
 pub use sampling::SamplingParams;

@@ -1,0 +1,251 @@
+//! The Llama-family decoder (Llama, Mistral, Qwen2) as a [`StepModel`]: prefill and decode
+//! forwards that keep K/V in a paged cache.
+//!
+//! Per layer: RMSNorm → q/k/v projections → RoPE → write k, v into their cache slots → attention →
+//! o projection → residual → RMSNorm → SwiGLU MLP → residual. Prefill attends within each packed
+//! prompt with the causal `attention` op (a prompt is always prefilled whole, so everything it
+//! attends to is in the batch); decode attends to the cache with `paged_attention`. Only each
+//! sequence's last row goes through the final norm and the LM head.
+//!
+//! K/V are kept in the parameters' dtype: bf16 on the GPU in normal use, f32 on the CPU. Nothing in
+//! a step reads device memory back except the logits at its end, so the decode step can be put in
+//! a CUDA graph.
+
+use anyhow::Context;
+use kernels::ops::{
+    add_inplace, attention, gather_rows, kv_cache_copy_blocks, kv_cache_write, linear,
+    paged_attention, rmsnorm, rope, swiglu,
+};
+use kernels::{DType, Device, Tensor};
+use model::{LayerParams, ModelConfig, Params};
+
+use crate::block_manager::BlockCopy;
+use crate::step_model::{DecodeBatch, PrefillBatch, StepModel};
+
+/// One layer's cache: [P, K, D] each, P = blocks × block size.
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// A model's weights plus, during a rollout, its paged KV cache.
+pub struct LlamaRunner<'a> {
+    params: &'a Params,
+    cfg: &'a ModelConfig,
+    device: Device,
+    dtype: DType,
+    cache: Vec<LayerCache>,
+    block_size: usize,
+}
+
+/// How a layer's attention reads K/V.
+enum Attend<'b> {
+    /// Causal within each packed sequence of the batch.
+    Packed { cu_seqlens: &'b Tensor },
+    /// From the cache through block tables.
+    Paged {
+        block_tables: &'b Tensor,
+        context_lens: &'b Tensor,
+        block_size: usize,
+        max_context_len: usize,
+    },
+}
+
+impl<'a> LlamaRunner<'a> {
+    pub fn new(params: &'a Params, cfg: &'a ModelConfig) -> anyhow::Result<LlamaRunner<'a>> {
+        params
+            .check_against(cfg)
+            .context("the weights do not match the model config")?;
+        anyhow::ensure!(
+            params.lm_head.is_some() || cfg.tie_word_embeddings,
+            "the model has no LM head (a score-head model cannot generate)"
+        );
+        Ok(LlamaRunner {
+            params,
+            cfg,
+            device: params.embed.device().clone(),
+            dtype: params.embed.dtype(),
+            cache: Vec::new(),
+            block_size: 0,
+        })
+    }
+
+    fn u32s(&self, v: &[u32]) -> anyhow::Result<Tensor> {
+        Ok(Tensor::from_u32(v.to_vec(), &[v.len()], &self.device)?)
+    }
+
+    /// Runs every layer over `tokens` at `positions`, writing K/V to `slots`; returns [N,C].
+    fn layers(
+        &mut self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        slots: &Tensor,
+        attend: &Attend,
+    ) -> anyhow::Result<Tensor> {
+        let mut x = gather_rows(&self.params.embed, tokens).context("embedding lookup")?; // [N,C]
+        for (l, lp) in self.params.layers.iter().enumerate() {
+            let cache = &mut self.cache[l];
+            x = layer(x, lp, self.cfg, cache, positions, slots, attend)
+                .with_context(|| format!("layer {l}"))?;
+        }
+        Ok(x)
+    }
+
+    /// Final norm and LM head of the rows `last` of `x` [N,C] -> host logits [S*V].
+    fn logits(&self, x: &Tensor, last: Option<&[u32]>) -> anyhow::Result<Vec<f32>> {
+        let rows = match last {
+            Some(idx) => Some(gather_rows(x, &self.u32s(idx)?)?), // [N,C] -> [S,C]
+            None => None,
+        };
+        let x = rows.as_ref().unwrap_or(x);
+        let (xn, _) = rmsnorm(x, &self.params.final_norm, self.cfg.rms_norm_eps as f32)?;
+        let logits = linear(&xn, self.params.lm_head_weight(), None)?; // [S,V]
+        Ok(logits.to_vec_f32()?)
+    }
+}
+
+fn layer(
+    x: Tensor,
+    lp: &LayerParams,
+    cfg: &ModelConfig,
+    cache: &mut LayerCache,
+    positions: &Tensor,
+    slots: &Tensor,
+    attend: &Attend,
+) -> anyhow::Result<Tensor> {
+    let n = x.shape()[0];
+    let (h, k, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let eps = cfg.rms_norm_eps as f32;
+    let theta = cfg.rope_theta as f32;
+    let scale = 1.0 / (d as f32).sqrt();
+
+    let (xn, _) = rmsnorm(&x, &lp.attn_norm, eps)?; // [N,C]
+    let q = linear(&xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
+    let kk = linear(&xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    let v = linear(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    let q = rope(&q, positions, theta)?;
+    let kk = rope(&kk, positions, theta)?;
+    kv_cache_write(&mut cache.k, &mut cache.v, &kk, &v, slots)?;
+    let att = match attend {
+        Attend::Packed { cu_seqlens } => attention(&q, &kk, &v, cu_seqlens, scale)?.0,
+        Attend::Paged {
+            block_tables,
+            context_lens,
+            block_size,
+            max_context_len,
+        } => paged_attention(
+            &q,
+            &cache.k,
+            &cache.v,
+            block_tables,
+            context_lens,
+            *block_size,
+            *max_context_len,
+            scale,
+        )?,
+    }; // [N,H,D]
+    let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
+    let mut x2 = linear(&att, &lp.o, None)?; // [N,C]
+    add_inplace(&mut x2, &x)?;
+    let (xn2, _) = rmsnorm(&x2, &lp.mlp_norm, eps)?; // [N,C]
+    let gate = linear(&xn2, &lp.gate, None)?; // [N,F]
+    let up = linear(&xn2, &lp.up, None)?; // [N,F]
+    let act = swiglu(&gate, &up)?; // [N,F]
+    let mut out = linear(&act, &lp.down, None)?; // [N,C]
+    add_inplace(&mut out, &x2)?;
+    Ok(out)
+}
+
+impl StepModel for LlamaRunner<'_> {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn max_context(&self) -> usize {
+        // Beyond a sliding window we would need windowed attention, which is not implemented.
+        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
+        self.cfg.max_position_embeddings.min(window)
+    }
+
+    fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+        2 * self.cfg.num_hidden_layers
+            * block_size
+            * self.cfg.num_key_value_heads
+            * self.cfg.head_dim
+            * self.dtype.size_in_bytes()
+    }
+
+    fn alloc_cache(&mut self, num_blocks: usize, block_size: usize) -> anyhow::Result<()> {
+        let shape = [
+            num_blocks * block_size,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim,
+        ]; // [P,K,D]
+        self.cache.clear();
+        for _ in 0..self.cfg.num_hidden_layers {
+            self.cache.push(LayerCache {
+                k: Tensor::zeros(&shape, self.dtype, &self.device)?,
+                v: Tensor::zeros(&shape, self.dtype, &self.device)?,
+            });
+        }
+        self.block_size = block_size;
+        Ok(())
+    }
+
+    fn free_cache(&mut self) {
+        self.cache = Vec::new();
+    }
+
+    fn copy_blocks(&mut self, copies: &[BlockCopy]) -> anyhow::Result<()> {
+        let src: Vec<u32> = copies.iter().map(|c| c.src).collect();
+        let dst: Vec<u32> = copies.iter().map(|c| c.dst).collect();
+        let (src, dst) = (self.u32s(&src)?, self.u32s(&dst)?);
+        for c in &mut self.cache {
+            kv_cache_copy_blocks(&mut c.k, &mut c.v, &src, &dst, self.block_size)?;
+        }
+        Ok(())
+    }
+
+    fn prefill(&mut self, batch: &PrefillBatch) -> anyhow::Result<Vec<f32>> {
+        let tokens = self.u32s(&batch.tokens)?;
+        let positions = self.u32s(&batch.positions)?;
+        let slots = self.u32s(&batch.slots)?;
+        let cu_seqlens = self.u32s(&batch.cu_seqlens)?;
+        let x = self.layers(
+            &tokens,
+            &positions,
+            &slots,
+            &Attend::Packed {
+                cu_seqlens: &cu_seqlens,
+            },
+        )?;
+        let last: Vec<u32> = batch.cu_seqlens[1..].iter().map(|&e| e - 1).collect();
+        self.logits(&x, Some(&last))
+    }
+
+    fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>> {
+        let s = batch.num_seqs();
+        let tokens = self.u32s(&batch.tokens)?;
+        let positions = self.u32s(&batch.positions)?;
+        let slots = self.u32s(&batch.slots)?;
+        let block_tables = Tensor::from_u32(
+            batch.block_tables.clone(),
+            &[s, batch.max_blocks],
+            &self.device,
+        )?;
+        let context_lens = self.u32s(&batch.context_lens)?;
+        let max_context_len = batch.context_lens.iter().copied().max().unwrap_or(0) as usize;
+        let attend = Attend::Paged {
+            block_tables: &block_tables,
+            context_lens: &context_lens,
+            block_size: self.block_size,
+            max_context_len,
+        };
+        let x = self.layers(&tokens, &positions, &slots, &attend)?;
+        self.logits(&x, None)
+    }
+}
