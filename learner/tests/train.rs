@@ -186,3 +186,87 @@ fn on_policy_first_ppo_minibatch_has_ratio_exactly_one() {
         assert_eq!(m.get("actor/ppo_kl").unwrap(), 0.0, "{what}");
     }
 }
+
+#[test]
+fn data_parallel_thread_ranks_sum_to_the_one_rank_gradient() {
+    // 3 thread-ranks, each with its own copy of the weights and its token-balanced share of the
+    // mini-batch, normalised by the global counts: the sum of their gradients (the all-reduce) is
+    // the one-rank gradient.
+    let cfg = tiny(Head::CausalLm);
+    let params = Params::init(&cfg, 9, &Device::Cpu, DType::F32).unwrap();
+    let head = LmHead::new(1.0);
+    // Shift π_old so that some ratios leave the clip range.
+    let seqs: Vec<Sequence> = on_policy_batch(&params, &cfg, &head, 1000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            let lp = s.fields.get_mut(&Field::OldLogprob).unwrap();
+            for (j, x) in lp.iter_mut().enumerate() {
+                *x += 0.4 * (((i * 5 + j * 3) % 7) as f32 / 3.0 - 1.0);
+            }
+            s
+        })
+        .collect();
+    let step = ActorStep {
+        loss: PolicyLossConfig::default(),
+        head,
+        micro_batch_tokens: 16,
+    };
+    let all: Vec<&Sequence> = seqs.iter().collect();
+    let whole = learner::batch::pack(&all).unwrap();
+    let global =
+        learner::objectives::Normaliser::count(&whole.loss_mask, &whole.cu_seqlens).unwrap();
+    let mut one = params.zeros_like(DType::F32).unwrap();
+    let m_one = step
+        .accumulate(&params, &cfg, &mut one, &all, Some(global))
+        .unwrap();
+    assert!(m_one.get("actor/pg_clipfrac").unwrap() > 0.0);
+
+    let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+    let parts = learner::batch::balance_by_tokens(&lens, 3).unwrap();
+    let ranks: Vec<(Vec<Vec<f32>>, learner::Metrics)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = parts
+            .iter()
+            .map(|p| {
+                let (cfg, seqs) = (&cfg, &seqs);
+                sc.spawn(move || {
+                    let params = Params::init(cfg, 9, &Device::Cpu, DType::F32).unwrap();
+                    let mine: Vec<&Sequence> = p.iter().map(|&i| &seqs[i]).collect();
+                    let mut g = params.zeros_like(DType::F32).unwrap();
+                    let m = step
+                        .accumulate(&params, cfg, &mut g, &mine, Some(global))
+                        .unwrap();
+                    let host = g
+                        .tensors()
+                        .iter()
+                        .map(|(_, t)| t.to_vec_f32().unwrap())
+                        .collect();
+                    (host, m)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut merged = learner::Metrics::new();
+    for (_, m) in &ranks {
+        merged.merge(m);
+    }
+    for (k, v) in m_one.values() {
+        let got = merged.get(&k).unwrap();
+        assert!(
+            (got - v).abs() <= 1e-5 * v.abs().max(1.0),
+            "{k}: ranks {got} vs one rank {v}"
+        );
+    }
+    for (t, (name, g)) in one.tensors().iter().enumerate() {
+        let want = g.to_vec_f32().unwrap();
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
+        for (e, w) in want.iter().enumerate() {
+            let sum: f32 = ranks.iter().map(|(h, _)| h[t][e]).sum();
+            assert!(
+                (sum - w).abs() <= 1e-5 * scale,
+                "{name}[{e}]: ranks sum {sum} vs one rank {w}"
+            );
+        }
+    }
+}
