@@ -270,3 +270,44 @@ fn data_parallel_thread_ranks_sum_to_the_one_rank_gradient() {
         }
     }
 }
+
+#[test]
+fn ppo_update_first_minibatch_is_on_policy_and_later_ones_move() {
+    // 2 passes × 2 mini-batches over an on-policy batch: step 0 sees ratio exactly 1 and no
+    // clipping; after it the weights have changed, so later mini-batches see ratio ≠ 1.
+    use learner::batch::MiniBatchConfig;
+    use learner::train::{update_actor, Trainee};
+    let cfg = tiny(Head::CausalLm);
+    let mut params = Params::init(&cfg, 10, &Device::Cpu, DType::F32).unwrap();
+    let head = LmHead::new(1.0);
+    let seqs = on_policy_batch(&params, &cfg, &head, 32);
+    let mut grads = params.zeros_like(DType::F32).unwrap();
+    let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+    let step = ActorStep {
+        loss: PolicyLossConfig::default(),
+        head,
+        micro_batch_tokens: 32,
+    };
+    let mb = MiniBatchConfig {
+        num_mini_batches: 2,
+        epochs: 2,
+        shuffle: true,
+        seed: 1,
+    };
+    let trainee = Trainee {
+        params: &mut params,
+        cfg: &cfg,
+        grads: &mut grads,
+        opt: &mut opt,
+    };
+    let out = update_actor(&step, trainee, &seqs, &mb, 1e-2).unwrap();
+    assert_eq!(out.per_step.len(), 4);
+    assert_eq!(out.per_step[0].get("actor/ratio_mean").unwrap(), 1.0);
+    assert_eq!(out.per_step[0].get("actor/pg_clipfrac").unwrap(), 0.0);
+    for m in &out.per_step[1..] {
+        assert_ne!(m.get("actor/ratio_mean").unwrap(), 1.0);
+        assert!(m.get("actor/grad_norm").unwrap() > 0.0);
+    }
+    assert_eq!(opt.step, 4);
+    assert!(out.mean.get("actor/ppo_kl").is_some());
+}

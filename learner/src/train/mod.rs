@@ -6,6 +6,7 @@ pub mod actor;
 pub mod common;
 pub mod critic;
 pub mod logprobs;
+pub mod ppo;
 pub mod reward_model;
 pub mod sft;
 
@@ -13,5 +14,6 @@ pub use actor::ActorStep;
 pub use common::zero_grads;
 pub use critic::CriticStep;
 pub use logprobs::response_logprobs;
+pub use ppo::{update_actor, update_critic, Trainee, UpdateMetrics};
 pub use reward_model::{score_sequences, Pair, RewardModelStep};
 pub use sft::SftStep;
