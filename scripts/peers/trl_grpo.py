@@ -1,0 +1,106 @@
+"""Peer for the full-iteration benchmark: TRL GRPOTrainer, SmolLM2-135M shapes.
+
+32 prompts × 8 samples = 256 completions per step, prompts of ~64 tokens, exactly 256 new tokens
+(min_new_tokens), bf16, KL to a reference model (beta 0.04), one optimiser step per iteration.
+Weights are random (shapes are what matter for speed); the tokenizer comes from --model-dir
+(an HF folder, e.g. SmolLM2 imported by `realign import-gguf`). Prints one JSON line with the
+median seconds per step after the first (warm-up) steps.
+Usage: python3 scripts/peers/trl_grpo.py --model-dir models/smollm2-135m-instruct [--steps 4]
+"""
+import argparse
+import time
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from common import SMOLLM2_135M, report
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.marks = []
+
+    def on_step_begin(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.marks.append(("begin", time.perf_counter()))
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.marks.append(("end", time.perf_counter()))
+
+    def step_seconds(self):
+        begins = [t for k, t in self.marks if k == "begin"]
+        ends = [t for k, t in self.marks if k == "end"]
+        return [e - b for b, e in zip(begins, ends)]
+
+
+def digit_reward(completions, **kw):
+    # Cheap rule reward: share of digits in the completion (the reward's cost is not the point).
+    out = []
+    for c in completions:
+        text = c if isinstance(c, str) else c[-1]["content"]
+        out.append(sum(ch.isdigit() for ch in text) / max(1, len(text)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--micro", type=int, default=64, help="completions per forward/backward")
+    ap.add_argument("--out")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes for a CPU smoke run")
+    a = ap.parse_args()
+    shapes = dict(SMOLLM2_135M)
+    if a.tiny:
+        shapes.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    tok = AutoTokenizer.from_pretrained(a.model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**shapes)
+    cfg.vocab_size = max(cfg.vocab_size, len(tok))
+    # TRL builds the reference model with from_pretrained, so the random model goes to a folder.
+    model_path = "/tmp/trl_grpo_bench_model"
+    LlamaForCausalLM(cfg).save_pretrained(model_path)
+    tok.save_pretrained(model_path)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # Prompts of ~prompt_len tokens: numbered arithmetic lines.
+    rows = []
+    for i in range(a.prompts * (a.steps + 1)):
+        text = " ".join(f"{i + j}+{j}=" for j in range(a.prompt_len // 4))
+        ids = tok(text)["input_ids"][: a.prompt_len]
+        rows.append({"prompt": tok.decode(ids)})
+    batch = a.prompts * a.samples
+    accum = max(1, batch // a.micro)
+    args = GRPOConfig(
+        output_dir="/tmp/trl_grpo_bench", per_device_train_batch_size=batch // accum,
+        gradient_accumulation_steps=accum, num_generations=a.samples, max_completion_length=a.new,
+        generation_kwargs={"min_new_tokens": a.new}, beta=0.04, learning_rate=1e-6,
+        max_steps=a.steps, logging_steps=1, report_to="none", save_strategy="no",
+        bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(), seed=0,
+        dataloader_num_workers=0, model_init_kwargs={"dtype": dtype},
+    )
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model_path, reward_funcs=digit_reward, args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tok,
+                          callbacks=[timer])
+    trainer.train()
+    secs = timer.step_seconds()
+    steady = sorted(secs[1:]) or secs
+    report("trl_grpo", dict(prompts=a.prompts, samples=a.samples, prompt_len=a.prompt_len,
+                            new_tokens=a.new, steps=len(secs), step_seconds=secs,
+                            median_step_s=steady[len(steady) // 2]), a.out)
+
+
+if __name__ == "__main__":
+    main()
