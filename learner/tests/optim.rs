@@ -247,3 +247,93 @@ fn optimiser_state_round_trips_through_safetensors() {
     let e = AdamW::load(&path, &other).unwrap_err().to_string();
     assert!(e.contains("embed_tokens"), "{e}");
 }
+
+#[test]
+fn zero1_sharded_optimiser_equals_the_unsharded_one_bit_for_bit() {
+    use learner::optim::shard_by_numel;
+    let cfg = tiny();
+    let world = 3;
+    let ocfg = AdamWConfig {
+        weight_decay: 0.1,
+        max_grad_norm: Some(0.5),
+        ..Default::default()
+    };
+    let mut full = Params::init(&cfg, 12, &Device::Cpu, DType::F32).unwrap();
+    let mut opt = AdamW::new(&full, ocfg).unwrap();
+    let shards = shard_by_numel(&full, world).unwrap();
+    // Every parameter owned exactly once, and the shares are balanced within the largest tensor.
+    let total: usize = full.tensors().iter().map(|(_, t)| t.numel()).sum();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &shards {
+        for n in s {
+            assert!(seen.insert(n.clone()), "{n} owned twice");
+        }
+    }
+    assert_eq!(seen.len(), full.tensors().len());
+    let largest = full.tensors().iter().map(|(_, t)| t.numel()).max().unwrap();
+    for s in &shards {
+        let n: usize = full
+            .tensors()
+            .iter()
+            .filter(|(k, _)| s.contains(k))
+            .map(|(_, t)| t.numel())
+            .sum();
+        assert!(
+            n <= total / world + largest,
+            "unbalanced share of {n} elements"
+        );
+    }
+    // Each rank: its own replica of the weights and its share of the state.
+    let mut replicas: Vec<Params> = (0..world)
+        .map(|_| Params::init(&cfg, 12, &Device::Cpu, DType::F32).unwrap())
+        .collect();
+    let mut opts: Vec<AdamW> = shards
+        .iter()
+        .zip(&replicas)
+        .map(|(s, p)| AdamW::new_owned(p, ocfg, |n| s.contains(n)).unwrap())
+        .collect();
+    for step in 0..3u64 {
+        let scale = if step == 0 { 1.0 } else { 1e-3 };
+        let mut g = random_grads(&full, 40 + step, scale);
+        let s_full = opt.step(&mut full, &mut g, 1e-2).unwrap();
+        // 1-2: local sums of squares, "all-reduced".
+        let grads: Vec<Params> = (0..world)
+            .map(|_| random_grads(&full, 40 + step, scale))
+            .collect();
+        let ss: f64 = opts
+            .iter()
+            .zip(&grads)
+            .map(|(o, g)| o.owned_sum_squares(g).unwrap())
+            .sum();
+        let norm = ss.sqrt();
+        assert!((norm - s_full.grad_norm).abs() <= 1e-9 * norm);
+        // 3: each rank steps its share.
+        for ((o, p), mut g) in opts.iter_mut().zip(replicas.iter_mut()).zip(grads) {
+            o.step_with_norm(p, &mut g, 1e-2, s_full.grad_norm).unwrap();
+        }
+        // 4: all-gather: every rank copies each parameter from its owner.
+        let owner_vals: std::collections::BTreeMap<String, Vec<f32>> = shards
+            .iter()
+            .enumerate()
+            .flat_map(|(r, s)| {
+                let rep = &replicas[r];
+                s.iter()
+                    .map(|n| {
+                        let t = rep.tensors().into_iter().find(|(k, _)| k == n).unwrap().1;
+                        (n.clone(), t.to_vec_f32().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for rep in replicas.iter_mut() {
+            for (n, t) in rep.tensors_mut() {
+                t.cpu_f32_mut().unwrap().copy_from_slice(&owner_vals[&n]);
+            }
+        }
+    }
+    for rep in &replicas {
+        for ((n, a), (_, b)) in rep.tensors().iter().zip(full.tensors()) {
+            assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "{n}");
+        }
+    }
+}

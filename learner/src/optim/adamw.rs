@@ -84,8 +84,21 @@ pub struct AdamW {
 impl AdamW {
     /// Fresh state for `params`: master = the weights in f32, zero moments, on their device.
     pub fn new(params: &Params, cfg: AdamWConfig) -> Result<AdamW> {
+        AdamW::new_owned(params, cfg, |_| true)
+    }
+
+    /// Fresh state for the parameters `owns` selects only (ZeRO-1: each data-parallel rank keeps
+    /// the optimiser state of its share, see [`super::zero`]). Steps update only those parameters.
+    pub fn new_owned(
+        params: &Params,
+        cfg: AdamWConfig,
+        owns: impl Fn(&str) -> bool,
+    ) -> Result<AdamW> {
         let mut states = BTreeMap::new();
         for (name, p) in params.tensors() {
+            if !owns(&name) {
+                continue;
+            }
             let master = to_f32(p).with_context(|| format!("optimiser master copy of {name}"))?;
             let exp_avg = Tensor::zeros(p.shape(), DType::F32, p.device())?;
             let exp_avg_sq = Tensor::zeros(p.shape(), DType::F32, p.device())?;
@@ -129,10 +142,33 @@ impl AdamW {
         Ok(ss.sqrt())
     }
 
+    /// Σ g² over the parameters this optimiser owns (a rank's share of the global norm²).
+    pub fn owned_sum_squares(&self, grads: &Params) -> Result<f64> {
+        let mut ss = 0.0f64;
+        for (name, g) in grads.tensors() {
+            if self.states.contains_key(&name) {
+                ss += sum_squares(g).with_context(|| format!("gradient norm of {name}"))?;
+            }
+        }
+        Ok(ss)
+    }
+
     /// One update of `params` (working weights) from `grads` (f32, same structure) at `lr`.
     /// `grads` is clipped in place.
     pub fn step(&mut self, params: &mut Params, grads: &mut Params, lr: f64) -> Result<StepStats> {
         let norm = AdamW::grad_norm(grads)?;
+        self.step_with_norm(params, grads, lr, norm)
+    }
+
+    /// [`AdamW::step`] with the global gradient norm given (ZeRO: the square root of the
+    /// all-reduced [`AdamW::owned_sum_squares`]); updates the owned parameters only.
+    pub fn step_with_norm(
+        &mut self,
+        params: &mut Params,
+        grads: &mut Params,
+        lr: f64,
+        norm: f64,
+    ) -> Result<StepStats> {
         if !norm.is_finite() {
             tracing::warn!(grad_norm = norm, "non-finite gradient norm: update skipped");
             return Ok(StepStats {
@@ -148,17 +184,26 @@ impl AdamW {
             if c < 1.0 {
                 clip_coef = c;
                 for (name, g) in grads.tensors_mut() {
+                    if !self.states.contains_key(&name) {
+                        continue;
+                    }
                     scale_inplace(g, c as f32).with_context(|| format!("clipping {name}"))?;
                 }
             }
         }
         self.step += 1;
         let grads_by_name: BTreeMap<String, &Tensor> = grads.tensors().into_iter().collect();
+        if let Some(name) = self
+            .states
+            .keys()
+            .find(|n| !grads_by_name.contains_key(n.as_str()))
+        {
+            bail!("the optimiser holds state for {name}, which the model does not have");
+        }
         for (name, w) in params.tensors_mut() {
-            let st = self
-                .states
-                .get_mut(&name)
-                .with_context(|| format!("the optimiser has no state for parameter {name}"))?;
+            let Some(st) = self.states.get_mut(&name) else {
+                continue; // another rank's share
+            };
             let g = grads_by_name
                 .get(&name)
                 .with_context(|| format!("no gradient for parameter {name}"))?;
@@ -242,6 +287,15 @@ impl AdamW {
     /// Reads a state written by [`AdamW::save`] for `params` (names and shapes must match), placing
     /// it on `params`' devices.
     pub fn load(path: &std::path::Path, params: &Params) -> Result<AdamW> {
+        AdamW::load_owned(path, params, |_| true)
+    }
+
+    /// [`AdamW::load`] for the parameters `owns` selects (a ZeRO rank's share).
+    pub fn load_owned(
+        path: &std::path::Path,
+        params: &Params,
+        owns: impl Fn(&str) -> bool,
+    ) -> Result<AdamW> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading optimiser state {}", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -260,6 +314,9 @@ impl AdamW {
         .context("optimiser state: bad `config` metadata")?;
         let mut states = BTreeMap::new();
         for (name, p) in params.tensors() {
+            if !owns(&name) {
+                continue;
+            }
             let get = |suffix: &str| -> Result<Tensor> {
                 let key = format!("{name}.{suffix}");
                 let v = st

@@ -3,6 +3,8 @@
 
 pub mod adamw;
 pub mod schedule;
+pub mod zero;
 
 pub use adamw::{decays, AdamW, AdamWConfig, ParamState, StepStats};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub use zero::shard_by_numel;
