@@ -5,6 +5,7 @@
 //!   2. all-reduce: ‖g‖ = sqrt(Σ_r s_r), the same global norm everyone clips by;
 //!   3. every rank: AdamW on its share ([`super::AdamW::step_with_norm`]);
 //!   4. all-gather: each updated parameter is broadcast from its owner.
+//!
 //! Per-element arithmetic is that of the unsharded step, so the result is bit-identical.
 
 use std::collections::BTreeSet;
