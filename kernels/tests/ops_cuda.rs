@@ -603,3 +603,59 @@ fn cuda_adamw_matches_cpu_over_several_steps() {
         );
     }
 }
+
+/// N = 0 (an empty micro-batch) works on the GPU for every op, as on the CPU: no zero-sized
+/// launch or allocation error, outputs of the right (empty) shape, accumulators untouched.
+#[test]
+fn cuda_ops_accept_zero_tokens() {
+    let Some(dev) = gpu() else { return };
+    for dtype in DTYPES {
+        let z = |shape: &[usize], dt: DType| Tensor::zeros(shape, dt, &dev).unwrap();
+        let no_ids = Tensor::from_u32(vec![], &[0], &dev).unwrap();
+        let (x, w) = (z(&[0, 13], dtype), z(&[11, 13], dtype));
+        assert_eq!(ops::linear(&x, &w, None).unwrap().shape(), &[0, 11]);
+        let mut dw = Tensor::from_f32(vec![1.0; 11 * 13], &[11, 13], &dev).unwrap();
+        let dx = ops::linear_backward(&z(&[0, 11], dtype), &x, &w, &mut dw, None).unwrap();
+        assert_eq!(dx.shape(), &[0, 13]);
+        assert!(
+            host(&dw).iter().all(|&g| g == 1.0),
+            "dw must be left as it was"
+        );
+        assert_eq!(ops::gather_rows(&w, &no_ids).unwrap().shape(), &[0, 13]);
+        ops::scatter_add_rows(&mut dw, &no_ids, &x).unwrap();
+        let (y, rstd) = ops::rmsnorm(&x, &z(&[13], dtype), 1e-5).unwrap();
+        assert_eq!((y.shape(), rstd.shape()), (&[0, 13][..], &[0][..]));
+        let (_, dwn) = ops::rmsnorm_backward(&x, &x, &z(&[13], dtype), &rstd).unwrap();
+        assert!(host(&dwn).iter().all(|&g| g == 0.0));
+        ops::rope(&z(&[0, 2, 8], dtype), &no_ids, 1e4).unwrap();
+        ops::swiglu(&x, &x).unwrap();
+        ops::swiglu_backward(&x, &x, &x).unwrap();
+        let cu = Tensor::from_u32(vec![0], &[1], &dev).unwrap();
+        let (q, kv) = (z(&[0, 6, 16], dtype), z(&[0, 2, 16], dtype));
+        let (out, lse) = ops::attention(&q, &kv, &kv, &cu, 1.0).unwrap();
+        let (dq, dk, _) =
+            ops::attention_backward(&out, &q, &kv, &kv, &out, &lse, &cu, 1.0).unwrap();
+        assert_eq!((dq.shape(), dk.shape()), (&[0, 6, 16][..], &[0, 2, 16][..]));
+        let logits = z(&[0, 37], dtype);
+        let (_, _, lse) = ops::logsoftmax_gather(&logits, &no_ids, 1.0).unwrap();
+        ops::logsoftmax_gather_backward(&z(&[0], DType::F32), None, &logits, &no_ids, &lse, 1.0)
+            .unwrap();
+        assert_eq!(ops::sum_squares(&x).unwrap(), 0.0);
+        assert_eq!(ops::cast(&x, DType::F32).unwrap().shape(), &[0, 13]);
+        let mut e = z(&[0], dtype);
+        ops::add_inplace(&mut e, &z(&[0], dtype)).unwrap();
+        ops::scale_inplace(&mut e, 2.0).unwrap();
+    }
+    // AdamW over an empty parameter.
+    let z = |dt: DType| Tensor::zeros(&[0], dt, &dev).unwrap();
+    let (mut p, mut m, mut v) = (z(DType::F32), z(DType::F32), z(DType::F32));
+    let params = ops::AdamWParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        step: 1,
+    };
+    ops::adamw_step(&mut p, &z(DType::F32), &mut m, &mut v, &params, None).unwrap();
+}

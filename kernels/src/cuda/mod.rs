@@ -174,6 +174,9 @@ impl CudaDevice {
 
     pub fn zeros(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
         let s = &self.inner.stream;
+        if n == 0 {
+            return self.alloc(dtype, 0);
+        }
         Ok(match dtype {
             DType::F32 => CudaStorage::F32(s.alloc_zeros::<f32>(n).map_err(cuda_err)?),
             DType::BF16 => CudaStorage::BF16(s.alloc_zeros::<bf16>(n).map_err(cuda_err)?),
@@ -188,9 +191,9 @@ impl CudaDevice {
         // SAFETY: the memory is handed only to kernels that write every element before any read.
         unsafe {
             Ok(match dtype {
-                DType::F32 => CudaStorage::F32(s.alloc::<f32>(n).map_err(cuda_err)?),
-                DType::BF16 => CudaStorage::BF16(s.alloc::<bf16>(n).map_err(cuda_err)?),
-                DType::U32 => CudaStorage::U32(s.alloc::<u32>(n).map_err(cuda_err)?),
+                DType::F32 => CudaStorage::F32(raw_alloc(s, n)?),
+                DType::BF16 => CudaStorage::BF16(raw_alloc(s, n)?),
+                DType::U32 => CudaStorage::U32(raw_alloc(s, n)?),
             })
         }
     }
@@ -199,6 +202,9 @@ impl CudaDevice {
     pub fn upload(&self, host: &Storage) -> Result<CudaStorage> {
         let s = &self.inner.stream;
         Ok(match host {
+            Storage::CpuF32(v) if v.is_empty() => self.alloc(DType::F32, 0)?,
+            Storage::CpuBF16(v) if v.is_empty() => self.alloc(DType::BF16, 0)?,
+            Storage::CpuU32(v) if v.is_empty() => self.alloc(DType::U32, 0)?,
             Storage::CpuF32(v) => CudaStorage::F32(s.clone_htod(v).map_err(cuda_err)?),
             Storage::CpuBF16(v) => CudaStorage::BF16(s.clone_htod(v).map_err(cuda_err)?),
             Storage::CpuU32(v) => CudaStorage::U32(s.clone_htod(v).map_err(cuda_err)?),
@@ -209,12 +215,32 @@ impl CudaDevice {
     /// Device-to-device copy onto this device's stream.
     pub fn copy_from(&self, src: &CudaStorage) -> Result<CudaStorage> {
         let s = &self.inner.stream;
+        if src.is_empty() {
+            return self.alloc(src.dtype(), 0);
+        }
         Ok(match src {
             CudaStorage::F32(x) => CudaStorage::F32(s.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::BF16(x) => CudaStorage::BF16(s.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::U32(x) => CudaStorage::U32(s.clone_dtod(x).map_err(cuda_err)?),
         })
     }
+}
+
+/// `n` uninitialised elements on `s`. The driver rejects zero-byte allocations, so an empty
+/// tensor owns a one-element allocation behind a zero-length slice (freed with it).
+///
+/// # Safety
+/// The content is unspecified; callers write it before reading.
+unsafe fn raw_alloc<T: cudarc::driver::DeviceRepr>(
+    s: &Arc<CudaStream>,
+    n: usize,
+) -> Result<CudaSlice<T>> {
+    if n > 0 {
+        return s.alloc::<T>(n).map_err(cuda_err);
+    }
+    let one = s.alloc::<T>(1).map_err(cuda_err)?;
+    let p = one.leak();
+    Ok(s.upgrade_device_ptr::<T>(p, 0))
 }
 
 /// Device memory of one tensor.
@@ -262,6 +288,16 @@ impl CudaStorage {
             CudaStorage::BF16(x) => x.stream().clone(),
             CudaStorage::U32(x) => x.stream().clone(),
         };
+        if self.is_empty() {
+            // SAFETY: zero elements, nothing to initialise.
+            return unsafe {
+                Ok(match self {
+                    CudaStorage::F32(_) => CudaStorage::F32(raw_alloc(&stream, 0)?),
+                    CudaStorage::BF16(_) => CudaStorage::BF16(raw_alloc(&stream, 0)?),
+                    CudaStorage::U32(_) => CudaStorage::U32(raw_alloc(&stream, 0)?),
+                })
+            };
+        }
         Ok(match self {
             CudaStorage::F32(x) => CudaStorage::F32(stream.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::BF16(x) => CudaStorage::BF16(stream.clone_dtod(x).map_err(cuda_err)?),
@@ -270,6 +306,13 @@ impl CudaStorage {
     }
 
     pub fn to_host(&self) -> Result<Storage> {
+        if self.is_empty() {
+            return Ok(match self {
+                CudaStorage::F32(_) => Storage::CpuF32(Vec::new()),
+                CudaStorage::BF16(_) => Storage::CpuBF16(Vec::new()),
+                CudaStorage::U32(_) => Storage::CpuU32(Vec::new()),
+            });
+        }
         Ok(match self {
             CudaStorage::F32(x) => Storage::CpuF32(x.stream().clone_dtoh(x).map_err(cuda_err)?),
             CudaStorage::BF16(x) => Storage::CpuBF16(x.stream().clone_dtoh(x).map_err(cuda_err)?),
