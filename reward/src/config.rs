@@ -3,7 +3,7 @@
 //! ```toml
 //! [reward]
 //! type = "numeric_match"      # or exact_match, regex_match, format, length_penalty,
-//! reference_key = "answer"    #    external, weighted_sum
+//! reference_key = "answer"    #    external, model, weighted_sum
 //!
 //! [reward.shaping]
 //! clip = [-1.0, 1.0]
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::external::{ExternalConfig, ExternalReward};
+use crate::model_reward::{ModelReward, ModelRewardConfig};
 use crate::pipeline::RewardPipeline;
 use crate::reward_trait::Reward;
 use crate::rules::{
@@ -49,6 +50,7 @@ pub enum RewardSpec {
     Format(FormatCheckConfig),
     LengthPenalty(LengthPenaltyConfig),
     External(ExternalConfig),
+    Model(ModelRewardConfig),
     WeightedSum(WeightedSumConfig),
 }
 
@@ -81,6 +83,7 @@ impl RewardSpec {
             RewardSpec::Format(_) => "format",
             RewardSpec::LengthPenalty(_) => "length_penalty",
             RewardSpec::External(_) => "external",
+            RewardSpec::Model(_) => "model",
             RewardSpec::WeightedSum(_) => "weighted_sum",
         }
     }
@@ -126,6 +129,7 @@ fn parse_spec(mut table: Map<String, Value>, at: &str) -> Result<RewardSpec, Str
         "format" => RewardSpec::Format(typed(rest, at)?),
         "length_penalty" => RewardSpec::LengthPenalty(typed(rest, at)?),
         "external" => RewardSpec::External(typed(rest, at)?),
+        "model" => RewardSpec::Model(typed(rest, at)?),
         "weighted_sum" => RewardSpec::WeightedSum(parse_weighted_sum(rest, at)?),
         other => {
             return Err(format!(
@@ -227,6 +231,9 @@ fn build_spec(spec: &RewardSpec, at: &str) -> Result<Box<dyn Reward>> {
         ),
         RewardSpec::External(c) => {
             Box::new(ExternalReward::new(c.clone()).with_context(|| format!("{at} (external)"))?)
+        }
+        RewardSpec::Model(c) => {
+            Box::new(ModelReward::load(c).with_context(|| format!("{at} (model)"))?)
         }
         RewardSpec::WeightedSum(w) => {
             let mut components = Vec::with_capacity(w.components.len());
