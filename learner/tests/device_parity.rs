@@ -92,6 +92,7 @@ fn bf16_gpu_step_agrees_with_cpu_f32_step() {
             m.get("actor/pg_loss").unwrap() + m.get("actor/entropy_loss").unwrap()
         };
         let (a, b) = (loss(&m_gpu), loss(&m_cpu));
+        eprintln!("{device}: bf16 loss {a:.6} vs f32 CPU {b:.6}");
         assert!(
             (a - b).abs() <= 2e-2 * b.abs().max(0.1),
             "loss {a} (bf16 GPU) vs {b} (f32 CPU)"
@@ -105,6 +106,7 @@ fn bf16_gpu_step_agrees_with_cpu_f32_step() {
                 .zip(&y)
                 .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()))
                 / scale;
+            worst = worst.max(err);
             // bf16 has 8 bits of mantissa (~4e-3); two layers and the head compound it.
             assert!(
                 err < 5e-2,
