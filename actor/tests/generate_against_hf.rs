@@ -26,10 +26,16 @@ struct Case {
 
 const MODELS: [&str; 2] = ["llama_gqa", "qwen2_tied"];
 
+/// The fixture folder: beside this crate's sources, or (for test binaries carried to another
+/// machine and run from the repository root) `actor/tests/fixtures` under the working directory.
 fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/generate")
-        .join(name)
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generate");
+    let base = if built.exists() {
+        built
+    } else {
+        PathBuf::from("actor/tests/fixtures/generate")
+    };
+    base.join(name)
 }
 
 fn fixture(name: &str) -> Fixture {
