@@ -55,7 +55,7 @@ pub enum RewardSpec {
 }
 
 const TYPES: &str =
-    "numeric_match, exact_match, regex_match, format, length_penalty, external, weighted_sum";
+    "numeric_match, exact_match, regex_match, format, length_penalty, external, model, weighted_sum";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WeightedSumConfig {

@@ -131,6 +131,8 @@ fn errors_name_the_key() {
         ("[reward]\ntype = 'exact_match'\n[reward.shaping]\nclip = [1.0, -1.0]", "reward.shaping: shaping: clip = [1, -1] needs lo <= hi"),
         ("[reward]\ntype = 'external'\ncommand = ['x']\ntimeout = 5", "unknown field `timeout`"),
         ("[reward]\ntype = 'weighted_sum'", "reward.components is missing"),
+        ("[reward]\ntype = 'model'\ndevice = 'cpu'", "reward: missing field `path`"),
+        ("[reward]\ntype = 'model'\npath = 'rm'\nbatch_tokens = 5", "reward.batch_tokens: unknown field `batch_tokens`"),
         (
             "[reward]\ntype = 'weighted_sum'\n[[reward.components]]\ntype = 'exact_match'\n[[reward.components]]\ntype = 'numeric_match'\nrel_tolerance = 'x'",
             "reward.components[1].rel_tolerance: invalid type",
@@ -140,6 +142,7 @@ fn errors_name_the_key() {
     ];
     for &(text, want) in cases {
         let msg = parse_err(text);
+        eprintln!("{msg}");
         assert!(
             msg.contains(want),
             "config:\n{text}\nerror:\n{msg}\nexpected it to contain: {want}"

@@ -315,3 +315,52 @@ fn plugin_stderr_is_forwarded_to_the_log() {
         "{text}"
     );
 }
+
+/// True once `pid` has exited (gone, or a zombie waiting for its new parent to reap it).
+fn process_ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) STATE ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn timeout_also_ends_what_a_wrapper_script_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("wrapper.sh");
+    // A shell wrapper that starts a child (not exec) and waits on it: the hang comes from the child.
+    let pid_file = dir.path().join("child.pid");
+    std::fs::write(
+        &script,
+        format!("sleep 3600 &\necho $! > {:?}\nread line\nwait\n", pid_file),
+    )
+    .unwrap();
+    let mut config = ExternalConfig::new(&["sh", script.to_str().unwrap()]);
+    config.timeout_s = 1.0;
+    let reward = ExternalReward::new(config).unwrap();
+    assert!(matches!(
+        plugin_error(&reward, &batch(1)).await,
+        PluginError::Timeout { .. }
+    ));
+    let child: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The kill signal is delivered at once; give the kernel a bounded while to tear it down.
+    for _ in 0..400 {
+        if process_ended(child) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        process_ended(child),
+        "the wrapper's child {child} outlived the timed-out plugin"
+    );
+}

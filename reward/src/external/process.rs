@@ -116,9 +116,11 @@ const QUOTE_CHARS: usize = 200;
 /// Grace period for a dying process to exit and flush its stderr before we kill it / stop reading.
 const REAP_GRACE: Duration = Duration::from_secs(2);
 
-/// A live plugin process.
+/// A live plugin process, the leader of its own process group.
 struct Running {
     child: Child,
+    /// Also the process-group id: killing the group reaches what a wrapper script started.
+    pid: Option<u32>,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     stderr_task: JoinHandle<()>,
@@ -184,6 +186,10 @@ impl ExternalReward {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own process group, so that a timeout or crash also ends the programs a wrapper
+        // script started (killing `sh` alone would orphan them).
+        #[cfg(unix)]
+        cmd.process_group(0);
         if let Some(dir) = &self.config.cwd {
             cmd.current_dir(dir);
         }
@@ -191,6 +197,7 @@ impl ExternalReward {
             plugin: self.name.clone(),
             source,
         })?;
+        let pid = child.id();
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -207,6 +214,7 @@ impl ExternalReward {
             stdout,
             stderr_task,
             stderr_tail,
+            pid,
             in_flight: false,
         })
     }
@@ -349,6 +357,8 @@ async fn reap(mut running: Running) -> (String, String) {
             "closed its stdout and was killed".to_string()
         }
     };
+    // Children it left behind would keep its stderr open (and keep running).
+    kill_group(running.pid);
     // Let the forwarder drain what the process wrote before dying.
     if tokio::time::timeout(REAP_GRACE, &mut running.stderr_task)
         .await
@@ -371,11 +381,34 @@ async fn reap(mut running: Running) -> (String, String) {
     (status, stderr)
 }
 
+/// Kills the plugin's whole process group and waits (briefly) for the leader to exit.
 async fn kill(running: Option<Running>) {
     if let Some(mut r) = running {
-        let _ = r.child.kill().await;
-        r.stderr_task.abort();
+        kill_group(r.pid);
+        let _ = tokio::time::timeout(REAP_GRACE, r.child.wait()).await;
     }
+}
+
+impl Drop for Running {
+    /// Dropping a plugin (the reward is dropped, or replaced) ends its whole process group;
+    /// `kill_on_drop` alone would reach only the leader.
+    fn drop(&mut self) {
+        kill_group(self.pid);
+        self.stderr_task.abort();
+    }
+}
+
+fn kill_group(pid: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) only sends a signal; a negative pid addresses the process group that
+        // spawn() created with this pid as its id. An already-empty group gives ESRCH, ignored.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = pid;
 }
 
 fn describe(status: ExitStatus) -> String {
