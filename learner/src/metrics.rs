@@ -30,7 +30,7 @@ impl Metrics {
     pub fn sum(&mut self, name: &str, value: f64) {
         match self.acc.entry(name.to_string()).or_insert(Acc::Sum(0.0)) {
             Acc::Sum(s) => *s += value,
-            other => panic_kind(name, other),
+            other => *other = mismatch(name, other, Acc::Sum(value)),
         }
     }
 
@@ -53,7 +53,16 @@ impl Metrics {
                 *sum += value * weight;
                 *w += weight;
             }
-            other => panic_kind(name, other),
+            other => {
+                *other = mismatch(
+                    name,
+                    other,
+                    Acc::Mean {
+                        sum: value * weight,
+                        weight,
+                    },
+                )
+            }
         }
     }
 
@@ -65,7 +74,7 @@ impl Metrics {
             .or_insert(Acc::Max(f64::NEG_INFINITY))
         {
             Acc::Max(m) => *m = m.max(value),
-            other => panic_kind(name, other),
+            other => *other = mismatch(name, other, Acc::Max(value)),
         }
     }
 
@@ -118,7 +127,14 @@ impl Metrics {
     }
 }
 
-// Recording the same name as two kinds is a programming error inside this crate, never user input.
-fn panic_kind(name: &str, acc: &Acc) -> ! {
-    panic!("metric `{name}` recorded with two different kinds (already {acc:?})")
+// Recording one name as two kinds (say a sum and a mean) is a caller's mistake; the newer record
+// wins and the mix-up is logged rather than turned into a panic in the middle of a run.
+fn mismatch(name: &str, old: &Acc, new: Acc) -> Acc {
+    tracing::warn!(
+        metric = name,
+        ?old,
+        ?new,
+        "metric recorded with two different kinds"
+    );
+    new
 }
