@@ -21,6 +21,9 @@ enum Command {
     Dashboard(cli::dashboard::DashboardArgs),
     /// Write the main curves of one run folder as a PNG or SVG image.
     Plot(cli::plot::PlotArgs),
+    /// Import a llama.cpp GGUF model into a Hugging Face folder (dequantised weights, config.json,
+    /// tokenizer files with the chat template).
+    ImportGguf(cli::import_gguf::ImportGgufArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Command::Devices => cli::devices::run(),
         Command::Dashboard(args) => cli::dashboard::run(args),
         Command::Plot(args) => cli::plot::run(args),
+        Command::ImportGguf(args) => cli::import_gguf::run(args),
     };
     if let Err(e) = result {
         // One clear sentence (with its causes) instead of a panic or a debug dump.
