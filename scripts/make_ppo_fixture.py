@@ -9,7 +9,7 @@ Writes into learner/tests/fixtures/ppo/:
   outputs.safetensors
                `actor_grad.<HF name>` and `critic_grad.<HF name>`: the gradient of every parameter
                of the actor loss and of the critic loss; `actor_loss`, `critic_loss`, and the
-               metrics `pg_clipfrac`, `ratio_mean`, `ppo_kl`, `vf_clipfrac`, `entropy`
+               metrics `pg_clipfrac`, `pg_clipfrac_lower`, `ratio_mean`, `ppo_kl`, `vf_clipfrac`, `entropy`
   versions.json torch / transformers versions
 
 The reference is an independent, direct PyTorch implementation of the losses (veRL semantics):
@@ -39,7 +39,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassifi
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "learner", "tests", "fixtures", "ppo")
 TEMPERATURE = 0.7
 SEQS = [([3, 7, 1, 4, 9, 2, 2, 11, 5], 3), ([8, 8, 0, 13, 6, 1, 12], 2), ([5, 14, 2, 7, 3, 10, 4, 4, 1, 15, 6], 4)]
-LOSS = dict(clip_low=0.2, clip_high=0.28, dual_clip=3.0, entropy_coef=0.01, kl_coef=0.05,
+LOSS = dict(clip_low=0.2, clip_high=0.28, dual_clip=1.5, entropy_coef=0.01, kl_coef=0.05,
             kl_estimator="k3", tis_cap=2.0, agg="seq-mean-token-mean", vf_clip=0.2)
 
 
@@ -109,12 +109,12 @@ def main():
             lp, _ = policy_terms(actor, tokens, p)
             v = values_of(critic, tokens, p)
             n = len(tokens) - p
-            old = lp.numpy() + rng.normal(0, 0.3, n)
+            old = lp.numpy() + rng.normal(0, 0.5, n)
             batch["sequences"].append({
                 "tokens": tokens,
                 "prompt_len": p,
                 "old_logprob": np.float32(old).tolist(),
-                "behaviour_logprob": np.float32(old + rng.normal(0, 0.3, n)).tolist(),
+                "behaviour_logprob": np.float32(old + rng.normal(0, 0.5, n)).tolist(),
                 "ref_logprob": np.float32(lp.numpy() + rng.normal(0, 0.3, n)).tolist(),
                 "advantages": np.float32(rng.normal(0, 1, n)).tolist(),
                 "old_values": np.float32(v.numpy() + rng.normal(0, 0.3, n)).tolist(),
@@ -124,6 +124,7 @@ def main():
     # Actor loss.
     L = LOSS
     seq_losses, clipped, ratios, kls, ents, ntok = [], 0.0, 0.0, 0.0, 0.0, 0
+    dual, capped = 0.0, 0.0
     for s in batch["sequences"]:
         lp, ent = policy_terms(actor, s["tokens"], s["prompt_len"])
         old, beh, ref, adv = (f32(s[k]) for k in ("old_logprob", "behaviour_logprob", "ref_logprob", "advantages"))
@@ -138,6 +139,8 @@ def main():
         k3 = torch.exp(d) - d - 1
         tok = pg + L["kl_coef"] * k3 - L["entropy_coef"] * ent
         seq_losses.append(tok.mean())
+        dual += float(((adv < 0) & (torch.maximum(pg1, pg2) > -adv * L["dual_clip"])).double().sum())
+        capped += float((torch.exp(old - beh) > L["tis_cap"]).double().sum())
         clipped += float((pg2 > pg1).double().sum())
         ratios += float(ratio.detach().sum())
         kls += float((-(lp - old)).detach().sum())
@@ -170,12 +173,14 @@ def main():
     out["ppo_kl"] = torch.tensor([kls / ntok], dtype=torch.float32)
     out["entropy"] = torch.tensor([ents / ntok], dtype=torch.float32)
     out["vf_clipfrac"] = torch.tensor([vf_clipped / ntok], dtype=torch.float32)
+    out["pg_clipfrac_lower"] = torch.tensor([dual / ntok], dtype=torch.float32)
     save_file(out, os.path.join(OUT, "outputs.safetensors"))
     with open(os.path.join(OUT, "batch.json"), "w") as f:
         json.dump(batch, f, indent=1)
     with open(os.path.join(OUT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "transformers": transformers.__version__}, f)
     print(f"actor loss {actor_loss.item():.6f}, clipfrac {clipped / ntok:.3f}, "
+          f"dual-clipped {dual:.0f}, TIS-capped {capped:.0f}, "
           f"critic loss {critic_loss.item():.6f}, vf_clipfrac {vf_clipped / ntok:.3f}, {ntok} tokens")
 
 

@@ -1,7 +1,7 @@
 //! A PPO actor step's and a critic step's gradients against a direct PyTorch implementation on the
 //! same weights and batch (fixture: scripts/make_ppo_fixture.py, float64 reference on the saved
-//! float32 weights). Every option of the policy loss is on: clip-higher, dual clip, entropy bonus,
-//! k3 KL loss, TIS, seq-mean-token-mean aggregation.
+//! float32 weights). Every option of the policy loss is on and fires on some tokens: clip-higher,
+//! dual clip, entropy bonus, k3 KL loss, TIS (one token capped), seq-mean-token-mean aggregation.
 
 use std::path::{Path, PathBuf};
 
@@ -150,6 +150,22 @@ fn ppo_actor_gradients_match_pytorch() {
         m.get("actor/entropy").unwrap(),
         r.scalar("entropy"),
         1e-5,
+    );
+    eprintln!(
+        "clipfrac {:?}, dual-clip fraction {:?}, TIS weight mean {:?}",
+        m.get("actor/pg_clipfrac"),
+        m.get("actor/pg_clipfrac_lower"),
+        m.get("actor/tis_weight_mean")
+    );
+    close(
+        "pg_clipfrac_lower",
+        m.get("actor/pg_clipfrac_lower").unwrap(),
+        r.scalar("pg_clipfrac_lower"),
+        1e-6,
+    );
+    assert!(
+        m.get("actor/pg_clipfrac_lower").unwrap() > 0.0,
+        "the fixture must exercise the dual clip"
     );
     assert!(
         m.get("actor/pg_clipfrac").unwrap() > 0.0,
