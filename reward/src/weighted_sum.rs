@@ -3,6 +3,8 @@
 //! Each component's raw score is reported as a sub-score under its name (logged as
 //! `reward/NAME/mean`), and a component's own sub-scores as `NAME/SUB`.
 
+use std::task::Poll;
+
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::reward_trait::{BoxFuture, Reward};
@@ -48,17 +50,20 @@ impl Reward for WeightedSum {
         "weighted_sum"
     }
 
-    /// Components run one after another: simple, and a slow component (a model or a plugin)
-    /// dominates the time anyway.
+    /// Components run concurrently (a reward model on the blocking pool and a plugin process
+    /// overlap), and are summed in order.
     fn score<'a>(&'a self, samples: &'a [Sample]) -> BoxFuture<'a, Result<Vec<Score>>> {
         Box::pin(async move {
+            let futures = self
+                .components
+                .iter()
+                .map(|c| c.reward.score(samples))
+                .collect();
+            let results = join_all(futures).await;
             let mut total: Vec<Score> = vec![Score::default(); samples.len()];
-            for c in &self.components {
-                let scores = c
-                    .reward
-                    .score(samples)
-                    .await
-                    .with_context(|| format!("weighted_sum component '{}'", c.name))?;
+            for (c, result) in self.components.iter().zip(results) {
+                let scores =
+                    result.with_context(|| format!("weighted_sum component '{}'", c.name))?;
                 ensure!(
                     scores.len() == samples.len(),
                     "weighted_sum component '{}' returned {} scores for {} samples",
@@ -79,8 +84,37 @@ impl Reward for WeightedSum {
     }
 }
 
+/// Polls all `futures` until every one is done; results in input order. (A few lines instead of
+/// a dependency on the `futures` crate.)
+async fn join_all<T>(mut futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut done: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            // A finished future must not be polled again.
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter()
+        .map(|v| v.expect("every future finished"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::reward_trait::reward_fn;
 
@@ -134,6 +168,44 @@ mod tests {
         assert!(
             msg.starts_with("weighted_sum component 'judge'") && msg.contains("judge offline"),
             "{msg}"
+        );
+    }
+
+    /// Waits at a barrier that only opens when both components are inside `score` at once.
+    struct Rendezvous(Arc<tokio::sync::Barrier>);
+
+    impl Reward for Rendezvous {
+        fn name(&self) -> &str {
+            "rendezvous"
+        }
+        fn score<'a>(&'a self, samples: &'a [Sample]) -> BoxFuture<'a, Result<Vec<Score>>> {
+            Box::pin(async move {
+                self.0.wait().await;
+                Ok(vec![Score::new(1.0); samples.len()])
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn components_run_concurrently() {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let sum = WeightedSum::new(vec![
+            component("a", 1.0, Rendezvous(barrier.clone())),
+            component("b", 2.0, Rendezvous(barrier)),
+        ])
+        .unwrap();
+        // Run one after another, the first would wait at the barrier forever.
+        let scored = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            sum.score(&[Sample::from_text("q", "a")]),
+        )
+        .await;
+        assert_eq!(
+            scored
+                .expect("components did not run concurrently")
+                .unwrap()[0]
+                .value,
+            3.0
         );
     }
 
