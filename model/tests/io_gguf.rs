@@ -3,8 +3,10 @@
 //! tiny Llama that must give back the original HF tensors exactly.
 
 use kernels::{DType, Device};
+use model::chat_template::ChatMessage;
 use model::gguf::{dequantize, import_gguf, GgmlType, GgufFile, MetaValue};
 use model::io::load_model;
+use model::tokenizer::Tokenizer;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
@@ -178,13 +180,32 @@ fn gguf_import_gives_back_the_hf_tensors() {
     }
 
     // The rebuilt tokenizer splits digits one by one (smollm) even though "12" is a merge.
-    let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
-    let enc = tok.encode("hello world 12", true).unwrap();
-    assert_eq!(enc.get_tokens(), ["hello", "Ġworld", "Ġ", "1", "2"]);
-    let enc = tok.encode("<|im_start|>hello", true).unwrap();
-    assert_eq!(enc.get_ids()[0], 1);
+    let tok = Tokenizer::from_dir(&out).unwrap();
+    let ids = tok.encode("hello world 12", true).unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
+    assert_eq!(pieces, ["hello", "Ġworld", "Ġ", "1", "2"]);
+    assert_eq!(tok.decode(&ids, false).unwrap(), "hello world 12");
+    let ids = tok.encode("<|im_start|>hello<|im_end|>", true).unwrap();
+    assert_eq!((ids[0], *ids.last().unwrap()), (1, 2));
+    assert_eq!(tok.decode(&ids, true).unwrap(), "hello");
     assert_eq!(
-        tok.decode(enc.get_ids(), false).unwrap(),
-        "<|im_start|>hello"
+        (tok.bos_id, tok.pad_id, tok.eos_ids.clone()),
+        (Some(1), Some(2), vec![2])
+    );
+    assert!(tok.is_eos(2) && !tok.is_eos(1));
+    let chat = [ChatMessage::new("user", "hello")];
+    let text = tok.apply_chat_template(&chat, true).unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        tok.encode_chat(&chat, true).unwrap(),
+        tok.encode(&text, false).unwrap()
+    );
+    let e = tok.decode(&[64], false).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("token id 64 is outside the vocabulary of 64"),
+        "{e:#}"
     );
 }
