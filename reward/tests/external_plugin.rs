@@ -333,16 +333,20 @@ fn process_ended(pid: u32) -> bool {
 async fn timeout_also_ends_what_a_wrapper_script_started() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("wrapper.sh");
-    // A shell wrapper that starts a child (not exec) and waits on it: the hang comes from the child.
+    // A shell wrapper that starts a child (not exec), answers the first batch, then waits on the
+    // child: the hang comes from the child. The first answer also proves the pid file is written.
     let pid_file = dir.path().join("child.pid");
-    std::fs::write(
-        &script,
-        format!("sleep 3600 &\necho $! > {:?}\nread line\nwait\n", pid_file),
-    )
-    .unwrap();
+    let body = format!(
+        "sleep 3600 &\necho $! > {pid_file:?}\nread line\necho '{{\"version\": 1, \"scores\": [0.5]}}'\nread line\nwait\n"
+    );
+    std::fs::write(&script, body).unwrap();
     let mut config = ExternalConfig::new(&["sh", script.to_str().unwrap()]);
-    config.timeout_s = 1.0;
+    config.timeout_s = 3.0;
     let reward = ExternalReward::new(config).unwrap();
+    assert_eq!(
+        reward.score(&batch(1)).await.unwrap(),
+        vec![Score::new(0.5)]
+    );
     assert!(matches!(
         plugin_error(&reward, &batch(1)).await,
         PluginError::Timeout { .. }
