@@ -220,7 +220,7 @@ async fn api_runs(state: State<Arc<AppState>>) -> ApiResult {
                     "name": name,
                     "rows": m.records.len(),
                     "last_step": m.records.last().map(|r| r.step),
-                    "last_time": m.records.last().and_then(|r| r.time),
+                    "last_time": m.records.iter().rev().find_map(|r| r.time),
                     "age_s": age_s,
                     "errors": errors,
                     "warnings": warnings.len() - errors,

@@ -39,34 +39,37 @@ fn chromium(bin: &Path, url: &str, extra: &[String]) -> String {
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--hide-scrollbars",
-        "--window-size=1440,3400",
+        "--window-size=1440,2300",
         // Virtual time runs the page's polling and fetches, then the DOM is taken: no sleeps.
         "--virtual-time-budget=8000",
     ])
     .arg(format!("--user-data-dir={}", profile.path().display()))
     .args(extra)
-    .arg(url)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    .arg(url);
+    // Output goes to files, not pipes: a DOM dump is larger than a pipe's buffer, and a child
+    // blocked on a full pipe while we wait for it to exit would never finish.
+    let out_path = profile.path().join("stdout.txt");
+    let err_path = profile.path().join("stderr.txt");
+    cmd.stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()));
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     // A guard against a hung browser, not a performance check.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             child.kill().ok();
             panic!("chromium did not finish within 120 s on {url}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "chromium failed ({status}): {stderr}");
+    std::fs::read_to_string(&out_path).unwrap()
 }
 
 /// The HTML of the chart card for `metric`, up to the next card.
@@ -79,6 +82,14 @@ fn chart_card<'a>(dom: &'a str, metric: &str) -> &'a str {
         .find("class=\"chart\"")
         .map_or(rest.len(), |e| e + 1);
     &rest[..end]
+}
+
+/// The header's status text, for failure messages.
+fn status_line(dom: &str) -> &str {
+    dom.split("id=\"status-text\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or("(no status)")
 }
 
 #[test]
@@ -98,6 +109,15 @@ fn dashboard_page_renders_the_run_in_headless_chromium() {
     );
 
     let dom = chromium(&bin, &url, &["--dump-dom".to_string()]);
+
+    assert!(
+        !dom.contains("data-error="),
+        "the page reported an error: {}",
+        status_line(&dom)
+    );
+    assert!(dom.contains("live · updated"), "{}", status_line(&dom));
+    // Every scalar of the primary run has a chart.
+    assert_eq!(dom.matches("class=\"chart\" data-metric=").count(), 12);
 
     // Sidebar: both runs, the symlink out of the log directory absent.
     assert!(
@@ -206,6 +226,22 @@ fn dashboard_page_renders_the_run_in_headless_chromium() {
 
     // The resolved config.
     assert!(dom.contains("kl_coef</span> = 0.05"));
+
+    // With smoothing (from the link), every chart still renders, smoothed line over a faint raw one;
+    // flat series (reward/std, timing_s/gen) are the edge case for the axis range.
+    let smoothed = chromium(
+        &bin,
+        &format!("{url}&smoothing=0.6"),
+        &["--dump-dom".to_string()],
+    );
+    assert!(
+        !smoothed.contains("data-error="),
+        "the page reported an error: {}",
+        status_line(&smoothed)
+    );
+    assert_eq!(smoothed.matches("class=\"chart\" data-metric=").count(), 12);
+    assert!(chart_card(&smoothed, "reward/std").contains("class=\"raw\""));
+    assert!(chart_card(&smoothed, "timing_s/gen").contains(&format!("data-points=\"{STEPS}\"")));
 
     // The screenshot artifact.
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -28,8 +28,9 @@ pub fn run(args: DashboardArgs) -> anyhow::Result<()> {
         let bound =
             dashboard::server::bind(&args.logdir, SocketAddr::new(args.host, args.port)).await?;
         let addr = bound.local_addr()?;
-        tracing::info!(
-            "dashboard for {} at http://{addr}/ (Ctrl-C to stop)",
+        // On stdout, not only in the log: the address is what the user needs from this command.
+        println!(
+            "realign dashboard: http://{addr}/ (log directory {}; Ctrl-C to stop)",
             args.logdir.display()
         );
         bound
