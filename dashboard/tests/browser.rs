@@ -39,7 +39,7 @@ fn chromium(bin: &Path, url: &str, extra: &[String]) -> String {
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--hide-scrollbars",
-        "--window-size=1440,2300",
+        "--window-size=1440,2500",
         // Virtual time runs the page's polling and fetches, then the DOM is taken: no sleeps.
         "--virtual-time-budget=8000",
     ])
