@@ -128,7 +128,6 @@ pub struct Params {
 
 /// The HF name of each layer parameter, as a suffix after `model.layers.{i}.`.
 const LAYER_NAMES: [&str; 12] = [
-    "input_layernorm.weight",
     "self_attn.q_proj.weight",
     "self_attn.q_proj.bias",
     "self_attn.k_proj.weight",
@@ -136,10 +135,11 @@ const LAYER_NAMES: [&str; 12] = [
     "self_attn.v_proj.weight",
     "self_attn.v_proj.bias",
     "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
     "mlp.gate_proj.weight",
     "mlp.up_proj.weight",
     "mlp.down_proj.weight",
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
 ];
 
 /// Every parameter the config implies, with its HF name and full shape, in HF order (the order
@@ -340,13 +340,12 @@ impl Params {
         })
     }
 
-    /// `(HF name, tensor)` for every parameter, in HF order.
+    /// `(HF name, tensor)` for every parameter, in HF order (that of `model.named_parameters()`).
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out: Vec<(String, &Tensor)> =
             vec![("model.embed_tokens.weight".into(), &self.embed)];
         for (i, l) in self.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}");
-            out.push((p("input_layernorm.weight"), &l.attn_norm));
             out.push((p("self_attn.q_proj.weight"), &l.q));
             if let Some(b) = &l.q_bias {
                 out.push((p("self_attn.q_proj.bias"), b));
@@ -360,10 +359,11 @@ impl Params {
                 out.push((p("self_attn.v_proj.bias"), b));
             }
             out.push((p("self_attn.o_proj.weight"), &l.o));
-            out.push((p("post_attention_layernorm.weight"), &l.mlp_norm));
             out.push((p("mlp.gate_proj.weight"), &l.gate));
             out.push((p("mlp.up_proj.weight"), &l.up));
             out.push((p("mlp.down_proj.weight"), &l.down));
+            out.push((p("input_layernorm.weight"), &l.attn_norm));
+            out.push((p("post_attention_layernorm.weight"), &l.mlp_norm));
         }
         out.push(("model.norm.weight".into(), &self.final_norm));
         if let Some(t) = &self.lm_head {
@@ -381,7 +381,6 @@ impl Params {
             vec![("model.embed_tokens.weight".into(), &mut self.embed)];
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}");
-            out.push((p("input_layernorm.weight"), &mut l.attn_norm));
             out.push((p("self_attn.q_proj.weight"), &mut l.q));
             if let Some(b) = &mut l.q_bias {
                 out.push((p("self_attn.q_proj.bias"), b));
@@ -395,10 +394,11 @@ impl Params {
                 out.push((p("self_attn.v_proj.bias"), b));
             }
             out.push((p("self_attn.o_proj.weight"), &mut l.o));
-            out.push((p("post_attention_layernorm.weight"), &mut l.mlp_norm));
             out.push((p("mlp.gate_proj.weight"), &mut l.gate));
             out.push((p("mlp.up_proj.weight"), &mut l.up));
             out.push((p("mlp.down_proj.weight"), &mut l.down));
+            out.push((p("input_layernorm.weight"), &mut l.attn_norm));
+            out.push((p("post_attention_layernorm.weight"), &mut l.mlp_norm));
         }
         out.push(("model.norm.weight".into(), &mut self.final_norm));
         if let Some(t) = &mut self.lm_head {
@@ -480,17 +480,12 @@ pub(crate) fn host_tensor(data: Vec<f32>, shape: &[usize], dtype: DType) -> Resu
     Ok(Tensor::from_storage(storage, shape, Device::Cpu)?)
 }
 
-/// Converts a float tensor to `dtype` on its own device. Goes through host memory: parameters are
-/// cast once at load time, not in the training loop.
+/// Converts a float tensor to `dtype` on its own device (f32 -> bf16 rounds to nearest even).
 pub(crate) fn cast_tensor(t: &Tensor, dtype: DType) -> Result<Tensor> {
     if t.dtype() == dtype {
         return Ok(t.try_clone()?);
     }
-    if !t.dtype().is_float() {
-        bail!("cannot cast a {} tensor to {dtype}", t.dtype());
-    }
-    let host = host_tensor(t.to_vec_f32()?, t.shape(), dtype)?;
-    Ok(host.to_device(t.device())?)
+    Ok(kernels::ops::cast(t, dtype)?)
 }
 
 #[cfg(test)]
@@ -511,8 +506,9 @@ mod tests {
         p.check_against(&cfg).unwrap();
         let names = p.names();
         assert_eq!(names[0], "model.embed_tokens.weight");
-        assert_eq!(names[2], "model.layers.0.self_attn.q_proj.weight");
-        assert_eq!(names[3], "model.layers.0.self_attn.q_proj.bias");
+        assert_eq!(names[1], "model.layers.0.self_attn.q_proj.weight");
+        assert_eq!(names[2], "model.layers.0.self_attn.q_proj.bias");
+        assert_eq!(names[12], "model.layers.0.post_attention_layernorm.weight");
         assert_eq!(names.last().unwrap(), "lm_head.weight");
         assert_eq!(p.layers[0].q.shape(), &[32, 16]);
         assert_eq!(p.layers[0].k.shape(), &[16, 16]);
