@@ -227,3 +227,57 @@ fn io_bad_checkpoints_are_clear_errors() {
     let e = load_err(&shards);
     assert!(e.contains("model-00002-of-00003.safetensors"), "{e}");
 }
+
+#[test]
+fn io_loads_f16_checkpoints() {
+    use half::{bf16, f16};
+    use safetensors::{tensor::TensorView, Dtype};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny(Arch::Qwen2);
+    let p = Params::init(&cfg, 5, &Device::Cpu, DType::F32).unwrap();
+    // Write every tensor as f16 (what some HF checkpoints ship).
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = p
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let bytes = t
+                .to_vec_f32()
+                .unwrap()
+                .iter()
+                .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
+                .collect();
+            (n, t.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = halves
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
+    cfg.save(&tmp.path().join("config.json")).unwrap();
+
+    let (_, as_f32) = load_model(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let (_, as_bf16) = load_model(tmp.path(), &Device::Cpu, DType::BF16).unwrap();
+    for (((name, orig), (_, a)), (_, b)) in p
+        .tensors()
+        .into_iter()
+        .zip(as_f32.tensors())
+        .zip(as_bf16.tensors())
+    {
+        let want: Vec<f32> = orig
+            .to_vec_f32()
+            .unwrap()
+            .iter()
+            .map(|&x| f16::from_f32(x).to_f32())
+            .collect();
+        // f16 -> f32 is exact; f16 -> bf16 rounds once.
+        assert_eq!(a.to_vec_f32().unwrap(), want, "{name}");
+        let want_bf16: Vec<f32> = want.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        assert_eq!(b.to_vec_f32().unwrap(), want_bf16, "{name}");
+    }
+}
