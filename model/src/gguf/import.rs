@@ -104,6 +104,9 @@ fn shortest_f32_decimal(x: f64) -> f64 {
 /// Imports `gguf` into the HF-layout folder `out` with weights stored as `dtype`.
 pub fn import_gguf(gguf: &Path, out: &Path, dtype: DType) -> Result<ImportSummary> {
     let g = GgufFile::open(gguf)?;
+    for line in describe_metadata(&g) {
+        tracing::debug!("GGUF metadata {line}");
+    }
     let cfg = config_from_gguf(&g)
         .with_context(|| format!("reading the model config from {}", gguf.display()))?;
     tracing::info!(
