@@ -76,6 +76,12 @@ impl Bound {
 
 /// Checks the log directory and binds `addr`. Errors name the bad directory or address.
 pub async fn bind(logdir: &Path, addr: SocketAddr) -> anyhow::Result<Bound> {
+    bind_app(app(logdir)?, addr).await
+}
+
+/// The dashboard's routes over `logdir`, for callers that add layers of their own (the browser
+/// test uses one to append to a run between two polls of the page).
+pub fn app(logdir: &Path) -> anyhow::Result<Router> {
     let canonical = logdir.canonicalize().with_context(|| {
         format!(
             "log directory {} does not exist (pass --logdir with the folder your runs write to)",
@@ -94,7 +100,7 @@ pub async fn bind(logdir: &Path, addr: SocketAddr) -> anyhow::Result<Bound> {
         timelines: Mutex::default(),
         thresholds: Thresholds::default(),
     });
-    let router = Router::new()
+    Ok(Router::new()
         .route("/", get(page))
         .route("/api/runs", get(api_runs))
         .route("/api/metrics", get(api_metrics))
@@ -102,7 +108,11 @@ pub async fn bind(logdir: &Path, addr: SocketAddr) -> anyhow::Result<Bound> {
         .route("/api/samples", get(api_samples))
         .route("/api/timeline", get(api_timeline))
         .route("/api/config", get(api_config))
-        .with_state(state);
+        .with_state(state))
+}
+
+/// Binds `addr` for a router made by [`app`].
+pub async fn bind_app(router: Router, addr: SocketAddr) -> anyhow::Result<Bound> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (is another server using the port?)"))?;

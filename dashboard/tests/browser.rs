@@ -9,8 +9,11 @@
 mod common;
 
 use common::*;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn find_chromium() -> Option<PathBuf> {
@@ -102,13 +105,44 @@ fn dashboard_page_renders_the_run_in_headless_chromium() {
         return;
     };
     let fx = write_fixture();
-    let (addr, _rt) = start_server(&fx.logdir);
+    // The run is still training: just before the page's second poll of its metrics, the trainer
+    // finishes the half-written step 21. The page must show step 21 without a reload.
+    let polls = Arc::new(AtomicUsize::new(0));
+    let metrics_file = fx.logdir.join(PRIMARY).join("metrics.jsonl");
+    let seen = polls.clone();
+    let router = dashboard::server::app(&fx.logdir)
+        .unwrap()
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (polls, file) = (seen.clone(), metrics_file.clone());
+                async move {
+                    let primary_poll = req.uri().path() == "/api/metrics"
+                        && req
+                            .uri()
+                            .query()
+                            .is_some_and(|q| q.starts_with(&format!("run={PRIMARY}&")));
+                    if primary_poll && polls.fetch_add(1, Ordering::SeqCst) == 1 {
+                        let mut f = std::fs::OpenOptions::new()
+                            .append(true)
+                            .open(&file)
+                            .unwrap();
+                        writeln!(f, "}}").unwrap();
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+    let (addr, _rt) = start_app(router);
     let url = format!(
         "http://{addr}/#run={PRIMARY}&overlay={}",
         OVERLAY.replace('/', "%2F")
     );
 
     let dom = chromium(&bin, &url, &["--dump-dom".to_string()]);
+    assert!(
+        polls.load(Ordering::SeqCst) >= 2,
+        "the page polled its metrics only once"
+    );
 
     assert!(
         !dom.contains("data-error="),
@@ -145,9 +179,11 @@ fn dashboard_page_renders_the_run_in_headless_chromium() {
             "group {group} missing"
         );
     }
+    // reward/mean: the primary's 20 steps plus step 21, which arrived while the page was open.
+    let live = STEPS + 1;
     let reward_card = chart_card(&dom, "reward/mean");
     assert!(
-        reward_card.contains(&format!("data-run=\"{PRIMARY}\" data-points=\"{STEPS}\"")),
+        reward_card.contains(&format!("data-run=\"{PRIMARY}\" data-points=\"{live}\"")),
         "{reward_card}"
     );
     assert!(
@@ -155,10 +191,14 @@ fn dashboard_page_renders_the_run_in_headless_chromium() {
         "overlay: {reward_card}"
     );
     assert!(
-        reward_card.contains(">0.875</span>"),
-        "latest reward: {reward_card}"
+        reward_card.contains(">0.9</span>"),
+        "latest reward (step 21): {reward_card}"
     );
-    // The path goes through 20 points: one move and 19 line segments.
+    assert!(
+        dom.contains("step <b>21</b>"),
+        "the overview follows the new step"
+    );
+    // The primary's path goes through 21 points: one move and 20 line segments.
     let d = reward_card
         .split(" d=\"")
         .nth(1)
@@ -168,7 +208,7 @@ fn dashboard_page_renders_the_run_in_headless_chromium() {
         .unwrap();
     assert_eq!(
         (d.matches('M').count(), d.matches('L').count()),
-        (1, STEPS as usize - 1),
+        (1, live as usize - 1),
         "{d}"
     );
     let entropy = chart_card(&dom, "actor/entropy");

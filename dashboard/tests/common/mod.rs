@@ -159,14 +159,19 @@ fn write_overlay(dir: &Path) {
 
 /// Starts the dashboard on 127.0.0.1 with a free port on a background runtime.
 pub fn start_server(logdir: &Path) -> (SocketAddr, tokio::runtime::Runtime) {
+    start_app(dashboard::server::app(logdir).expect("dashboard routes"))
+}
+
+/// Serves `router` (the dashboard's, perhaps with a test layer) like [`start_server`].
+pub fn start_app(router: axum::Router) -> (SocketAddr, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let bound = rt
-        .block_on(dashboard::server::bind(
-            logdir,
+        .block_on(dashboard::server::bind_app(
+            router,
             "127.0.0.1:0".parse().unwrap(),
         ))
         .expect("bind the dashboard");
