@@ -16,6 +16,9 @@ struct Cli {
 enum Command {
     /// Print the devices realign can use (CPU, and each CUDA GPU when a driver is present).
     Devices,
+    /// Sample completions for JSONL prompts with the rollout engine (paged KV cache, continuous
+    /// batching); one JSON line per sample with tokens, text, log-probs and finish reason.
+    Generate(cli::generate::GenerateArgs),
     /// Serve the web dashboard: live curves, samples, timelines and health warnings of the runs
     /// under a log directory.
     Dashboard(cli::dashboard::DashboardArgs),
@@ -37,6 +40,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => cli::devices::run(),
+        Command::Generate(args) => cli::generate::run(args),
         Command::Dashboard(args) => cli::dashboard::run(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::ImportGguf(args) => cli::import_gguf::run(args),

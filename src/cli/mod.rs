@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod devices;
+pub mod generate;
 pub mod import_gguf;
 pub mod dashboard;
 pub mod plot;
