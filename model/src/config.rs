@@ -288,7 +288,10 @@ impl ModelConfig {
                 bail!("{name} = 0 is not a valid model size");
             }
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             bail!(
                 "num_attention_heads = {} is not a multiple of num_key_value_heads = {}",
                 self.num_attention_heads,
