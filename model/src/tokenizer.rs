@@ -18,7 +18,7 @@ pub struct Tokenizer {
     /// Every id that ends a generation (generation_config.json first, then config.json and the
     /// tokenizer's eos_token), without duplicates.
     pub eos_ids: Vec<u32>,
-    template: Option<ChatTemplate>,
+    template: Option<std::result::Result<ChatTemplate, String>>,
 }
 
 impl Tokenizer {
@@ -74,10 +74,19 @@ impl Tokenizer {
                 }
             }
         };
-        tok.template = source
-            .map(|s| ChatTemplate::new(&s, special.clone()))
-            .transpose()
-            .with_context(|| format!("chat template of {}", dir.display()))?;
+        // A template we cannot compile only matters to callers that render chats: keep the error
+        // for them instead of refusing the whole tokenizer.
+        tok.template = source.map(|s| {
+            ChatTemplate::new(&s, special.clone()).map_err(|e| {
+                format!(
+                    "the chat template of {} cannot be used: {e:#}",
+                    dir.display()
+                )
+            })
+        });
+        if let Some(Err(e)) = &tok.template {
+            tracing::warn!("{e}");
+        }
         tok.special = special;
         Ok(tok)
     }
@@ -136,9 +145,15 @@ impl Tokenizer {
         self.eos_ids.contains(&id)
     }
 
-    /// The compiled chat template, if the model has one.
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.template.as_ref()
+    /// The compiled chat template; an error when the model has none or it does not compile.
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        match &self.template {
+            None => bail!(
+                "this tokenizer has no chat template (tokenizer_config.json has no chat_template)"
+            ),
+            Some(Ok(t)) => Ok(t),
+            Some(Err(e)) => bail!("{e}"),
+        }
     }
 
     /// HF `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
@@ -147,11 +162,7 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        self.template
-            .as_ref()
-            .context(
-                "this tokenizer has no chat template (tokenizer_config.json has no chat_template)",
-            )?
+        self.chat_template()?
             .render(messages, add_generation_prompt)
     }
 

@@ -50,3 +50,27 @@ fn io_chat_templates_match_transformers() {
         }
     }
 }
+
+#[test]
+fn io_tokenizer_keeps_a_broken_template_error_for_chat_callers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/io/gguf/tiny_llama.gguf");
+    model::gguf::import_gguf(&src, tmp.path(), kernels::DType::F32).unwrap();
+    let cfg_path = tmp.path().join("tokenizer_config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["chat_template"] = Value::String("{% for m in messages %}{{ m.content }".into());
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    // Plain tokenization still works; rendering a chat says what is wrong.
+    let tok = model::tokenizer::Tokenizer::from_dir(tmp.path()).unwrap();
+    assert_eq!(tok.encode("hello", false).unwrap().len(), 1);
+    let e = tok
+        .apply_chat_template(&[ChatMessage::new("user", "x")], true)
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("not valid Jinja"), "{e:#}");
+    cfg.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let tok = model::tokenizer::Tokenizer::from_dir(tmp.path()).unwrap();
+    let e = tok.chat_template().err().unwrap();
+    assert!(format!("{e:#}").contains("no chat template"), "{e:#}");
+}
