@@ -24,6 +24,9 @@ enum Command {
     Dashboard(cli::dashboard::DashboardArgs),
     /// Write the main curves of one run folder as a PNG or SVG image.
     Plot(cli::plot::PlotArgs),
+    /// Per-token log-probs and entropies of JSONL sequences ({"tokens": [...]} or {"text": ...})
+    /// under a Hugging Face model folder.
+    Score(cli::score::ScoreArgs),
     /// Import a llama.cpp GGUF model into a Hugging Face folder (dequantised weights, config.json,
     /// tokenizer files with the chat template).
     ImportGguf(cli::import_gguf::ImportGgufArgs),
@@ -43,6 +46,7 @@ fn main() {
         Command::Generate(args) => cli::generate::run(args),
         Command::Dashboard(args) => cli::dashboard::run(args),
         Command::Plot(args) => cli::plot::run(args),
+        Command::Score(args) => cli::score::run(args),
         Command::ImportGguf(args) => cli::import_gguf::run(args),
     };
     if let Err(e) = result {

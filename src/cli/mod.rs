@@ -5,3 +5,4 @@ pub mod generate;
 pub mod import_gguf;
 pub mod dashboard;
 pub mod plot;
+pub mod score;
