@@ -195,6 +195,22 @@ fn check_grads(fx: &Fixture, grads: &Params, prefix: &str, dtype: DType) {
     eprintln!("  {prefix}: worst rel err {:.2e} ({})", worst.0, worst.1);
 }
 
+/// What docs/model-forward.md says the forward keeps: per layer N·(4C + 2F + 2(H+K)·D) activation
+/// elements plus N·(2 + H) f32 statistics, and the final norm's input, output and rstd.
+fn expected_saved_bytes(cfg: &ModelConfig, batch: &Batch, dtype: DType) -> usize {
+    let n = batch.num_tokens();
+    let (c, f, h, k, d) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let act = dtype.size_in_bytes();
+    let per_layer = n * (4 * c + 2 * f + 2 * (h + k) * d) * act + n * (2 + h) * 4;
+    cfg.num_hidden_layers * per_layer + 2 * n * c * act + n * 4
+}
+
 /// Forward log-probs and entropies at temperature 1 and T, SFT loss, and its gradients.
 fn check_causal_lm(name: &str) {
     let fx = load(name);
@@ -226,6 +242,10 @@ fn check_causal_lm(name: &str) {
             );
 
             let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
+            assert_eq!(
+                acts.saved_bytes(),
+                expected_saved_bytes(&fx.cfg, &batch, dtype)
+            );
             let head = LmHead::new(1.0);
             let out = head.forward(&params, &acts.hidden, &targets).unwrap();
             let lp = out.logprobs.to_vec_f32().unwrap();
