@@ -27,6 +27,12 @@ enum Command {
     /// Per-token log-probs and entropies of JSONL sequences ({"tokens": [...]} or {"text": ...})
     /// under a Hugging Face model folder.
     Score(cli::score::ScoreArgs),
+    /// Run the stages of an experiment config (SFT, reward model, PPO/GRPO/RLOO/REINFORCE++) and
+    /// leave a run folder with metrics, samples and checkpoints.
+    Train(cli::train::TrainArgs),
+    /// Validate a config without allocating anything; print it resolved, with a peak-memory
+    /// estimate per dataflow call.
+    Check(cli::check::CheckArgs),
     /// Import a llama.cpp GGUF model into a Hugging Face folder (dequantised weights, config.json,
     /// tokenizer files with the chat template).
     ImportGguf(cli::import_gguf::ImportGgufArgs),
@@ -47,6 +53,8 @@ fn main() {
         Command::Dashboard(args) => cli::dashboard::run(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::Score(args) => cli::score::run(args),
+        Command::Train(args) => cli::train::run(args),
+        Command::Check(args) => cli::check::run(args),
         Command::ImportGguf(args) => cli::import_gguf::run(args),
     };
     if let Err(e) = result {

@@ -2,6 +2,18 @@
 //! everything a run leaves behind (logs, checkpoints).
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod config;
+pub mod data;
+pub mod dataflow;
+pub mod generate;
+pub mod lm;
 pub mod logging;
+pub mod memory;
+pub mod models;
+pub mod optim;
+pub mod packing;
+pub mod run;
+pub mod stages;
 pub mod synthetic;
+pub mod tokenizer;

@@ -131,7 +131,7 @@ pub struct SyntheticTask {
 pub enum StageConfig {
     Sft(SftStage),
     Rm(RmStage),
-    Rl(RlStage),
+    Rl(Box<RlStage>),
 }
 
 impl StageConfig {
@@ -340,8 +340,9 @@ pub struct RlStage {
     pub value_clip: f64,
     #[serde(default = "default_vf_coef")]
     pub vf_coef: f64,
-    /// Reward: rules / external plugin / the reward model from an earlier `rm` stage.
-    pub reward: reward::RewardConfig,
+    /// Reward: rules / external plugin (reward crate), or `type = "model"`: the reward model
+    /// trained by an earlier `rm` stage (or an HF folder given as `path`).
+    pub reward: RlReward,
     /// Held-out evaluation every N steps (0 = never).
     #[serde(default)]
     pub eval_every: u64,
@@ -454,4 +455,70 @@ fn default_value_clip() -> f64 {
 }
 fn default_vf_coef() -> f64 {
     0.5
+}
+
+/// The reward of an RL stage: a reward-model score, or anything the reward crate builds.
+#[derive(Clone, Debug)]
+pub enum RlReward {
+    Model(ModelReward),
+    Rule(reward::RewardConfig),
+}
+
+/// `reward = { type = "model" }`: score each response with a reward model's scalar head.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelReward {
+    /// An HF `*ForSequenceClassification` folder; default: the output of the last `rm` stage
+    /// before this one.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub shaping: reward::ShapingConfig,
+}
+
+impl<'de> Deserialize<'de> for RlReward {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        if v.get("type").and_then(|t| t.as_str()) == Some("model") {
+            if let Some(m) = v.as_object_mut() {
+                m.remove("type");
+            }
+            let m: ModelReward = serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                D::Error::custom(format!("reward.{path}: {}", e.into_inner()))
+            })?;
+            return Ok(RlReward::Model(m));
+        }
+        reward::RewardConfig::deserialize(v)
+            .map(RlReward::Rule)
+            .map_err(|e| D::Error::custom(e.to_string()))
+    }
+}
+
+impl Serialize for RlReward {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        match self {
+            RlReward::Rule(r) => r.serialize(s),
+            RlReward::Model(m) => {
+                let mut v = serde_json::to_value(m).map_err(S::Error::custom)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("type".into(), "model".into());
+                }
+                // TOML has no null: leave unset options out.
+                strip_nulls(&mut v);
+                v.serialize(s)
+            }
+        }
+    }
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|_, x| !x.is_null());
+        for x in o.values_mut() {
+            strip_nulls(x);
+        }
+    }
 }

@@ -129,3 +129,19 @@ fn model_and_tokenizer_mismatch_is_refused() {
     let e = err(&text, &[]);
     assert!(e.contains("do not match") && e.contains("11"), "{e}");
 }
+
+#[test]
+fn resolved_config_round_trips_through_toml() {
+    let text = BASE.replace(
+        "reward = { type = \"numeric_match\" }",
+        "reward = { type = \"model\", shaping = { normalize = true } }",
+    );
+    let text = text.replace("kind = \"sft\"", "kind = \"rm\"");
+    let cfg = parse(&text, &[]).unwrap();
+    let out = toml::to_string(&cfg).unwrap();
+    let back = parse(&out, &[]).unwrap();
+    assert_eq!(toml::to_string(&back).unwrap(), out);
+    assert!(out.contains("type = \"model\""), "{out}");
+    let rule = toml::to_string(&parse(BASE, &[]).unwrap()).unwrap();
+    assert!(rule.contains("numeric_match"), "{rule}");
+}

@@ -15,13 +15,12 @@ pub fn validate(cfg: &Config) -> Result<()> {
     if !matches!(cfg.run.dtype.as_str(), "f32" | "bf16") {
         bail!("`run.dtype` is `{}`; expected f32 or bf16", cfg.run.dtype);
     }
-    if !matches!(cfg.run.device.as_str(), "cpu" | "cuda" | "gpu")
-        && !cfg
-            .run
-            .device
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok())
-    {
+    let cuda_n = cfg
+        .run
+        .device
+        .strip_prefix("cuda:")
+        .is_some_and(|n| n.parse::<usize>().is_ok());
+    if !(matches!(cfg.run.device.as_str(), "cpu" | "cuda" | "gpu") || cuda_n) {
         bail!(
             "`run.device` is `{}`; expected cpu, cuda or cuda:N",
             cfg.run.device
@@ -153,7 +152,8 @@ fn validate_stage(cfg: &Config, i: usize, stage: &StageConfig) -> Result<()> {
             if cfg.data.prompts.is_none() && !has_synthetic {
                 bail!("stage[{i}] is RL but neither `data.prompts` nor `data.synthetic` is set");
             }
-            if !(s.generation.temperature > 0.0) {
+            // Written so that NaN fails too.
+            if s.generation.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 bail!("`{}` must be > 0", at("generation.temperature"));
             }
             if !(s.generation.top_p > 0.0 && s.generation.top_p <= 1.0) {

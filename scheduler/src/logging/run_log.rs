@@ -27,6 +27,9 @@ pub struct TimelineEntry {
     pub call: String,
     pub start_s: f64,
     pub end_s: f64,
+    /// Peak resident host memory during the call, when the OS reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_mem_gb: Option<f64>,
 }
 
 /// Appends to `metrics.jsonl`, `timeline.jsonl`, the TensorBoard file and `samples/`.

@@ -51,7 +51,7 @@ pub fn wrong_answer(p: &Problem, rng: &mut StdRng) -> String {
 
 /// Preference pairs (prompt, chosen, rejected): the exact answer beats a near miss.
 pub fn preference_pairs(seed: u64, n: usize, max_operand: u64) -> Vec<(String, String, String)> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_9a15);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_9a15);
     problems(seed, n, max_operand)
         .into_iter()
         .map(|p| {

@@ -1,0 +1,6 @@
+//! The stages a config chains: supervised fine-tuning, reward-model training, and RL.
+
+pub mod common;
+pub mod rl;
+pub mod rm;
+pub mod sft;
