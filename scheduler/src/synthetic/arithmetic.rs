@@ -49,13 +49,34 @@ pub fn wrong_answer(p: &Problem, rng: &mut StdRng) -> String {
     }
 }
 
-/// Preference pairs (prompt, chosen, rejected): the exact answer beats a near miss.
+/// A malformed answer: 0 to 4 random characters of the alphabet that do not spell the right
+/// answer (e.g. "2=", "+-1", ""), what an untrained policy writes.
+pub fn malformed_answer(p: &Problem, rng: &mut StdRng) -> String {
+    let chars: Vec<char> = ALPHABET.chars().collect();
+    loop {
+        let len = rng.random_range(0..=4);
+        let s: String = (0..len)
+            .map(|_| chars[rng.random_range(0..chars.len())])
+            .collect();
+        if s != p.answer {
+            return s;
+        }
+    }
+}
+
+/// Preference pairs (prompt, chosen, rejected): the exact answer beats a near miss (3 in 4) or a
+/// malformed answer (1 in 4), so that a reward model learns both correctness and format and an RL
+/// policy cannot win by writing garbage the model never saw.
 pub fn preference_pairs(seed: u64, n: usize, max_operand: u64) -> Vec<(String, String, String)> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_9a15);
     problems(seed, n, max_operand)
         .into_iter()
         .map(|p| {
-            let wrong = wrong_answer(&p, &mut rng);
+            let wrong = if rng.random_range(0..4) == 0 {
+                malformed_answer(&p, &mut rng)
+            } else {
+                wrong_answer(&p, &mut rng)
+            };
             (p.prompt, p.answer, wrong)
         })
         .collect()
