@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "realign", version, about = "RLHF post-training for LLMs, colocated rollout and training")]
+#[command(
+    name = "realign",
+    version,
+    about = "RLHF post-training for LLMs, colocated rollout and training"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

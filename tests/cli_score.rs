@@ -181,10 +181,7 @@ fn bad_inputs_end_with_one_clear_error() {
     let err = fails_with(&m, Some("{\"tokens\": []}\n"));
     assert!(err.contains("line 1") && err.contains("empty"), "{err}");
 
-    let err = fails_with(
-        Path::new("/nonexistent/model"),
-        Some("{\"tokens\": [1]}\n"),
-    );
+    let err = fails_with(Path::new("/nonexistent/model"), Some("{\"tokens\": [1]}\n"));
     assert!(err.contains("/nonexistent/model"), "{err}");
 
     // Text input needs a tokenizer; this copy of the model has none.

@@ -9,7 +9,11 @@ pub enum Error {
     #[error("{op} does not support dtype {dtype}")]
     DType { op: &'static str, dtype: DType },
     #[error("{op}: tensors are on different devices ({a} vs {b})")]
-    DeviceMismatch { op: &'static str, a: String, b: String },
+    DeviceMismatch {
+        op: &'static str,
+        a: String,
+        b: String,
+    },
     #[error("{op} is not implemented on {device}")]
     Unsupported { op: &'static str, device: String },
     #[error("CUDA: {0}")]

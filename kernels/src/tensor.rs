@@ -183,8 +183,9 @@ impl Tensor {
             Storage::CpuF32(v) => Ok(v.clone()),
             Storage::CpuBF16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
             Storage::CpuU32(v) => Ok(v.iter().map(|&x| x as f32).collect()),
-            Storage::Cuda(s) => Tensor::from_storage(s.to_host()?, &self.shape, Device::Cpu)?
-                .to_vec_f32(),
+            Storage::Cuda(s) => {
+                Tensor::from_storage(s.to_host()?, &self.shape, Device::Cpu)?.to_vec_f32()
+            }
         }
     }
 

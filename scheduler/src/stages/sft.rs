@@ -97,7 +97,8 @@ pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Resu
         pb.set_position(run.state.stage_step);
         pb.set_message(progress_message(&m));
         let every = run.cfg.run.checkpoint_every;
-        if every > 0 && run.state.stage_step.is_multiple_of(every) && run.state.stage_step < s.steps {
+        if every > 0 && run.state.stage_step.is_multiple_of(every) && run.state.stage_step < s.steps
+        {
             save(run, &policy, &opt)?;
         }
     }
