@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, optimiser_step, upload, zero_grads};
+use super::common::{model_batch, normaliser_of, optimiser_step, upload, zero_grads};
 use crate::batch::{pack, split_by_token_budget, Field, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{policy_loss, Normaliser, PolicyBatch, PolicyLossConfig};
@@ -40,10 +40,7 @@ impl ActorStep {
         let device = params.embed.device().clone();
         let norm = match norm {
             Some(n) => n,
-            None => {
-                let p = pack(seqs)?;
-                Normaliser::count(&p.loss_mask, &p.cu_seqlens)?
-            }
+            None => normaliser_of(seqs)?,
         };
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut metrics = Metrics::new();

@@ -7,9 +7,16 @@ use kernels::{Device, Tensor};
 use model::llama::Batch;
 use model::Params;
 
-use crate::batch::PackedBatch;
+use crate::batch::{pack, PackedBatch, Sequence};
 use crate::metrics::Metrics;
+use crate::objectives::Normaliser;
 use crate::optim::AdamW;
+
+/// Loss normaliser that counts only `seqs` (used when the caller gives no mini-batch-wide counts).
+pub fn normaliser_of(seqs: &[&Sequence]) -> Result<Normaliser> {
+    let p = pack(seqs)?;
+    Normaliser::count(&p.loss_mask, &p.cu_seqlens)
+}
 
 /// The decoder's view of a packed micro-batch (tokens, offsets, positions on `device`).
 pub fn model_batch(p: &PackedBatch, device: &Device) -> Result<Batch> {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use model::llama::{backward, forward, values, values_backward, Keep};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, optimiser_step, upload, zero_grads};
+use super::common::{model_batch, normaliser_of, optimiser_step, upload, zero_grads};
 use crate::batch::{pack, split_by_token_budget, Field, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{value_loss, Normaliser, ValueBatch, ValueLossConfig};
@@ -32,10 +32,7 @@ impl CriticStep {
         let device = params.embed.device().clone();
         let norm = match norm {
             Some(n) => n,
-            None => {
-                let p = pack(seqs)?;
-                Normaliser::count(&p.loss_mask, &p.cu_seqlens)?
-            }
+            None => normaliser_of(seqs)?,
         };
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut metrics = Metrics::new();
