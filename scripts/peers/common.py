@@ -21,6 +21,19 @@ SMOLLM2_135M = dict(
 PEAK_BF16_FLOPS = 989e12
 
 
+def save_random_model(shapes, tok, path, seed=0):
+    """A random-weight Llama of `shapes` (vocab grown to the tokenizer's) and the tokenizer, saved
+    as an HF folder at `path`: the model both RL-iteration benchmarks (TRL and realign) start from."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**shapes)
+    cfg.vocab_size = max(cfg.vocab_size, len(tok))
+    cfg.eos_token_id = tok.eos_token_id
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
 def timed(fn, warmup=1, iters=3):
     """Median wall time of fn() in seconds, synchronising the GPU around each run."""
     for _ in range(warmup):
