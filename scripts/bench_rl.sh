@@ -14,8 +14,10 @@
 # Usage: scripts/bench_rl.sh
 # Environment: REALIGN (binary, default target/release/realign), BENCH_TOKENIZER (an HF folder with
 # SmolLM2's tokenizer files, default models/smollm2-135m-instruct), BENCH_OUT (default
-# runs/bench-rl), BENCH_STEPS (default 3), PYTHON (default python3), TRL_TIMEOUT / OURS_TIMEOUT
-# (seconds per run, default 150 / 120). TRL must be importable (see docs/benchmarks.md).
+# runs/bench-rl), BENCH_STEPS (steps of each run, default 3), OURS_STEPS (default BENCH_STEPS),
+# PYTHON (default python3), TRL_TIMEOUT / OURS_TIMEOUT (seconds per run, default 150 / 120),
+# BENCH_TINY=1 (a CPU smoke run of the plumbing: tiny shapes, 2 x 2 samples, 8 new tokens).
+# TRL must be importable (see docs/benchmarks.md).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,17 +26,32 @@ REALIGN="${REALIGN:-target/release/realign}"
 TOK="${BENCH_TOKENIZER:-models/smollm2-135m-instruct}"
 OUT="${BENCH_OUT:-runs/bench-rl}"
 STEPS="${BENCH_STEPS:-3}"
+OURS_STEPS="${OURS_STEPS:-$STEPS}"
 PY="${PYTHON:-python3}"
 MODEL="runs/bench-model"
 mkdir -p "$OUT" runs
+PEER_ARGS=()
+OURS_ARGS=()
+SHAPES=SMOLLM2_135M
+if [ "${BENCH_TINY:-0}" = 1 ]; then
+  MODEL="runs/bench-model-tiny"
+  SHAPES=TINY
+  PEER_ARGS=(--tiny --prompts 2 --samples 2 --new 8 --micro 4)
+  OURS_ARGS=(--set run.device=cpu --set run.dtype=f32 --set stage[0].prompts_per_step=2
+    --set stage[0].samples_per_prompt=2 --set stage[0].mini_batch_size=4
+    --set stage[0].generation.max_new_tokens=8 --set stage[0].generation.min_new_tokens=8)
+fi
 
 # The random model, written once so both sides start from the same weights.
 if [ ! -f "$MODEL/config.json" ]; then
-  PYTHONPATH="scripts/peers${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$TOK" "$MODEL" <<'EOF' || exit 1
+  PYTHONPATH="scripts/peers${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$TOK" "$MODEL" "$SHAPES" <<'EOF' || exit 1
 import sys
 from transformers import AutoTokenizer
-from common import SMOLLM2_135M, save_random_model
-save_random_model(SMOLLM2_135M, AutoTokenizer.from_pretrained(sys.argv[1]), sys.argv[2])
+import common
+shapes = dict(common.SMOLLM2_135M)
+if sys.argv[3] == "TINY":
+    shapes.update(common.TINY)
+common.save_random_model(shapes, AutoTokenizer.from_pretrained(sys.argv[1]), sys.argv[2])
 EOF
 fi
 
@@ -42,7 +59,7 @@ echo "== TRL GRPOTrainer" >&2
 rm -f "$OUT/trl.jsonl"
 timeout "${TRL_TIMEOUT:-150}" "$PY" scripts/peers/trl_grpo.py --model-dir "$TOK" --model-out "$MODEL" \
   --prompts-file data/word_problems/train.jsonl --steps "$STEPS" --out "$OUT/trl.jsonl" \
-  >"$OUT/trl.log" 2>&1
+  "${PEER_ARGS[@]}" >"$OUT/trl.log" 2>&1
 echo "trl exit $?" >&2
 tail -n 3 "$OUT/trl.log" >&2
 
@@ -50,8 +67,8 @@ for algo in grpo ppo; do
   echo "== realign $algo" >&2
   rm -rf "$OUT/bench-$algo"
   timeout "${OURS_TIMEOUT:-120}" "$REALIGN" train "configs/bench-$algo.toml" --no-progress \
-    --set "run.output_dir=$OUT" --set "model.path=$MODEL" --set "stage[0].steps=$STEPS" \
-    >"$OUT/$algo.log" 2>&1
+    --set "run.output_dir=$OUT" --set "model.path=$MODEL" --set "stage[0].steps=$OURS_STEPS" \
+    "${OURS_ARGS[@]}" >"$OUT/$algo.log" 2>&1
   echo "realign $algo exit $?" >&2
   tail -n 3 "$OUT/$algo.log" >&2
 done
@@ -97,3 +114,21 @@ print(line)
 with open(os.path.join(out, "summary.json"), "w") as f:
     f.write(line + "\n")
 EOF
+
+# The same figures as a table.
+"$PY" - "$OUT/summary.json" <<'EOF2'
+import json, sys
+s = json.load(open(sys.argv[1]))
+def f(x):
+    return "-" if x is None else f"{x:.3f}"
+calls = ["gen", "reward", "ref", "old_logprob", "values", "adv", "update_actor", "update_critic",
+         "reshard", "step"]
+print(f"{'s per iteration':<22}" + "".join(f"{c:>14}" for c in calls))
+for name in ("ours_grpo", "ours_ppo"):
+    r = s.get(name) or {}
+    print(f"{name:<22}" + "".join(f"{f(r.get('timing_s/' + c)):>14}" for c in calls))
+trl = s.get("trl") or {}
+print(f"{'trl_grpo':<22}" + "".join(f"{'':>14}" for c in calls[:-1]) + f"{f(trl.get('median_step_s')):>14}")
+if "ratio_trl_over_ours" in s:
+    print(f"TRL / ours (GRPO): {s['ratio_trl_over_ours']:.2f}x")
+EOF2

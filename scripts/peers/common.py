@@ -16,6 +16,9 @@ SMOLLM2_135M = dict(
     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
     rms_norm_eps=1e-5, tie_word_embeddings=True,
 )
+# Small shapes for CPU smoke runs of the peers (vocab and the rest from the shapes above).
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2)
 
 # Dense bf16 peak of an H100/H200 SXM (datasheet), the denominator of MFU.
 PEAK_BF16_FLOPS = 989e12

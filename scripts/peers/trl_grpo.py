@@ -24,7 +24,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from common import SMOLLM2_135M, report, save_random_model
+from common import SMOLLM2_135M, TINY, report, save_random_model
 
 
 class StepTimer(TrainerCallback):
@@ -89,8 +89,7 @@ def main():
     a = ap.parse_args()
     shapes = dict(SMOLLM2_135M)
     if a.tiny:
-        shapes.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+        shapes.update(TINY)
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
