@@ -56,26 +56,34 @@ eval_every = 20
 reward = { type = "numeric_match" }
 "#;
 
-const RULE_RL_SFT_STEPS: &str = "stage[0].steps=150";
+/// The RL tests start from 150 SFT steps (~70% greedy held-out accuracy): room to improve.
+const SFT_150: &str = "stage[0].steps=150";
 
+/// A reward model trained on the synthetic pairs plus pairs of the SFT policy's own samples, half
+/// of each batch crossing prompts (one score scale for all prompts); then PPO against it with a KL
+/// penalty of 0.1 and a critic that starts from the policy.
 const PPO: &str = r#"
 [[stage]]
 kind = "rm"
-steps = 30
+steps = 300
 batch_size = 32
 optim = { lr = 2e-3 }
+cross_prompt_pairs = 0.5
+policy_pairs = { prompts = 400, samples_per_prompt = 8, generation = { max_new_tokens = 4 } }
 
 [[stage]]
 kind = "rl"
 algorithm = "ppo"
-steps = 30
+steps = 60
 prompts_per_step = 16
-samples_per_prompt = 2
-mini_batch_size = 32
-generation = { max_new_tokens = 4 }
-actor_optim = { lr = 2e-3 }
-critic_optim = { lr = 2e-3 }
-kl_coef = 0.01
+samples_per_prompt = 4
+mini_batch_size = 64
+generation = { max_new_tokens = 4, temperature = 0.7 }
+actor_optim = { lr = 1e-4 }
+critic_optim = { lr = 2e-4 }
+critic_init = "policy"
+kl_coef = 0.1
+eval_every = 20
 reward = { type = "model" }
 "#;
 
@@ -130,7 +138,7 @@ fn rule_rl_raises_the_reward(algorithm: &str, min_rise: f64) {
     let run_dir = run(
         dir.path(),
         &format!("{BASE}{RULE_RL}"),
-        &[RULE_RL_SFT_STEPS, &alg],
+        &[SFT_150, &alg],
         TrainOptions::default(),
     );
     let m = metrics(&run_dir);
@@ -168,13 +176,17 @@ fn reinforce_pp_raises_the_rule_reward() {
     rule_rl_raises_the_reward("reinforce_pp", 0.05);
 }
 
+/// PPO against a learned reward model: the reward must rise *and* so must the share of sampled
+/// answers that are right (`rollout/accuracy`, checked against the reference answers the reward
+/// model never sees at RL time), with the greedy held-out accuracy not falling: the policy learns
+/// the task instead of exploiting the reward model.
 #[test]
 fn ppo_with_a_learned_reward_model_raises_the_reward() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = run(
         dir.path(),
         &format!("{BASE}{PPO}"),
-        &[],
+        &[SFT_150],
         TrainOptions::default(),
     );
     let m = metrics(&run_dir);
@@ -183,9 +195,31 @@ fn ppo_with_a_learned_reward_model_raises_the_reward() {
         acc_last > acc_first,
         "reward model did not learn: {acc_first} -> {acc_last}"
     );
-    let (first, last) = first_last(&m, "reward/mean", 5);
-    eprintln!("PPO reward/mean: first 5 steps {first:.3}, last 5 steps {last:.3}");
-    assert!(last > first, "reward did not rise: {first:.3} -> {last:.3}");
+    assert!(
+        m.values()
+            .any(|s| s.get("rm/policy_pairs").is_some_and(|&n| n > 0.0)),
+        "no preference pairs from the policy's samples"
+    );
+    let (first, last) = first_last(&m, "reward/mean", 10);
+    let (right_first, right_last) = first_last(&m, "rollout/accuracy", 10);
+    let (eval_first, eval_last) = first_last(&m, "eval/accuracy", 1);
+    eprintln!(
+        "PPO reward/mean {first:.3} -> {last:.3}, rollout/accuracy {right_first:.3} -> \
+         {right_last:.3} (10-step means), eval/accuracy {eval_first:.3} -> {eval_last:.3}"
+    );
+    assert!(
+        last > first + 0.2,
+        "reward did not rise: {first:.3} -> {last:.3}"
+    );
+    assert!(
+        right_last > right_first,
+        "sampled accuracy did not rise with the reward ({right_first:.3} -> {right_last:.3}): \
+         the policy exploits the reward model"
+    );
+    assert!(
+        eval_last >= eval_first - 0.05,
+        "held-out accuracy fell: {eval_first:.3} -> {eval_last:.3}"
+    );
     for key in [
         "critic/vf_loss",
         "kl/mean",
@@ -233,6 +267,8 @@ kind = "rm"
 steps = 3
 batch_size = 4
 optim = { lr = 1e-3 }
+cross_prompt_pairs = 0.5
+policy_pairs = { prompts = 8, samples_per_prompt = 4, generation = { max_new_tokens = 3 } }
 
 [[stage]]
 kind = "rl"
@@ -254,7 +290,7 @@ fn stop_and_resume_equals_the_straight_run() {
     let straight = run(straight_dir.path(), RESUME, &[], TrainOptions::default());
 
     let sliced_dir = tempfile::tempdir().unwrap();
-    // Stop inside SFT, then inside PPO, then finish.
+    // Stop inside SFT, then the reward model, then PPO, then finish.
     let sliced = run(
         sliced_dir.path(),
         RESUME,
@@ -280,6 +316,10 @@ fn stop_and_resume_equals_the_straight_run() {
         )
         .unwrap()
     };
+    // Stop inside the reward-model stage (its policy pairs are rebuilt on resume), then inside PPO.
+    let out = again(Some(5));
+    assert!(out.interrupted);
+    assert_eq!(out.global_step, 5);
     let out = again(Some(8));
     assert!(out.interrupted);
     assert_eq!(out.global_step, 8);

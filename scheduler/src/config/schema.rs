@@ -208,6 +208,35 @@ pub struct RmStage {
     pub micro_batch_tokens: usize,
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Also train on pairs of the current policy's own samples, labelled right / wrong against the
+    /// prompts' reference answers (InstructGPT's comparisons of SFT outputs, with the answer check
+    /// as the labeller): the reward model then knows the mistakes an RL policy starts from.
+    #[serde(default)]
+    pub policy_pairs: Option<PolicyPairs>,
+    /// Share of each batch's pairs whose rejected side is taken from another pair (another
+    /// prompt). Bradley–Terry pins scores only up to a constant per prompt, while PPO compares
+    /// rewards across prompts; crossing prompts pins one scale for all of them. Only valid when
+    /// every chosen response is better than every rejected one (an absolute labeller such as an
+    /// answer check), hence 0 by default.
+    #[serde(default)]
+    pub cross_prompt_pairs: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPairs {
+    /// RL prompts (`data.prompts` or the synthetic task, first N rows) the policy answers.
+    pub prompts: usize,
+    /// Samples per prompt; a prompt yields one pair per distinct wrong answer among them, when at
+    /// least one sample is right.
+    #[serde(default = "default_policy_pair_samples")]
+    pub samples_per_prompt: usize,
+    #[serde(default)]
+    pub generation: GenerationConfig,
+}
+
+fn default_policy_pair_samples() -> usize {
+    4
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -340,6 +369,12 @@ pub struct RlStage {
     pub value_clip: f64,
     #[serde(default = "default_vf_coef")]
     pub vf_coef: f64,
+    /// Where PPO's critic starts: `reward_model` (a copy of the reward model, OpenRLHF's default;
+    /// with a rule reward there is none, so the policy is used) or `policy` (the policy's body with a
+    /// fresh score head, values ≈ 0: the first advantages are the whitened rewards, not the reward
+    /// model's readings of unfinished sequences).
+    #[serde(default = "default_critic_init")]
+    pub critic_init: String,
     /// Reward: rules / external plugin (reward crate), or `type = "model"`: the reward model
     /// trained by an earlier `rm` stage (or an HF folder given as `path`).
     pub reward: RlReward,
@@ -452,6 +487,9 @@ fn default_lam() -> f64 {
 }
 fn default_value_clip() -> f64 {
     0.2
+}
+fn default_critic_init() -> String {
+    "reward_model".into()
 }
 fn default_vf_coef() -> f64 {
     0.5

@@ -145,3 +145,33 @@ fn resolved_config_round_trips_through_toml() {
     let rule = toml::to_string(&parse(BASE, &[]).unwrap()).unwrap();
     assert!(rule.contains("numeric_match"), "{rule}");
 }
+
+#[test]
+fn policy_pairs_need_two_samples_and_cross_share_in_range() {
+    let rm = r#"
+[[stage]]
+kind = "rm"
+steps = 5
+batch_size = 4
+"#;
+    let text = format!("{BASE}{rm}policy_pairs = {{ prompts = 10, samples_per_prompt = 1 }}\n");
+    let e = err(&text, &[]);
+    assert!(
+        e.contains("stage[2].policy_pairs.samples_per_prompt"),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}{rm}cross_prompt_pairs = 1.5\n"), &[]);
+    assert!(e.contains("stage[2].cross_prompt_pairs"), "{e}");
+}
+
+#[test]
+fn critic_init_is_checked() {
+    let e = err(
+        BASE,
+        &[
+            "stage[1].algorithm=\"ppo\"",
+            "stage[1].critic_init=\"value\"",
+        ],
+    );
+    assert!(e.contains("stage[1].critic_init"), "{e}");
+}

@@ -120,6 +120,28 @@ fn validate_stage(cfg: &Config, i: usize, stage: &StageConfig) -> Result<()> {
                     "stage[{i}] is `rm` but neither `data.preferences` nor `data.synthetic` is set"
                 );
             }
+            if !(0.0..=1.0).contains(&s.cross_prompt_pairs) {
+                bail!("`{}` must be in [0, 1]", at("cross_prompt_pairs"));
+            }
+            if let Some(pp) = &s.policy_pairs {
+                if pp.prompts == 0 || pp.samples_per_prompt < 2 {
+                    bail!(
+                        "`{}` must be positive and `{}` at least 2",
+                        at("policy_pairs.prompts"),
+                        at("policy_pairs.samples_per_prompt")
+                    );
+                }
+                if cfg.data.prompts.is_none() && !has_synthetic {
+                    bail!("`{}` needs prompts with reference answers, but neither `data.prompts` nor `data.synthetic` is set", at("policy_pairs"));
+                }
+                if pp.generation.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+                {
+                    bail!(
+                        "`{}` must be > 0",
+                        at("policy_pairs.generation.temperature")
+                    );
+                }
+            }
         }
         StageConfig::Rl(s) => {
             if s.steps == 0 || s.prompts_per_step == 0 || s.mini_batch_size == 0 {
@@ -161,6 +183,13 @@ fn validate_stage(cfg: &Config, i: usize, stage: &StageConfig) -> Result<()> {
             }
             if s.generation.max_new_tokens == 0 {
                 bail!("`{}` must be positive", at("generation.max_new_tokens"));
+            }
+            if !matches!(s.critic_init.as_str(), "reward_model" | "policy") {
+                bail!(
+                    "`{}` is `{}`; expected reward_model or policy",
+                    at("critic_init"),
+                    s.critic_init
+                );
             }
             if !matches!(s.kl_mode.as_str(), "reward" | "loss") {
                 bail!(

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use actor::EngineConfig;
 
 use crate::data::PromptRow;
-use crate::generation::generate;
+use crate::generation::{generate, requests, sample_of};
 use crate::models::Model;
 use crate::run::Run;
 
@@ -109,31 +109,11 @@ pub fn evaluate(
     }
     let mut sampling = actor::SamplingParams::greedy(max_new_tokens);
     sampling.stop_token_ids = run.tok.eos_ids.clone();
-    let requests = rows
-        .iter()
-        .map(|r| {
-            Ok(actor::Request {
-                tokens: run.encode_prompt(&r.prompt)?,
-                sampling: sampling.clone(),
-                n: 1,
-                seed: 0,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let requests = requests(run, &rows, &sampling, 1, 0)?;
     let (completions, _) = generate(policy, engine, &requests)?;
     let samples = completions
         .iter()
-        .map(|c| {
-            let row = rows[c.request];
-            Ok(reward::Sample {
-                prompt: row.prompt.clone(),
-                prompt_tokens: requests[c.request].tokens.clone(),
-                response: run.tok.decode(&c.tokens, true)?,
-                response_tokens: c.tokens.clone(),
-                finish_reason: reward::FinishReason::Stop,
-                extra: row.extra.clone(),
-            })
-        })
+        .map(|c| sample_of(&run.tok, rows[c.request], &requests[c.request], c))
         .collect::<Result<Vec<_>>>()?;
     let correct = answer_matches(answer_key, &samples)?;
     let n = samples.len() as f64;

@@ -37,8 +37,9 @@ use model::llama::LmHead;
 use super::common::{answer_matches, evaluate, progress_bar, progress_message, step_seed};
 use crate::checkpoint;
 use crate::config::{Algorithm, RlReward, RlStage};
+use crate::data::PromptRow;
 use crate::dataflow::Calls;
-use crate::generation::{engine_config, generate};
+use crate::generation::{engine_config, generate, requests, sample_of, sampling_params};
 use crate::logging::SampleRow;
 use crate::models::{self, Model};
 use crate::run::{Flow, Run};
@@ -216,16 +217,14 @@ fn setup(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Result<
         let model = match resume {
             Some(ck) => run.load_model(&ck.join("critic"))?,
             None => match &scorer {
-                // The critic starts from the reward model (OpenRLHF's default): it already
-                // reads the reward off the sequence.
-                Scorer::Model { rm, .. } => {
+                // A copy of the reward model (OpenRLHF's default): it already reads the reward
+                // off finished sequences.
+                Scorer::Model { rm, .. } if s.critic_init == "reward_model" => {
                     let mut c = rm.duplicate()?;
                     c.move_to(&run.device)?;
                     c
                 }
-                Scorer::Rule(_) => {
-                    models::with_score_head(&policy, step_seed(run.state.seed, i, 0, 7))?
-                }
+                _ => models::with_score_head(&policy, step_seed(run.state.seed, i, 0, 7))?,
             },
         };
         let file = optim_file("critic");
@@ -350,29 +349,10 @@ fn step(
     let rows: Vec<_> = idx.iter().map(|&r| run.data.prompts[r].clone()).collect();
 
     // actor_gen
-    let mut stop_ids = run.tok.eos_ids.clone();
-    stop_ids.extend(&s.generation.stop_token_ids);
-    let sampling = actor::SamplingParams {
-        temperature: temp,
-        top_k: s.generation.top_k,
-        top_p: s.generation.top_p as f32,
-        min_new_tokens: s.generation.min_new_tokens,
-        max_new_tokens: s.generation.max_new_tokens,
-        stop_token_ids: stop_ids,
-    };
+    let sampling = sampling_params(&s.generation, &run.tok.eos_ids);
+    let row_refs: Vec<&PromptRow> = rows.iter().collect();
     let gen_seed = step_seed(seed, i, step_no, 2);
-    let requests = rows
-        .iter()
-        .enumerate()
-        .map(|(j, r)| {
-            Ok(actor::Request {
-                tokens: run.encode_prompt(&r.prompt)?,
-                sampling: sampling.clone(),
-                n: s.samples_per_prompt,
-                seed: step_seed(gen_seed, 0, j as u64, 3),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let requests = requests(run, &row_refs, &sampling, s.samples_per_prompt, gen_seed)?;
     let tok = &run.tok;
     let mut calls = Calls::new(&mut run.log, run.t0, global);
     let policy = &m.actor.model;
@@ -593,7 +573,7 @@ fn step(
 /// The completions of `requests` as sequences, with their samples for the reward.
 fn assemble(
     tok: &model::tokenizer::Tokenizer,
-    rows: &[crate::data::PromptRow],
+    rows: &[PromptRow],
     requests: &[actor::Request],
     completions: &[actor::Completion],
     decode_tokens: usize,
@@ -616,18 +596,8 @@ fn assemble(
         let done = c.finish_reason == actor::FinishReason::Stop;
         ro.finished.push(done);
         ro.behaviour.push(c.logprobs.clone());
-        ro.samples.push(reward::Sample {
-            prompt: rows[c.request].prompt.clone(),
-            prompt_tokens: prompt.clone(),
-            response: tok.decode(&c.tokens, true)?,
-            response_tokens: c.tokens.clone(),
-            finish_reason: if done {
-                reward::FinishReason::Stop
-            } else {
-                reward::FinishReason::Length
-            },
-            extra: rows[c.request].extra.clone(),
-        });
+        ro.samples
+            .push(sample_of(tok, &rows[c.request], &requests[c.request], c)?);
     }
     Ok(ro)
 }

@@ -8,6 +8,7 @@ use anyhow::Result;
 use learner::train::{Pair, RewardModelStep};
 
 use super::common::{progress_bar, progress_message, step_seed};
+use super::policy_pairs::policy_pairs;
 use crate::checkpoint;
 use crate::config::RmStage;
 use crate::models;
@@ -15,17 +16,22 @@ use crate::run::{Flow, Run};
 use crate::trainable::Trainable;
 
 pub fn run(run: &mut Run, i: usize, s: &RmStage, resume: Option<&Path>) -> Result<Flow> {
-    anyhow::ensure!(
-        !run.data.preferences.is_empty(),
-        "stage[{i}] (rm) has no preference pairs"
-    );
+    let policy = run.load_model(&run.policy_source(i)?)?;
+    // The dataset's pairs, then those of the policy's own samples.
+    let mut prefs = run.data.preferences.clone();
+    if let Some(pp) = &s.policy_pairs {
+        let (pairs, m) = policy_pairs(run, &policy, pp, step_seed(run.state.seed, i, 0, 8))?;
+        prefs.extend(pairs);
+        if run.state.stage_step == 0 {
+            run.log.log_metrics(run.state.global_step, &m)?;
+        }
+    }
+    anyhow::ensure!(!prefs.is_empty(), "stage[{i}] (rm) has no preference pairs");
     let rm = match resume {
         Some(ck) => run.load_model(&ck.join("reward_model"))?,
-        None => {
-            let policy = run.load_model(&run.policy_source(i)?)?;
-            models::with_score_head(&policy, step_seed(run.state.seed, i, 0, 7))?
-        }
+        None => models::with_score_head(&policy, step_seed(run.state.seed, i, 0, 7))?,
     };
+    drop(policy);
     let opt_file = resume.map(|ck| ck.join("optim").join("reward_model.safetensors"));
     let mut t = Trainable::new(rm, &s.optim, s.steps, opt_file.as_deref())?;
     let step_fn = RewardModelStep {
@@ -39,15 +45,12 @@ pub fn run(run: &mut Run, i: usize, s: &RmStage, resume: Option<&Path>) -> Resul
             pb.abandon_with_message("interrupted: checkpoint saved");
             return Ok(Flow::Interrupted);
         }
-        let idx = run
-            .state
-            .cursor
-            .take(s.batch_size, run.data.preferences.len(), data_seed);
+        let idx = run.state.cursor.take(s.batch_size, prefs.len(), data_seed);
         // Each side is prompt + response + EOS; its score is the value at that EOS.
         let pairs = idx
             .iter()
             .map(|&r| {
-                let row = &run.data.preferences[r];
+                let row = &prefs[r];
                 let prompt = run.encode_prompt(&row.prompt)?;
                 let side = |response: &str| -> Result<Vec<u32>> {
                     let mut tokens = prompt.clone();
@@ -61,6 +64,7 @@ pub fn run(run: &mut Run, i: usize, s: &RmStage, resume: Option<&Path>) -> Resul
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let pairs = cross_prompts(pairs, s.cross_prompt_pairs);
         let lr = t.lr(run.state.stage_step);
         let tr = t.trainee();
         let metrics = step_fn.step(tr.params, tr.cfg, tr.grads, tr.opt, &pairs, lr)?;
@@ -87,4 +91,42 @@ fn save(run: &Run, t: &Trainable) -> Result<()> {
         t.save_optimiser(&d.join("optim").join("reward_model.safetensors"))
     })?;
     Ok(())
+}
+
+/// The first `share` of the pairs, each with the rejected side of the next one among them (a
+/// rotation: with two or more pairs every rejected side then answers another prompt).
+fn cross_prompts(mut pairs: Vec<Pair>, share: f64) -> Vec<Pair> {
+    let n = ((pairs.len() as f64 * share).round() as usize).min(pairs.len());
+    if n >= 2 {
+        let first = pairs[0].rejected.clone();
+        for k in 0..n - 1 {
+            pairs[k].rejected = pairs[k + 1].rejected.clone();
+        }
+        pairs[n - 1].rejected = first;
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crossing_rotates_the_rejected_sides_of_the_first_share() {
+        let pair = |c: u32, r: u32| Pair {
+            chosen: vec![c],
+            rejected: vec![r],
+        };
+        let pairs = vec![pair(1, 10), pair(2, 20), pair(3, 30), pair(4, 40)];
+        let out = cross_prompts(pairs.clone(), 0.75);
+        let rejected: Vec<u32> = out.iter().map(|p| p.rejected[0]).collect();
+        assert_eq!(rejected, [20, 30, 10, 40]);
+        let chosen: Vec<u32> = out.iter().map(|p| p.chosen[0]).collect();
+        assert_eq!(chosen, [1, 2, 3, 4]);
+        let same: Vec<u32> = cross_prompts(pairs, 0.0)
+            .iter()
+            .map(|p| p.rejected[0])
+            .collect();
+        assert_eq!(same, [10, 20, 30, 40]);
+    }
 }
