@@ -275,6 +275,20 @@ fn main() -> Result<()> {
         );
     }
 
+    if !last.profile.is_empty() {
+        // REALIGN_PROFILE=1: every phase ended with a sync, so the times above are inflated.
+        let total: f64 = last.profile.iter().map(|(_, t)| t).sum();
+        eprintln!("profile (last timed rollout, synced phases, {total:.3} s):");
+        for (name, t) in &last.profile {
+            eprintln!(
+                "  {name:<20} {:>9.4} s {:>6.1}%  {:>8.3} ms/step",
+                t,
+                100.0 * t / total.max(1e-12),
+                1e3 * t / last.steps.max(1) as f64
+            );
+        }
+    }
+
     let line = serde_json::json!({
         "benchmark": "rollout_bench",
         "shapes": name,
@@ -299,6 +313,8 @@ fn main() -> Result<()> {
         "preemptions": last.preemptions,
         "peak_kv_bytes": last.peak_kv_bytes,
         "kv_blocks": last.kv_blocks,
+        "profiled": !last.profile.is_empty(),
+        "profile": last.profile.iter().map(|(n, t)| (n.to_string(), *t)).collect::<std::collections::BTreeMap<_, _>>(),
     })
     .to_string();
     println!("{line}");

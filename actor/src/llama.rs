@@ -8,8 +8,8 @@
 //! sequence's last row goes through the final norm and the LM head.
 //!
 //! K/V are kept in the parameters' dtype: bf16 on the GPU in normal use, f32 on the CPU. Nothing in
-//! a step reads device memory back except the logits at its end, so the decode step can be put in
-//! a CUDA graph.
+//! a step reads device memory back: the logits stay on the device for sampling there, so the
+//! decode step can be put in a CUDA graph.
 
 use anyhow::Context;
 use kernels::ops::{
@@ -20,6 +20,7 @@ use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
 
 use crate::block_manager::BlockCopy;
+use crate::profile::Stopwatch;
 use crate::step_model::{DecodeBatch, PrefillBatch, StepModel};
 
 /// One layer's cache: [P, K, D] each, P = blocks × block size.
@@ -36,6 +37,8 @@ pub struct LlamaRunner<'a> {
     dtype: DType,
     cache: Vec<LayerCache>,
     block_size: usize,
+    /// Decode-step time per op kind, with `REALIGN_PROFILE=1` (each op then ends with a sync).
+    sw: Stopwatch,
 }
 
 /// How a layer's attention reads K/V.
@@ -67,6 +70,7 @@ impl<'a> LlamaRunner<'a> {
             dtype: params.embed.dtype(),
             cache: Vec::new(),
             block_size: 0,
+            sw: Stopwatch::new(),
         })
     }
 
@@ -75,24 +79,40 @@ impl<'a> LlamaRunner<'a> {
     }
 
     /// Runs every layer over `tokens` at `positions`, writing K/V to `slots`; returns [N,C].
+    /// `profile` times each op kind into the runner's stopwatch (decode steps).
     fn layers(
         &mut self,
         tokens: &Tensor,
         positions: &Tensor,
         slots: &Tensor,
         attend: &Attend,
+        profile: bool,
     ) -> anyhow::Result<Tensor> {
+        let mut off = Stopwatch::off();
+        let sw = if profile { &mut self.sw } else { &mut off };
+        sw.mark(&self.device, "d:inputs");
         let mut x = gather_rows(&self.params.embed, tokens).context("embedding lookup")?; // [N,C]
+        sw.mark(&self.device, "d:embed");
         for (l, lp) in self.params.layers.iter().enumerate() {
             let cache = &mut self.cache[l];
-            x = layer(x, lp, self.cfg, cache, positions, slots, attend)
-                .with_context(|| format!("layer {l}"))?;
+            x = layer(
+                x,
+                lp,
+                self.cfg,
+                cache,
+                positions,
+                slots,
+                attend,
+                sw,
+                &self.device,
+            )
+            .with_context(|| format!("layer {l}"))?;
         }
         Ok(x)
     }
 
-    /// Final norm and LM head of the rows `last` of `x` [N,C] -> host logits [S*V].
-    fn logits(&self, x: &Tensor, last: Option<&[u32]>) -> anyhow::Result<Vec<f32>> {
+    /// Final norm and LM head of the rows `last` of `x` [N,C] -> logits [S,V] on the device.
+    fn logits(&mut self, x: &Tensor, last: Option<&[u32]>) -> anyhow::Result<Tensor> {
         let rows = match last {
             Some(idx) => Some(gather_rows(x, &self.u32s(idx)?)?), // [N,C] -> [S,C]
             None => None,
@@ -100,10 +120,14 @@ impl<'a> LlamaRunner<'a> {
         let x = rows.as_ref().unwrap_or(x);
         let (xn, _) = rmsnorm(x, &self.params.final_norm, self.cfg.rms_norm_eps as f32)?;
         let logits = linear(&xn, self.params.lm_head_weight(), None)?; // [S,V]
-        Ok(logits.to_vec_f32()?)
+        if last.is_none() {
+            self.sw.mark(&self.device, "d:lm_head");
+        }
+        Ok(logits)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn layer(
     x: Tensor,
     lp: &LayerParams,
@@ -112,6 +136,8 @@ fn layer(
     positions: &Tensor,
     slots: &Tensor,
     attend: &Attend,
+    sw: &mut Stopwatch,
+    dev: &Device,
 ) -> anyhow::Result<Tensor> {
     let n = x.shape()[0];
     let (h, k, d) = (
@@ -124,12 +150,16 @@ fn layer(
     let scale = 1.0 / (d as f32).sqrt();
 
     let (xn, _) = rmsnorm(&x, &lp.attn_norm, eps)?; // [N,C]
+    sw.mark(dev, "d:rmsnorm");
     let q = linear(&xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let kk = linear(&xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
     let v = linear(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    sw.mark(dev, "d:qkv_linear");
     let q = rope(&q, positions, theta)?;
     let kk = rope(&kk, positions, theta)?;
+    sw.mark(dev, "d:rope");
     kv_cache_write(&mut cache.k, &mut cache.v, &kk, &v, slots)?;
+    sw.mark(dev, "d:kv_write");
     let att = match attend {
         Attend::Packed { cu_seqlens } => attention(&q, &kk, &v, cu_seqlens, scale)?.0,
         Attend::Paged {
@@ -148,15 +178,23 @@ fn layer(
             scale,
         )?,
     }; // [N,H,D]
+    sw.mark(dev, "d:attention");
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let mut x2 = linear(&att, &lp.o, None)?; // [N,C]
+    sw.mark(dev, "d:o_linear");
     add_inplace(&mut x2, &x)?;
+    sw.mark(dev, "d:residual");
     let (xn2, _) = rmsnorm(&x2, &lp.mlp_norm, eps)?; // [N,C]
+    sw.mark(dev, "d:rmsnorm");
     let gate = linear(&xn2, &lp.gate, None)?; // [N,F]
     let up = linear(&xn2, &lp.up, None)?; // [N,F]
+    sw.mark(dev, "d:gate_up_linear");
     let act = swiglu(&gate, &up)?; // [N,F]
+    sw.mark(dev, "d:swiglu");
     let mut out = linear(&act, &lp.down, None)?; // [N,C]
+    sw.mark(dev, "d:down_linear");
     add_inplace(&mut out, &x2)?;
+    sw.mark(dev, "d:residual");
     Ok(out)
 }
 
@@ -211,6 +249,22 @@ impl StepModel for LlamaRunner<'_> {
     }
 
     fn prefill(&mut self, batch: &PrefillBatch) -> anyhow::Result<Vec<f32>> {
+        Ok(self.prefill_logits(batch)?.to_vec_f32()?)
+    }
+
+    fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>> {
+        Ok(self.decode_logits(batch)?.to_vec_f32()?)
+    }
+
+    fn synchronize(&self) -> anyhow::Result<()> {
+        Ok(self.device.synchronize()?)
+    }
+
+    fn profile(&self) -> Vec<(&'static str, f64)> {
+        self.sw.times.phases.clone()
+    }
+
+    fn prefill_logits(&mut self, batch: &PrefillBatch) -> anyhow::Result<Tensor> {
         let tokens = self.u32s(&batch.tokens)?;
         let positions = self.u32s(&batch.positions)?;
         let slots = self.u32s(&batch.slots)?;
@@ -222,13 +276,15 @@ impl StepModel for LlamaRunner<'_> {
             &Attend::Packed {
                 cu_seqlens: &cu_seqlens,
             },
+            false,
         )?;
         let last: Vec<u32> = batch.cu_seqlens[1..].iter().map(|&e| e - 1).collect();
         self.logits(&x, Some(&last))
     }
 
-    fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>> {
+    fn decode_logits(&mut self, batch: &DecodeBatch) -> anyhow::Result<Tensor> {
         let s = batch.num_seqs();
+        self.sw.reset();
         let tokens = self.u32s(&batch.tokens)?;
         let positions = self.u32s(&batch.positions)?;
         let slots = self.u32s(&batch.slots)?;
@@ -245,7 +301,7 @@ impl StepModel for LlamaRunner<'_> {
             block_size: self.block_size,
             max_context_len,
         };
-        let x = self.layers(&tokens, &positions, &slots, &attend)?;
+        let x = self.layers(&tokens, &positions, &slots, &attend, true)?;
         self.logits(&x, None)
     }
 }

@@ -31,6 +31,7 @@ pub mod nvrtc;
 pub mod paged_attention;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod sum_squares;
 pub mod swiglu;
 
@@ -99,6 +100,7 @@ impl CudaDevice {
         // SAFETY: no buffer exists yet on this context, and realign queues everything on `stream`.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        keep_pool_memory(&ctx)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let blas = blas::new_handle(&stream)?;
         let dev = CudaDevice {
@@ -134,6 +136,20 @@ impl CudaDevice {
 
     pub(crate) fn blas(&self) -> &CudaBlas {
         &self.inner.blas
+    }
+
+    /// Waits for the stream, then returns the default pool's unused memory to the driver, so that
+    /// the driver's free-memory figure counts it (see `keep_pool_memory`).
+    pub fn trim_pool(&self) -> Result<()> {
+        use cudarc::driver::result;
+        self.synchronize()?;
+        self.inner.ctx.bind_to_thread().map_err(cuda_err)?;
+        // SAFETY: the device handle comes from this live context.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(self.inner.ctx.cu_device())
+                .map_err(cuda_err)?;
+            result::mem_pool::trim_to(pool, 0).map_err(cuda_err)
+        }
     }
 
     pub fn synchronize(&self) -> Result<()> {
@@ -222,6 +238,31 @@ impl CudaDevice {
             CudaStorage::F32(x) => CudaStorage::F32(s.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::BF16(x) => CudaStorage::BF16(s.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::U32(x) => CudaStorage::U32(s.clone_dtod(x).map_err(cuda_err)?),
+        })
+    }
+}
+
+/// Makes the device's default memory pool (the one `cuMemAllocAsync` draws from) keep freed
+/// memory instead of returning it to the driver at every synchronisation: with the default release
+/// threshold of 0 each step's allocations after a sync go back to the driver, which is slow. The
+/// memory stays reusable by every later allocation in this process (rollout KV, then training);
+/// [`CudaDevice::trim_pool`] hands it back when another process should see it.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::{result, sys};
+    ctx.bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: the device handle comes from a live context; the attribute takes a u64 (cuuint64_t).
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device()).map_err(cuda_err)?;
+        let mut threshold: u64 = u64::MAX;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "setting the memory pool's release threshold: {e:?}"
+            ))
         })
     }
 }
