@@ -12,9 +12,13 @@
 //! decode step can be put in a CUDA graph.
 
 use anyhow::Context;
+use std::collections::HashMap;
+
+use kernels::cuda::write_u32;
+use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
     add_inplace, attention, gather_rows, kv_cache_copy_blocks, kv_cache_write, linear,
-    paged_attention, rmsnorm, rope, swiglu,
+    paged_attention, read_samples, rmsnorm, rope, sample_tokens_into, swiglu, SampleSpec,
 };
 use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
@@ -39,6 +43,9 @@ pub struct LlamaRunner<'a> {
     block_size: usize,
     /// Decode-step time per op kind, with `REALIGN_PROFILE=1` (each op then ends with a sync).
     sw: Stopwatch,
+    /// Captured decode steps by (bucket, table width, spec columns); they hold the cache's
+    /// addresses, so they live only as long as the cache.
+    graphs: HashMap<GraphKey, DecodeGraph>,
 }
 
 /// How a layer's attention reads K/V.
@@ -71,6 +78,7 @@ impl<'a> LlamaRunner<'a> {
             cache: Vec::new(),
             block_size: 0,
             sw: Stopwatch::new(),
+            graphs: HashMap::new(),
         })
     }
 
@@ -112,7 +120,13 @@ impl<'a> LlamaRunner<'a> {
     }
 
     /// Final norm and LM head of the rows `last` of `x` [N,C] -> logits [S,V] on the device.
-    fn logits(&mut self, x: &Tensor, last: Option<&[u32]>) -> anyhow::Result<Tensor> {
+    /// `profile` charges the decode LM head to the stopwatch.
+    fn logits(
+        &mut self,
+        x: &Tensor,
+        last: Option<&[u32]>,
+        profile: bool,
+    ) -> anyhow::Result<Tensor> {
         let rows = match last {
             Some(idx) => Some(gather_rows(x, &self.u32s(idx)?)?), // [N,C] -> [S,C]
             None => None,
@@ -120,7 +134,7 @@ impl<'a> LlamaRunner<'a> {
         let x = rows.as_ref().unwrap_or(x);
         let (xn, _) = rmsnorm(x, &self.params.final_norm, self.cfg.rms_norm_eps as f32)?;
         let logits = linear(&xn, self.params.lm_head_weight(), None)?; // [S,V]
-        if last.is_none() {
+        if profile {
             self.sw.mark(&self.device, "d:lm_head");
         }
         Ok(logits)
@@ -223,6 +237,7 @@ impl StepModel for LlamaRunner<'_> {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         ]; // [P,K,D]
+        self.graphs.clear();
         self.cache.clear();
         for _ in 0..self.cfg.num_hidden_layers {
             self.cache.push(LayerCache {
@@ -235,6 +250,7 @@ impl StepModel for LlamaRunner<'_> {
     }
 
     fn free_cache(&mut self) {
+        self.graphs.clear();
         self.cache = Vec::new();
     }
 
@@ -254,6 +270,20 @@ impl StepModel for LlamaRunner<'_> {
 
     fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>> {
         Ok(self.decode_logits(batch)?.to_vec_f32()?)
+    }
+
+    fn decode_sample(
+        &mut self,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        // Profiling times each op with a sync, which a graph cannot contain.
+        if self.device.is_cuda() && graphs_enabled() && !self.sw.on() {
+            return self.decode_sample_graph(batch, specs);
+        }
+        let logits = self.decode_logits(batch)?;
+        let spec = SampleSpec::pack(specs, logits.device())?;
+        Ok(read_samples(&kernels::ops::sample_tokens(&logits, &spec)?)?)
     }
 
     fn synchronize(&self) -> anyhow::Result<()> {
@@ -279,7 +309,7 @@ impl StepModel for LlamaRunner<'_> {
             false,
         )?;
         let last: Vec<u32> = batch.cu_seqlens[1..].iter().map(|&e| e - 1).collect();
-        self.logits(&x, Some(&last))
+        self.logits(&x, Some(&last), false)
     }
 
     fn decode_logits(&mut self, batch: &DecodeBatch) -> anyhow::Result<Tensor> {
@@ -302,6 +332,148 @@ impl StepModel for LlamaRunner<'_> {
             max_context_len,
         };
         let x = self.layers(&tokens, &positions, &slots, &attend, true)?;
-        self.logits(&x, None)
+        self.logits(&x, None, true)
+    }
+}
+
+/// Whether decode steps on a GPU run as CUDA graphs (`REALIGN_CUDA_GRAPHS=0` turns them off).
+fn graphs_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").map_or(true, |v| v != "0"))
+}
+
+/// Batch sizes a decode graph is captured for: a step of S sequences runs the graph of the
+/// smallest bucket ≥ S, padded with idle rows.
+fn bucket_of(s: usize) -> usize {
+    if s <= 8 {
+        8
+    } else if s <= 256 {
+        s.next_power_of_two()
+    } else {
+        s.next_multiple_of(128)
+    }
+}
+
+/// Block-table widths are rounded up to this many blocks, so that a rollout needs few graphs.
+const TABLE_ROUND: usize = 32;
+
+/// One captured decode step (forward + sampling) for a bucket, with the fixed device buffers its
+/// kernels read and write; each step writes its inputs into them and replays the graph.
+struct DecodeGraph {
+    graph: Option<kernels::cuda::Graph>,
+    /// [S] tokens, positions, slots (u32::MAX for idle rows: the cache write skips them).
+    tokens: Tensor,
+    positions: Tensor,
+    slots: Tensor,
+    /// [S, M] block tables (idle rows: block 0) and [S] context lengths (idle rows: 1).
+    tables: Tensor,
+    lens: Tensor,
+    /// [S, SPEC_HEAD + NB] sampling specs and the [S, 2] sampled (token, log-prob bits).
+    spec: Tensor,
+    out: Tensor,
+}
+
+/// Graph key: (bucket S, table width M, spec columns).
+type GraphKey = (usize, usize, usize);
+
+impl LlamaRunner<'_> {
+    /// One decode step with sampling on the GPU as a CUDA graph: pads the batch to its bucket,
+    /// writes the inputs into the bucket's fixed buffers and replays; the first step of a bucket
+    /// runs eagerly and captures the graph for the next ones.
+    fn decode_sample_graph(
+        &mut self,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        let s = batch.num_seqs();
+        let b = bucket_of(s);
+        let m = batch.max_blocks.max(1).next_multiple_of(TABLE_ROUND);
+        let nb = specs.iter().map(|x| x.banned.len()).max().unwrap_or(0);
+        let key: GraphKey = (b, m, SPEC_HEAD + nb);
+        // Inputs padded to the bucket: idle rows decode token 0 at position 0 into no slot.
+        let mut tokens = batch.tokens.clone();
+        tokens.resize(b, 0);
+        let mut positions = batch.positions.clone();
+        positions.resize(b, 0);
+        let mut slots = batch.slots.clone();
+        slots.resize(b, u32::MAX);
+        let mut tables = vec![0u32; b * m]; // [B, M]
+        for r in 0..s {
+            let row = &batch.block_tables[r * batch.max_blocks..(r + 1) * batch.max_blocks];
+            tables[r * m..r * m + batch.max_blocks].copy_from_slice(row);
+        }
+        let mut lens = batch.context_lens.clone();
+        lens.resize(b, 1);
+        let mut all_specs = specs.to_vec();
+        all_specs.extend((s..b).map(|r| SampleSpec {
+            row: r as u32,
+            temperature: 0.0,
+            draw: 0,
+            banned: Vec::new(),
+        }));
+        let spec_host = SampleSpec::pack(&all_specs, &Device::Cpu)?.to_vec_u32()?;
+        let dev = self.device.clone();
+        let cuda = match &dev {
+            Device::Cuda(d) => d.clone(),
+            Device::Cpu => anyhow::bail!("internal error: decode graph on the CPU"),
+        };
+        let max_ctx = m * self.block_size;
+        let mut g = match self.graphs.remove(&key) {
+            Some(mut g) => {
+                write_u32(&mut g.tokens, &tokens)?;
+                write_u32(&mut g.positions, &positions)?;
+                write_u32(&mut g.slots, &slots)?;
+                write_u32(&mut g.tables, &tables)?;
+                write_u32(&mut g.lens, &lens)?;
+                write_u32(&mut g.spec, &spec_host)?;
+                g
+            }
+            None => DecodeGraph {
+                graph: None,
+                tokens: Tensor::from_u32(tokens, &[b], &dev)?,
+                positions: Tensor::from_u32(positions, &[b], &dev)?,
+                slots: Tensor::from_u32(slots, &[b], &dev)?,
+                tables: Tensor::from_u32(tables, &[b, m], &dev)?,
+                lens: Tensor::from_u32(lens, &[b], &dev)?,
+                spec: Tensor::from_u32(spec_host, &[b, key.2], &dev)?,
+                out: Tensor::zeros(&[b, 2], DType::U32, &dev)?,
+            },
+        };
+        let result = match &g.graph {
+            Some(graph) => graph.launch().map_err(anyhow::Error::from),
+            None => {
+                // First step of this bucket: run it (this also loads every kernel), then record
+                // the same step on the same buffers for the next ones (recording runs nothing).
+                let eager = self.decode_into(&mut g, max_ctx);
+                if eager.is_ok() {
+                    let captured = cuda.capture(|| {
+                        self.decode_into(&mut g, max_ctx)
+                            .map_err(|e| kernels::Error::msg(format!("{e:#}")))
+                    });
+                    match captured {
+                        Ok(graph) => g.graph = Some(graph),
+                        Err(e) => tracing::warn!("decode step not captured as a CUDA graph: {e}"),
+                    }
+                }
+                eager
+            }
+        };
+        let out = result.and_then(|_| Ok(read_samples(&g.out)?));
+        self.graphs.insert(key, g);
+        Ok(out?[..s].to_vec())
+    }
+
+    /// The decode step (forward, LM head, sampling) from a graph's buffers into its output.
+    fn decode_into(&mut self, g: &mut DecodeGraph, max_context_len: usize) -> anyhow::Result<()> {
+        let attend = Attend::Paged {
+            block_tables: &g.tables,
+            context_lens: &g.lens,
+            block_size: self.block_size,
+            max_context_len,
+        };
+        let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false)?; // [S,C]
+        let logits = self.logits(&x, None, false)?; // [S,V]
+        sample_tokens_into(&logits, &g.spec, &mut g.out)?;
+        Ok(())
     }
 }

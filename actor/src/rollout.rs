@@ -145,19 +145,34 @@ fn generate_all(
         }
         if !plan.decode_seqs.is_empty() {
             stats.decode_tokens += plan.decode_seqs.len();
-            let logits = model.decode_logits(&plan.decode).context("decode step")?;
-            phase(&mut sw, model, "decode_forward");
             let outputs: Vec<(SeqId, u32)> = plan
                 .decode_seqs
                 .iter()
                 .enumerate()
                 .map(|(row, &id)| (id, row as u32))
                 .collect();
-            let drawn = sample_outputs(&sched, &logits, &outputs, vocab)?;
+            let drawn = match device_specs(&sched, &outputs, vocab) {
+                // Every row samples on the device: one fused step (a CUDA graph on a GPU).
+                Some(specs) => {
+                    let d = model
+                        .decode_sample(&plan.decode, &specs)
+                        .context("decode step")?;
+                    phase(&mut sw, model, "decode_step");
+                    d
+                }
+                None => {
+                    let logits = model.decode_logits(&plan.decode).context("decode step")?;
+                    phase(&mut sw, model, "decode_forward");
+                    let d = sample_outputs(&sched, &logits, &outputs, vocab)?;
+                    phase(&mut sw, model, "decode_sample");
+                    d
+                }
+            };
+            anyhow::ensure!(drawn.len() == outputs.len());
             for (&(id, _), (token, logprob)) in outputs.iter().zip(drawn) {
                 sched.append_token(id, token, logprob);
             }
-            phase(&mut sw, model, "decode_sample");
+            phase(&mut sw, model, "append");
         }
         sched.update_running(&prefilled);
         phase(&mut sw, model, "update");
@@ -184,6 +199,27 @@ fn generate_all(
         })
         .collect();
     Ok((completions, stats))
+}
+
+/// The device sampling specs of `outputs`, or None when some row needs the host (top-k / top-p,
+/// or more banned ids than the device op takes).
+fn device_specs(
+    sched: &Scheduler,
+    outputs: &[(SeqId, u32)],
+    vocab: usize,
+) -> Option<Vec<SampleSpec>> {
+    outputs
+        .iter()
+        .map(|&(id, row)| {
+            let (params, banned, draw) = sched.next_draw(id);
+            (!params.filters(vocab) && banned.len() <= MAX_BANNED).then(|| SampleSpec {
+                row,
+                temperature: params.temperature,
+                draw,
+                banned: banned.to_vec(),
+            })
+        })
+        .collect()
 }
 
 /// Draws the next token of each (sequence, logits row) output from `logits` [R, V]. Rows without

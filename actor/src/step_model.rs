@@ -2,6 +2,7 @@
 //! of sequences into next-token logits. The Llama decoder implements it (`crate::llama`); so does a
 //! small fake used to test the scheduler (`crate::fake_model`).
 
+use kernels::ops::{read_samples, sample_tokens, SampleSpec};
 use kernels::{Device, Tensor};
 
 use crate::block_manager::BlockCopy;
@@ -87,6 +88,20 @@ pub trait StepModel {
             &[s, v],
             &Device::Cpu,
         )?)
+    }
+
+    /// One decode step with sampling, for steps where every row can be sampled by
+    /// `kernels::ops::sample_tokens` (no top-k / top-p): `specs[i]` draws from row i. Returns
+    /// (token, log-prob) per sequence. The default runs [`StepModel::decode_logits`] then the op; a
+    /// GPU model may replay the whole step as a CUDA graph.
+    fn decode_sample(
+        &mut self,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        let logits = self.decode_logits(batch)?;
+        let spec = SampleSpec::pack(specs, logits.device())?;
+        Ok(read_samples(&sample_tokens(&logits, &spec)?)?)
     }
 
     /// Waits for queued device work (for timing phases with `REALIGN_PROFILE=1`).

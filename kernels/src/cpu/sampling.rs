@@ -3,15 +3,15 @@
 
 use super::{f32s, u32s};
 use crate::ops::sampling::{uniform_of_draw, SPEC_HEAD};
-use crate::{Device, Error, Result, Tensor};
+use crate::{Error, Result, Tensor};
 
-pub fn sample_tokens(logits: &Tensor, spec: &Tensor) -> Result<Tensor> {
+pub fn sample_tokens(logits: &Tensor, spec: &Tensor, out: &mut Tensor) -> Result<()> {
     const OP: &str = "sample_tokens";
     let (r, v) = (logits.shape()[0], logits.shape()[1]);
     let cols = spec.shape()[1];
     let x = f32s(OP, logits)?;
     let spec = u32s(OP, spec)?;
-    let mut out = Vec::with_capacity(spec.len() / cols * 2);
+    let mut res = Vec::with_capacity(spec.len() / cols * 2);
     for s in spec.chunks_exact(cols) {
         let row = s[0] as usize;
         if row >= r {
@@ -22,9 +22,15 @@ pub fn sample_tokens(logits: &Tensor, spec: &Tensor) -> Result<Tensor> {
         let temperature = f32::from_bits(s[1]);
         let banned = &s[SPEC_HEAD..];
         let (token, logprob) = sample_row(&x[row * v..(row + 1) * v], temperature, s[2], banned);
-        out.extend([token, logprob.to_bits()]);
+        res.extend([token, logprob.to_bits()]);
     }
-    Tensor::from_u32(out, &[spec.len() / cols, 2], &Device::Cpu)
+    match out.storage_mut() {
+        crate::Storage::CpuU32(o) => {
+            o.copy_from_slice(&res);
+            Ok(())
+        }
+        _ => Err(Error::msg(format!("{OP}: out must be a CPU U32 tensor"))),
+    }
 }
 
 /// One row: (token, log-prob). At least one id is allowed (the op checks NB < V).

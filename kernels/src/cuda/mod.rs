@@ -6,13 +6,15 @@
 //!
 //! All realign work on one GPU is queued on that device's single stream, so kernels see each other's
 //! results in program order and device memory freed by a dropped tensor is reused only after the
-//! work queued before the drop (cudarc frees stream-ordered).
+//! work queued before the drop (cudarc frees stream-ordered). It is a created (non-blocking)
+//! stream, not the legacy default stream, because only such a stream can be captured into a CUDA
+//! graph ([`CudaDevice::capture`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 
 use crate::{DType, Error, Result, Storage, Tensor};
@@ -67,6 +69,9 @@ struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's workspace, ours so that GEMMs can be captured in a CUDA graph (cuBLAS must not
+    /// allocate during a capture).
+    _blas_workspace: CudaSlice<u8>,
     /// `sm_XY` of this GPU, the NVRTC target.
     arch: String,
     /// Loaded kernels by (module name, compile defines, function name).
@@ -99,15 +104,18 @@ impl CudaDevice {
         // events per buffer, waits on every launch) buys nothing here.
         // SAFETY: no buffer exists yet on this context, and realign queues everything on `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created stream: the legacy default stream cannot be captured into a CUDA graph.
+        let stream = ctx.new_stream().map_err(cuda_err)?;
         keep_pool_memory(&ctx)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let blas = blas::new_handle(&stream)?;
+        let blas_workspace = set_blas_workspace(&blas, &stream)?;
         let dev = CudaDevice {
             inner: Arc::new(Inner {
                 ctx,
                 stream,
                 blas,
+                _blas_workspace: blas_workspace,
                 arch: format!("sm_{major}{minor}"),
                 functions: Mutex::new(HashMap::new()),
             }),
@@ -149,6 +157,27 @@ impl CudaDevice {
             let pool = result::device::get_default_mem_pool(self.inner.ctx.cu_device())
                 .map_err(cuda_err)?;
             result::mem_pool::trim_to(pool, 0).map_err(cuda_err)
+        }
+    }
+
+    /// Records everything `f` queues on this device's stream into a CUDA graph instead of running
+    /// it, and returns the instantiated graph. `f` must not synchronise or copy to/from pageable
+    /// host memory; temporaries it allocates must be freed before it returns (their memory then
+    /// belongs to the graph). The capture is ended even when `f` fails.
+    pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        use cudarc::driver::sys;
+        let s = &self.inner.stream;
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| Error::Cuda(format!("starting a CUDA graph capture: {e:?}")))?;
+        let body = f();
+        let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        body?;
+        match graph {
+            Ok(Some(g)) => Ok(Graph { graph: g }),
+            Ok(None) => Err(Error::Cuda(
+                "the CUDA graph capture recorded nothing".into(),
+            )),
+            Err(e) => Err(Error::Cuda(format!("ending a CUDA graph capture: {e:?}"))),
         }
     }
 
@@ -264,6 +293,66 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
                 "setting the memory pool's release threshold: {e:?}"
             ))
         })
+    }
+}
+
+/// Bytes of the cuBLAS workspace (what cuBLAS itself picks on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
+fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaSlice<u8>> {
+    let ws = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(cuda_err)?;
+    let p = ws.device_ptr(stream).0;
+    // SAFETY: a live handle; the workspace lives as long as the handle (both in `Inner`).
+    unsafe {
+        cudarc::cublas::sys::cublasSetWorkspace_v2(
+            *blas.handle(),
+            p as *mut std::ffi::c_void,
+            BLAS_WORKSPACE,
+        )
+    }
+    .result()
+    .map_err(|e| Error::Cuda(format!("setting the cuBLAS workspace: {e:?}")))?;
+    Ok(ws)
+}
+
+/// A captured CUDA graph ([`CudaDevice::capture`]): replays the recorded kernels on the device's
+/// stream with the buffer addresses they were captured with.
+pub struct Graph {
+    graph: CudaGraph,
+}
+
+impl Graph {
+    /// Queues one replay on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(|e| Error::Cuda(format!("launching a CUDA graph: {e:?}")))
+    }
+}
+
+/// Overwrites the u32 device tensor `t` with `data` (same length), on the device's stream: how a
+/// captured graph's fixed input buffers get each step's values.
+pub fn write_u32(t: &mut Tensor, data: &[u32]) -> Result<()> {
+    if t.numel() != data.len() {
+        return Err(Error::msg(format!(
+            "write_u32: {} values for a tensor of {} elements",
+            data.len(),
+            t.numel()
+        )));
+    }
+    match t.storage_mut() {
+        Storage::Cuda(CudaStorage::U32(x)) => {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let s = x.stream().clone();
+            s.memcpy_htod(data, x).map_err(cuda_err)
+        }
+        Storage::CpuU32(v) => {
+            v.copy_from_slice(data);
+            Ok(())
+        }
+        _ => Err(Error::msg("write_u32: the tensor is not U32")),
     }
 }
 

@@ -33,7 +33,7 @@ pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TA
 pub use paged_attention::paged_attention;
 pub use rmsnorm::{rmsnorm, rmsnorm_backward};
 pub use rope::{rope, rope_backward};
-pub use sampling::{read_samples, sample_tokens, SampleSpec};
+pub use sampling::{read_samples, sample_tokens, sample_tokens_into, SampleSpec};
 pub use swiglu::{swiglu, swiglu_backward};
 
 /// Errors unless `t` has exactly `shape`.

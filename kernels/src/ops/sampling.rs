@@ -71,6 +71,39 @@ pub fn uniform_of_draw(draw: u32) -> f64 {
 /// [`SampleSpec::pack`] with every row < R and NB ≤ [`MAX_BANNED`] (fewer than V ids banned).
 /// Returns [S, 2] U32: the token and the f32 bits of its log-prob.
 pub fn sample_tokens(logits: &Tensor, spec: &Tensor) -> Result<Tensor> {
+    check(logits, spec)?;
+    let mut out = Tensor::zeros(&[spec.shape()[0], 2], DType::U32, logits.device())?;
+    run(logits, spec, &mut out)?;
+    Ok(out)
+}
+
+/// [`sample_tokens`] into an existing [S, 2] U32 tensor (e.g. a CUDA graph's fixed output).
+pub fn sample_tokens_into(logits: &Tensor, spec: &Tensor, out: &mut Tensor) -> Result<()> {
+    const OP: &str = "sample_tokens";
+    check(logits, spec)?;
+    let s = spec.shape()[0];
+    if out.shape() != [s, 2] || out.dtype() != DType::U32 {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "out must be a [{s}, 2] U32 tensor, got {:?} {}",
+                out.shape(),
+                out.dtype()
+            ),
+        ));
+    }
+    logits.check_same_device(out, OP)?;
+    run(logits, spec, out)
+}
+
+fn run(logits: &Tensor, spec: &Tensor, out: &mut Tensor) -> Result<()> {
+    match logits.device() {
+        Device::Cpu => crate::cpu::sampling::sample_tokens(logits, spec, out),
+        Device::Cuda(_) => crate::cuda::sampling::sample_tokens(logits, spec, out),
+    }
+}
+
+fn check(logits: &Tensor, spec: &Tensor) -> Result<()> {
     const OP: &str = "sample_tokens";
     check_float(OP, logits)?;
     let (r, v) = logits.dims2(OP)?;
@@ -103,10 +136,7 @@ pub fn sample_tokens(logits: &Tensor, spec: &Tensor) -> Result<Tensor> {
     if r == 0 {
         return Err(Error::shape(OP, "logits have no rows".to_string()));
     }
-    match logits.device() {
-        Device::Cpu => crate::cpu::sampling::sample_tokens(logits, spec),
-        Device::Cuda(_) => crate::cuda::sampling::sample_tokens(logits, spec),
-    }
+    Ok(())
 }
 
 /// Host view of [`sample_tokens`]' output: (token, log-prob) per spec row.
