@@ -14,6 +14,7 @@
 use anyhow::Context;
 use std::collections::HashMap;
 
+use kernels::cuda::graph_ops::gather_rows_trusted;
 use kernels::cuda::write_u32;
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
@@ -46,6 +47,8 @@ pub struct LlamaRunner<'a> {
     /// Captured decode steps by (bucket, table width, spec columns); they hold the cache's
     /// addresses, so they live only as long as the cache.
     graphs: HashMap<GraphKey, DecodeGraph>,
+    /// A capture failed: decode op by op from then on.
+    graphs_failed: bool,
 }
 
 /// How a layer's attention reads K/V.
@@ -79,6 +82,7 @@ impl<'a> LlamaRunner<'a> {
             block_size: 0,
             sw: Stopwatch::new(),
             graphs: HashMap::new(),
+            graphs_failed: false,
         })
     }
 
@@ -87,7 +91,9 @@ impl<'a> LlamaRunner<'a> {
     }
 
     /// Runs every layer over `tokens` at `positions`, writing K/V to `slots`; returns [N,C].
-    /// `profile` times each op kind into the runner's stopwatch (decode steps).
+    /// `profile` times each op kind into the runner's stopwatch (decode steps). `in_graph`: the
+    /// work is being recorded into a CUDA graph, so the embedding lookup must not read the ids
+    /// back to check them (they were checked before the rollout or sampled below V).
     fn layers(
         &mut self,
         tokens: &Tensor,
@@ -95,11 +101,17 @@ impl<'a> LlamaRunner<'a> {
         slots: &Tensor,
         attend: &Attend,
         profile: bool,
+        in_graph: bool,
     ) -> anyhow::Result<Tensor> {
         let mut off = Stopwatch::off();
         let sw = if profile { &mut self.sw } else { &mut off };
         sw.mark(&self.device, "d:inputs");
-        let mut x = gather_rows(&self.params.embed, tokens).context("embedding lookup")?; // [N,C]
+        let mut x = if in_graph {
+            gather_rows_trusted(&self.params.embed, tokens)
+        } else {
+            gather_rows(&self.params.embed, tokens)
+        }
+        .context("embedding lookup")?; // [N,C]
         sw.mark(&self.device, "d:embed");
         for (l, lp) in self.params.layers.iter().enumerate() {
             let cache = &mut self.cache[l];
@@ -278,7 +290,7 @@ impl StepModel for LlamaRunner<'_> {
         specs: &[SampleSpec],
     ) -> anyhow::Result<Vec<(u32, f32)>> {
         // Profiling times each op with a sync, which a graph cannot contain.
-        if self.device.is_cuda() && graphs_enabled() && !self.sw.on() {
+        if self.device.is_cuda() && graphs_enabled() && !self.sw.on() && !self.graphs_failed {
             return self.decode_sample_graph(batch, specs);
         }
         let logits = self.decode_logits(batch)?;
@@ -307,6 +319,7 @@ impl StepModel for LlamaRunner<'_> {
                 cu_seqlens: &cu_seqlens,
             },
             false,
+            false,
         )?;
         let last: Vec<u32> = batch.cu_seqlens[1..].iter().map(|&e| e - 1).collect();
         self.logits(&x, Some(&last), false)
@@ -331,15 +344,16 @@ impl StepModel for LlamaRunner<'_> {
             block_size: self.block_size,
             max_context_len,
         };
-        let x = self.layers(&tokens, &positions, &slots, &attend, true)?;
+        let x = self.layers(&tokens, &positions, &slots, &attend, true, false)?;
         self.logits(&x, None, true)
     }
 }
 
-/// Whether decode steps on a GPU run as CUDA graphs (`REALIGN_CUDA_GRAPHS=0` turns them off).
+/// Whether decode steps on a GPU run as CUDA graphs: opt-in with `REALIGN_CUDA_GRAPHS=1` until a
+/// GPU run has shown the capture works (docs/rollout.md, "Speed").
 fn graphs_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").is_ok_and(|v| v == "1"))
 }
 
 /// Batch sizes a decode graph is captured for: a step of S sequences runs the graph of the
@@ -444,15 +458,18 @@ impl LlamaRunner<'_> {
             None => {
                 // First step of this bucket: run it (this also loads every kernel), then record
                 // the same step on the same buffers for the next ones (recording runs nothing).
-                let eager = self.decode_into(&mut g, max_ctx);
+                let eager = self.decode_into(&mut g, max_ctx, false);
                 if eager.is_ok() {
                     let captured = cuda.capture(|| {
-                        self.decode_into(&mut g, max_ctx)
+                        self.decode_into(&mut g, max_ctx, true)
                             .map_err(|e| kernels::Error::msg(format!("{e:#}")))
                     });
                     match captured {
                         Ok(graph) => g.graph = Some(graph),
-                        Err(e) => tracing::warn!("decode step not captured as a CUDA graph: {e}"),
+                        Err(e) => {
+                            tracing::warn!("decode step not captured as a CUDA graph: {e}");
+                            self.graphs_failed = true;
+                        }
                     }
                 }
                 eager
@@ -464,14 +481,19 @@ impl LlamaRunner<'_> {
     }
 
     /// The decode step (forward, LM head, sampling) from a graph's buffers into its output.
-    fn decode_into(&mut self, g: &mut DecodeGraph, max_context_len: usize) -> anyhow::Result<()> {
+    fn decode_into(
+        &mut self,
+        g: &mut DecodeGraph,
+        max_context_len: usize,
+        in_graph: bool,
+    ) -> anyhow::Result<()> {
         let attend = Attend::Paged {
             block_tables: &g.tables,
             context_lens: &g.lens,
             block_size: self.block_size,
             max_context_len,
         };
-        let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false)?; // [S,C]
+        let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?; // [S,C]
         let logits = self.logits(&x, None, false)?; // [S,V]
         sample_tokens_into(&logits, &g.spec, &mut g.out)?;
         Ok(())

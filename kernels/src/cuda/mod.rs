@@ -25,6 +25,7 @@ mod blas;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;
+pub mod graph_ops;
 pub mod kv_cache;
 pub mod launch;
 pub mod linear;
