@@ -4,31 +4,37 @@
 // As HF (and the CPU reference): inv_freq = 1 / theta^(f32(2i) / f32(D)) and a = f32(pos) * inv_freq
 // in f32. theta^e and cos/sin(a) are evaluated in f64 and rounded, giving the correctly rounded f32
 // values a good libm returns, so the angle does not drift from the reference at large positions.
-// One block per token (grid-stride): the D/2 cos/sin pairs are computed once into shared memory
-// and applied to every head; threads run over (head, i), coalesced.
+// One block per TPB consecutive tokens (grid-stride): their D/2 cos/sin pairs are computed into
+// shared memory by all threads at once (the f64 evaluation is the slow part, so it is spread over
+// the block rather than done by D/2 threads while the rest wait) and applied to every head;
+// threads run over (token, head, i), coalesced.
+
+#define TPB 8
 
 template <typename T>
 __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, T* __restrict__ y,
                           u32 n, u32 heads, u32 d, float theta, float sign) {
-    extern __shared__ float tab[];  // [D]: cos in [0, D/2), signed sin in [D/2, D)
+    extern __shared__ float tab[];  // [TPB][D]: cos in [0, D/2), signed sin in [D/2, D)
     const u32 half = d / 2;
-    for (u32 tok = blockIdx.x; tok < n; tok += gridDim.x) {
-        __syncthreads();  // the previous token's table is no longer read
-        for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
+    for (u32 tok0 = blockIdx.x * TPB; tok0 < n; tok0 += gridDim.x * TPB) {
+        const u32 nt = min((u32)TPB, n - tok0);
+        __syncthreads();  // the previous tokens' table is no longer read
+        for (u32 idx = threadIdx.x; idx < nt * half; idx += blockDim.x) {
+            const u32 tk = idx / half, i = idx % half;
             const float expo = (float)(2 * i) / (float)d;
             const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
-            const float a = (float)pos[tok] * inv_freq;
+            const float a = (float)pos[tok0 + tk] * inv_freq;
             double sd, cd;
             sincos((double)a, &sd, &cd);
-            tab[i] = (float)cd;
-            tab[half + i] = sign * (float)sd;
+            tab[tk * d + i] = (float)cd;
+            tab[tk * d + half + i] = sign * (float)sd;
         }
         __syncthreads();
-        const size_t row = (size_t)tok * heads * d;
-        for (u32 idx = threadIdx.x; idx < heads * half; idx += blockDim.x) {
-            const u32 hh = idx / half, i = idx % half;
-            const size_t base = row + (size_t)hh * d;
-            const float c = tab[i], s = tab[half + i];
+        const u32 per_tok = heads * half;
+        for (u32 idx = threadIdx.x; idx < nt * per_tok; idx += blockDim.x) {
+            const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / half, i = rem % half;
+            const size_t base = ((size_t)(tok0 + tk) * heads + hh) * d;
+            const float c = tab[tk * d + i], s = tab[tk * d + half + i];
             const float x1 = ld(x, base + i), x2 = ld(x, base + i + half);
             st(y, base + i, x1 * c - x2 * s);
             st(y, base + i + half, x2 * c + x1 * s);
