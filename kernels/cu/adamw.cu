@@ -35,7 +35,7 @@ extern "C" __global__ void adamw_step_f32(float* master, const float* __restrict
 // cuda/adamw.rs); parameter s owns blocks [block0, next block0), ADAMW_BLOCK_ELEMS elements each,
 // and a block finds its parameter by binary search. With grad_scale != 1 (gradient clipping) the
 // gradient is first multiplied by it and written back, as `scale_inplace` would.
-#define ADAMW_BLOCK_ELEMS 2048
+#define ADAMW_BLOCK_ELEMS 8192
 struct AdamWSlot {
     float* master;
     float* grad;

@@ -611,11 +611,11 @@ extern "C" __global__ void __launch_bounds__(NTHREADS)
 //   dq += dS K via the bf16 dS^T tile in shared memory (ldmatrix.trans gives dS's A fragments),
 //   reduced into the f32 dq_acc. At the end dk, dv are reduced into f32 [N,K,D] (the query
 //   heads of a group add up there); dq and dk are not yet multiplied by `scale`.
-extern "C" __global__ void __launch_bounds__(NTHREADS)
-    attention_fa_bwd(const bf16* __restrict__ dout, const bf16* __restrict__ q, const bf16* __restrict__ k,
-                     const bf16* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ delta,
-                     const u32* __restrict__ cu, float* dq_acc, float* dk_out, float* dv_out, u32 n_seqs, u32 H,
-                     u32 KH, float scale) {
+__device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const bf16* __restrict__ q,
+                                            const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                            const float* __restrict__ lse, const float* __restrict__ delta,
+                                            const u32* __restrict__ cu, float* dq_acc, float* dk_out, float* dv_out,
+                                            u32 n_seqs, u32 H, u32 KH, float scale) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Ks = reinterpret_cast<bf16*>(smem_raw);     // [BN][LDS]
     bf16* Vs = Ks + BN * LDS;                          // [BN][LDS]
@@ -792,6 +792,21 @@ extern "C" __global__ void __launch_bounds__(NTHREADS)
             }
         }
     }
+}
+
+// The backward as launched: registers for 2 blocks of 4 warps per SM (no spills at D = 64), or,
+// `attention_fa_bwd_occ3`, capped for 3 blocks per SM (a little spilling; compared by
+// examples/cuda_bench.rs with REALIGN_ATTENTION=fa3).
+#define FA_BWD_ARGS                                                                                          \
+    const bf16 *__restrict__ dout, const bf16 *__restrict__ q, const bf16 *__restrict__ k,                  \
+        const bf16 *__restrict__ v, const float *__restrict__ lse, const float *__restrict__ delta,          \
+        const u32 *__restrict__ cu, float *dq_acc, float *dk_out, float *dv_out, u32 n_seqs, u32 H, u32 KH, \
+        float scale
+extern "C" __global__ void __launch_bounds__(NTHREADS) attention_fa_bwd(FA_BWD_ARGS) {
+    fa_bwd_body(dout, q, k, v, lse, delta, cu, dq_acc, dk_out, dv_out, n_seqs, H, KH, scale);
+}
+extern "C" __global__ void __launch_bounds__(NTHREADS, 3) attention_fa_bwd_occ3(FA_BWD_ARGS) {
+    fa_bwd_body(dout, q, k, v, lse, delta, cu, dq_acc, dk_out, dv_out, n_seqs, H, KH, scale);
 }
 
 // dst = bf16(src · mul), n a multiple of 8 (rows of D, D a multiple of 16).

@@ -4,9 +4,8 @@
 //
 // Each thread keeps an online triple (m, s, t): the running max m, s = sum e^(z-m) and
 // t = sum e^(z-m) (z-m), so that lse = m + log s and entropy = log s - t/s without cancellation.
-// On the vectorised path values come 8 at a time: the triple is rescaled once to the max of the 8
-// and their 8 exponentials are independent (instruction-level parallelism), and each thread has
-// two 16-byte loads in flight.
+// On the vectorised path each thread has two 16-byte loads (16 values) in flight; the values are
+// pushed in the same order as one chunk at a time would.
 
 #define NO_TARGET 0xffffffffu
 
@@ -28,32 +27,6 @@ __device__ __forceinline__ void push(Stats& a, float z) {
             a.t += e * (z - a.m);
         }
     }
-}
-
-// push() of 8 values at once (same triple; the sums are added in another order).
-__device__ __forceinline__ void push8(Stats& a, const float* z) {
-    float mx = z[0];
-#pragma unroll
-    for (int k = 1; k < 8; ++k) mx = fmaxf(mx, z[k]);
-    if (mx > a.m) {
-        if (a.s > 0.0f) {
-            const float sc = expf(a.m - mx);
-            a.t = sc * (a.t + a.s * (a.m - mx));
-            a.s = a.s * sc;
-        }
-        a.m = mx;
-    }
-    if (a.m == -INFINITY) return;  // only -inf so far: nothing to add
-    float s = 0.0f, t = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-        const float d = z[k] - a.m, e = expf(d);
-        const bool live = e > 0.0f;  // z = -inf (and NaN) contributes nothing, as in push()
-        s += live ? e : 0.0f;
-        t += live ? e * d : 0.0f;
-    }
-    a.s += s;
-    a.t += t;
 }
 
 __device__ __forceinline__ Stats merge(Stats a, Stats b) {
@@ -103,12 +76,10 @@ __device__ void lsm_fwd_impl(const T* __restrict__ logits, const u32* __restrict
                 ld8(z, (size_t)c * 8, x);
                 if (c2 < v8) ld8(z, (size_t)c2 * 8, y);
 #pragma unroll
-                for (int k = 0; k < 8; ++k) x[k] *= inv_temp;
-                push8(a, x);
+                for (int k = 0; k < 8; ++k) push(a, x[k] * inv_temp);
                 if (c2 < v8) {
 #pragma unroll
-                    for (int k = 0; k < 8; ++k) y[k] *= inv_temp;
-                    push8(a, y);
+                    for (int k = 0; k < 8; ++k) push(a, y[k] * inv_temp);
                 }
             }
         } else {

@@ -81,14 +81,15 @@ __device__ void rmsnorm_warp_impl(const T* __restrict__ x, const T* __restrict__
 }
 
 // Each warp takes rows of the block's `rows_per_block` and keeps its own dw partial in shared
-// memory ([warps][c]; lane-owned columns, so no races), summed over the warps and added to dw
-// with one atomic per column at the end: dw must be zeroed before launch.
+// memory ([warps][8][c / 8]: element k of lane-owned chunk q at [k][q], so that a warp's 32 lanes
+// touch 32 consecutive words, free of bank conflicts), summed over the warps and added to dw with
+// one atomic per column at the end: dw must be zeroed before launch.
 template <typename T>
 __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                       const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
                                       u32 n, u32 c, u32 rows_per_block) {
-    extern __shared__ float dw_part[];  // [warps][c]
-    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    extern __shared__ float dw_part[];  // [warps][8][c / 8]
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32, c8 = c / 8;
     float* part = dw_part + (size_t)warp * c;
     for (u32 j = lane; j < c; j += 32) part[j] = 0.0f;
     const u32 r0 = blockIdx.x * rows_per_block;
@@ -98,32 +99,33 @@ __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restr
         const size_t off = (size_t)row * c;
         const float r = rstd[row];
         float dot = 0.0f;
-        for (u32 j = lane * 8; j < c; j += 256) {
-            ld8(w, j, wv);
-            ld8(dy, off + j, gv);
-            ld8(x, off + j, xv);
+        for (u32 q = lane; q < c8; q += 32) {
+            ld8(w, (size_t)q * 8, wv);
+            ld8(dy, off + q * 8, gv);
+            ld8(x, off + q * 8, xv);
 #pragma unroll
             for (int k = 0; k < 8; ++k) dot += wv[k] * gv[k] * (xv[k] * r);
         }
         dot = warp_sum(dot) / (float)c;
-        for (u32 j = lane * 8; j < c; j += 256) {
-            ld8(w, j, wv);
-            ld8(dy, off + j, gv);
-            ld8(x, off + j, xv);
+        for (u32 q = lane; q < c8; q += 32) {
+            ld8(w, (size_t)q * 8, wv);
+            ld8(dy, off + q * 8, gv);
+            ld8(x, off + q * 8, xv);
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
                 const float xn = xv[k] * r;
-                part[j + k] += gv[k] * xn;
+                part[k * c8 + q] += gv[k] * xn;
                 xv[k] = r * (wv[k] * gv[k] - xn * dot);
             }
-            st8(dx, off + j, xv);
+            st8(dx, off + q * 8, xv);
         }
     }
     __syncthreads();
     if (r1 > r0)
         for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
+            const u32 slot = (j % 8) * c8 + j / 8;  // column j = chunk j / 8, element j % 8
             float acc = 0.0f;
-            for (u32 ww = 0; ww < nw; ++ww) acc += dw_part[(size_t)ww * c + j];
+            for (u32 ww = 0; ww < nw; ++ww) acc += dw_part[(size_t)ww * c + slot];
             atomicAdd(dw + j, acc);
         }
 }

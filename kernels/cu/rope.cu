@@ -7,7 +7,8 @@
 // One block per TPB consecutive tokens (grid-stride): their D/2 cos/sin pairs are computed into
 // shared memory by all threads at once (the f64 evaluation is the slow part, so it is spread over
 // the block rather than done by D/2 threads while the rest wait) and applied to every head;
-// threads run over (token, head, i), coalesced.
+// threads run over (token, head, i), coalesced; 8 consecutive i per thread when D/2 is a
+// multiple of 8.
 
 #define TPB 8
 
@@ -30,6 +31,26 @@ __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, 
             tab[tk * d + half + i] = sign * (float)sd;
         }
         __syncthreads();
+        if (half % 8 == 0) {
+            // 8 consecutive pairs per thread: 16-byte accesses (bf16), same arithmetic.
+            const u32 per_tok = heads * (half / 8);
+            for (u32 idx = threadIdx.x; idx < nt * per_tok; idx += blockDim.x) {
+                const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / (half / 8), i = (rem % (half / 8)) * 8;
+                const size_t base = ((size_t)(tok0 + tk) * heads + hh) * d;
+                float x1[8], x2[8], y1[8], y2[8];
+                ld8(x, base + i, x1);
+                ld8(x, base + i + half, x2);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const float c = tab[tk * d + i + k], s = tab[tk * d + half + i + k];
+                    y1[k] = x1[k] * c - x2[k] * s;
+                    y2[k] = x2[k] * c + x1[k] * s;
+                }
+                st8(y, base + i, y1);
+                st8(y, base + i + half, y2);
+            }
+            continue;
+        }
         const u32 per_tok = heads * half;
         for (u32 idx = threadIdx.x; idx < nt * per_tok; idx += blockDim.x) {
             const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / half, i = rem % half;

@@ -665,12 +665,12 @@ fn cuda_ops_accept_zero_tokens() {
 }
 
 /// `adamw_step_many` (one launch, gradients scaled in place) against the CPU's per-parameter
-/// path, over parameters of sizes around the kernel's 2048-element blocks, one of them empty, one
+/// path, over parameters of sizes around the kernel's 8192-element blocks, one of them empty, one
 /// without a working copy.
 #[test]
 fn cuda_adamw_many_matches_cpu() {
     let Some(dev) = gpu() else { return };
-    let sizes = [1usize, 2047, 2048, 2049, 0, 70_001, 5];
+    let sizes = [1usize, 8191, 8192, 8193, 0, 70_001, 5];
     let mk = |d: &Device, data: &[f32], n: usize| Tensor::from_f32(data.to_vec(), &[n], d).unwrap();
     // Per device: master, grad, m, v, working.
     let mut state: Vec<Vec<[Tensor; 5]>> = [dev.clone(), CPU]
@@ -771,5 +771,29 @@ fn cuda_sum_squares_each_matches_one_by_one() {
             (got - want).abs() <= 1e-12 * want.abs(),
             "sum_squares_each {got} vs sum_squares {want}"
         );
+    }
+}
+
+/// `fill_many` over f32 tensors of sizes around its 8192-element blocks sets every element.
+#[test]
+fn cuda_fill_many_sets_every_element() {
+    let Some(dev) = gpu() else { return };
+    let sizes = [3usize, 0, 8191, 8192, 8193, 100_003];
+    let mut xs: Vec<Tensor> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            gpu_t(
+                &draw(n, 4000 + i as u64, DType::F32, 1.0),
+                &[n],
+                &dev,
+                DType::F32,
+            )
+        })
+        .collect();
+    let mut refs: Vec<&mut Tensor> = xs.iter_mut().collect();
+    ops::fill_many(&mut refs, 0.0).unwrap();
+    for (x, n) in xs.iter().zip(sizes) {
+        assert_eq!(host(x), vec![0.0; n], "fill_many of a {n}-element tensor");
     }
 }

@@ -37,7 +37,7 @@ pub fn adamw_step(
 }
 
 /// Elements per block of `adamw_step_many` (ADAMW_BLOCK_ELEMS in cu/adamw.cu).
-const BLOCK_ELEMS: usize = 2048;
+const BLOCK_ELEMS: usize = 8192;
 
 /// AdamW over many parameters of one GPU in one launch: a table of one 64-byte slot per
 /// parameter (its buffers, length, first block, decay factor) goes to the device, and each block

@@ -31,6 +31,9 @@ fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
 enum Kind {
     /// `attention_fa_*` (tensor cores, default for bf16).
     Fa,
+    /// The same with the backward's registers capped for 3 blocks per SM
+    /// (`REALIGN_ATTENTION=fa3`, for comparison).
+    Fa3,
     /// `attention_mma_*` (first tensor-core version).
     Mma,
     /// `attention.cu` (CUDA cores).
@@ -44,6 +47,7 @@ fn kind(dtype: DType, d: usize) -> Kind {
     match std::env::var("REALIGN_ATTENTION").as_deref() {
         Ok("simt") => Kind::Simt,
         Ok("mma") => Kind::Mma,
+        Ok("fa3") => Kind::Fa3,
         _ => Kind::Fa,
     }
 }
@@ -132,7 +136,7 @@ pub fn attention(
         .f32(scale);
     if n > 0 && s > 0 {
         if kind != Kind::Simt {
-            let func = if kind == Kind::Fa {
+            let func = if matches!(kind, Kind::Fa | Kind::Fa3) {
                 "attention_fa_fwd"
             } else {
                 "attention_mma_fwd"
@@ -165,8 +169,13 @@ pub fn attention_backward(
     let dtype = q.dtype();
     let sfx = suffix(dtype, OP)?;
     let kind = kind(dtype, d);
-    if kind == Kind::Fa {
-        return fa_backward(dout, q, k, v, out, lse, cu_seqlens, scale);
+    if matches!(kind, Kind::Fa | Kind::Fa3) {
+        let func = if kind == Kind::Fa3 {
+            "attention_fa_bwd_occ3"
+        } else {
+            "attention_fa_bwd"
+        };
+        return fa_backward(dout, q, k, v, out, lse, cu_seqlens, scale, func);
     }
     let dq_acc = zeros(&dev, &[n, h, d], DType::F32)?;
     let dk = zeros(&dev, &[n, kh, d], dtype)?;
@@ -262,6 +271,7 @@ fn fa_backward(
     lse: &Tensor,
     cu_seqlens: &Tensor,
     scale: f32,
+    func: &str,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
     let dev = device_of(q, OP)?;
@@ -296,7 +306,7 @@ fn fa_backward(
             .u32(u32_dim(OP, h)?)
             .u32(u32_dim(OP, kh)?)
             .f32(scale);
-        run(&dev, &MMA, &defs, "attention_fa_bwd", g, args)?;
+        run(&dev, &MMA, &defs, func, g, args)?;
     }
     // f32 accumulators -> bf16 outputs; dq and dk carry the softmax scale.
     let finish = |acc: &Tensor, mul: f32| -> Result<Tensor> {

@@ -22,7 +22,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         &SRC,
         &[],
         &func,
-        Grid::cover(n.div_ceil(16), 256),
+        Grid::cover(n.div_ceil(8), 256),
         args,
     )?;
     Ok(h)
@@ -47,7 +47,7 @@ pub fn swiglu_backward(dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tenso
         &SRC,
         &[],
         &func,
-        Grid::cover(n.div_ceil(16), 256),
+        Grid::cover(n.div_ceil(8), 256),
         args,
     )?;
     Ok((dgate, dup))
