@@ -794,9 +794,9 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
     }
 }
 
-// The backward as launched: registers for 2 blocks of 4 warps per SM (no spills at D = 64), or,
-// `attention_fa_bwd_occ3`, capped for 3 blocks per SM (a little spilling; compared by
-// examples/cuda_bench.rs with REALIGN_ATTENTION=fa3).
+// The backward as launched: registers for 2 blocks of 4 warps per SM (no spills at D = 64; used
+// above D = 64), or, `attention_fa_bwd_occ3`, capped for 3 blocks per SM (88 bytes of spills at
+// D = 64, yet 4% faster there on the H200: more warps hide the latencies; used up to D = 64).
 #define FA_BWD_ARGS                                                                                          \
     const bf16 *__restrict__ dout, const bf16 *__restrict__ q, const bf16 *__restrict__ k,                  \
         const bf16 *__restrict__ v, const float *__restrict__ lse, const float *__restrict__ delta,          \
