@@ -49,9 +49,6 @@ const SEED_PREFS: u64 = 0x9ef5_2000;
 impl Datasets {
     pub fn load(cfg: &Config) -> Result<Datasets> {
         let d = &cfg.data;
-        if d.chat_template {
-            bail!("`data.chat_template = true` is not supported yet (the model crate has no chat-template renderer); use `data.prompt_template`");
-        }
         let mut out = Datasets::default();
         if let Some(s) = &d.synthetic {
             let seed = cfg.run.seed;
@@ -182,7 +179,7 @@ fn read_prompts(path: &Path, d: &DataConfig, key: &str) -> Result<Vec<PromptRow>
         .enumerate()
         .map(|(i, mut row)| {
             if row.contains_key("messages") {
-                bail!("`{key}`: row {} of {} has `messages`, which needs a chat template (not supported yet); give `prompt` text", i + 1, path.display());
+                bail!("`{key}`: row {} of {} has `messages`, which is not supported yet; give `prompt` text (with `data.chat_template = true` it becomes one user message)", i + 1, path.display());
             }
             let prompt = take_str(&mut row, "prompt", path, i)?;
             Ok(PromptRow {

@@ -13,7 +13,6 @@ use rand::SeedableRng;
 use rand_distr_free::normal;
 
 use crate::config::Config;
-use crate::lm::Model;
 use crate::synthetic::{arithmetic, char_tokenizer};
 
 /// Tokenizer files copied next to every exported model.
@@ -23,6 +22,35 @@ pub const TOKENIZER_FILES: [&str; 4] = [
     "special_tokens_map.json",
     "generation_config.json",
 ];
+
+/// A model's config and weights (policy, reference, critic or reward model).
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub params: Params,
+}
+
+impl Model {
+    pub fn device(&self) -> Device {
+        self.params.embed.device().clone()
+    }
+
+    /// A deep copy (the critic made from the reward model).
+    pub fn duplicate(&self) -> Result<Model> {
+        Ok(Model {
+            cfg: self.cfg.clone(),
+            params: self.params.map(|_, t| Ok(t.try_clone()?))?,
+        })
+    }
+
+    /// Moves the weights to `device`, keeping their dtype (frozen models wait in host memory
+    /// between their calls).
+    pub fn move_to(&mut self, device: &Device) -> Result<()> {
+        if !self.params.embed.device().same(device) {
+            self.params = self.params.to_device(device)?;
+        }
+        Ok(())
+    }
+}
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
     Ok(match s {

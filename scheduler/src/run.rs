@@ -19,11 +19,10 @@ use kernels::{DType, Device};
 use crate::checkpoint::{self, TrainState};
 use crate::config::{self, Config, RlReward, StageConfig};
 use crate::data::Datasets;
-use crate::lm::Model;
 use crate::logging::RunLog;
-use crate::models;
+use crate::models::{self, Model};
 use crate::stages;
-use crate::tokenizer::Tokenizer;
+use model::tokenizer::Tokenizer;
 
 /// How a stage ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +101,27 @@ impl Run {
 
     pub fn load_model(&self, dir: &Path) -> Result<Model> {
         models::load(dir, &self.device, self.dtype)
+    }
+
+    /// Token ids of a prompt: the text as is, or wrapped as one user message in the tokenizer's
+    /// chat template (with the assistant's generation prompt) when `data.chat_template` is set.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        if self.cfg.data.chat_template {
+            let msg = model::chat_template::ChatMessage::new("user", text);
+            self.tok.encode_chat(&[msg], true)
+        } else {
+            self.tok.encode(text, false)
+        }
+    }
+
+    /// Token ids of a response text (no special tokens added).
+    pub fn encode_response(&self, text: &str) -> Result<Vec<u32>> {
+        self.tok.encode(text, false)
+    }
+
+    /// The end-of-sequence id appended to SFT and preference targets (the model learns to stop).
+    pub fn eos(&self) -> u32 {
+        self.tok.eos_ids[0]
     }
 }
 
@@ -191,13 +211,27 @@ pub fn train(cfg: Config, opts: TrainOptions) -> Result<Outcome> {
     let dtype = models::parse_dtype(&cfg.run.dtype)?;
     let init_dir = models::initial_model_dir(&cfg, &dir)?;
     let model_cfg = model::ModelConfig::from_file(&init_dir.join("config.json"))?;
-    let tok = Tokenizer::load(&init_dir, &model_cfg.eos_token_ids)?;
-    if tok.max_id() as usize >= model_cfg.vocab_size {
+    let tok = Tokenizer::from_dir(&init_dir)?;
+    if tok.vocab_size() > model_cfg.vocab_size {
         bail!(
             "model and tokenizer do not match: the tokenizer has ids up to {} but the model's vocab_size is {}",
-            tok.max_id(),
+            tok.vocab_size() - 1,
             model_cfg.vocab_size
         );
+    }
+    if tok.eos_ids.is_empty() {
+        bail!(
+            "no end-of-sequence token: neither {0}/generation_config.json, {0}/config.json (eos_token_id) nor tokenizer_config.json (eos_token) names one",
+            init_dir.display()
+        );
+    }
+    if cfg.data.chat_template {
+        tok.chat_template().with_context(|| {
+            format!(
+                "`data.chat_template = true` but the tokenizer in {} has no usable chat template",
+                init_dir.display()
+            )
+        })?;
     }
     let data = Datasets::load(&cfg)?;
     let log = RunLog::open(&dir)?;

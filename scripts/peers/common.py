@@ -16,9 +16,25 @@ SMOLLM2_135M = dict(
     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
     rms_norm_eps=1e-5, tie_word_embeddings=True,
 )
+# Small shapes for CPU smoke runs of the peers (vocab and the rest from the shapes above).
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2)
 
 # Dense bf16 peak of an H100/H200 SXM (datasheet), the denominator of MFU.
 PEAK_BF16_FLOPS = 989e12
+
+
+def save_random_model(shapes, tok, path, seed=0):
+    """A random-weight Llama of `shapes` (vocab grown to the tokenizer's) and the tokenizer, saved
+    as an HF folder at `path`: the model both RL-iteration benchmarks (TRL and realign) start from."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**shapes)
+    cfg.vocab_size = max(cfg.vocab_size, len(tok))
+    cfg.eos_token_id = tok.eos_token_id
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
 
 
 def timed(fn, warmup=1, iters=3):

@@ -5,17 +5,26 @@
 Weights are random (shapes are what matter for speed); the tokenizer comes from --model-dir
 (an HF folder, e.g. SmolLM2 imported by `realign import-gguf`). Prints one JSON line with the
 median seconds per step after the first (warm-up) steps.
+
+With --prompts-file (e.g. data/word_problems/train.jsonl, what configs/bench-grpo.toml reads) the
+prompts are those rows' `prompt` as one user turn through the tokenizer's chat template, and the
+reward is the numeric match of the number after "####" with the row's `answer`: the workload of
+`realign train configs/bench-grpo.toml`. Without it, prompts are numbered arithmetic lines cut to
+--prompt-len tokens and the reward is the share of digits.
 Usage: python3 scripts/peers/trl_grpo.py --model-dir models/smollm2-135m-instruct [--steps 4]
+           [--prompts-file data/word_problems/train.jsonl]
 """
 import argparse
+import json
+import re
 import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from common import SMOLLM2_135M, report
+from common import SMOLLM2_135M, TINY, report, save_random_model
 
 
 class StepTimer(TrainerCallback):
@@ -42,8 +51,24 @@ def digit_reward(completions, **kw):
     # Cheap rule reward: share of digits in the completion (the reward's cost is not the point).
     out = []
     for c in completions:
-        text = c if isinstance(c, str) else c[-1]["content"]
+        text = completion_text(c)
         out.append(sum(ch.isdigit() for ch in text) / max(1, len(text)))
+    return out
+
+
+def completion_text(c):
+    return c if isinstance(c, str) else c[-1]["content"]
+
+
+def numeric_reward(completions, answer, **kw):
+    # 1 when the number after the last "####" (else the last number) equals the reference.
+    out = []
+    for c, ref in zip(completions, answer):
+        text = completion_text(c)
+        tail = text[text.rfind("####") + 4:] if "####" in text else text
+        nums = re.findall(r"-?\d+(?:\.\d+)?", tail.replace(",", ""))
+        pick = nums[0] if "####" in text and nums else (nums[-1] if nums else None)
+        out.append(float(pick is not None and float(pick) == float(ref)))
     return out
 
 
@@ -56,30 +81,42 @@ def main():
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--micro", type=int, default=64, help="completions per forward/backward")
+    ap.add_argument("--prompts-file", help="JSONL rows {prompt, answer}, rendered as chat")
+    ap.add_argument("--model-out", default="/tmp/trl_grpo_bench_model",
+                    help="where the random model and tokenizer are saved (our bench loads it too)")
     ap.add_argument("--out")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes for a CPU smoke run")
     a = ap.parse_args()
     shapes = dict(SMOLLM2_135M)
     if a.tiny:
-        shapes.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+        shapes.update(TINY)
     tok = AutoTokenizer.from_pretrained(a.model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
-    torch.manual_seed(0)
-    cfg = LlamaConfig(**shapes)
-    cfg.vocab_size = max(cfg.vocab_size, len(tok))
     # TRL builds the reference model with from_pretrained, so the random model goes to a folder.
-    model_path = "/tmp/trl_grpo_bench_model"
-    LlamaForCausalLM(cfg).save_pretrained(model_path)
-    tok.save_pretrained(model_path)
+    model_path = a.model_out
+    save_random_model(shapes, tok, model_path)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    # Prompts of ~prompt_len tokens: numbered arithmetic lines.
     rows = []
-    for i in range(a.prompts * (a.steps + 1)):
-        text = " ".join(f"{i + j}+{j}=" for j in range(a.prompt_len // 4))
-        ids = tok(text)["input_ids"][: a.prompt_len]
-        rows.append({"prompt": tok.decode(ids)})
+    if a.prompts_file:
+        with open(a.prompts_file) as f:
+            for line in f:
+                r = json.loads(line)
+                rows.append({"prompt": [{"role": "user", "content": r["prompt"]}],
+                             "answer": r["answer"]})
+        rows = rows[: a.prompts * (a.steps + 1)]
+        reward = numeric_reward
+        lens = [len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]) for r in rows]
+        prompt_len = sum(lens) / len(lens)
+    else:
+        # Prompts of ~prompt_len tokens: numbered arithmetic lines.
+        for i in range(a.prompts * (a.steps + 1)):
+            text = " ".join(f"{i + j}+{j}=" for j in range(a.prompt_len // 4))
+            ids = tok(text)["input_ids"][: a.prompt_len]
+            rows.append({"prompt": tok.decode(ids)})
+        reward = digit_reward
+        prompt_len = a.prompt_len
     batch = a.prompts * a.samples
     accum = max(1, batch // a.micro)
     args = GRPOConfig(
@@ -91,13 +128,13 @@ def main():
         dataloader_num_workers=0, model_init_kwargs={"dtype": dtype},
     )
     timer = StepTimer()
-    trainer = GRPOTrainer(model=model_path, reward_funcs=digit_reward, args=args,
+    trainer = GRPOTrainer(model=model_path, reward_funcs=reward, args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok,
                           callbacks=[timer])
     trainer.train()
     secs = timer.step_seconds()
     steady = sorted(secs[1:]) or secs
-    report("trl_grpo", dict(prompts=a.prompts, samples=a.samples, prompt_len=a.prompt_len,
+    report("trl_grpo", dict(prompts=a.prompts, samples=a.samples, prompt_len=prompt_len,
                             new_tokens=a.new, steps=len(secs), step_seconds=secs,
                             median_step_s=steady[len(steady) // 2]), a.out)
 

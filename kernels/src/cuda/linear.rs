@@ -17,13 +17,14 @@ fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
 }
 
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// y[N,O] in `out_dtype` (x's dtype, or F32 from BF16 x: cuBLAS writes the f32 accumulator).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> Result<Tensor> {
     const OP: &str = "linear";
     let dev = device_of(x, OP)?;
     let (n, i) = x.dims2(OP)?;
     let (o, _) = w.dims2(OP)?;
     let dtype = x.dtype();
-    let y = empty(&dev, &[n, o], dtype)?;
+    let y = empty(&dev, &[n, o], out_dtype)?;
     let beta = match b {
         Some(b) => {
             // Seed y with the bias so the GEMM adds the product with beta = 1 and rounds once.
@@ -32,7 +33,15 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
                 .ptr(&y, &dev, OP)?
                 .u32(u32_dim(OP, n)?)
                 .u32(u32_dim(OP, o)?);
-            let func = format!("bias_fill_{}", suffix(dtype, OP)?);
+            let func = if out_dtype == dtype {
+                format!("bias_fill_{}", suffix(dtype, OP)?)
+            } else {
+                format!(
+                    "bias_fill_{}_{}",
+                    suffix(dtype, OP)?,
+                    suffix(out_dtype, OP)?
+                )
+            };
             run(&dev, &SRC, &[], &func, Grid::cover(n * o, 256), args)?;
             1.0
         }
@@ -53,7 +62,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         alpha: 1.0,
         beta,
         ab: dtype,
-        c_type: dtype,
+        c_type: out_dtype,
     }
     .run(&dev)?;
     Ok(y)

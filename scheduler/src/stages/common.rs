@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use actor::EngineConfig;
+
 use crate::data::PromptRow;
-use crate::generate::generate;
-use crate::lm::Model;
-use crate::tokenizer::Tokenizer;
+use crate::generation::generate;
+use crate::models::Model;
+use crate::run::Run;
 
 /// A progress bar with ETA and the key metrics; hidden when `show` is false.
 pub fn progress_bar(show: bool, label: &str, total: u64, done: u64) -> ProgressBar {
@@ -90,35 +92,35 @@ pub fn step_seed(seed: u64, stage: usize, step: u64, what: u64) -> u64 {
 /// Greedy answers to held-out prompts, scored by numeric match against the rows' answers:
 /// `eval/accuracy` (share correct) and `eval/response_length`.
 pub fn evaluate(
+    run: &Run,
     policy: &Model,
-    tok: &Tokenizer,
-    rows: &[PromptRow],
-    answer_key: &str,
+    engine: &EngineConfig,
     max_new_tokens: usize,
 ) -> Result<BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    let rows: Vec<&PromptRow> = rows
+    let answer_key = &run.cfg.data.answer_key;
+    let rows: Vec<&PromptRow> = run
+        .data
+        .eval_prompts
         .iter()
         .filter(|r| r.extra.contains_key(answer_key))
         .collect();
     if rows.is_empty() {
-        return Ok(out);
+        return Ok(BTreeMap::new());
     }
     let mut sampling = actor::SamplingParams::greedy(max_new_tokens);
-    sampling.stop_token_ids = tok.eos_ids.clone();
+    sampling.stop_token_ids = run.tok.eos_ids.clone();
     let requests = rows
         .iter()
         .map(|r| {
             Ok(actor::Request {
-                tokens: tok.encode(&r.prompt)?,
+                tokens: run.encode_prompt(&r.prompt)?,
                 sampling: sampling.clone(),
                 n: 1,
                 seed: 0,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let (completions, _) = generate(policy, &requests)?;
-    let reward = reward::build_reward(&numeric_match(answer_key)?)?;
+    let (completions, _) = generate(policy, engine, &requests)?;
     let samples = completions
         .iter()
         .map(|c| {
@@ -126,19 +128,19 @@ pub fn evaluate(
             Ok(reward::Sample {
                 prompt: row.prompt.clone(),
                 prompt_tokens: requests[c.request].tokens.clone(),
-                response: tok.decode(&c.tokens)?,
+                response: run.tok.decode(&c.tokens, true)?,
                 response_tokens: c.tokens.clone(),
                 finish_reason: reward::FinishReason::Stop,
                 extra: row.extra.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let scores = rt.block_on(reward.score(&samples))?;
-    let n = scores.len() as f64;
+    let correct = answer_matches(answer_key, &samples)?;
+    let n = samples.len() as f64;
+    let mut out = BTreeMap::new();
     out.insert(
         "eval/accuracy".into(),
-        scores.iter().filter(|s| s.value > 0.5).count() as f64 / n,
+        correct.iter().filter(|&&c| c).count() as f64 / n,
     );
     out.insert(
         "eval/response_length".into(),
@@ -149,6 +151,19 @@ pub fn evaluate(
             / n,
     );
     Ok(out)
+}
+
+/// Whether each sample's response numerically matches its row's `answer_key` field (samples
+/// without the field count as wrong).
+pub fn answer_matches(answer_key: &str, samples: &[reward::Sample]) -> Result<Vec<bool>> {
+    let reward = reward::build_reward(&numeric_match(answer_key)?)?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let scores = rt.block_on(reward.score(samples))?;
+    Ok(samples
+        .iter()
+        .zip(&scores)
+        .map(|(s, sc)| s.extra.contains_key(answer_key) && sc.value > 0.5)
+        .collect())
 }
 
 /// The numeric-match rule reward reading `answer_key`.

@@ -10,40 +10,39 @@
 //!        advantages (+ KL penalty, KL controller update)
 //!        actor_train (mini-batches × ppo_epochs) ─► critic_train (PPO)
 //! ```
-//! The same `Model` (one copy of the weights) serves actor_gen, actor_inf and actor_train.
+//! One copy of the policy's working weights (bf16 on a GPU, f32 on the CPU) serves actor_gen (the
+//! actor crate's engine, whose KV cache is freed before it returns), actor_inf and actor_train (the
+//! learner's steps, whose AdamW keeps the f32 master copy). The frozen reference and reward models
+//! wait in host memory between their calls when `run.offload_frozen` is set. The code is the same
+//! on every device: only `run.device` / `run.dtype` say where the tensors live.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use actor::EngineConfig;
 use anyhow::{ensure, Context, Result};
 use kernels::Device;
 use learner::advantages::{
     advantage_metrics, broadcast_to_tokens, gae, grpo_advantages, kl_shaped_rewards, masked_whiten,
     reinforce_pp_advantages, rloo_advantages, KlController,
 };
-use learner::objectives::{
-    policy_loss, value_loss, KlEstimator, KlLoss, LossAgg, Normaliser, PolicyBatch,
-    PolicyLossConfig, ValueBatch, ValueLossConfig,
+use learner::batch::{pack, Field, MiniBatchConfig, PackedBatch, Sequence};
+use learner::objectives::{KlEstimator, KlLoss, LossAgg, PolicyLossConfig, ValueLossConfig};
+use learner::train::{
+    response_logprobs, score_sequences, update_actor, update_critic, ActorStep, CriticStep,
 };
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use model::llama::LmHead;
 
-use super::common::{evaluate, progress_bar, progress_message, step_seed, StepAverage};
+use super::common::{answer_matches, evaluate, progress_bar, progress_message, step_seed};
 use crate::checkpoint;
 use crate::config::{Algorithm, RlReward, RlStage};
 use crate::dataflow::Calls;
-use crate::generate::generate;
-use crate::lm::{
-    clear_grads, lm_train_micro, logprobs, micro_batches, sequence_scores, token_values,
-    value_train_micro, zero_grads, LmGrad, Model,
-};
+use crate::generation::{engine_config, generate};
 use crate::logging::SampleRow;
-use crate::models;
-use crate::optim::AdamW;
-use crate::packing::{gather, gather_cu, response_mask, slice};
+use crate::models::{self, Model};
 use crate::run::{Flow, Run};
+use crate::trainable::Trainable;
 
 /// Where scores come from.
 enum Scorer {
@@ -56,30 +55,51 @@ enum Scorer {
 
 /// The models and optimiser states of an RL stage.
 struct RlModels {
-    policy: Model,
+    actor: Trainable,
     reference: Model,
-    critic: Option<Model>,
+    critic: Option<Trainable>,
     scorer: Scorer,
-    actor_opt: AdamW,
-    critic_opt: Option<AdamW>,
     kl: KlController,
     /// Frozen models wait here between their calls (host memory when `run.offload_frozen`).
     frozen_home: Device,
+    engine: EngineConfig,
 }
 
-/// One step's rollout, packed.
+/// One step's rollout: prompt + response token sequences and what the engine said about them.
 struct Rollout {
-    seqs: Vec<Vec<u32>>,
-    prompt_lens: Vec<usize>,
-    resp_lens: Vec<usize>,
+    seqs: Vec<Sequence>,
     /// The prompt each sample answers (its GRPO / RLOO group).
     groups: Vec<usize>,
     finished: Vec<bool>,
-    mask: Vec<f32>,
-    cu: Vec<usize>,
-    behaviour: Vec<f32>,
+    /// Per sequence, the log-prob of each response token under the sampling distribution.
+    behaviour: Vec<Vec<f32>>,
     samples: Vec<reward::Sample>,
     decode_tokens: usize,
+}
+
+impl Rollout {
+    fn tokens(&self) -> Vec<Vec<u32>> {
+        self.seqs.iter().map(|s| s.tokens.clone()).collect()
+    }
+
+    fn refs(&self) -> Vec<&Sequence> {
+        self.seqs.iter().collect()
+    }
+
+    /// The sequences carrying the given per-response-token fields.
+    fn with_fields(&self, fields: &[(Field, &[Vec<f32>])]) -> Vec<Sequence> {
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(|(b, s)| {
+                let mut s = s.clone();
+                for (f, v) in fields {
+                    s.fields.insert(*f, v[b].clone());
+                }
+                s
+            })
+            .collect()
+    }
 }
 
 fn loss_agg(s: &RlStage) -> LossAgg {
@@ -109,16 +129,11 @@ pub fn run(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Resul
         s.steps,
         run.state.stage_step,
     );
-    if run.state.global_step == 0 && s.eval_every > 0 && !run.data.eval_prompts.is_empty() {
-        // A run that starts with RL logs its starting accuracy as step 0.
-        let e = evaluate(
-            &m.policy,
-            &run.tok,
-            &run.data.eval_prompts,
-            &run.cfg.data.answer_key,
-            s.generation.max_new_tokens,
-        )?;
-        run.log.log_metrics(0, &e)?;
+    let max_new = s.generation.max_new_tokens;
+    if run.state.stage_step == 0 && s.eval_every > 0 && !run.data.eval_prompts.is_empty() {
+        // The stage's starting accuracy, logged at the step before its first.
+        let e = evaluate(run, &m.actor.model, &m.engine, max_new)?;
+        run.log.log_metrics(run.state.global_step, &e)?;
     }
     while run.state.stage_step < s.steps {
         if run.should_stop() {
@@ -131,13 +146,7 @@ pub fn run(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Resul
         run.state.global_step += 1;
         let k = run.state.stage_step;
         if s.eval_every > 0 && (k.is_multiple_of(s.eval_every) || k == s.steps) {
-            metrics.extend(evaluate(
-                &m.policy,
-                &run.tok,
-                &run.data.eval_prompts,
-                &run.cfg.data.answer_key,
-                s.generation.max_new_tokens,
-            )?);
+            metrics.extend(evaluate(run, &m.actor.model, &m.engine, max_new)?);
         }
         run.log.log_metrics(run.state.global_step, &metrics)?;
         pb.set_position(k);
@@ -148,9 +157,13 @@ pub fn run(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Resul
         }
     }
     pb.finish();
-    models::export(&m.policy, &run.stage_output(i, ""), &run.tokenizer_dir)?;
+    models::export(&m.actor.model, &run.stage_output(i, ""), &run.tokenizer_dir)?;
     if let Some(c) = &m.critic {
-        models::export(c, &run.stage_output(i, "_critic"), &run.tokenizer_dir)?;
+        models::export(
+            &c.model,
+            &run.stage_output(i, "_critic"),
+            &run.tokenizer_dir,
+        )?;
     }
     Ok(Flow::Finished)
 }
@@ -197,8 +210,10 @@ fn setup(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Result<
             }
         }
     };
+    let optim_file =
+        |name: &str| resume.map(|ck| ck.join("optim").join(format!("{name}.safetensors")));
     let critic = if s.algorithm.needs_critic() {
-        Some(match resume {
+        let model = match resume {
             Some(ck) => run.load_model(&ck.join("critic"))?,
             None => match &scorer {
                 // The critic starts from the reward model (OpenRLHF's default): it already
@@ -212,37 +227,32 @@ fn setup(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Result<
                     models::with_score_head(&policy, step_seed(run.state.seed, i, 0, 7))?
                 }
             },
-        })
+        };
+        let file = optim_file("critic");
+        Some(Trainable::new(
+            model,
+            &s.critic_optim,
+            s.steps,
+            file.as_deref(),
+        )?)
     } else {
         None
     };
-    let batch = s.prompts_per_step * s.samples_per_prompt;
-    let opt_steps = s.steps * s.ppo_epochs as u64 * (batch / s.mini_batch_size) as u64;
-    let mut actor_opt = AdamW::new(&s.actor_optim, &policy.params, opt_steps)?;
-    let mut critic_opt = critic
-        .as_ref()
-        .map(|c| AdamW::new(&s.critic_optim, &c.params, opt_steps))
-        .transpose()?;
-    if let Some(ck) = resume {
-        actor_opt.load(&ck.join("optim").join("actor"), &policy.cfg)?;
-        if let (Some(o), Some(c)) = (&mut critic_opt, &critic) {
-            o.load(&ck.join("optim").join("critic"), &c.cfg)?;
-        }
-    }
+    let file = optim_file("actor");
+    let actor = Trainable::new(policy, &s.actor_optim, s.steps, file.as_deref())?;
     let coef = run.state.kl_coef.unwrap_or(s.kl_coef);
     let kl = match s.kl_target {
         Some(t) => KlController::adaptive(coef, t, s.kl_horizon)?,
         None => KlController::fixed(coef)?,
     };
     Ok(RlModels {
-        policy,
+        actor,
         reference,
         critic,
         scorer,
-        actor_opt,
-        critic_opt,
         kl,
         frozen_home,
+        engine: engine_config(&s.generation),
     })
 }
 
@@ -253,12 +263,12 @@ fn save(run: &mut Run, m: &RlModels) -> Result<()> {
         Scorer::Model { shaper, .. } => shaper.state(),
     });
     checkpoint::save(&run.dir, &run.state, run.cfg.run.keep_checkpoints, |d| {
-        models::write_into(&m.policy, &d.join("policy"), &run.tokenizer_dir)?;
-        m.actor_opt
-            .save(&d.join("optim").join("actor"), &m.policy.cfg)?;
-        if let (Some(c), Some(o)) = (&m.critic, &m.critic_opt) {
-            models::write_into(c, &d.join("critic"), &run.tokenizer_dir)?;
-            o.save(&d.join("optim").join("critic"), &c.cfg)?;
+        models::write_into(&m.actor.model, &d.join("policy"), &run.tokenizer_dir)?;
+        m.actor
+            .save_optimiser(&d.join("optim").join("actor.safetensors"))?;
+        if let Some(c) = &m.critic {
+            models::write_into(&c.model, &d.join("critic"), &run.tokenizer_dir)?;
+            c.save_optimiser(&d.join("optim").join("critic.safetensors"))?;
         }
         Ok(())
     })?;
@@ -278,6 +288,45 @@ fn with_frozen<T>(
     out
 }
 
+/// The critic's value of each response token's state, V(s) at the row that predicts the token
+/// (the layout GAE and the learner's value loss use). The learner only scores whole sequences
+/// (`score_sequences`), so this per-token read-out lives here.
+fn response_values(critic: &Model, seqs: &[&Sequence], max_tokens: usize) -> Result<Vec<Vec<f32>>> {
+    use learner::batch::split_by_token_budget;
+    use model::llama::{forward, values, Batch, Keep};
+    let device = critic.device();
+    let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+    let mut out = vec![vec![]; seqs.len()];
+    for micro in split_by_token_budget(&lens, max_tokens)? {
+        let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
+        let p = pack(&part)?;
+        let batch = Batch::new(
+            p.tokens.clone(),
+            p.cu_seqlens_u32(),
+            p.positions.clone(),
+            &device,
+        )?;
+        let acts = forward(&critic.params, &critic.cfg, &batch, Keep::OutputOnly)?;
+        let v = values(&critic.params, &acts.hidden)?.to_vec_f32()?; // [N]
+        for (k, &i) in micro.iter().enumerate() {
+            let start = p.cu_seqlens[k] + seqs[i].prompt_len - 1;
+            out[i] = v[start..start + seqs[i].response_len()].to_vec();
+        }
+    }
+    Ok(out)
+}
+
+/// Per sequence, the response-token slice of a packed `[N]` array (the inverse of packing a field).
+fn unpack_field(p: &PackedBatch, seqs: &[Sequence], rows: &[f32]) -> Vec<Vec<f32>> {
+    seqs.iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let start = p.cu_seqlens[k] + s.prompt_len - 1;
+            rows[start..start + s.response_len()].to_vec()
+        })
+        .collect()
+}
+
 fn step(
     run: &mut Run,
     i: usize,
@@ -289,6 +338,7 @@ fn step(
     let global = run.state.global_step + 1;
     let seed = run.state.seed;
     let temp = s.generation.temperature as f32;
+    let head = LmHead::new(temp);
     let mbt = s.micro_batch_tokens;
     let device = run.device.clone();
     let t_step = Instant::now();
@@ -298,11 +348,9 @@ fn step(
         step_seed(seed, i, 0, 1),
     );
     let rows: Vec<_> = idx.iter().map(|&r| run.data.prompts[r].clone()).collect();
-    let mut calls = Calls::new(&mut run.log, run.t0, global);
-    let tok = &run.tok;
 
     // actor_gen
-    let mut stop_ids = tok.eos_ids.clone();
+    let mut stop_ids = run.tok.eos_ids.clone();
     stop_ids.extend(&s.generation.stop_token_ids);
     let sampling = actor::SamplingParams {
         temperature: temp,
@@ -318,16 +366,21 @@ fn step(
         .enumerate()
         .map(|(j, r)| {
             Ok(actor::Request {
-                tokens: tok.encode(&r.prompt)?,
+                tokens: run.encode_prompt(&r.prompt)?,
                 sampling: sampling.clone(),
                 n: s.samples_per_prompt,
                 seed: step_seed(gen_seed, 0, j as u64, 3),
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let policy = &m.policy;
-    let (completions, stats) = calls.call("actor_gen", "gen", || generate(policy, &requests))?;
+    let tok = &run.tok;
+    let mut calls = Calls::new(&mut run.log, run.t0, global);
+    let policy = &m.actor.model;
+    let engine = &m.engine;
+    let (completions, stats) =
+        calls.call("actor_gen", "gen", || generate(policy, engine, &requests))?;
     let ro = assemble(tok, &rows, &requests, &completions, stats.decode_tokens)?;
+    let seq_refs = ro.refs();
 
     // reward_inf
     let scored = match &mut m.scorer {
@@ -336,8 +389,11 @@ fn step(
         }
         Scorer::Model { rm, shaper } => {
             let home = m.frozen_home.clone();
+            let tokens = ro.tokens();
             calls.call("reward_inf", "reward", || {
-                let raw = with_frozen(rm, &device, &home, |rm| sequence_scores(rm, &ro.seqs, mbt))?;
+                let raw = with_frozen(rm, &device, &home, |rm| {
+                    score_sequences(&rm.params, &rm.cfg, &tokens, mbt)
+                })?;
                 let shaped = shaper.apply(&raw);
                 Ok(reward::ScoredBatch {
                     raw: raw.into_iter().map(reward::Score::new).collect(),
@@ -349,43 +405,62 @@ fn step(
     // ref_inf, actor_inf, critic_inf
     let home = m.frozen_home.clone();
     let reference = &mut m.reference;
-    let (ref_lp, _) = calls.call("ref_inf", "ref", || {
+    let ref_lp = calls.call("ref_inf", "ref", || {
         with_frozen(reference, &device, &home, |r| {
-            logprobs(r, &ro.seqs, temp, mbt)
+            response_logprobs(&r.params, &r.cfg, &head, &seq_refs, mbt)
         })
     })?;
-    let policy = &m.policy;
-    let (old_lp, _old_ent) = calls.call("actor_inf", "old_logprob", || {
-        logprobs(policy, &ro.seqs, temp, mbt)
+    let policy = &m.actor.model;
+    let old_lp = calls.call("actor_inf", "old_logprob", || {
+        response_logprobs(&policy.params, &policy.cfg, &head, &seq_refs, mbt)
     })?;
     let values = match &m.critic {
-        Some(c) => Some(calls.call("critic_inf", "values", || token_values(c, &ro.seqs, mbt))?),
+        Some(c) => Some(calls.call("critic_inf", "values", || {
+            response_values(&c.model, &seq_refs, mbt)
+        })?),
         None => None,
     };
 
-    // advantages
+    // advantages, on the packed layout of the whole batch
     let beta = m.kl.value();
     let est = KlEstimator::from_name(&s.kl_estimator)?;
     let scores: Vec<f32> = scored.shaped.clone();
+    let mut fields = vec![
+        (Field::OldLogprob, &old_lp[..]),
+        (Field::RefLogprob, &ref_lp[..]),
+    ];
+    if let Some(v) = &values {
+        fields.push((Field::Values, &v[..]));
+    }
+    let packed_seqs = ro.with_fields(&fields);
+    let packed = pack(&packed_seqs.iter().collect::<Vec<_>>())?;
     let (adv, returns, kl_mean) = calls.call("advantages", "adv", || {
-        advantages(
-            s,
-            &ro,
-            &scores,
-            &old_lp,
-            &ref_lp,
-            values.as_deref(),
-            beta,
-            est,
-        )
+        advantages(s, &ro, &packed, &scores, beta, est)
     })?;
     m.kl.update(kl_mean, ro.seqs.len() as f64);
 
     let mut metrics: BTreeMap<String, f64> = scored.metrics();
     metrics.insert("kl/mean".into(), kl_mean);
     metrics.insert("kl/coef".into(), beta);
-    metrics
-        .extend(advantage_metrics(&adv, returns.as_deref(), values.as_deref(), &ro.mask)?.values());
+    metrics.extend(
+        advantage_metrics(
+            &adv,
+            returns.as_deref(),
+            packed.fields.get(&Field::Values).map(|v| v.as_slice()),
+            &packed.loss_mask,
+        )?
+        .values(),
+    );
+    let key = &run.cfg.data.answer_key;
+    if ro.samples.iter().all(|smp| smp.extra.contains_key(key)) {
+        // How often the sampled answers are right, whatever the reward says: a learned reward
+        // that is being exploited shows as reward up, accuracy down.
+        let ok = answer_matches(key, &ro.samples)?;
+        metrics.insert(
+            "rollout/accuracy".into(),
+            ok.iter().filter(|&&c| c).count() as f64 / ok.len() as f64,
+        );
+    }
 
     // actor_train
     let pl_cfg = PolicyLossConfig {
@@ -400,40 +475,68 @@ fn step(
         tis_cap: s.tis_cap,
         agg: loss_agg(s),
     };
-    let train_seed = step_seed(seed, i, step_no, 4);
-    let policy = &mut m.policy;
-    let actor_opt = &mut m.actor_opt;
+    let batch = ro.seqs.len();
+    let mb = MiniBatchConfig {
+        num_mini_batches: batch / s.mini_batch_size,
+        epochs: s.ppo_epochs,
+        shuffle: true,
+        seed: step_seed(seed, i, step_no, 4),
+    };
+    let adv_seqs = unpack_field(&packed, &ro.seqs, &adv);
+    let actor_seqs = ro.with_fields(&[
+        (Field::OldLogprob, &old_lp),
+        (Field::RefLogprob, &ref_lp),
+        (Field::BehaviourLogprob, &ro.behaviour),
+        (Field::Advantages, &adv_seqs),
+    ]);
+    let actor_step = ActorStep {
+        loss: pl_cfg,
+        head,
+        micro_batch_tokens: mbt,
+    };
+    let lr = m.actor.lr(run.state.stage_step);
+    let actor = &mut m.actor;
     let actor_metrics = calls.call("actor_train", "update_actor", || {
-        train_actor(
-            policy, actor_opt, s, &ro, &old_lp, &ref_lp, &adv, &pl_cfg, temp, train_seed,
-        )
+        update_actor(&actor_step, actor.trainee(), &actor_seqs, &mb, lr)
     })?;
-    let train_tokens = ro.cu.last().copied().unwrap_or(0) * s.ppo_epochs;
-    metrics.extend(actor_metrics);
-    if let (Some(critic), Some(opt), Some(values), Some(returns)) =
-        (&mut m.critic, &mut m.critic_opt, &values, &returns)
-    {
-        let vcfg = ValueLossConfig {
-            clip: (s.value_clip > 0.0).then_some(s.value_clip),
-            coef: s.vf_coef,
-            agg: loss_agg(s),
+    let train_tokens = packed.num_tokens() * s.ppo_epochs;
+    metrics.extend(actor_metrics.mean.values());
+    if let (Some(critic), Some(values), Some(returns)) = (&mut m.critic, &values, &returns) {
+        let critic_step = CriticStep {
+            loss: ValueLossConfig {
+                clip: (s.value_clip > 0.0).then_some(s.value_clip),
+                coef: s.vf_coef,
+                agg: loss_agg(s),
+            },
+            micro_batch_tokens: mbt,
         };
+        let ret_seqs = unpack_field(&packed, &ro.seqs, returns);
+        let critic_seqs = ro.with_fields(&[(Field::Values, values), (Field::Returns, &ret_seqs)]);
+        // The critic sees the mini-batches in another order than the actor.
+        let cmb = MiniBatchConfig {
+            seed: step_seed(seed, i, step_no, 5),
+            ..mb
+        };
+        let lr = critic.lr(run.state.stage_step);
         let cm = calls.call("critic_train", "update_critic", || {
-            train_critic(critic, opt, s, &ro, values, returns, &vcfg, train_seed)
+            update_critic(&critic_step, critic.trainee(), &critic_seqs, &cmb, lr)
         })?;
-        metrics.extend(cm);
+        metrics.extend(cm.mean.values());
     }
 
     // Rollout statistics and performance.
     let n = ro.seqs.len() as f64;
-    let max_new = s.generation.max_new_tokens;
     metrics.insert(
         "response_length/mean".into(),
-        ro.resp_lens.iter().sum::<usize>() as f64 / n,
+        ro.seqs.iter().map(Sequence::response_len).sum::<usize>() as f64 / n,
     );
     metrics.insert(
         "response_length/max".into(),
-        ro.resp_lens.iter().copied().max().unwrap_or(0) as f64,
+        ro.seqs
+            .iter()
+            .map(Sequence::response_len)
+            .max()
+            .unwrap_or(0) as f64,
     );
     metrics.insert(
         "response_length/clip_ratio".into(),
@@ -441,9 +544,8 @@ fn step(
     );
     metrics.insert(
         "prompt_length/mean".into(),
-        ro.prompt_lens.iter().sum::<usize>() as f64 / n,
+        ro.seqs.iter().map(|s| s.prompt_len).sum::<usize>() as f64 / n,
     );
-    let _ = max_new;
     let timing = calls.metrics.clone();
     let peak = calls.peak_bytes;
     drop(calls);
@@ -488,32 +590,36 @@ fn step(
     Ok(metrics)
 }
 
-/// Packs the completions of `requests` into a [`Rollout`].
+/// The completions of `requests` as sequences, with their samples for the reward.
 fn assemble(
-    tok: &crate::tokenizer::Tokenizer,
+    tok: &model::tokenizer::Tokenizer,
     rows: &[crate::data::PromptRow],
     requests: &[actor::Request],
     completions: &[actor::Completion],
     decode_tokens: usize,
 ) -> Result<Rollout> {
-    let mut seqs = Vec::with_capacity(completions.len());
-    let (mut prompt_lens, mut resp_lens, mut groups, mut finished) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut samples = Vec::with_capacity(completions.len());
+    let n = completions.len();
+    let mut ro = Rollout {
+        seqs: Vec::with_capacity(n),
+        groups: Vec::with_capacity(n),
+        finished: Vec::with_capacity(n),
+        behaviour: Vec::with_capacity(n),
+        samples: Vec::with_capacity(n),
+        decode_tokens,
+    };
     for c in completions {
         let prompt = &requests[c.request].tokens;
         let mut t = prompt.clone();
         t.extend(&c.tokens);
-        seqs.push(t);
-        prompt_lens.push(prompt.len());
-        resp_lens.push(c.tokens.len());
-        groups.push(c.request);
+        ro.seqs.push(Sequence::new(t, prompt.len()));
+        ro.groups.push(c.request);
         let done = c.finish_reason == actor::FinishReason::Stop;
-        finished.push(done);
-        samples.push(reward::Sample {
+        ro.finished.push(done);
+        ro.behaviour.push(c.logprobs.clone());
+        ro.samples.push(reward::Sample {
             prompt: rows[c.request].prompt.clone(),
             prompt_tokens: prompt.clone(),
-            response: tok.decode(&c.tokens)?,
+            response: tok.decode(&c.tokens, true)?,
             response_tokens: c.tokens.clone(),
             finish_reason: if done {
                 reward::FinishReason::Stop
@@ -523,40 +629,22 @@ fn assemble(
             extra: rows[c.request].extra.clone(),
         });
     }
-    let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-    let (mask, cu) = response_mask(&lens, &prompt_lens);
-    let mut behaviour = vec![0.0f32; mask.len()];
-    for (b, c) in completions.iter().enumerate() {
-        let start = cu[b] + prompt_lens[b] - 1;
-        behaviour[start..start + c.logprobs.len()].copy_from_slice(&c.logprobs);
-    }
-    Ok(Rollout {
-        seqs,
-        prompt_lens,
-        resp_lens,
-        groups,
-        finished,
-        mask,
-        cu,
-        behaviour,
-        samples,
-        decode_tokens,
-    })
+    Ok(ro)
 }
 
 /// Advantages `[N]`, returns `[N]` (PPO, REINFORCE++), and the mean per-token KL to the reference.
-#[allow(clippy::too_many_arguments)]
 fn advantages(
     s: &RlStage,
     ro: &Rollout,
+    packed: &PackedBatch,
     scores: &[f32],
-    old_lp: &[f32],
-    ref_lp: &[f32],
-    values: Option<&[f32]>,
     beta: f64,
     est: KlEstimator,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>, f64)> {
-    let (mask, cu) = (&ro.mask, &ro.cu);
+    let (mask, cu) = (&packed.loss_mask, &packed.cu_seqlens);
+    let old_lp = packed.field(Field::OldLogprob)?;
+    let ref_lp = packed.field(Field::RefLogprob)?;
+    let values = packed.fields.get(&Field::Values).map(|v| v.as_slice());
     let in_reward = s.kl_mode == "reward";
     let reward_beta = if in_reward { beta } else { 0.0 };
     let (token_rewards, kl) =
@@ -602,130 +690,4 @@ fn advantages(
             (adv, None, kl_mean)
         }
     })
-}
-
-/// The mini-batches of one epoch: a seeded shuffle of the samples, cut into `mini_batch_size`.
-fn mini_batches(n: usize, size: usize, seed: u64) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed));
-    order.chunks(size).map(|c| c.to_vec()).collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_actor(
-    policy: &mut Model,
-    opt: &mut AdamW,
-    s: &RlStage,
-    ro: &Rollout,
-    old_lp: &[f32],
-    ref_lp: &[f32],
-    adv: &[f32],
-    cfg: &PolicyLossConfig,
-    temp: f32,
-    seed: u64,
-) -> Result<BTreeMap<String, f64>> {
-    let mut grads = zero_grads(&policy.params)?;
-    let mut avg = StepAverage::default();
-    for epoch in 0..s.ppo_epochs {
-        for mb in mini_batches(ro.seqs.len(), s.mini_batch_size, seed ^ epoch as u64) {
-            let seqs: Vec<Vec<u32>> = mb.iter().map(|&b| ro.seqs[b].clone()).collect();
-            let cu = gather_cu(&ro.cu, &mb);
-            let mask = gather(&ro.mask, &ro.cu, &mb);
-            let (old, refl, a, beh) = (
-                gather(old_lp, &ro.cu, &mb),
-                gather(ref_lp, &ro.cu, &mb),
-                gather(adv, &ro.cu, &mb),
-                gather(&ro.behaviour, &ro.cu, &mb),
-            );
-            let norm = Normaliser::count(&mask, &cu)?;
-            clear_grads(&mut grads)?;
-            let mut metrics = learner::Metrics::new();
-            let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-            for r in micro_batches(&lens, s.micro_batch_tokens) {
-                let (t, lcu) = slice(&cu, r.clone());
-                lm_train_micro(policy, &mut grads, &seqs[r], temp, |lp, ent| {
-                    let out = policy_loss(
-                        &PolicyBatch {
-                            logprob: lp,
-                            old_logprob: &old[t.clone()],
-                            advantages: &a[t.clone()],
-                            mask: &mask[t.clone()],
-                            cu_seqlens: &lcu,
-                            entropy: Some(ent),
-                            ref_logprob: Some(&refl[t.clone()]),
-                            behaviour_logprob: Some(&beh[t.clone()]),
-                        },
-                        cfg,
-                        &norm,
-                    )?;
-                    metrics.merge(&out.metrics);
-                    Ok(LmGrad {
-                        d_logprob: out.grad_logprob,
-                        d_entropy: out.grad_entropy,
-                    })
-                })?;
-            }
-            let info = opt.step(&mut policy.params, &mut grads)?;
-            let mut v = metrics.values();
-            v.insert("actor/grad_norm".into(), info.grad_norm);
-            v.insert("actor/lr".into(), info.lr);
-            avg.add(&v);
-        }
-    }
-    Ok(avg.values())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_critic(
-    critic: &mut Model,
-    opt: &mut AdamW,
-    s: &RlStage,
-    ro: &Rollout,
-    values: &[f32],
-    returns: &[f32],
-    cfg: &ValueLossConfig,
-    seed: u64,
-) -> Result<BTreeMap<String, f64>> {
-    let mut grads = zero_grads(&critic.params)?;
-    let mut avg = StepAverage::default();
-    for epoch in 0..s.ppo_epochs {
-        for mb in mini_batches(
-            ro.seqs.len(),
-            s.mini_batch_size,
-            seed ^ (epoch as u64 + 1000),
-        ) {
-            let seqs: Vec<Vec<u32>> = mb.iter().map(|&b| ro.seqs[b].clone()).collect();
-            let cu = gather_cu(&ro.cu, &mb);
-            let mask = gather(&ro.mask, &ro.cu, &mb);
-            let (old, ret) = (gather(values, &ro.cu, &mb), gather(returns, &ro.cu, &mb));
-            let norm = Normaliser::count(&mask, &cu)?;
-            clear_grads(&mut grads)?;
-            let mut metrics = learner::Metrics::new();
-            let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-            for r in micro_batches(&lens, s.micro_batch_tokens) {
-                let (t, lcu) = slice(&cu, r.clone());
-                value_train_micro(critic, &mut grads, &seqs[r], |v| {
-                    let out = value_loss(
-                        &ValueBatch {
-                            values: v,
-                            old_values: &old[t.clone()],
-                            returns: &ret[t.clone()],
-                            mask: &mask[t.clone()],
-                            cu_seqlens: &lcu,
-                        },
-                        cfg,
-                        &norm,
-                    )?;
-                    metrics.merge(&out.metrics);
-                    Ok(out.grad_values)
-                })?;
-            }
-            let info = opt.step(&mut critic.params, &mut grads)?;
-            let mut v = metrics.values();
-            v.insert("critic/grad_norm".into(), info.grad_norm);
-            v.insert("critic/lr".into(), info.lr);
-            avg.add(&v);
-        }
-    }
-    Ok(avg.values())
 }

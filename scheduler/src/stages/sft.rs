@@ -4,45 +4,51 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use learner::objectives::{sft_loss, LossAgg, Normaliser};
+use learner::batch::Sequence;
+use learner::objectives::LossAgg;
+use learner::train::SftStep;
 
 use super::common::{evaluate, progress_bar, progress_message};
 use crate::checkpoint;
-use crate::config::SftStage;
-use crate::lm::{clear_grads, lm_train_micro, micro_batches, zero_grads, LmGrad, Model};
+use crate::config::{GenerationConfig, SftStage};
+use crate::generation::engine_config;
 use crate::models;
-use crate::optim::AdamW;
-use crate::packing::{response_mask, slice};
 use crate::run::{Flow, Run};
+use crate::trainable::Trainable;
 
-/// Max new tokens for held-out evaluation after SFT: the first RL stage's, else 32.
-fn eval_tokens(run: &Run) -> usize {
+/// Generation settings for held-out evaluation after SFT: the first RL stage's, else defaults
+/// with 32 new tokens.
+fn eval_generation(run: &Run) -> GenerationConfig {
     run.cfg
         .stages
         .iter()
         .find_map(|s| match s {
-            crate::config::StageConfig::Rl(r) => Some(r.generation.max_new_tokens),
+            crate::config::StageConfig::Rl(r) => Some(r.generation.clone()),
             _ => None,
         })
-        .unwrap_or(32)
+        .unwrap_or(GenerationConfig {
+            max_new_tokens: 32,
+            ..Default::default()
+        })
 }
 
 pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Result<Flow> {
     anyhow::ensure!(!run.data.sft.is_empty(), "stage[{i}] (sft) has no SFT data");
-    let mut policy = match resume {
+    let policy = match resume {
         Some(ck) => run.load_model(&ck.join("policy"))?,
         None => run.load_model(&run.policy_source(i)?)?,
     };
-    let mut opt = AdamW::new(&s.optim, &policy.params, s.steps)?;
-    if let Some(ck) = resume {
-        opt.load(&ck.join("optim").join("actor"), &policy.cfg)?;
-    }
-    let mut grads = zero_grads(&policy.params)?;
+    let opt_file = resume.map(|ck| ck.join("optim").join("actor.safetensors"));
+    let mut t = Trainable::new(policy, &s.optim, s.steps, opt_file.as_deref())?;
+    let step_fn = SftStep {
+        agg: LossAgg::TokenMean,
+        micro_batch_tokens: s.micro_batch_tokens,
+    };
     let pb = progress_bar(run.progress, "sft", s.steps, run.state.stage_step);
     let data_seed = super::common::step_seed(run.state.seed, i, 0, 1);
     while run.state.stage_step < s.steps {
         if run.should_stop() {
-            save(run, &policy, &opt)?;
+            save(run, &t)?;
             pb.abandon_with_message("interrupted: checkpoint saved");
             return Ok(Flow::Interrupted);
         }
@@ -50,47 +56,39 @@ pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Resu
             .state
             .cursor
             .take(s.batch_size, run.data.sft.len(), data_seed);
-        let mut seqs = Vec::with_capacity(idx.len());
-        let mut prompt_lens = Vec::with_capacity(idx.len());
-        for &r in &idx {
-            let row = &run.data.sft[r];
-            let mut t = run.tok.encode(&row.prompt)?;
-            prompt_lens.push(t.len());
-            t.extend(run.tok.encode(&row.response)?);
-            t.push(run.tok.eos());
-            seqs.push(t);
-        }
-        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let (mask, cu) = response_mask(&lens, &prompt_lens);
-        let norm = Normaliser::count(&mask, &cu)?;
-        clear_grads(&mut grads)?;
-        let mut metrics = learner::Metrics::new();
-        for r in micro_batches(&lens, s.micro_batch_tokens) {
-            let (tok_range, local_cu) = slice(&cu, r.clone());
-            let m = &mask[tok_range];
-            lm_train_micro(&policy, &mut grads, &seqs[r], 1.0, |lp, _ent| {
-                let out = sft_loss(lp, m, &local_cu, LossAgg::TokenMean, &norm)?;
-                metrics.merge(&out.metrics);
-                Ok(LmGrad {
-                    d_logprob: out.grad_logprob,
-                    d_entropy: None,
-                })
-            })?;
-        }
-        let info = opt.step(&mut policy.params, &mut grads)?;
+        // prompt + response + EOS, the loss on the response and EOS only.
+        let seqs = idx
+            .iter()
+            .map(|&r| {
+                let row = &run.data.sft[r];
+                let mut tokens = run.encode_prompt(&row.prompt)?;
+                let prompt_len = tokens.len();
+                tokens.extend(run.encode_response(&row.response)?);
+                tokens.push(run.eos());
+                Ok(Sequence::new(tokens, prompt_len))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let lr = t.lr(run.state.stage_step);
+        let tr = t.trainee();
+        let metrics = step_fn.step(tr.params, tr.cfg, tr.grads, tr.opt, &refs, lr)?;
         run.state.stage_step += 1;
         run.state.global_step += 1;
         let mut m: BTreeMap<String, f64> = metrics.values();
-        m.insert("actor/grad_norm".into(), info.grad_norm);
-        m.insert("actor/lr".into(), info.lr);
+        // The learner names the optimiser metrics after the step (sft/...); the policy's
+        // optimiser is the actor's everywhere else.
+        for k in ["grad_norm", "lr"] {
+            if let Some(v) = m.remove(&format!("sft/{k}")) {
+                m.insert(format!("actor/{k}"), v);
+            }
+        }
         if run.state.stage_step == s.steps && !run.data.eval_prompts.is_empty() {
-            let key = run.cfg.data.answer_key.clone();
+            let g = eval_generation(run);
             m.extend(evaluate(
-                &policy,
-                &run.tok,
-                &run.data.eval_prompts,
-                &key,
-                eval_tokens(run),
+                run,
+                &t.model,
+                &engine_config(&g),
+                g.max_new_tokens,
             )?);
         }
         run.log.log_metrics(run.state.global_step, &m)?;
@@ -99,18 +97,18 @@ pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Resu
         let every = run.cfg.run.checkpoint_every;
         if every > 0 && run.state.stage_step.is_multiple_of(every) && run.state.stage_step < s.steps
         {
-            save(run, &policy, &opt)?;
+            save(run, &t)?;
         }
     }
     pb.finish();
-    models::export(&policy, &run.stage_output(i, ""), &run.tokenizer_dir)?;
+    models::export(&t.model, &run.stage_output(i, ""), &run.tokenizer_dir)?;
     Ok(Flow::Finished)
 }
 
-fn save(run: &Run, policy: &Model, opt: &AdamW) -> Result<()> {
+fn save(run: &Run, t: &Trainable) -> Result<()> {
     checkpoint::save(&run.dir, &run.state, run.cfg.run.keep_checkpoints, |d| {
-        models::write_into(policy, &d.join("policy"), &run.tokenizer_dir)?;
-        opt.save(&d.join("optim").join("actor"), &policy.cfg)
+        models::write_into(&t.model, &d.join("policy"), &run.tokenizer_dir)?;
+        t.save_optimiser(&d.join("optim").join("actor.safetensors"))
     })?;
     Ok(())
 }
