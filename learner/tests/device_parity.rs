@@ -150,14 +150,16 @@ fn bf16_gpu_step_agrees_with_cpu_f32_step() {
     let (cfg, cpu) = load_model(&fixture(), &Device::Cpu, DType::F32).unwrap();
     // π_old and advantages fixed from the CPU f32 model, so both devices see the same inputs.
     let seqs = on_policy(&cpu, &cfg, &step().head, 17);
-    let (mut g_cpu, m_cpu) = grads_of(&cpu, &cfg, &seqs);
-    // The CPU f32 step's AdamW update: the reference the GPU's update is compared with.
+    let (g_cpu, m_cpu) = grads_of(&cpu, &cfg, &seqs);
+    // The CPU f32 step's AdamW update: the reference the GPU's update is compared with. The step
+    // clips the gradients it is given in place, so it gets a copy.
     let lr = 1e-3;
     let cpu_update = {
         let mut params = cpu.to_device(&Device::Cpu).unwrap();
+        let mut grads = g_cpu.to_device(&Device::Cpu).unwrap();
         let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
         let before = masters(&opt, &params);
-        opt.step(&mut params, &mut g_cpu, lr).unwrap();
+        opt.step(&mut params, &mut grads, lr).unwrap();
         minus(&masters(&opt, &params), &before)
     };
     // bf16 runs on CUDA only (the CPU backend is the f32 reference).
