@@ -47,8 +47,12 @@ pub struct LlamaRunner<'a> {
     /// Captured decode steps by (bucket, table width, spec columns); they hold the cache's
     /// addresses, so they live only as long as the cache.
     graphs: HashMap<GraphKey, DecodeGraph>,
+    /// Decode steps as CUDA graphs (on a GPU, when every row samples on the device).
+    use_graphs: bool,
     /// A capture failed: decode op by op from then on.
     graphs_failed: bool,
+    /// Decode steps replayed from a captured graph so far.
+    graph_replays: usize,
 }
 
 /// How a layer's attention reads K/V.
@@ -82,8 +86,15 @@ impl<'a> LlamaRunner<'a> {
             block_size: 0,
             sw: Stopwatch::new(),
             graphs: HashMap::new(),
+            use_graphs: graphs_forced(),
             graphs_failed: false,
+            graph_replays: 0,
         })
+    }
+
+    /// Turns CUDA-graph decode steps on or off (they are used only on a GPU).
+    pub fn use_cuda_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
     }
 
     fn u32s(&self, v: &[u32]) -> anyhow::Result<Tensor> {
@@ -290,7 +301,7 @@ impl StepModel for LlamaRunner<'_> {
         specs: &[SampleSpec],
     ) -> anyhow::Result<Vec<(u32, f32)>> {
         // Profiling times each op with a sync, which a graph cannot contain.
-        if self.device.is_cuda() && graphs_enabled() && !self.sw.on() && !self.graphs_failed {
+        if self.device.is_cuda() && self.use_graphs && !self.sw.on() && !self.graphs_failed {
             return self.decode_sample_graph(batch, specs);
         }
         let logits = self.decode_logits(batch)?;
@@ -300,6 +311,10 @@ impl StepModel for LlamaRunner<'_> {
 
     fn synchronize(&self) -> anyhow::Result<()> {
         Ok(self.device.synchronize()?)
+    }
+
+    fn graph_replays(&self) -> usize {
+        self.graph_replays
     }
 
     fn profile(&self) -> Vec<(&'static str, f64)> {
@@ -349,9 +364,9 @@ impl StepModel for LlamaRunner<'_> {
     }
 }
 
-/// Whether decode steps on a GPU run as CUDA graphs: opt-in with `REALIGN_CUDA_GRAPHS=1` until a
-/// GPU run has shown the capture works (docs/rollout.md, "Speed").
-fn graphs_enabled() -> bool {
+/// `REALIGN_CUDA_GRAPHS=1`: decode steps on a GPU run as CUDA graphs whatever the engine config
+/// says (opt-in until a GPU run has shown the capture works; docs/rollout.md, "Speed").
+pub fn graphs_forced() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").is_ok_and(|v| v == "1"))
 }
@@ -454,7 +469,10 @@ impl LlamaRunner<'_> {
             },
         };
         let result = match &g.graph {
-            Some(graph) => graph.launch().map_err(anyhow::Error::from),
+            Some(graph) => {
+                self.graph_replays += 1;
+                graph.launch().map_err(anyhow::Error::from)
+            }
             None => {
                 // First step of this bucket: run it (this also loads every kernel), then record
                 // the same step on the same buffers for the next ones (recording runs nothing).

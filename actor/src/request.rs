@@ -73,4 +73,6 @@ pub struct RolloutStats {
     /// Seconds per phase (schedule, forward, sampling, ... and the model's own phases), filled
     /// only with `REALIGN_PROFILE=1`.
     pub profile: Vec<(&'static str, f64)>,
+    /// Decode steps that replayed a captured CUDA graph.
+    pub graph_replays: usize,
 }

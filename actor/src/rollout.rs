@@ -184,6 +184,7 @@ fn generate_all(
         stats.profile = sw.times.phases.clone();
         tracing::info!("rollout profile: {}", sw.times.summary());
     }
+    stats.graph_replays = model.graph_replays();
     stats.peak_kv_blocks = sched.blocks.peak_used();
     stats.peak_kv_bytes = stats.peak_kv_blocks * stats.kv_bytes_per_block;
     let mut seqs: Vec<_> = sched.seqs.into_values().collect();

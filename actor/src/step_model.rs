@@ -109,6 +109,11 @@ pub trait StepModel {
         Ok(())
     }
 
+    /// Decode steps replayed from a captured CUDA graph so far.
+    fn graph_replays(&self) -> usize {
+        0
+    }
+
     /// Seconds spent per named phase inside the model's steps so far (filled only while profiling).
     fn profile(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
