@@ -8,7 +8,8 @@ kernels and model code do (kernels/cu/*.cu, kernels/src/cuda/*.rs, model/src/lla
   embedding gather      bf16 table rows (exact)
   rmsnorm               rstd in f32; y = bf16(w * bf16(x * rstd))              (rmsnorm.cu)
   linear (+bias)        y = bf16(x wᵀ + b), f32 accumulate, one rounding       (linear.rs: bias seeds
-                        C, beta = 1)
+                        an f32 C, beta = 1, then a cast; before 2026-11-29 C was bf16 and cuBLAS
+                        rounded x wᵀ before adding b, see scripts/check_bf16_ops.py)
   rope                  cos/sin correctly rounded f32; y = bf16(x1 c - x2 s)   (rope.cu)
   attention             f32 softmax, out = bf16(P V / l); with the tensor-core kernel P = bf16(exp(s - m))
                         before P V, l summed from the unrounded p               (attention_mma.cu)

@@ -1,5 +1,6 @@
-// linear's helpers around cuBLAS: the bias broadcast that seeds y before a beta=1 GEMM (so bf16 y
-// is rounded once, after bias and product are summed in f32), and the bias gradient.
+// linear's helpers around cuBLAS: the bias broadcast that seeds y before a beta=1 GEMM (an f32 y
+// for bf16 inputs, so that bias and product are summed in f32 and rounded to bf16 once, by a cast
+// afterwards), and the bias gradient.
 
 // y[n, o] = b[o] for y[N, O]; y may be wider than b (bf16 bias into an f32 output).
 template <typename B, typename Y>
@@ -23,7 +24,6 @@ __device__ void bias_grad_impl(const T* __restrict__ dy, float* db, u32 rows, u3
 }
 
 extern "C" __global__ void bias_fill_f32(const float* b, float* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
-extern "C" __global__ void bias_fill_bf16(const __nv_bfloat16* b, __nv_bfloat16* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
 extern "C" __global__ void bias_fill_bf16_f32(const __nv_bfloat16* b, float* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
 extern "C" __global__ void bias_grad_f32(const float* dy, float* db, u32 rows, u32 cols, u32 chunk) { bias_grad_impl(dy, db, rows, cols, chunk); }
 extern "C" __global__ void bias_grad_bf16(const __nv_bfloat16* dy, float* db, u32 rows, u32 cols, u32 chunk) { bias_grad_impl(dy, db, rows, cols, chunk); }

@@ -92,3 +92,61 @@ fn cuda_bf16_inputs_give_unrounded_f32_outputs() {
         assert!(e16 <= 1e-2, "bf16 output: rel err {e16:.3e}");
     }
 }
+
+/// A bf16 output is the exact sum (product + bias) rounded to bf16 once: each element equals the
+/// CPU f32 result rounded to bf16, but for rare ties that the f32 summation order tips (then one
+/// bf16 ulp). Rounding the product first and adding the bias after (what cuBLAS does with a bf16
+/// C and beta = 1) misses by many ulps wherever product and bias nearly cancel.
+#[test]
+fn cuda_bf16_output_with_bias_is_rounded_once() {
+    let Some(dev) = test_devices().into_iter().find(|d| d.is_cuda()) else {
+        return;
+    };
+    let (n, i, o) = (96, 64, 80);
+    let (x, w, b) = (
+        bf16_values(n * i, 41, 1.0),
+        bf16_values(o * i, 42, 0.125),
+        bf16_values(o, 43, 1.0),
+    );
+    let cpu = Device::Cpu;
+    let want: Vec<f32> = ops::linear(
+        &on(&x, &[n, i], &cpu, DType::F32),
+        &on(&w, &[o, i], &cpu, DType::F32),
+        Some(&on(&b, &[o], &cpu, DType::F32)),
+    )
+    .unwrap()
+    .to_vec_f32()
+    .unwrap()
+    .into_iter()
+    .map(|v| bf16::from_f32(v).to_f32())
+    .collect();
+    let got = ops::linear(
+        &on(&x, &[n, i], &dev, DType::BF16),
+        &on(&w, &[o, i], &dev, DType::BF16),
+        Some(&on(&b, &[o], &dev, DType::BF16)),
+    )
+    .unwrap()
+    .to_vec_f32()
+    .unwrap();
+    let mut differ = 0;
+    for (k, (&g, &r)) in got.iter().zip(&want).enumerate() {
+        if g != r {
+            differ += 1;
+            // One bf16 ulp at the reference's magnitude: 2^(exponent - 7).
+            let ulp = 2f32.powi(r.abs().max(f32::MIN_POSITIVE).log2().floor() as i32 - 7);
+            assert!(
+                (g - r).abs() <= ulp,
+                "element {k}: {g} on the GPU vs {r} (CPU f32 sum rounded once)"
+            );
+        }
+    }
+    eprintln!(
+        "biased bf16 linear: {differ} of {} elements one ulp off",
+        got.len()
+    );
+    assert!(
+        differ * 100 <= got.len(),
+        "{differ} of {} elements differ",
+        got.len()
+    );
+}
