@@ -2,8 +2,9 @@
 # Runs the benchmarks on the GPU machine, from the repository root, with the binaries of
 # .gpu/bundle.tar.gz (made here by scripts/gpu_bundle.sh; unpacked into .gpu/run if not yet):
 #   (a) rollout: actor's rollout_bench, Qwen2.5-0.5B shapes, B 256, P 128, N 256, beside HF
-#       `generate` on the same shapes (scripts/peers/hf_generate.py, --iters 1: ~16 s a run);
-#       then, if time is left, SmolLM2-135M shapes at B 64 and 256;
+#       `generate` on the same shapes (scripts/peers/hf_generate.py, --iters 1: ~7 s a run, ~50 s
+#       with start-up), the same with CUDA-graph decode steps (--cuda-graphs), and a profiled run
+#       (REALIGN_PROFILE=1, N 32); then, if time is left, SmolLM2-135M shapes at B 64 and 256;
 #   (b) training step: learner's train_step_bench (8 × 1024 tokens) beside a plain PyTorch step
 #       (scripts/peers/torch_train_step.py --batch 8 --seq 1024).
 # JSON result lines go to $OUT/bench.jsonl, all output to $OUT/bench.log. Every part runs under
@@ -43,10 +44,14 @@ part() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$LOG" 2>&1
 
 # (a) rollout (stdout carries the JSON lines, so no --out)
-part rollout_qwen 150 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
-  --batch 256 --prompt 128 --new 256 --iters 2
-part hf_generate_qwen 110 python3 scripts/peers/hf_generate.py \
+part rollout_qwen 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
+  --batch 256 --prompt 128 --new 256 --iters 3
+part hf_generate_qwen 90 python3 scripts/peers/hf_generate.py \
   --batch 256 --prompt 128 --new 256 --iters 1
+part rollout_qwen_graphs 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
+  --batch 256 --prompt 128 --new 256 --iters 3 --cuda-graphs
+REALIGN_PROFILE=1 part rollout_qwen_profile 40 "$BIN/rollout_bench" --device cuda --dtype bf16 \
+  --shapes qwen2.5-0.5b --batch 256 --prompt 128 --new 32 --iters 1
 
 # (b) training step. train_step_bench prints text; its summary line becomes one JSON line.
 part train_step 60 "$BIN/train_step_bench" --device cuda --dtype bf16 --seqs 8 --seq-len 1024
@@ -64,7 +69,7 @@ part torch_train_step 90 python3 scripts/peers/torch_train_step.py --batch 8 --s
 
 # (c) if time is left: SmolLM2-135M shapes (random weights), B 64 and 256.
 for b in 64 256; do
-  part "rollout_smollm2_b$b" 60 "$BIN/rollout_bench" --device cuda --dtype bf16 \
-    --shapes smollm2-135m --batch "$b" --prompt 128 --new 256 --iters 2
+  part "rollout_smollm2_b$b" 40 "$BIN/rollout_bench" --device cuda --dtype bf16 \
+    --shapes smollm2-135m --batch "$b" --prompt 128 --new 256 --iters 3
 done
 echo "===== done in ${SECONDS}s" | tee -a "$LOG"

@@ -8,14 +8,16 @@ kernels and model code do (kernels/cu/*.cu, kernels/src/cuda/*.rs, model/src/lla
   embedding gather      bf16 table rows (exact)
   rmsnorm               rstd in f32; y = bf16(w * bf16(x * rstd))              (rmsnorm.cu)
   linear (+bias)        y = bf16(x wᵀ + b), f32 accumulate, one rounding       (linear.rs: bias seeds
-                        C, beta = 1)
+                        an f32 C, beta = 1, then a cast; before 2026-11-29 C was bf16 and cuBLAS
+                        rounded x wᵀ before adding b, see scripts/check_bf16_ops.py)
   rope                  cos/sin correctly rounded f32; y = bf16(x1 c - x2 s)   (rope.cu)
   attention             f32 softmax, out = bf16(P V / l); with the tensor-core kernel P = bf16(exp(s - m))
                         before P V, l summed from the unrounded p               (attention_mma.cu)
   swiglu                bf16(silu(g) u) in f32                                  (swiglu.cu)
   residual adds         bf16(a + b)                                             (elementwise.cu)
   final norm            as rmsnorm
-  LM head               logits = bf16(h Wᵀ) (tied: the embedding)               (lm_head.rs via linear)
+  LM head               logits = h Wᵀ kept in f32 (tied: the embedding)         (lm_head.rs via linear_out;
+                        until 2026-11-29 they were rounded to bf16: the `logits` point below)
   log-softmax           f32 from the logits                                     (logsoftmax.cu)
 
 Each rounding point can be switched off (kept in f32) by name, to see which one costs the error.
@@ -177,7 +179,8 @@ def main():
         seqs, temp = batch["sequences"], batch["temperature"]
         print(f"== {name} (mean abs error vs the f64 reference)")
         print(f"  {'transformers bf16':28s} {fmt(errors(hf_bf16(name), seqs, temp, ref))}")
-        print(f"  {'ours (emulated)':28s} {fmt(errors(Emu(cfg, w, mma=args.mma).forward, seqs, temp, ref))}")
+        print(f"  {'ours (emulated)':28s} {fmt(errors(Emu(cfg, w, ['logits'], mma=args.mma).forward, seqs, temp, ref))}")
+        print(f"  {'ours with bf16 logits':28s} {fmt(errors(Emu(cfg, w, mma=args.mma).forward, seqs, temp, ref))}")
         print(f"  {'weights bf16, all else f32':28s} {fmt(errors(Emu(cfg, w, POINTS, mma=False).forward, seqs, temp, ref))}")
         for p in POINTS:
             e = errors(Emu(cfg, w, [p], mma=args.mma).forward, seqs, temp, ref)
@@ -199,8 +202,9 @@ def expected(name, cfg, w, trials):
     exact.w = {k: v.float() for k, v in w.items()}
     variants = {
         "transformers bf16": hf_bf16(name),
-        "ours (CUDA-core attention)": Emu(cfg, w).forward,
-        "ours (tensor-core attention)": Emu(cfg, w, mma=True).forward,
+        "ours (CUDA-core attention)": Emu(cfg, w, ["logits"]).forward,
+        "ours (tensor-core attention)": Emu(cfg, w, ["logits"], mma=True).forward,
+        "ours, bf16 logits (before)": Emu(cfg, w, mma=True).forward,
         "f32 logits": Emu(cfg, w, ["logits"]).forward,
         "f32 resid+logits": Emu(cfg, w, ["resid", "logits"]).forward,
         "f32 resid+final_norm+logits": Emu(cfg, w, ["resid", "final_norm", "logits"]).forward,

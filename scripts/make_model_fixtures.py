@@ -20,6 +20,13 @@ Conventions (the ones `realign score` and the model crate use):
 The reference math runs in float64 on the float32 weights that are saved, so the fixture is the exact
 answer for those weights and our f32 implementation is measured against it, not against f32 noise.
 
+For the bf16 tests the causal-LM fixtures also hold what transformers' own bf16 forward gives on the
+same batch (`hf_bf16_logprobs`, `hf_bf16_entropy`, `hf_bf16_logprobs_t`, `hf_bf16_entropy_t`): the
+saved checkpoint loaded with `dtype=torch.bfloat16` on the CPU, eager attention, its bf16 logits
+widened and soft-maxed in float64 as the reference is. Its error against the float64 reference is
+the yardstick for ours: a bf16 forward's log-prob error depends on the weights and the batch (the
+logits' size, the temperature), so a fixed bound means little on its own.
+
 A character-level tokenizer (tokenizer.json, one id per printable ASCII character) is saved with
 llama_gqa so that text input can be tested end to end; batch.json then also holds a sentence, its
 token ids as HF tokenizes it, and outputs.safetensors its log-probs and entropies
@@ -93,6 +100,25 @@ def per_position(logits, tokens, temperature):
     target_lp = torch.zeros(len(tokens), dtype=logits.dtype)
     target_lp[:-1] = logp[:-1].gather(1, torch.tensor(tokens[1:]).unsqueeze(1)).squeeze(1)
     return target_lp, entropy
+
+
+def hf_bf16_outputs(out_dir, seqs, temperature):
+    """transformers' own bf16 forward of the saved checkpoint (CPU): per-position log-probs and
+    entropies at temperature 1 and T, computed in float64 from its bf16 logits."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16, attn_implementation="eager")
+    model.eval()
+    outputs = {}
+    for tag, temp in [("", 1.0), ("_t", temperature)]:
+        lps, ents = [], []
+        for s in seqs:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([s])).logits[0].double()  # [T, V] bf16 values
+            lp, ent = per_position(logits, s, temp)
+            lps.append(lp)
+            ents.append(ent)
+        outputs["hf_bf16_logprobs" + tag] = torch.cat(lps)
+        outputs["hf_bf16_entropy" + tag] = torch.cat(ents)
+    return outputs
 
 
 def grads_of(model, loss, prefix):
@@ -177,11 +203,16 @@ def causal_lm_fixture(name, cls, config, embed_std, seed, pg=False, text=False):
         outputs["text_entropy"] = ent[:-1].detach()
         batch["text"] = TEXT
         batch["text_tokens"] = ids
+    outputs.update(hf_bf16_outputs(out_dir, seqs, TEMPERATURE))
 
     save_file({k: v.to(torch.float32).contiguous() for k, v in outputs.items()}, os.path.join(out_dir, "outputs.safetensors"))
     with open(os.path.join(out_dir, "batch.json"), "w") as f:
         json.dump(batch, f)
-    print(f"{name}: sft_loss {sft_loss.item():.6f}, mean entropy {ent1.mean().item():.4f}")
+    hf_err = {k: (outputs["hf_bf16_" + k] - outputs[k]).abs().mean().item() for k in ["logprobs", "logprobs_t"]}
+    print(
+        f"{name}: sft_loss {sft_loss.item():.6f}, mean entropy {ent1.mean().item():.4f}, transformers bf16 mean abs "
+        f"log-prob error {hf_err['logprobs']:.4f} (T=1), {hf_err['logprobs_t']:.4f} (T={TEMPERATURE})"
+    )
 
 
 def seqcls_fixture(name, config, seed):

@@ -7,6 +7,13 @@ transformers gives each one, i.e. the scalar head on the LAST token of prompt + 
 The scores come from one right-padded batch with an attention mask (how HF reward models are run),
 and the script checks that they equal one-sequence-at-a-time runs.
 
+The first 6 samples are hand-picked lengths (one-token responses included); 90 more of random
+lengths follow, so that the bf16 test can compare mean errors, which over 6 samples are dominated
+by one or two (a bf16 forward's score errors are heavy-tailed on these models: mostly ~0.02, now
+and then 0.1-0.3). `scores_hf_bf16` is what transformers' own bf16 forward gives for each sample
+(the checkpoint loaded with dtype=torch.bfloat16 on the CPU, one sequence at a time): its error
+against `scores` is the yardstick for our bf16 path.
+
   reward/tests/fixtures/tiny_llama_rm   LlamaForSequenceClassification: GQA (H=4, K=2), 2 layers
   reward/tests/fixtures/tiny_qwen2_rm   Qwen2ForSequenceClassification: q/k/v biases, tied embeddings
 
@@ -36,11 +43,22 @@ def reinit(model, gen, std):
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
+EXTRA_SAMPLES = 90
+
+
 def make_samples(gen, vocab):
-    """Prompts and responses of assorted lengths (one-token responses included), ids in 1..vocab."""
+    """Prompts and responses of assorted lengths (one-token responses included), ids in 1..vocab:
+    6 fixed length pairs, then EXTRA_SAMPLES random ones (prompt 1-8, response 1-10 tokens)."""
     lengths = [(3, 5), (7, 1), (1, 9), (12, 4), (5, 5), (2, 14)]
+    fixed = len(lengths)
     samples = []
     for i, (p, r) in enumerate(lengths):
+        ids = torch.randint(1, vocab, (p + r,), generator=gen).tolist()
+        samples.append({"prompt": f"prompt {i}", "prompt_tokens": ids[:p], "response": f"response {i}", "response_tokens": ids[p:]})
+    # Drawn after the fixed ones, so those (and their scores) stay what they were.
+    for i in range(fixed, fixed + EXTRA_SAMPLES):
+        p = int(torch.randint(1, 9, (1,), generator=gen))
+        r = int(torch.randint(1, 11, (1,), generator=gen))
         ids = torch.randint(1, vocab, (p + r,), generator=gen).tolist()
         samples.append({"prompt": f"prompt {i}", "prompt_tokens": ids[:p], "response": f"response {i}", "response_tokens": ids[p:]})
     return samples
@@ -59,6 +77,13 @@ def hf_scores(model, samples):
     return batched.tolist()
 
 
+def hf_bf16_scores(out_dir, model_cls, samples):
+    """transformers' own bf16 forward of the saved checkpoint (CPU), one sequence at a time."""
+    model = model_cls.from_pretrained(out_dir, dtype=torch.bfloat16, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([s["prompt_tokens"] + s["response_tokens"]])).logits[0, 0].float().item() for s in samples]
+
+
 def fixture(name, model_cls, config, seed):
     out_dir = os.path.join(ROOT, name)
     os.makedirs(out_dir, exist_ok=True)
@@ -74,10 +99,12 @@ def fixture(name, model_cls, config, seed):
         "transformers": transformers.__version__,
         "samples": samples,
         "scores": scores,
+        "scores_hf_bf16": hf_bf16_scores(out_dir, model_cls, samples),
     }
     with open(os.path.join(out_dir, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
-    print(f"{name}: scores {[round(s, 4) for s in scores]}")
+    err = [abs(a - b) for a, b in zip(expected["scores_hf_bf16"], scores)]
+    print(f"{name}: scores {[round(s, 4) for s in scores[:6]]} ..., transformers bf16 error mean {sum(err) / len(err):.4f} max {max(err):.4f}")
 
 
 def main():

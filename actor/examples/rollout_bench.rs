@@ -6,7 +6,8 @@
 //!       --shapes tiny --batch 4 --prompt 8 --new 8                          (CPU smoke run)
 //!
 //! Options: --shapes qwen2.5-0.5b|smollm2-135m|tiny (random weights, seed 0) or --model DIR (real
-//! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --out FILE (appends).
+//! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --cuda-graphs (decode
+//! steps as CUDA graphs, EngineConfig::cuda_graphs), --out FILE (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
 //! - tokens/s of new tokens (B·N / median seconds);
@@ -41,6 +42,7 @@ struct Args {
     new: usize,
     iters: usize,
     kv_fraction: f64,
+    cuda_graphs: bool,
     out: Option<PathBuf>,
 }
 
@@ -55,6 +57,7 @@ fn parse() -> Result<Args> {
         new: 256,
         iters: 2,
         kv_fraction: 0.8,
+        cuda_graphs: false,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -73,6 +76,7 @@ fn parse() -> Result<Args> {
                 a.kv_fraction = val()?.parse().context("--kv-fraction must be a number")?
             }
             "--out" => a.out = Some(val()?.into()),
+            "--cuda-graphs" => a.cuda_graphs = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -203,6 +207,7 @@ fn main() -> Result<()> {
         EngineConfig {
             kv_budget: KvBudget::FreeFraction(a.kv_fraction),
             max_running: a.batch.max(1),
+            cuda_graphs: a.cuda_graphs,
             ..EngineConfig::default()
         },
     )?;
@@ -214,8 +219,9 @@ fn main() -> Result<()> {
     for i in 0..a.iters {
         let (s, stats) = timed_rollout(&engine, &params, &device, &requests)?;
         eprintln!(
-            "run {i}: {s:.3} s, {} steps, {} preemptions, peak KV {:.1} MiB",
+            "run {i}: {s:.3} s, {} steps ({} graph replays), {} preemptions, peak KV {:.1} MiB",
             stats.steps,
+            stats.graph_replays,
             stats.preemptions,
             stats.peak_kv_bytes as f64 / (1 << 20) as f64
         );
@@ -275,6 +281,20 @@ fn main() -> Result<()> {
         );
     }
 
+    if !last.profile.is_empty() {
+        // REALIGN_PROFILE=1: every phase ended with a sync, so the times above are inflated.
+        let total: f64 = last.profile.iter().map(|(_, t)| t).sum();
+        eprintln!("profile (last timed rollout, synced phases, {total:.3} s):");
+        for (name, t) in &last.profile {
+            eprintln!(
+                "  {name:<20} {:>9.4} s {:>6.1}%  {:>8.3} ms/step",
+                t,
+                100.0 * t / total.max(1e-12),
+                1e3 * t / last.steps.max(1) as f64
+            );
+        }
+    }
+
     let line = serde_json::json!({
         "benchmark": "rollout_bench",
         "shapes": name,
@@ -299,6 +319,10 @@ fn main() -> Result<()> {
         "preemptions": last.preemptions,
         "peak_kv_bytes": last.peak_kv_bytes,
         "kv_blocks": last.kv_blocks,
+        "cuda_graphs": a.cuda_graphs,
+        "graph_replays": last.graph_replays,
+        "profiled": !last.profile.is_empty(),
+        "profile": last.profile.iter().map(|(n, t)| (n.to_string(), *t)).collect::<std::collections::BTreeMap<_, _>>(),
     })
     .to_string();
     println!("{line}");

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Let the n samples of one prompt share its KV blocks.
     pub share_prefixes: bool,
+    /// Run decode steps on a GPU as CUDA graphs (docs/rollout.md, "Speed"; not yet the default:
+    /// see its state there). `REALIGN_CUDA_GRAPHS=1` turns it on for every engine.
+    pub cuda_graphs: bool,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 8192,
             max_running: 256,
             share_prefixes: true,
+            cuda_graphs: false,
         }
     }
 }
@@ -99,6 +103,7 @@ impl Engine {
         requests: &[Request],
     ) -> anyhow::Result<(Vec<Completion>, RolloutStats)> {
         let mut runner = LlamaRunner::new(params, &self.model)?;
+        runner.use_cuda_graphs(self.cfg.cuda_graphs || crate::llama::graphs_forced());
         let num_blocks = self.num_blocks(&runner, params.embed.device(), requests)?;
         let cfg = RolloutConfig {
             block_size: self.cfg.block_size,

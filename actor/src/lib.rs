@@ -9,11 +9,13 @@
 //! - `rollout.rs`: the loop itself.
 //! - `llama.rs`: the Llama-family decoder's prefill/decode forward over the paged cache.
 //! - `engine.rs`: the entry point: KV budget, weights in, completions out.
+//! - `profile.rs`: `REALIGN_PROFILE=1`, time per phase of a rollout.
 
 pub mod block_manager;
 pub mod engine;
 pub mod fake_model;
 pub mod llama;
+pub mod profile;
 pub mod request;
 pub mod rollout;
 pub mod sampling;

@@ -8,18 +8,24 @@
 //! sequence's last row goes through the final norm and the LM head.
 //!
 //! K/V are kept in the parameters' dtype: bf16 on the GPU in normal use, f32 on the CPU. Nothing in
-//! a step reads device memory back except the logits at its end, so the decode step can be put in
-//! a CUDA graph.
+//! a step reads device memory back: the logits stay on the device for sampling there, so the
+//! decode step can be put in a CUDA graph.
 
 use anyhow::Context;
+use std::collections::HashMap;
+
+use kernels::cuda::graph_ops::gather_rows_trusted;
+use kernels::cuda::write_u32;
+use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
     add_inplace, attention, gather_rows, kv_cache_copy_blocks, kv_cache_write, linear,
-    paged_attention, rmsnorm, rope, swiglu,
+    paged_attention, read_samples, rmsnorm, rope, sample_tokens_into, swiglu, SampleSpec,
 };
 use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
 
 use crate::block_manager::BlockCopy;
+use crate::profile::Stopwatch;
 use crate::step_model::{DecodeBatch, PrefillBatch, StepModel};
 
 /// One layer's cache: [P, K, D] each, P = blocks × block size.
@@ -36,6 +42,17 @@ pub struct LlamaRunner<'a> {
     dtype: DType,
     cache: Vec<LayerCache>,
     block_size: usize,
+    /// Decode-step time per op kind, with `REALIGN_PROFILE=1` (each op then ends with a sync).
+    sw: Stopwatch,
+    /// Captured decode steps by (bucket, table width, spec columns); they hold the cache's
+    /// addresses, so they live only as long as the cache.
+    graphs: HashMap<GraphKey, DecodeGraph>,
+    /// Decode steps as CUDA graphs (on a GPU, when every row samples on the device).
+    use_graphs: bool,
+    /// A capture failed: decode op by op from then on.
+    graphs_failed: bool,
+    /// Decode steps replayed from a captured graph so far.
+    graph_replays: usize,
 }
 
 /// How a layer's attention reads K/V.
@@ -67,7 +84,17 @@ impl<'a> LlamaRunner<'a> {
             dtype: params.embed.dtype(),
             cache: Vec::new(),
             block_size: 0,
+            sw: Stopwatch::new(),
+            graphs: HashMap::new(),
+            use_graphs: graphs_forced(),
+            graphs_failed: false,
+            graph_replays: 0,
         })
+    }
+
+    /// Turns CUDA-graph decode steps on or off (they are used only on a GPU).
+    pub fn use_cuda_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
     }
 
     fn u32s(&self, v: &[u32]) -> anyhow::Result<Tensor> {
@@ -75,24 +102,54 @@ impl<'a> LlamaRunner<'a> {
     }
 
     /// Runs every layer over `tokens` at `positions`, writing K/V to `slots`; returns [N,C].
+    /// `profile` times each op kind into the runner's stopwatch (decode steps). `in_graph`: the
+    /// work is being recorded into a CUDA graph, so the embedding lookup must not read the ids
+    /// back to check them (they were checked before the rollout or sampled below V).
     fn layers(
         &mut self,
         tokens: &Tensor,
         positions: &Tensor,
         slots: &Tensor,
         attend: &Attend,
+        profile: bool,
+        in_graph: bool,
     ) -> anyhow::Result<Tensor> {
-        let mut x = gather_rows(&self.params.embed, tokens).context("embedding lookup")?; // [N,C]
+        let mut off = Stopwatch::off();
+        let sw = if profile { &mut self.sw } else { &mut off };
+        sw.mark(&self.device, "d:inputs");
+        let mut x = if in_graph {
+            gather_rows_trusted(&self.params.embed, tokens)
+        } else {
+            gather_rows(&self.params.embed, tokens)
+        }
+        .context("embedding lookup")?; // [N,C]
+        sw.mark(&self.device, "d:embed");
         for (l, lp) in self.params.layers.iter().enumerate() {
             let cache = &mut self.cache[l];
-            x = layer(x, lp, self.cfg, cache, positions, slots, attend)
-                .with_context(|| format!("layer {l}"))?;
+            x = layer(
+                x,
+                lp,
+                self.cfg,
+                cache,
+                positions,
+                slots,
+                attend,
+                sw,
+                &self.device,
+            )
+            .with_context(|| format!("layer {l}"))?;
         }
         Ok(x)
     }
 
-    /// Final norm and LM head of the rows `last` of `x` [N,C] -> host logits [S*V].
-    fn logits(&self, x: &Tensor, last: Option<&[u32]>) -> anyhow::Result<Vec<f32>> {
+    /// Final norm and LM head of the rows `last` of `x` [N,C] -> logits [S,V] on the device.
+    /// `profile` charges the decode LM head to the stopwatch.
+    fn logits(
+        &mut self,
+        x: &Tensor,
+        last: Option<&[u32]>,
+        profile: bool,
+    ) -> anyhow::Result<Tensor> {
         let rows = match last {
             Some(idx) => Some(gather_rows(x, &self.u32s(idx)?)?), // [N,C] -> [S,C]
             None => None,
@@ -100,10 +157,14 @@ impl<'a> LlamaRunner<'a> {
         let x = rows.as_ref().unwrap_or(x);
         let (xn, _) = rmsnorm(x, &self.params.final_norm, self.cfg.rms_norm_eps as f32)?;
         let logits = linear(&xn, self.params.lm_head_weight(), None)?; // [S,V]
-        Ok(logits.to_vec_f32()?)
+        if profile {
+            self.sw.mark(&self.device, "d:lm_head");
+        }
+        Ok(logits)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn layer(
     x: Tensor,
     lp: &LayerParams,
@@ -112,6 +173,8 @@ fn layer(
     positions: &Tensor,
     slots: &Tensor,
     attend: &Attend,
+    sw: &mut Stopwatch,
+    dev: &Device,
 ) -> anyhow::Result<Tensor> {
     let n = x.shape()[0];
     let (h, k, d) = (
@@ -124,12 +187,16 @@ fn layer(
     let scale = 1.0 / (d as f32).sqrt();
 
     let (xn, _) = rmsnorm(&x, &lp.attn_norm, eps)?; // [N,C]
+    sw.mark(dev, "d:rmsnorm");
     let q = linear(&xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let kk = linear(&xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
     let v = linear(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    sw.mark(dev, "d:qkv_linear");
     let q = rope(&q, positions, theta)?;
     let kk = rope(&kk, positions, theta)?;
+    sw.mark(dev, "d:rope");
     kv_cache_write(&mut cache.k, &mut cache.v, &kk, &v, slots)?;
+    sw.mark(dev, "d:kv_write");
     let att = match attend {
         Attend::Packed { cu_seqlens } => attention(&q, &kk, &v, cu_seqlens, scale)?.0,
         Attend::Paged {
@@ -148,15 +215,23 @@ fn layer(
             scale,
         )?,
     }; // [N,H,D]
+    sw.mark(dev, "d:attention");
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let mut x2 = linear(&att, &lp.o, None)?; // [N,C]
+    sw.mark(dev, "d:o_linear");
     add_inplace(&mut x2, &x)?;
+    sw.mark(dev, "d:residual");
     let (xn2, _) = rmsnorm(&x2, &lp.mlp_norm, eps)?; // [N,C]
+    sw.mark(dev, "d:rmsnorm");
     let gate = linear(&xn2, &lp.gate, None)?; // [N,F]
     let up = linear(&xn2, &lp.up, None)?; // [N,F]
+    sw.mark(dev, "d:gate_up_linear");
     let act = swiglu(&gate, &up)?; // [N,F]
+    sw.mark(dev, "d:swiglu");
     let mut out = linear(&act, &lp.down, None)?; // [N,C]
+    sw.mark(dev, "d:down_linear");
     add_inplace(&mut out, &x2)?;
+    sw.mark(dev, "d:residual");
     Ok(out)
 }
 
@@ -185,6 +260,7 @@ impl StepModel for LlamaRunner<'_> {
             self.cfg.num_key_value_heads,
             self.cfg.head_dim,
         ]; // [P,K,D]
+        self.graphs.clear();
         self.cache.clear();
         for _ in 0..self.cfg.num_hidden_layers {
             self.cache.push(LayerCache {
@@ -197,6 +273,7 @@ impl StepModel for LlamaRunner<'_> {
     }
 
     fn free_cache(&mut self) {
+        self.graphs.clear();
         self.cache = Vec::new();
     }
 
@@ -211,6 +288,40 @@ impl StepModel for LlamaRunner<'_> {
     }
 
     fn prefill(&mut self, batch: &PrefillBatch) -> anyhow::Result<Vec<f32>> {
+        Ok(self.prefill_logits(batch)?.to_vec_f32()?)
+    }
+
+    fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>> {
+        Ok(self.decode_logits(batch)?.to_vec_f32()?)
+    }
+
+    fn decode_sample(
+        &mut self,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        // Profiling times each op with a sync, which a graph cannot contain.
+        if self.device.is_cuda() && self.use_graphs && !self.sw.on() && !self.graphs_failed {
+            return self.decode_sample_graph(batch, specs);
+        }
+        let logits = self.decode_logits(batch)?;
+        let spec = SampleSpec::pack(specs, logits.device())?;
+        Ok(read_samples(&kernels::ops::sample_tokens(&logits, &spec)?)?)
+    }
+
+    fn synchronize(&self) -> anyhow::Result<()> {
+        Ok(self.device.synchronize()?)
+    }
+
+    fn graph_replays(&self) -> usize {
+        self.graph_replays
+    }
+
+    fn profile(&self) -> Vec<(&'static str, f64)> {
+        self.sw.times.phases.clone()
+    }
+
+    fn prefill_logits(&mut self, batch: &PrefillBatch) -> anyhow::Result<Tensor> {
         let tokens = self.u32s(&batch.tokens)?;
         let positions = self.u32s(&batch.positions)?;
         let slots = self.u32s(&batch.slots)?;
@@ -222,13 +333,16 @@ impl StepModel for LlamaRunner<'_> {
             &Attend::Packed {
                 cu_seqlens: &cu_seqlens,
             },
+            false,
+            false,
         )?;
         let last: Vec<u32> = batch.cu_seqlens[1..].iter().map(|&e| e - 1).collect();
-        self.logits(&x, Some(&last))
+        self.logits(&x, Some(&last), false)
     }
 
-    fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>> {
+    fn decode_logits(&mut self, batch: &DecodeBatch) -> anyhow::Result<Tensor> {
         let s = batch.num_seqs();
+        self.sw.reset();
         let tokens = self.u32s(&batch.tokens)?;
         let positions = self.u32s(&batch.positions)?;
         let slots = self.u32s(&batch.slots)?;
@@ -245,7 +359,161 @@ impl StepModel for LlamaRunner<'_> {
             block_size: self.block_size,
             max_context_len,
         };
-        let x = self.layers(&tokens, &positions, &slots, &attend)?;
-        self.logits(&x, None)
+        let x = self.layers(&tokens, &positions, &slots, &attend, true, false)?;
+        self.logits(&x, None, true)
+    }
+}
+
+/// `REALIGN_CUDA_GRAPHS=1`: decode steps on a GPU run as CUDA graphs whatever the engine config
+/// says (opt-in until a GPU run has shown the capture works; docs/rollout.md, "Speed").
+pub fn graphs_forced() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").is_ok_and(|v| v == "1"))
+}
+
+/// Batch sizes a decode graph is captured for: a step of S sequences runs the graph of the
+/// smallest bucket ≥ S, padded with idle rows.
+fn bucket_of(s: usize) -> usize {
+    if s <= 8 {
+        8
+    } else if s <= 256 {
+        s.next_power_of_two()
+    } else {
+        s.next_multiple_of(128)
+    }
+}
+
+/// Block-table widths are rounded up to this many blocks, so that a rollout needs few graphs.
+const TABLE_ROUND: usize = 32;
+
+/// One captured decode step (forward + sampling) for a bucket, with the fixed device buffers its
+/// kernels read and write; each step writes its inputs into them and replays the graph.
+struct DecodeGraph {
+    graph: Option<kernels::cuda::Graph>,
+    /// [S] tokens, positions, slots (u32::MAX for idle rows: the cache write skips them).
+    tokens: Tensor,
+    positions: Tensor,
+    slots: Tensor,
+    /// [S, M] block tables (idle rows: block 0) and [S] context lengths (idle rows: 1).
+    tables: Tensor,
+    lens: Tensor,
+    /// [S, SPEC_HEAD + NB] sampling specs and the [S, 2] sampled (token, log-prob bits).
+    spec: Tensor,
+    out: Tensor,
+}
+
+/// Graph key: (bucket S, table width M, spec columns).
+type GraphKey = (usize, usize, usize);
+
+impl LlamaRunner<'_> {
+    /// One decode step with sampling on the GPU as a CUDA graph: pads the batch to its bucket,
+    /// writes the inputs into the bucket's fixed buffers and replays; the first step of a bucket
+    /// runs eagerly and captures the graph for the next ones.
+    fn decode_sample_graph(
+        &mut self,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        let s = batch.num_seqs();
+        let b = bucket_of(s);
+        let m = batch.max_blocks.max(1).next_multiple_of(TABLE_ROUND);
+        let nb = specs.iter().map(|x| x.banned.len()).max().unwrap_or(0);
+        let key: GraphKey = (b, m, SPEC_HEAD + nb);
+        // Inputs padded to the bucket: idle rows decode token 0 at position 0 into no slot.
+        let mut tokens = batch.tokens.clone();
+        tokens.resize(b, 0);
+        let mut positions = batch.positions.clone();
+        positions.resize(b, 0);
+        let mut slots = batch.slots.clone();
+        slots.resize(b, u32::MAX);
+        let mut tables = vec![0u32; b * m]; // [B, M]
+        for r in 0..s {
+            let row = &batch.block_tables[r * batch.max_blocks..(r + 1) * batch.max_blocks];
+            tables[r * m..r * m + batch.max_blocks].copy_from_slice(row);
+        }
+        let mut lens = batch.context_lens.clone();
+        lens.resize(b, 1);
+        let mut all_specs = specs.to_vec();
+        all_specs.extend((s..b).map(|r| SampleSpec {
+            row: r as u32,
+            temperature: 0.0,
+            draw: 0,
+            banned: Vec::new(),
+        }));
+        let spec_host = SampleSpec::pack(&all_specs, &Device::Cpu)?.to_vec_u32()?;
+        let dev = self.device.clone();
+        let cuda = match &dev {
+            Device::Cuda(d) => d.clone(),
+            Device::Cpu => anyhow::bail!("internal error: decode graph on the CPU"),
+        };
+        let max_ctx = m * self.block_size;
+        let mut g = match self.graphs.remove(&key) {
+            Some(mut g) => {
+                write_u32(&mut g.tokens, &tokens)?;
+                write_u32(&mut g.positions, &positions)?;
+                write_u32(&mut g.slots, &slots)?;
+                write_u32(&mut g.tables, &tables)?;
+                write_u32(&mut g.lens, &lens)?;
+                write_u32(&mut g.spec, &spec_host)?;
+                g
+            }
+            None => DecodeGraph {
+                graph: None,
+                tokens: Tensor::from_u32(tokens, &[b], &dev)?,
+                positions: Tensor::from_u32(positions, &[b], &dev)?,
+                slots: Tensor::from_u32(slots, &[b], &dev)?,
+                tables: Tensor::from_u32(tables, &[b, m], &dev)?,
+                lens: Tensor::from_u32(lens, &[b], &dev)?,
+                spec: Tensor::from_u32(spec_host, &[b, key.2], &dev)?,
+                out: Tensor::zeros(&[b, 2], DType::U32, &dev)?,
+            },
+        };
+        let result = match &g.graph {
+            Some(graph) => {
+                self.graph_replays += 1;
+                graph.launch().map_err(anyhow::Error::from)
+            }
+            None => {
+                // First step of this bucket: run it (this also loads every kernel), then record
+                // the same step on the same buffers for the next ones (recording runs nothing).
+                let eager = self.decode_into(&mut g, max_ctx, false);
+                if eager.is_ok() {
+                    let captured = cuda.capture(|| {
+                        self.decode_into(&mut g, max_ctx, true)
+                            .map_err(|e| kernels::Error::msg(format!("{e:#}")))
+                    });
+                    match captured {
+                        Ok(graph) => g.graph = Some(graph),
+                        Err(e) => {
+                            tracing::warn!("decode step not captured as a CUDA graph: {e}");
+                            self.graphs_failed = true;
+                        }
+                    }
+                }
+                eager
+            }
+        };
+        let out = result.and_then(|_| Ok(read_samples(&g.out)?));
+        self.graphs.insert(key, g);
+        Ok(out?[..s].to_vec())
+    }
+
+    /// The decode step (forward, LM head, sampling) from a graph's buffers into its output.
+    fn decode_into(
+        &mut self,
+        g: &mut DecodeGraph,
+        max_context_len: usize,
+        in_graph: bool,
+    ) -> anyhow::Result<()> {
+        let attend = Attend::Paged {
+            block_tables: &g.tables,
+            context_lens: &g.lens,
+            block_size: self.block_size,
+            max_context_len,
+        };
+        let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?; // [S,C]
+        let logits = self.logits(&x, None, false)?; // [S,V]
+        sample_tokens_into(&logits, &g.spec, &mut g.out)?;
+        Ok(())
     }
 }

@@ -12,7 +12,8 @@ pub struct Request {
     pub sampling: SamplingParams,
     /// Samples to draw for this prompt (a GRPO group); they share the prompt's KV blocks.
     pub n: usize,
-    /// Sample i draws from `sampling::sample_rng(seed, i)`: same seed + same inputs = same tokens.
+    /// Sample i draws with the key `sampling::sample_key(seed, i)`: same seed + same inputs = same
+    /// tokens.
     pub seed: u64,
 }
 
@@ -69,4 +70,9 @@ pub struct RolloutStats {
     /// Most blocks in use at once, and their bytes.
     pub peak_kv_blocks: usize,
     pub peak_kv_bytes: usize,
+    /// Seconds per phase (schedule, forward, sampling, ... and the model's own phases), filled
+    /// only with `REALIGN_PROFILE=1`.
+    pub profile: Vec<(&'static str, f64)>,
+    /// Decode steps that replayed a captured CUDA graph.
+    pub graph_replays: usize,
 }

@@ -3,10 +3,14 @@
 //! completely at the end (also on error), so training can use that memory.
 
 use anyhow::Context;
+use kernels::ops::sampling::MAX_BANNED;
+use kernels::ops::{gather_rows, read_samples, sample_tokens, SampleSpec};
+use kernels::Tensor;
 
 use crate::block_manager::{BlockManager, SeqId};
+use crate::profile::Stopwatch;
 use crate::request::{Completion, Request, RolloutStats};
-use crate::sampling::sample_rng;
+use crate::sampling::{sample, sample_key};
 use crate::scheduler::{Scheduler, SchedulerLimits};
 use crate::step_model::StepModel;
 
@@ -80,8 +84,8 @@ fn generate_all(
     };
     let mut sched = Scheduler::new(limits, BlockManager::new(cfg.num_blocks, cfg.block_size));
     for r in requests {
-        let rngs = (0..r.n).map(|i| sample_rng(r.seed, i)).collect();
-        sched.add_request(&r.tokens, r.sampling.clone(), rngs, cfg.share_prefixes)?;
+        let keys = (0..r.n).map(|i| sample_key(r.seed, i)).collect();
+        sched.add_request(&r.tokens, r.sampling.clone(), keys, cfg.share_prefixes)?;
     }
     let vocab = model.vocab_size();
     let mut stats = RolloutStats {
@@ -90,9 +94,21 @@ fn generate_all(
         kv_bytes_per_block: model.kv_bytes_per_block(cfg.block_size),
         ..Default::default()
     };
+    // REALIGN_PROFILE=1: each phase ends with a device synchronise and is timed.
+    let mut sw = Stopwatch::new();
+    let phase = |sw: &mut Stopwatch, model: &dyn StepModel, name: &'static str| {
+        if sw.on() {
+            if let Err(e) = model.synchronize() {
+                tracing::warn!("profile: synchronize failed: {e}");
+            }
+            sw.mark_host(name);
+        }
+    };
     while sched.has_work() {
+        sw.reset();
         let plan = sched.schedule();
         stats.preemptions += plan.preempted;
+        phase(&mut sw, model, "schedule");
         if plan.is_empty() {
             anyhow::ensure!(
                 !sched.has_work() || !plan.finished.is_empty(),
@@ -104,29 +120,71 @@ fn generate_all(
         if !plan.copies.is_empty() {
             stats.block_copies += plan.copies.len();
             model.copy_blocks(&plan.copies)?;
+            phase(&mut sw, model, "copy_blocks");
         }
         let mut prefilled: Vec<SeqId> = Vec::new();
         if !plan.prefill_groups.is_empty() {
             stats.prefill_tokens += plan.prefill.tokens.len();
-            let logits = model.prefill(&plan.prefill).context("prefill step")?;
-            anyhow::ensure!(logits.len() == plan.prefill_groups.len() * vocab);
-            for (row, group) in plan.prefill_groups.iter().enumerate() {
-                for &id in group {
-                    sched.sample_next(id, &logits[row * vocab..(row + 1) * vocab]);
-                    prefilled.push(id);
-                }
+            let logits = model
+                .prefill_logits(&plan.prefill)
+                .context("prefill step")?;
+            phase(&mut sw, model, "prefill_forward");
+            // Every sample of a group draws from its group's row.
+            let outputs: Vec<(SeqId, u32)> = plan
+                .prefill_groups
+                .iter()
+                .enumerate()
+                .flat_map(|(row, group)| group.iter().map(move |&id| (id, row as u32)))
+                .collect();
+            let drawn = sample_outputs(&sched, &logits, &outputs, vocab)?;
+            for (&(id, _), (token, logprob)) in outputs.iter().zip(drawn) {
+                sched.append_token(id, token, logprob);
+                prefilled.push(id);
             }
+            phase(&mut sw, model, "prefill_sample");
         }
         if !plan.decode_seqs.is_empty() {
             stats.decode_tokens += plan.decode_seqs.len();
-            let logits = model.decode(&plan.decode).context("decode step")?;
-            anyhow::ensure!(logits.len() == plan.decode_seqs.len() * vocab);
-            for (row, &id) in plan.decode_seqs.iter().enumerate() {
-                sched.sample_next(id, &logits[row * vocab..(row + 1) * vocab]);
+            let outputs: Vec<(SeqId, u32)> = plan
+                .decode_seqs
+                .iter()
+                .enumerate()
+                .map(|(row, &id)| (id, row as u32))
+                .collect();
+            let drawn = match device_specs(&sched, &outputs, vocab) {
+                // Every row samples on the device: one fused step (a CUDA graph on a GPU).
+                Some(specs) => {
+                    let d = model
+                        .decode_sample(&plan.decode, &specs)
+                        .context("decode step")?;
+                    phase(&mut sw, model, "decode_step");
+                    d
+                }
+                None => {
+                    let logits = model.decode_logits(&plan.decode).context("decode step")?;
+                    phase(&mut sw, model, "decode_forward");
+                    let d = sample_outputs(&sched, &logits, &outputs, vocab)?;
+                    phase(&mut sw, model, "decode_sample");
+                    d
+                }
+            };
+            anyhow::ensure!(drawn.len() == outputs.len());
+            for (&(id, _), (token, logprob)) in outputs.iter().zip(drawn) {
+                sched.append_token(id, token, logprob);
             }
+            phase(&mut sw, model, "append");
         }
         sched.update_running(&prefilled);
+        phase(&mut sw, model, "update");
     }
+    if sw.on() {
+        for (name, secs) in model.profile() {
+            sw.times.add(name, secs);
+        }
+        stats.profile = sw.times.phases.clone();
+        tracing::info!("rollout profile: {}", sw.times.summary());
+    }
+    stats.graph_replays = model.graph_replays();
     stats.peak_kv_blocks = sched.blocks.peak_used();
     stats.peak_kv_bytes = stats.peak_kv_blocks * stats.kv_bytes_per_block;
     let mut seqs: Vec<_> = sched.seqs.into_values().collect();
@@ -142,4 +200,83 @@ fn generate_all(
         })
         .collect();
     Ok((completions, stats))
+}
+
+/// The device sampling specs of `outputs`, or None when some row needs the host (top-k / top-p,
+/// or more banned ids than the device op takes).
+fn device_specs(
+    sched: &Scheduler,
+    outputs: &[(SeqId, u32)],
+    vocab: usize,
+) -> Option<Vec<SampleSpec>> {
+    outputs
+        .iter()
+        .map(|&(id, row)| {
+            let (params, banned, draw) = sched.next_draw(id);
+            (!params.filters(vocab) && banned.len() <= MAX_BANNED).then(|| SampleSpec {
+                row,
+                temperature: params.temperature,
+                draw,
+                banned: banned.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Draws the next token of each (sequence, logits row) output from `logits` [R, V]. Rows without
+/// top-k / top-p are sampled where the logits live (`kernels::ops::sample_tokens`: only tokens
+/// and log-probs come back); the others are copied to the host, only those rows, and sampled
+/// there. Returns (token, log-prob) per output.
+fn sample_outputs(
+    sched: &Scheduler,
+    logits: &Tensor,
+    outputs: &[(SeqId, u32)],
+    vocab: usize,
+) -> anyhow::Result<Vec<(u32, f32)>> {
+    anyhow::ensure!(
+        logits.rank() == 2 && logits.shape()[1] == vocab,
+        "internal error: logits of shape {:?}, expected [rows, {vocab}]",
+        logits.shape()
+    );
+    let mut out = vec![(0u32, 0.0f32); outputs.len()];
+    let mut specs = Vec::new();
+    let mut on_device = Vec::new();
+    let mut on_host = Vec::new();
+    for (k, &(id, row)) in outputs.iter().enumerate() {
+        let (params, banned, draw) = sched.next_draw(id);
+        if params.filters(vocab) || banned.len() > MAX_BANNED {
+            on_host.push(k);
+        } else {
+            specs.push(SampleSpec {
+                row,
+                temperature: params.temperature,
+                draw,
+                banned: banned.to_vec(),
+            });
+            on_device.push(k);
+        }
+    }
+    if !specs.is_empty() {
+        let spec = SampleSpec::pack(&specs, logits.device())?;
+        let drawn = read_samples(&sample_tokens(logits, &spec).context("sampling")?)?;
+        for (&k, d) in on_device.iter().zip(drawn) {
+            out[k] = d;
+        }
+    }
+    if !on_host.is_empty() {
+        // The distinct rows the host needs, copied in one go: [n, V].
+        let mut rows: Vec<u32> = on_host.iter().map(|&k| outputs[k].1).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let idx = Tensor::from_u32(rows.clone(), &[rows.len()], logits.device())?;
+        let host = gather_rows(logits, &idx)?.to_vec_f32()?;
+        for &k in &on_host {
+            let (id, row) = outputs[k];
+            let r = rows.binary_search(&row).expect("row was collected");
+            let (params, banned, draw) = sched.next_draw(id);
+            let s = sample(&host[r * vocab..(r + 1) * vocab], params, banned, draw);
+            out[k] = (s.token, s.logprob);
+        }
+    }
+    Ok(out)
 }

@@ -1,17 +1,24 @@
-//! Next-token sampling on the host: temperature, top-k, top-p, and the log-prob of the sampled
-//! token under the distribution actually sampled from.
+//! Next-token sampling: temperature, top-k, top-p, and the log-prob of the sampled token under the
+//! distribution actually sampled from.
 //!
-//! Order of the filters (as in HF `generate` and vLLM): logits / temperature, then top-k, then top-p
-//! on what top-k kept; the kept tokens are renormalised and one uniform draw from the sequence's own
-//! RNG picks a token by inverse CDF over them in (logit desc, id asc) order. Everything depends only
-//! on the logits, the parameters and that RNG, so a sequence's tokens do not depend on what else is
-//! in the batch.
+//! Randomness is counter-based: sample i of a request with seed s has the key
+//! [`sample_key`](s, i), and its t-th generated token uses the 32-bit [`draw`](key, t), a hash of
+//! the pair. No RNG state is carried from step to step, so a token depends only on the logits, the
+//! parameters and (seed, sample, position): not on the batch, on preemption, or on the device that
+//! samples. The uniform of a draw is u = (draw + 0.5) / 2^32.
+//!
+//! Rows without top-k / top-p are sampled where the logits are (`kernels::ops::sample_tokens`, on
+//! the GPU in normal use): inverse CDF over the allowed ids in id order. Rows with top-k / top-p
+//! are sampled here on the host (the engine copies only those rows): logits / temperature, then
+//! top-k, then top-p on what top-k kept (the order of HF `generate` and vLLM); the kept tokens are
+//! renormalised and u picks one by inverse CDF in (logit desc, id asc) order.
 //!
 //! Temperature 0 means greedy (argmax, lowest id on ties). Its "distribution actually used" would be
 //! a point mass with log-prob 0, which tells a learner nothing, so greedy reports the log-prob under
 //! the unfiltered model distribution at temperature 1 instead.
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use kernels::cpu::sampling::sample_row;
+use kernels::ops::sampling::uniform_of_draw;
 use serde::{Deserialize, Serialize};
 
 /// How to draw the tokens of one request.
@@ -82,14 +89,30 @@ impl SamplingParams {
     }
 }
 
-/// The RNG of sample `index` of a request with `seed`: independent streams for the n samples of
-/// one prompt, reproducible from (seed, index) alone.
-pub fn sample_rng(seed: u64, index: usize) -> StdRng {
-    // splitmix64 of the pair, so that nearby seeds and indices give unrelated streams.
-    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+impl SamplingParams {
+    /// True when top-k or top-p removes tokens from a vocabulary of `vocab` (such rows are sampled
+    /// on the host).
+    pub fn filters(&self, vocab: usize) -> bool {
+        !self.is_greedy() && ((self.top_k > 0 && self.top_k < vocab) || self.top_p < 1.0)
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    StdRng::seed_from_u64(z ^ (z >> 31))
+    z ^ (z >> 31)
+}
+
+/// The random key of sample `index` of a request with `seed`: independent streams for the n
+/// samples of one prompt, reproducible from (seed, index) alone.
+pub fn sample_key(seed: u64, index: usize) -> u64 {
+    splitmix64(seed ^ splitmix64(index as u64))
+}
+
+/// The 32-bit draw for the token at `step` (tokens generated before it) of the stream `key`.
+pub fn draw(key: u64, step: usize) -> u32 {
+    (splitmix64(key ^ splitmix64(step as u64 ^ 0xD1B5_4A32_D192_ED03)) >> 32) as u32
 }
 
 /// A sampled token and its log-prob (see the module doc for greedy).
@@ -99,27 +122,21 @@ pub struct Sampled {
     pub logprob: f32,
 }
 
-/// Draws one token from `logits[V]`. `banned` tokens (stop ids before `min_new_tokens`) get
-/// probability 0. Consumes exactly one `f64` from `rng` unless greedy.
-pub fn sample(
-    logits: &[f32],
-    params: &SamplingParams,
-    banned: &[u32],
-    rng: &mut StdRng,
-) -> Sampled {
+/// Draws one token from `logits[V]` with the 32-bit `draw` (see the module doc). `banned` tokens
+/// (stop ids before `min_new_tokens`) get probability 0; at least one token must stay allowed.
+pub fn sample(logits: &[f32], params: &SamplingParams, banned: &[u32], draw: u32) -> Sampled {
+    if !params.filters(logits.len()) {
+        // The same arithmetic as the device op, so host and device agree.
+        let (token, logprob) = sample_row(logits, params.temperature, draw, banned);
+        return Sampled { token, logprob };
+    }
     let allowed = |i: usize| !banned.contains(&(i as u32));
-    if params.is_greedy() {
-        return greedy(logits, &allowed);
-    }
-    let u: f64 = rng.random();
+    let u = uniform_of_draw(draw);
     let inv_t = 1.0 / params.temperature as f64;
-    let v = logits.len();
-    let filtering = (params.top_k > 0 && params.top_k < v) || params.top_p < 1.0;
-    if !filtering {
-        return sample_unfiltered(logits, inv_t, &allowed, u);
-    }
     // Candidates in (logit desc, id asc) order; top-k and top-p only ever need a prefix of it.
-    let mut cand: Vec<u32> = (0..v as u32).filter(|&i| allowed(i as usize)).collect();
+    let mut cand: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| allowed(i as usize))
+        .collect();
     let by_logit = |a: &u32, b: &u32| {
         logits[*b as usize]
             .total_cmp(&logits[*a as usize])
@@ -178,65 +195,6 @@ pub fn sample(
     }
 }
 
-fn greedy(logits: &[f32], allowed: &dyn Fn(usize) -> bool) -> Sampled {
-    let mut best = usize::MAX;
-    for (i, &x) in logits.iter().enumerate() {
-        if allowed(i) && (best == usize::MAX || x > logits[best]) {
-            best = i;
-        }
-    }
-    let max = logits[best] as f64;
-    let z: f64 = logits
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| allowed(*i))
-        .map(|(_, &x)| (x as f64 - max).exp())
-        .sum();
-    Sampled {
-        token: best as u32,
-        logprob: -(z.ln()) as f32,
-    }
-}
-
-fn sample_unfiltered(
-    logits: &[f32],
-    inv_t: f64,
-    allowed: &dyn Fn(usize) -> bool,
-    u: f64,
-) -> Sampled {
-    let max = logits
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| allowed(*i))
-        .map(|(_, &x)| x)
-        .fold(f32::NEG_INFINITY, f32::max) as f64;
-    let weight = |x: f32| ((x as f64 - max) * inv_t).exp();
-    let z: f64 = logits
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| allowed(*i))
-        .map(|(_, &x)| weight(x))
-        .sum();
-    let target = u * z;
-    let mut acc = 0.0;
-    let mut pick = None;
-    for (i, &x) in logits.iter().enumerate() {
-        if !allowed(i) {
-            continue;
-        }
-        acc += weight(x);
-        pick = Some(i);
-        if acc > target {
-            break;
-        }
-    }
-    let pick = pick.expect("every token is banned");
-    Sampled {
-        token: pick as u32,
-        logprob: (weight(logits[pick]) / z).ln() as f32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,12 +209,12 @@ mod tests {
     }
 
     /// Draws `n` tokens and returns counts per token plus the log-probs reported for each token.
-    fn draw(params: &SamplingParams, n: usize, seed: u64) -> (Vec<usize>, Vec<Option<f32>>) {
-        let mut rng = sample_rng(seed, 0);
+    fn draw_many(params: &SamplingParams, n: usize, seed: u64) -> (Vec<usize>, Vec<Option<f32>>) {
+        let key = sample_key(seed, 0);
         let mut counts = vec![0; LOGITS.len()];
         let mut lps = vec![None; LOGITS.len()];
-        for _ in 0..n {
-            let s = sample(&LOGITS, params, &[], &mut rng);
+        for t in 0..n {
+            let s = sample(&LOGITS, params, &[], draw(key, t));
             counts[s.token as usize] += 1;
             lps[s.token as usize] = Some(s.logprob);
         }
@@ -291,7 +249,7 @@ mod tests {
             temperature: 0.7,
             ..Default::default()
         };
-        let (counts, lps) = draw(&params, 20_000, 7);
+        let (counts, lps) = draw_many(&params, 20_000, 7);
         let p = softmax(&LOGITS.iter().map(|&x| x as f64 / 0.7).collect::<Vec<_>>());
         let chi2 = chi_square(&counts, &p);
         assert!(chi2 < CHI2_999_DF5, "chi2 {chi2} counts {counts:?} p {p:?}");
@@ -312,7 +270,7 @@ mod tests {
             top_k: 3,
             ..Default::default()
         };
-        let (counts, lps) = draw(&params, 20_000, 11);
+        let (counts, lps) = draw_many(&params, 20_000, 11);
         // The three largest logits are ids 3 (2.0), 0 (1.0), 1 (0.5).
         for filtered in [2, 4, 5] {
             assert_eq!(
@@ -340,7 +298,7 @@ mod tests {
             top_p: 0.6,
             ..Default::default()
         };
-        let (counts, lps) = draw(&params, 20_000, 13);
+        let (counts, lps) = draw_many(&params, 20_000, 13);
         for filtered in [1, 2, 4, 5] {
             assert_eq!(
                 counts[filtered], 0,
@@ -364,9 +322,9 @@ mod tests {
             top_p: 0.9,
             ..Default::default()
         };
-        let mut rng = sample_rng(3, 0);
-        for _ in 0..2000 {
-            let s = sample(&LOGITS, &params, &[3], &mut rng);
+        let key = sample_key(3, 0);
+        for t in 0..2000 {
+            let s = sample(&LOGITS, &params, &[3], draw(key, t));
             // Id 3 is banned; the top-4 of the rest at T=0.5 are 0, 1, 4, 2 and top-p 0.9 drops 2.
             assert!([0, 1, 4].contains(&s.token), "emitted {}", s.token);
         }
@@ -374,12 +332,11 @@ mod tests {
 
     #[test]
     fn greedy_is_argmax_with_model_logprob() {
-        let mut rng = sample_rng(0, 0);
-        let s = sample(&LOGITS, &SamplingParams::greedy(1), &[], &mut rng);
+        let s = sample(&LOGITS, &SamplingParams::greedy(1), &[], 0);
         assert_eq!(s.token, 3);
         let p = softmax(&LOGITS.iter().map(|&x| x as f64).collect::<Vec<_>>());
         assert!((s.logprob as f64 - p[3].ln()).abs() < 1e-6);
-        let s = sample(&LOGITS, &SamplingParams::greedy(1), &[3], &mut rng);
+        let s = sample(&LOGITS, &SamplingParams::greedy(1), &[3], u32::MAX);
         assert_eq!(s.token, 0);
     }
 
@@ -387,9 +344,9 @@ mod tests {
     fn same_seed_same_tokens_different_index_different_stream() {
         let params = SamplingParams::default();
         let run = |seed, idx| {
-            let mut rng = sample_rng(seed, idx);
+            let key = sample_key(seed, idx);
             (0..64)
-                .map(|_| sample(&LOGITS, &params, &[], &mut rng).token)
+                .map(|t| sample(&LOGITS, &params, &[], draw(key, t)).token)
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(5, 0), run(5, 0));
@@ -405,9 +362,9 @@ mod tests {
             top_p: 0.5,
             ..Default::default()
         };
-        let mut rng = sample_rng(1, 0);
-        for _ in 0..500 {
-            let s = sample(&logits, &params, &[], &mut rng);
+        let key = sample_key(1, 0);
+        for t in 0..500 {
+            let s = sample(&logits, &params, &[], draw(key, t));
             assert!(s.token < 1500, "emitted {} outside the nucleus", s.token);
             assert!((s.logprob as f64 - (1.0f64 / 1500.0).ln()).abs() < 1e-5);
         }

@@ -6,11 +6,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rand::rngs::StdRng;
-
 use crate::block_manager::{BlockCopy, BlockManager, SeqId};
 use crate::request::FinishReason;
-use crate::sampling::{sample, SamplingParams};
+use crate::sampling::{draw, SamplingParams};
 use crate::step_model::{DecodeBatch, PrefillBatch};
 
 /// Limits of one engine step.
@@ -34,7 +32,8 @@ pub struct Seq {
     /// Prompt then generated tokens.
     pub tokens: Vec<u32>,
     pub logprobs: Vec<f32>,
-    pub rng: StdRng,
+    /// Random key of this sample (`sampling::sample_key`); its t-th token uses `draw(key, t)`.
+    pub key: u64,
     pub finish: Option<FinishReason>,
 }
 
@@ -96,20 +95,20 @@ impl Scheduler {
     }
 
     /// Queues `n` samples of `prompt` for request index `request` (requests must be added in
-    /// index order, 0, 1, ...); `rngs` has one RNG per sample. With `share` the samples enter
+    /// index order, 0, 1, ...); `keys` has one random key per sample. With `share` the samples enter
     /// together and share the prompt's blocks; without, each is prefilled on its own.
     pub fn add_request(
         &mut self,
         prompt: &[u32],
         params: SamplingParams,
-        rngs: Vec<StdRng>,
+        keys: Vec<u64>,
         share: bool,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(!prompt.is_empty(), "a request has an empty prompt");
         let request = self.params.len();
         self.params.push(params);
         let mut group = Group { seqs: Vec::new() };
-        for (sample, rng) in rngs.into_iter().enumerate() {
+        for (sample, key) in keys.into_iter().enumerate() {
             let id = self.next_id;
             self.next_id += 1;
             self.seqs.insert(
@@ -121,7 +120,7 @@ impl Scheduler {
                     prompt_len: prompt.len(),
                     tokens: prompt.to_vec(),
                     logprobs: Vec::new(),
-                    rng,
+                    key,
                     finish: None,
                 },
             );
@@ -309,17 +308,17 @@ impl Scheduler {
         self.running.sort_unstable();
     }
 
-    /// Samples the next token of `id` from its `logits` row and records it; true when it finished.
-    pub fn sample_next(&mut self, id: SeqId, logits: &[f32]) -> bool {
-        let seq = self.seqs.get_mut(&id).unwrap();
+    /// What drawing the next token of `id` needs: its sampling parameters, the ids banned now (stop
+    /// ids before `min_new_tokens`) and its 32-bit draw.
+    pub fn next_draw(&self, id: SeqId) -> (&SamplingParams, &[u32], u32) {
+        let seq = &self.seqs[&id];
         let params = &self.params[seq.request];
         let banned: &[u32] = if seq.generated() < params.min_new_tokens {
             &params.stop_token_ids
         } else {
             &[]
         };
-        let s = sample(logits, params, banned, &mut seq.rng);
-        self.append_token(id, s.token, s.logprob)
+        (params, banned, draw(seq.key, seq.generated()))
     }
 
     /// Tokens generated so far and finished-or-not, for the sequence `id`.

@@ -2,6 +2,9 @@
 //! of sequences into next-token logits. The Llama decoder implements it (`crate::llama`); so does a
 //! small fake used to test the scheduler (`crate::fake_model`).
 
+use kernels::ops::{read_samples, sample_tokens, SampleSpec};
+use kernels::{Device, Tensor};
+
 use crate::block_manager::BlockCopy;
 
 /// Whole prompts (or whole recomputed sequences after preemption), packed back to back.
@@ -62,4 +65,57 @@ pub trait StepModel {
     fn prefill(&mut self, batch: &PrefillBatch) -> anyhow::Result<Vec<f32>>;
     /// Writes the new tokens' K/V and returns [S, V] logits, on the host.
     fn decode(&mut self, batch: &DecodeBatch) -> anyhow::Result<Vec<f32>>;
+
+    /// [`StepModel::prefill`] with the [S, V] logits left where they were computed (the GPU for a
+    /// GPU model), so that sampling there copies only tokens to the host. The rollout loop calls
+    /// this one; the default wraps the host logits.
+    fn prefill_logits(&mut self, batch: &PrefillBatch) -> anyhow::Result<Tensor> {
+        let s = batch.num_seqs();
+        let v = self.vocab_size();
+        Ok(Tensor::from_f32(
+            self.prefill(batch)?,
+            &[s, v],
+            &Device::Cpu,
+        )?)
+    }
+
+    /// [`StepModel::decode`] with the [S, V] logits left on the model's device.
+    fn decode_logits(&mut self, batch: &DecodeBatch) -> anyhow::Result<Tensor> {
+        let s = batch.num_seqs();
+        let v = self.vocab_size();
+        Ok(Tensor::from_f32(
+            self.decode(batch)?,
+            &[s, v],
+            &Device::Cpu,
+        )?)
+    }
+
+    /// One decode step with sampling, for steps where every row can be sampled by
+    /// `kernels::ops::sample_tokens` (no top-k / top-p): `specs[i]` draws from row i. Returns
+    /// (token, log-prob) per sequence. The default runs [`StepModel::decode_logits`] then the op; a
+    /// GPU model may replay the whole step as a CUDA graph.
+    fn decode_sample(
+        &mut self,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        let logits = self.decode_logits(batch)?;
+        let spec = SampleSpec::pack(specs, logits.device())?;
+        Ok(read_samples(&sample_tokens(&logits, &spec)?)?)
+    }
+
+    /// Waits for queued device work (for timing phases with `REALIGN_PROFILE=1`).
+    fn synchronize(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Decode steps replayed from a captured CUDA graph so far.
+    fn graph_replays(&self) -> usize {
+        0
+    }
+
+    /// Seconds spent per named phase inside the model's steps so far (filled only while profiling).
+    fn profile(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }

@@ -86,6 +86,7 @@ fn engine(cfg: &model::ModelConfig, kv: KvBudget, share: bool) -> Engine {
             max_batch_tokens: 64,
             max_running: 8,
             share_prefixes: share,
+            ..Default::default()
         },
     )
     .unwrap()

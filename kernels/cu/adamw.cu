@@ -5,22 +5,68 @@
 // The scalars come from the host (f64 bias corrections rounded to f32). Optionally writes the bf16
 // working copy of the updated master.
 
+__device__ __forceinline__ void adamw_elem(float* master, float g, float* m, float* v, __nv_bfloat16* working,
+                                           size_t i, float decay, float one_minus_beta1, float beta2,
+                                           float one_minus_beta2, float neg_step_size, float bias_correction2_sqrt,
+                                           float eps) {
+    const float p = master[i] * decay;
+    // torch.lerp: start + w (end - start) for |w| < 0.5, else end - (end - start)(1 - w).
+    const float w = one_minus_beta1, mo = m[i];
+    const float mi = fabsf(w) < 0.5f ? mo + w * (g - mo) : g - (g - mo) * (1.0f - w);
+    const float vi = v[i] * beta2 + one_minus_beta2 * g * g;
+    const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
+    const float pn = p + neg_step_size * mi / denom;
+    m[i] = mi;
+    v[i] = vi;
+    master[i] = pn;
+    if (working) working[i] = __float2bfloat16_rn(pn);
+}
+
 extern "C" __global__ void adamw_step_f32(float* master, const float* __restrict__ grad, float* m, float* v,
                                           __nv_bfloat16* working, u64 n, float decay, float one_minus_beta1,
                                           float beta2, float one_minus_beta2, float neg_step_size,
                                           float bias_correction2_sqrt, float eps) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        const float g = grad[i];
-        const float p = master[i] * decay;
-        // torch.lerp: start + w (end - start) for |w| < 0.5, else end - (end - start)(1 - w).
-        const float w = one_minus_beta1, mo = m[i];
-        const float mi = fabsf(w) < 0.5f ? mo + w * (g - mo) : g - (g - mo) * (1.0f - w);
-        const float vi = v[i] * beta2 + one_minus_beta2 * g * g;
-        const float denom = sqrtf(vi) / bias_correction2_sqrt + eps;
-        const float pn = p + neg_step_size * mi / denom;
-        m[i] = mi;
-        v[i] = vi;
-        master[i] = pn;
-        if (working) working[i] = __float2bfloat16_rn(pn);
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        adamw_elem(master, grad[i], m, v, working, i, decay, one_minus_beta1, beta2, one_minus_beta2, neg_step_size,
+                   bias_correction2_sqrt, eps);
+}
+
+// Many parameters in one launch. `slots` describes each parameter (64 bytes, laid out by
+// cuda/adamw.rs); parameter s owns blocks [block0, next block0), ADAMW_BLOCK_ELEMS elements each,
+// and a block finds its parameter by binary search. With grad_scale != 1 (gradient clipping) the
+// gradient is first multiplied by it and written back, as `scale_inplace` would.
+#define ADAMW_BLOCK_ELEMS 8192
+struct AdamWSlot {
+    float* master;
+    float* grad;
+    float* m;
+    float* v;
+    __nv_bfloat16* working;
+    u64 n;
+    u64 block0;
+    float decay;
+    u32 pad;
+};
+
+extern "C" __global__ void adamw_step_many(const AdamWSlot* __restrict__ slots, u32 n_slots, float grad_scale,
+                                           float one_minus_beta1, float beta2, float one_minus_beta2,
+                                           float neg_step_size, float bias_correction2_sqrt, float eps) {
+    u32 lo = 0, hi = n_slots - 1;
+    while (lo < hi) {
+        const u32 mid = (lo + hi + 1) / 2;
+        if (slots[mid].block0 <= blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    const AdamWSlot s = slots[lo];
+    const u64 start = (blockIdx.x - s.block0) * (u64)ADAMW_BLOCK_ELEMS;
+    const u64 end = min(start + ADAMW_BLOCK_ELEMS, s.n);
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        float g = s.grad[i];
+        if (grad_scale != 1.0f) {
+            g *= grad_scale;
+            s.grad[i] = g;
+        }
+        adamw_elem(s.master, g, s.m, s.v, s.working, i, s.decay, one_minus_beta1, beta2, one_minus_beta2,
+                   neg_step_size, bias_correction2_sqrt, eps);
     }
 }

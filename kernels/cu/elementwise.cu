@@ -50,3 +50,21 @@ __device__ void fill_impl(T* x, float s, u64 n) {
 
 ELEMENTWISE(f32, float)
 ELEMENTWISE(bf16, __nv_bfloat16)
+
+// fill_inplace of many f32 tensors in one launch. `table` holds 3 u64 per tensor: address, length,
+// first block; tensor s owns blocks [block0, next block0), FILL_BLOCK_ELEMS elements each, and a
+// block finds its tensor by binary search.
+#define FILL_BLOCK_ELEMS 8192
+extern "C" __global__ void fill_many_f32(const u64* __restrict__ table, u32 n_slots, float v) {
+    u32 lo = 0, hi = n_slots - 1;
+    while (lo < hi) {
+        const u32 mid = (lo + hi + 1) / 2;
+        if (table[3 * mid + 2] <= blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    float* x = reinterpret_cast<float*>(table[3 * lo]);
+    const u64 n = table[3 * lo + 1];
+    const u64 start = (blockIdx.x - table[3 * lo + 2]) * (u64)FILL_BLOCK_ELEMS;
+    const u64 end = min(start + FILL_BLOCK_ELEMS, n);
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) x[i] = v;
+}

@@ -1,12 +1,13 @@
-// linear's helpers around cuBLAS: the bias broadcast that seeds y before a beta=1 GEMM (so bf16 y
-// is rounded once, after bias and product are summed in f32), and the bias gradient.
+// linear's helpers around cuBLAS: the bias broadcast that seeds y before a beta=1 GEMM (an f32 y
+// for bf16 inputs, so that bias and product are summed in f32 and rounded to bf16 once, by a cast
+// afterwards), and the bias gradient.
 
-// y[n, o] = b[o] for y[N, O].
-template <typename T>
-__device__ void bias_fill_impl(const T* __restrict__ b, T* __restrict__ y, u32 rows, u32 cols) {
+// y[n, o] = b[o] for y[N, O]; y may be wider than b (bf16 bias into an f32 output).
+template <typename B, typename Y>
+__device__ void bias_fill_impl(const B* __restrict__ b, Y* __restrict__ y, u32 rows, u32 cols) {
     const size_t total = (size_t)rows * cols;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = b[i % cols];
+        st(y, i, ld(b, i % cols));
 }
 
 // db[o] += sum_n dy[n, o]. Grid (ceil(O / blockDim), row chunks): each thread sums one column over
@@ -23,6 +24,6 @@ __device__ void bias_grad_impl(const T* __restrict__ dy, float* db, u32 rows, u3
 }
 
 extern "C" __global__ void bias_fill_f32(const float* b, float* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
-extern "C" __global__ void bias_fill_bf16(const __nv_bfloat16* b, __nv_bfloat16* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
+extern "C" __global__ void bias_fill_bf16_f32(const __nv_bfloat16* b, float* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
 extern "C" __global__ void bias_grad_f32(const float* dy, float* db, u32 rows, u32 cols, u32 chunk) { bias_grad_impl(dy, db, rows, cols, chunk); }
 extern "C" __global__ void bias_grad_bf16(const __nv_bfloat16* dy, float* db, u32 rows, u32 cols, u32 chunk) { bias_grad_impl(dy, db, rows, cols, chunk); }

@@ -3,9 +3,14 @@
 // Compile-time: HEAD_DIM (D), GROUP (= H / K query heads per kv head), PART (tokens per partition).
 // Grid (partitions, K, S); block NWARPS warps. One thread block handles the GROUP query heads that
 // share kv head `kh` of sequence `s` over one partition of its context, so each K/V row is read
-// once for all of them (GQA). Warp w takes tokens part_start + w, + NWARPS, ...; lane l holds
-// elements l, l + 32, ... of the head dim. Each warp keeps an online softmax (max m, sum l,
-// weighted values acc) per query head; the warps are merged in shared memory.
+// once for all of them (GQA).
+//
+// A warp works on TPW tokens at once: LPT lanes per token (a power of two), each lane holding EPL
+// consecutive head-dim elements (8 = one 16-byte bf16 load when D is a multiple of 8). So for
+// D = 64 a warp reads 4 K rows and 4 V rows per iteration with vectorised loads, and the q·k dot
+// of each query head needs only log2(LPT) shuffles. Each lane group keeps an online softmax (max
+// m, sum l, weighted values acc) per query head; groups are merged with shuffles, warps in shared
+// memory.
 //
 // With one partition the block writes the output; otherwise it writes (m, l, acc) per
 // (s, h, partition) to f32 scratch and paged_attention_combine_* merges the partitions, so one
@@ -24,7 +29,28 @@
 #define PART 512
 #endif
 #define NWARPS 4
-#define DPL ((HEAD_DIM + 31) / 32)  // head-dim elements per lane
+#define CHUNKS ((HEAD_DIM + 7) / 8)  // 8-element chunks of a row
+#define LPT (CHUNKS <= 1 ? 1 : CHUNKS <= 2 ? 2 : CHUNKS <= 4 ? 4 : CHUNKS <= 8 ? 8 : CHUNKS <= 16 ? 16 : 32)
+#define TPW (32 / LPT)                                          // tokens per warp per iteration
+#define EPL (((HEAD_DIM + LPT * 8 - 1) / (LPT * 8)) * 8)        // head-dim elements per lane
+#define ROW_PAD (LPT * EPL)                                     // >= HEAD_DIM
+
+// EPL elements of a row starting at element `first` of the head dim (zeros past HEAD_DIM).
+template <typename T>
+__device__ __forceinline__ void load_slice(const T* __restrict__ p, size_t row, int first, float* v) {
+#pragma unroll
+    for (int c = 0; c < EPL; c += 8) {
+        const int i = first + c;
+#if HEAD_DIM % 8 == 0
+        if (i + 8 <= HEAD_DIM) {
+            ld8(p, row + i, v + c);
+            continue;
+        }
+#endif
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[c + e] = i + e < HEAD_DIM ? ld(p, row + i + e) : 0.0f;
+    }
+}
 
 template <typename T>
 __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
@@ -33,68 +59,100 @@ __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restric
                                      u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size, float scale) {
     const u32 part = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, nparts = gridDim.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane % LPT;  // which slice of the head dim
+    const int tok = lane / LPT;  // which of the warp's TPW tokens
+    const int first = sub * EPL;
     const u32 len = lens[s];
     const u32 start = part * PART;
     const u32 end = min(len, start + PART);
     const u32* table = tables + (size_t)s * max_blocks;
 
     // This lane's slice of the GROUP query rows, pre-scaled.
-    float qr[GROUP][DPL];
+    float qr[GROUP][EPL];
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
         const size_t base = ((size_t)s * heads + kh * GROUP + g) * HEAD_DIM;
 #pragma unroll
-        for (int j = 0; j < DPL; ++j) {
-            const int i = lane + 32 * j;
-            qr[g][j] = i < HEAD_DIM ? ld(q, base + i) * scale : 0.0f;
+        for (int e = 0; e < EPL; ++e) {
+            const int i = first + e;
+            qr[g][e] = i < HEAD_DIM ? ld(q, base + i) * scale : 0.0f;
         }
     }
-    float m[GROUP], l[GROUP], acc[GROUP][DPL];
+    float m[GROUP], l[GROUP], acc[GROUP][EPL];
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
 #pragma unroll
-        for (int j = 0; j < DPL; ++j) acc[g][j] = 0.0f;
+        for (int e = 0; e < EPL; ++e) acc[g][e] = 0.0f;
     }
 
-    for (u32 pos = start + warp; pos < end; pos += NWARPS) {
-        const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
-        const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
-        float kr[DPL], vr[DPL];
+    // Whole warps iterate together (the dot products shuffle across lanes).
+    for (u32 base = start + warp * TPW; base < end; base += NWARPS * TPW) {
+        const u32 pos = base + tok;
+        const bool valid = pos < end;
+        float kr[EPL], vr[EPL];
+        if (valid) {
+            const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
+            const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
+            load_slice(kc, row, first, kr);
+            load_slice(vc, row, first, vr);
+        } else {
 #pragma unroll
-        for (int j = 0; j < DPL; ++j) {
-            const int i = lane + 32 * j;
-            kr[j] = i < HEAD_DIM ? ld(kc, row + i) : 0.0f;
-            vr[j] = i < HEAD_DIM ? ld(vc, row + i) : 0.0f;
+            for (int e = 0; e < EPL; ++e) kr[e] = vr[e] = 0.0f;
         }
 #pragma unroll
         for (int g = 0; g < GROUP; ++g) {
             float dot = 0.0f;
 #pragma unroll
-            for (int j = 0; j < DPL; ++j) dot += qr[g][j] * kr[j];
-            const float sc = warp_sum(dot);
-            const float m_new = fmaxf(m[g], sc);
-            const float corr = expf(m[g] - m_new);  // 0 on the first token (m = -inf)
-            const float p = expf(sc - m_new);
-            l[g] = l[g] * corr + p;
+            for (int e = 0; e < EPL; ++e) dot += qr[g][e] * kr[e];
 #pragma unroll
-            for (int j = 0; j < DPL; ++j) acc[g][j] = acc[g][j] * corr + p * vr[j];
-            m[g] = m_new;
+            for (int o = LPT / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (valid) {
+                const float m_new = fmaxf(m[g], dot);
+                const float corr = expf(m[g] - m_new);  // 0 on the first token (m = -inf)
+                const float p = expf(dot - m_new);
+                l[g] = l[g] * corr + p;
+#pragma unroll
+                for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * corr + p * vr[e];
+                m[g] = m_new;
+            }
         }
     }
 
-    // Merge the warps: each publishes (m, l, acc) per query head.
-    __shared__ float sm_m[NWARPS][GROUP], sm_l[NWARPS][GROUP];
-    __shared__ float sm_acc[NWARPS][GROUP][DPL * 32];
+    // Merge the warp's TPW token groups (lanes with the same slice).
 #pragma unroll
-    for (int g = 0; g < GROUP; ++g) {
-        if (lane == 0) {
-            sm_m[warp][g] = m[g];
-            sm_l[warp][g] = l[g];
+    for (int o = LPT; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m[g], o);
+            const float l2 = __shfl_xor_sync(0xffffffffu, l[g], o);
+            const float mm = fmaxf(m[g], m2);
+            const float c1 = mm == -INFINITY ? 0.0f : expf(m[g] - mm);
+            const float c2 = mm == -INFINITY ? 0.0f : expf(m2 - mm);
+            l[g] = l[g] * c1 + l2 * c2;
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) {
+                const float a2 = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+                acc[g][e] = acc[g][e] * c1 + a2 * c2;
+            }
+            m[g] = mm;
         }
+    }
+
+    // Merge the warps: lanes of token group 0 publish (m, l, acc) per query head.
+    __shared__ float sm_m[NWARPS][GROUP], sm_l[NWARPS][GROUP];
+    __shared__ float sm_acc[NWARPS][GROUP][ROW_PAD];
+    if (tok == 0) {
 #pragma unroll
-        for (int j = 0; j < DPL; ++j) sm_acc[warp][g][lane + 32 * j] = acc[g][j];
+        for (int g = 0; g < GROUP; ++g) {
+            if (sub == 0) {
+                sm_m[warp][g] = m[g];
+                sm_l[warp][g] = l[g];
+            }
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) sm_acc[warp][g][first + e] = acc[g][e];
+        }
     }
     __syncthreads();
     for (u32 t = threadIdx.x; t < GROUP * HEAD_DIM; t += blockDim.x) {

@@ -4,31 +4,58 @@
 // As HF (and the CPU reference): inv_freq = 1 / theta^(f32(2i) / f32(D)) and a = f32(pos) * inv_freq
 // in f32. theta^e and cos/sin(a) are evaluated in f64 and rounded, giving the correctly rounded f32
 // values a good libm returns, so the angle does not drift from the reference at large positions.
-// One block per token (grid-stride): the D/2 cos/sin pairs are computed once into shared memory
-// and applied to every head; threads run over (head, i), coalesced.
+// One block per TPB consecutive tokens (grid-stride): their D/2 cos/sin pairs are computed into
+// shared memory by all threads at once (the f64 evaluation is the slow part, so it is spread over
+// the block rather than done by D/2 threads while the rest wait) and applied to every head;
+// threads run over (token, head, i), coalesced; 8 consecutive i per thread when D/2 is a
+// multiple of 8.
+
+#define TPB 8
 
 template <typename T>
 __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, T* __restrict__ y,
                           u32 n, u32 heads, u32 d, float theta, float sign) {
-    extern __shared__ float tab[];  // [D]: cos in [0, D/2), signed sin in [D/2, D)
+    extern __shared__ float tab[];  // [TPB][D]: cos in [0, D/2), signed sin in [D/2, D)
     const u32 half = d / 2;
-    for (u32 tok = blockIdx.x; tok < n; tok += gridDim.x) {
-        __syncthreads();  // the previous token's table is no longer read
-        for (u32 i = threadIdx.x; i < half; i += blockDim.x) {
+    for (u32 tok0 = blockIdx.x * TPB; tok0 < n; tok0 += gridDim.x * TPB) {
+        const u32 nt = min((u32)TPB, n - tok0);
+        __syncthreads();  // the previous tokens' table is no longer read
+        for (u32 idx = threadIdx.x; idx < nt * half; idx += blockDim.x) {
+            const u32 tk = idx / half, i = idx % half;
             const float expo = (float)(2 * i) / (float)d;
             const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
-            const float a = (float)pos[tok] * inv_freq;
+            const float a = (float)pos[tok0 + tk] * inv_freq;
             double sd, cd;
             sincos((double)a, &sd, &cd);
-            tab[i] = (float)cd;
-            tab[half + i] = sign * (float)sd;
+            tab[tk * d + i] = (float)cd;
+            tab[tk * d + half + i] = sign * (float)sd;
         }
         __syncthreads();
-        const size_t row = (size_t)tok * heads * d;
-        for (u32 idx = threadIdx.x; idx < heads * half; idx += blockDim.x) {
-            const u32 hh = idx / half, i = idx % half;
-            const size_t base = row + (size_t)hh * d;
-            const float c = tab[i], s = tab[half + i];
+        if (half % 8 == 0) {
+            // 8 consecutive pairs per thread: 16-byte accesses (bf16), same arithmetic.
+            const u32 per_tok = heads * (half / 8);
+            for (u32 idx = threadIdx.x; idx < nt * per_tok; idx += blockDim.x) {
+                const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / (half / 8), i = (rem % (half / 8)) * 8;
+                const size_t base = ((size_t)(tok0 + tk) * heads + hh) * d;
+                float x1[8], x2[8], y1[8], y2[8];
+                ld8(x, base + i, x1);
+                ld8(x, base + i + half, x2);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const float c = tab[tk * d + i + k], s = tab[tk * d + half + i + k];
+                    y1[k] = x1[k] * c - x2[k] * s;
+                    y2[k] = x2[k] * c + x1[k] * s;
+                }
+                st8(y, base + i, y1);
+                st8(y, base + i + half, y2);
+            }
+            continue;
+        }
+        const u32 per_tok = heads * half;
+        for (u32 idx = threadIdx.x; idx < nt * per_tok; idx += blockDim.x) {
+            const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / half, i = rem % half;
+            const size_t base = ((size_t)(tok0 + tk) * heads + hh) * d;
+            const float c = tab[tk * d + i], s = tab[tk * d + half + i];
             const float x1 = ld(x, base + i), x2 = ld(x, base + i + half);
             st(y, base + i, x1 * c - x2 * s);
             st(y, base + i + half, x2 * c + x1 * s);

@@ -23,3 +23,35 @@ __device__ void sum_squares_impl(const T* __restrict__ x, double* out, u64 n) {
 
 extern "C" __global__ void sum_squares_f32(const float* x, double* out, u64 n) { sum_squares_impl(x, out, n); }
 extern "C" __global__ void sum_squares_bf16(const __nv_bfloat16* x, double* out, u64 n) { sum_squares_impl(x, out, n); }
+
+// Many f32 tensors in one launch: `table` holds 3 u64 per tensor (address, length, first block);
+// tensor s owns blocks [block0, next block0), SS_BLOCK_ELEMS elements each (found by binary
+// search), and adds its blocks' sums into out[s] (zeroed before launch).
+#define SS_BLOCK_ELEMS 16384
+extern "C" __global__ void sum_squares_many_f32(const u64* __restrict__ table, u32 n_slots, double* out) {
+    __shared__ double scratch[32];
+    u32 lo = 0, hi = n_slots - 1;
+    while (lo < hi) {
+        const u32 mid = (lo + hi + 1) / 2;
+        if (table[3 * mid + 2] <= blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    const float* x = reinterpret_cast<const float*>(table[3 * lo]);
+    const u64 n = table[3 * lo + 1];
+    const u64 start = (blockIdx.x - table[3 * lo + 2]) * (u64)SS_BLOCK_ELEMS;
+    const u64 end = min(start + SS_BLOCK_ELEMS, n);
+    double acc = 0.0;
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const double v = (double)x[i];
+        acc += v * v;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    acc = warp_sum_d(acc);
+    if (lane == 0) scratch[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        acc = lane < nwarps ? scratch[lane] : 0.0;
+        acc = warp_sum_d(acc);
+        if (lane == 0) atomicAdd(out + lo, acc);
+    }
+}

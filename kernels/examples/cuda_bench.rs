@@ -68,8 +68,9 @@ fn main() -> kernels::Result<()> {
     let cu = Tensor::from_u32(cu, &[s + 1], &dev)?;
     let scale = 1.0 / (d as f32).sqrt();
     let att_flops = 4.0 * (h * d) as f64 * (s * tlen * (tlen + 1) / 2) as f64;
-    // Tensor-core kernels (the default for bf16), then the CUDA-core ones for comparison.
-    for (kind, env) in [("mma", "mma"), ("simt", "simt")] {
+    // Tensor-core kernels (fa: the default for bf16; mma: the first version), then the CUDA-core
+    // ones for comparison.
+    for (kind, env) in [("fa", "fa"), ("mma", "mma"), ("simt", "simt")] {
         std::env::set_var("REALIGN_ATTENTION", env);
         let ms = time(cuda, || {
             ops::attention(&q, &k, &vv, &cu, scale).unwrap();
@@ -91,6 +92,34 @@ fn main() -> kernels::Result<()> {
             2.5 * att_flops,
             0.0,
         );
+        // The same backward on the GPU's own forward, against the fa kernels' values.
+        if kind != "fa" {
+            continue;
+        }
+        let (dq, dk, dv) = ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale)?;
+        std::env::set_var("REALIGN_ATTENTION", "mma");
+        let (out1, lse1) = ops::attention(&q, &k, &vv, &cu, scale)?;
+        let (dq1, dk1, dv1) = ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale)?;
+        std::env::set_var("REALIGN_ATTENTION", env);
+        for (name, a, b) in [
+            ("out", &out, &out1),
+            ("lse", &lse, &lse1),
+            ("dq", &dq, &dq1),
+            ("dk", &dk, &dk1),
+            ("dv", &dv, &dv1),
+        ] {
+            let (a, b) = (a.to_vec_f32()?, b.to_vec_f32()?);
+            let num: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum();
+            let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+            println!(
+                "check attention fa vs mma {name}: rel err {:.2e}",
+                (num / den).sqrt()
+            );
+        }
     }
     std::env::remove_var("REALIGN_ATTENTION");
 

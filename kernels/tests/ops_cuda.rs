@@ -285,8 +285,12 @@ fn cuda_linear_forward_and_backward_match_cpu() {
 fn cuda_rmsnorm_matches_cpu() {
     let Some(dev) = gpu() else { return };
     for (k, dtype) in DTYPES.into_iter().enumerate() {
-        for (case, &(n, c)) in [(1100, 897), (5, 4096), (3, 7)].iter().enumerate() {
-            let seed = 200 + 10 * (k * 3 + case) as u64;
+        // C = 896 (and 4096) take the warp-per-row kernels, 897 and 7 the block-per-row ones.
+        for (case, &(n, c)) in [(1100, 897), (5, 4096), (3, 7), (300, 896)]
+            .iter()
+            .enumerate()
+        {
+            let seed = 200 + 10 * (k * 4 + case) as u64;
             let x = draw(n * c, seed, dtype, 2.0);
             let w = draw(c, seed + 1, dtype, 1.0);
             let dy = draw(n * c, seed + 2, dtype, 1.0);
@@ -658,4 +662,138 @@ fn cuda_ops_accept_zero_tokens() {
         step: 1,
     };
     ops::adamw_step(&mut p, &z(DType::F32), &mut m, &mut v, &params, None).unwrap();
+}
+
+/// `adamw_step_many` (one launch, gradients scaled in place) against the CPU's per-parameter
+/// path, over parameters of sizes around the kernel's 8192-element blocks, one of them empty, one
+/// without a working copy.
+#[test]
+fn cuda_adamw_many_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    let sizes = [1usize, 8191, 8192, 8193, 0, 70_001, 5];
+    let mk = |d: &Device, data: &[f32], n: usize| Tensor::from_f32(data.to_vec(), &[n], d).unwrap();
+    // Per device: master, grad, m, v, working.
+    let mut state: Vec<Vec<[Tensor; 5]>> = [dev.clone(), CPU]
+        .iter()
+        .map(|d| {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let p = draw(n, 1000 + i as u64, DType::F32, 1.0);
+                    let z = vec![0.0; n];
+                    [
+                        mk(d, &p, n),
+                        mk(d, &z, n),
+                        mk(d, &z, n),
+                        mk(d, &z, n),
+                        Tensor::zeros(&[n], DType::BF16, d).unwrap(),
+                    ]
+                })
+                .collect()
+        })
+        .collect();
+    for step in 1..=3u64 {
+        for per_dev in state.iter_mut() {
+            let d = per_dev[0][0].device().clone();
+            let mut items = vec![];
+            for (i, t) in per_dev.iter_mut().enumerate() {
+                let n = sizes[i];
+                t[1] = mk(
+                    &d,
+                    &draw(n, 2000 + 10 * step + i as u64, DType::F32, 1.0),
+                    n,
+                );
+                let [master, grad, m, v, w] = t;
+                items.push(ops::AdamWItem {
+                    master,
+                    grad,
+                    m,
+                    v,
+                    working: (i != 3).then_some(w),
+                    weight_decay: if i % 2 == 0 { 0.1 } else { 0.0 },
+                });
+            }
+            let params = ops::AdamWParams {
+                lr: 3e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 123.0, // ignored: each item has its own
+                step,
+            };
+            let clip = if step == 2 { 1.0 } else { 0.37 };
+            ops::adamw_step_many(&mut items, &params, clip).unwrap();
+        }
+    }
+    for (i, (g, c)) in state[0].iter().zip(&state[1]).enumerate() {
+        if sizes[i] == 0 {
+            continue;
+        }
+        for (k, what) in ["master", "grad (scaled)", "m", "v"].iter().enumerate() {
+            let name = format!("adamw_many param {i} {what}");
+            check(&name, DType::F32, &g[k], &c[k], tol(DType::F32, false));
+        }
+        if i != 3 {
+            check(
+                &format!("adamw_many param {i} working"),
+                DType::BF16,
+                &g[4],
+                &c[4],
+                tol(DType::BF16, false),
+            );
+        }
+    }
+}
+
+/// `sum_squares_each` equals `sum_squares` per tensor.
+#[test]
+fn cuda_sum_squares_each_matches_one_by_one() {
+    let Some(dev) = gpu() else { return };
+    let xs: Vec<Tensor> = [5usize, 0, 3_000_017, 896]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            gpu_t(
+                &draw(n, 3000 + i as u64, DType::F32, 1.0),
+                &[n],
+                &dev,
+                DType::F32,
+            )
+        })
+        .collect();
+    let refs: Vec<&Tensor> = xs.iter().collect();
+    let each = ops::sum_squares_each(&refs).unwrap();
+    assert_eq!(each.len(), xs.len());
+    for (x, got) in xs.iter().zip(each) {
+        let want = ops::sum_squares(x).unwrap();
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs(),
+            "sum_squares_each {got} vs sum_squares {want}"
+        );
+    }
+}
+
+/// `fill_many` over f32 tensors of sizes around its 8192-element blocks sets every element.
+#[test]
+fn cuda_fill_many_sets_every_element() {
+    let Some(dev) = gpu() else { return };
+    let sizes = [3usize, 0, 8191, 8192, 8193, 100_003];
+    let mut xs: Vec<Tensor> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            gpu_t(
+                &draw(n, 4000 + i as u64, DType::F32, 1.0),
+                &[n],
+                &dev,
+                DType::F32,
+            )
+        })
+        .collect();
+    let mut refs: Vec<&mut Tensor> = xs.iter_mut().collect();
+    ops::fill_many(&mut refs, 0.0).unwrap();
+    for (x, n) in xs.iter().zip(sizes) {
+        assert_eq!(host(x), vec![0.0; n], "fill_many of a {n}-element tensor");
+    }
 }

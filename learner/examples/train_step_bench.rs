@@ -4,7 +4,10 @@
 //!   cargo run --release -p learner --example train_step_bench -- --device cuda --dtype bf16
 //!   cargo run --release -p learner --example train_step_bench -- --tiny      (CPU smoke run)
 //!
-//! Prints tokens/s and MFU. FLOPs per token follow the PaLM convention: 6·P (P = parameters
+//! Prints tokens/s and MFU. `--phases` then times one more step phase by phase (the device
+//! synchronised between phases, so the sum is a little above a free-running step): zeroing the
+//! gradients, decoder forward, LM head forward, LM head backward, decoder backward, AdamW (norm,
+//! clip, update). FLOPs per token follow the PaLM convention: 6·P (P = parameters
 //! touched per token: all matrices, counting the LM head once even when tied, not the embedding
 //! lookup) + 6·L·H·D·T for causal attention (forward 2·2·H·D·T/2 per token, backward twice that),
 //! T = sequence length. Peak: 989 TFLOP/s (H200 dense bf16).
@@ -30,6 +33,7 @@ struct Args {
     warmup: usize,
     micro_batch_tokens: usize,
     tiny: bool,
+    phases: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -42,6 +46,7 @@ fn parse() -> Result<Args> {
         warmup: 2,
         micro_batch_tokens: 8192,
         tiny: false,
+        phases: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -55,6 +60,7 @@ fn parse() -> Result<Args> {
             "--warmup" => a.warmup = val()?.parse()?,
             "--micro-batch-tokens" => a.micro_batch_tokens = val()?.parse()?,
             "--tiny" => a.tiny = true,
+            "--phases" => a.phases = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -139,5 +145,61 @@ fn main() -> Result<()> {
         tps,
         100.0 * mfu
     );
+    if a.phases {
+        phases(&device, &cfg, &mut params, &mut grads, &mut opt, &seqs)?;
+    }
+    Ok(())
+}
+
+/// One SFT-like step (d logprob = -1/N at every position) by phases, milliseconds each.
+fn phases(
+    device: &Device,
+    cfg: &ModelConfig,
+    params: &mut Params,
+    grads: &mut Params,
+    opt: &mut AdamW,
+    seqs: &[Sequence],
+) -> Result<()> {
+    use model::llama::{backward, forward, Batch, Keep, LmHead};
+    let toks: Vec<Vec<u32>> = seqs.iter().map(|s| s.tokens.clone()).collect();
+    let batch = Batch::from_sequences(&toks, device)?;
+    let targets = batch.next_token_targets();
+    let n = batch.num_tokens();
+    let head = LmHead::new(1.0);
+    let mut t = Instant::now();
+    let mut lap = |name: &str| -> Result<()> {
+        device.synchronize()?;
+        println!(
+            "phase {name:<16} {:>8.2} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        t = Instant::now();
+        Ok(())
+    };
+    device.synchronize()?;
+    lap("start")?;
+    learner::train::zero_grads(grads)?;
+    lap("zero_grads")?;
+    let acts = forward(params, cfg, &batch, Keep::ForBackward)?;
+    lap("forward")?;
+    let out = head.forward(params, &acts.hidden, &targets)?;
+    lap("head_forward")?;
+    let d_lp = kernels::Tensor::from_f32(vec![-1.0 / n as f32; n], &[n], device)?;
+    let d_hidden = head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
+    lap("head_backward")?;
+    // The LM head at other chunk sizes (logits held at once): the f32 head-weight gradient
+    // [V,C] is read and written once per chunk, so fewer chunks move fewer bytes.
+    for (name, max_logits) in [("256Mi", 256usize << 20), ("whole", usize::MAX)] {
+        let head = LmHead { max_logits, ..head };
+        let out = head.forward(params, &acts.hidden, &targets)?;
+        lap(&format!("head_fwd_{name}"))?;
+        head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
+        lap(&format!("head_bwd_{name}"))?;
+    }
+    backward(params, cfg, &batch, acts, &d_hidden, grads)?;
+    lap("backward")?;
+    let st = opt.step(params, grads, 1e-5)?;
+    lap("adamw")?;
+    println!("phases: grad_norm {:.3}", st.grad_norm);
     Ok(())
 }

@@ -20,9 +20,24 @@ use serde::Deserialize;
 /// f32 tolerances (issue 2): log-probs and entropies absolute, gradients relative per tensor.
 const F32_ABS: f64 = 1e-4;
 const F32_GRAD_REL: f64 = 1e-3;
-/// bf16: mean absolute log-prob error (issue 2), and loose bounds for the rest that still catch a
-/// wrong formula (a missing term gives errors of order 1).
+/// bf16 at temperature 1: mean absolute log-prob (and entropy) error, issue 2's bar.
 const BF16_MEAN_ABS: f64 = 2e-2;
+/// bf16 at any temperature: our mean absolute error at most this multiple of transformers' own
+/// bf16 forward's on the same fixture (both against the float64 reference).
+///
+/// Why a ratio and not a fixed bound: a bf16 forward's log-prob error scales with the logits'
+/// size and with 1/T (at T = 0.7 transformers' own bf16 forward is at 1.8e-2 to 2.3e-2 on these
+/// fixtures, above issue 2's 2e-2), so what a correct bf16 forward achieves is what transformers
+/// achieves. Why 1.5: we round at other points than transformers (its eager attention, its
+/// bf16 logits; our fused kernels, f32 logits), so on one 24-token batch the two errors are two
+/// draws of the same size, not the same number: scripts/emulate_bf16_path.py --mma --trials 30
+/// measures the expected errors of both over 30 random batches of this shape: ours (f32 logits)
+/// / theirs = 0.92 to 1.0 on the three models' weights; on these fixtures' own batch the emulated
+/// ratio is 0.92 to 1.23 (docs/model-forward.md).
+/// A wrong formula or a lost rounding step shows up as several times transformers' error.
+const BF16_VS_HF: f64 = 1.5;
+/// bf16 gradients: loose bound that still catches a wrong formula (a missing term gives errors of
+/// order 1).
 const BF16_GRAD_REL: f64 = 1e-1;
 
 #[derive(Deserialize)]
@@ -147,20 +162,39 @@ fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
         / a.len() as f64
 }
 
-/// Checks log-probs / entropies against the reference: max abs error for f32, mean for bf16.
-fn check_per_position(what: &str, got: &[f32], want: &[f32], dtype: DType) {
+/// Checks log-probs / entropies against the reference: max abs error for f32; for bf16 the mean
+/// abs error, at most [`BF16_VS_HF`] × transformers' own bf16 error (`hf_bf16`, the same
+/// quantity from transformers' bf16 forward) and, when `abs_bar` is given, at most that.
+/// bf16 misses are pushed onto `failures` (asserted by the caller once every figure is printed).
+fn check_per_position(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    dtype: DType,
+    hf_bf16: &[f32],
+    abs_bar: Option<f64>,
+    failures: &mut Vec<String>,
+) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if dtype == DType::F32 {
         let e = max_abs_diff(got, want);
         eprintln!("  {what}: max abs err {e:.2e}");
         assert!(e <= F32_ABS, "{what}: max abs error {e:.3e} > {F32_ABS:e}");
-    } else {
-        let e = mean_abs_diff(got, want);
-        eprintln!("  {what}: mean abs err {e:.2e}");
-        assert!(
-            e <= BF16_MEAN_ABS,
-            "{what}: mean abs error {e:.3e} > {BF16_MEAN_ABS:e}"
-        );
+        return;
+    }
+    let e = mean_abs_diff(got, want);
+    let hf = mean_abs_diff(hf_bf16, want);
+    eprintln!(
+        "  {what}: mean abs err {e:.2e} (transformers bf16 {hf:.2e}, ratio {:.2})",
+        e / hf
+    );
+    if e > BF16_VS_HF * hf {
+        failures.push(format!(
+            "{what}: mean abs error {e:.3e} > {BF16_VS_HF} x transformers' own bf16 error {hf:.3e}"
+        ));
+    }
+    if let Some(bar) = abs_bar.filter(|&bar| e > bar) {
+        failures.push(format!("{what}: mean abs error {e:.3e} > {bar:e}"));
     }
 }
 
@@ -217,6 +251,7 @@ fn check_causal_lm(name: &str) {
     for device in test_devices() {
         for dtype in dtypes(&device) {
             eprintln!("{name} on {device} {dtype}:");
+            let mut failures = Vec::new();
             let params = fx.params(&device, dtype);
             let batch = fx.batch_on(&device);
             let targets = batch.next_token_targets();
@@ -228,17 +263,24 @@ fn check_causal_lm(name: &str) {
             let out_t = LmHead::new(t)
                 .forward(&params, &acts.hidden, &targets)
                 .unwrap();
+            // At T != 1 the yardstick is transformers' own bf16 error (BF16_VS_HF).
             check_per_position(
                 "logprobs at T",
                 &out_t.logprobs.to_vec_f32().unwrap(),
                 fx.out("logprobs_t"),
                 dtype,
+                fx.out("hf_bf16_logprobs_t"),
+                None,
+                &mut failures,
             );
             check_per_position(
                 "entropy at T",
                 &out_t.entropy.to_vec_f32().unwrap(),
                 fx.out("entropy_t"),
                 dtype,
+                fx.out("hf_bf16_entropy_t"),
+                None,
+                &mut failures,
             );
 
             let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
@@ -249,12 +291,24 @@ fn check_causal_lm(name: &str) {
             let head = LmHead::new(1.0);
             let out = head.forward(&params, &acts.hidden, &targets).unwrap();
             let lp = out.logprobs.to_vec_f32().unwrap();
-            check_per_position("logprobs", &lp, fx.out("logprobs"), dtype);
+            // Temperature 1: issue 2's bar (log-probs) as well.
+            check_per_position(
+                "logprobs",
+                &lp,
+                fx.out("logprobs"),
+                dtype,
+                fx.out("hf_bf16_logprobs"),
+                Some(BF16_MEAN_ABS),
+                &mut failures,
+            );
             check_per_position(
                 "entropy",
                 &out.entropy.to_vec_f32().unwrap(),
                 fx.out("entropy"),
                 dtype,
+                fx.out("hf_bf16_entropy"),
+                Some(BF16_MEAN_ABS),
+                &mut failures,
             );
 
             let dlp = fx.sft_dlogprob();
@@ -266,7 +320,9 @@ fn check_causal_lm(name: &str) {
             } else {
                 BF16_MEAN_ABS
             };
-            assert!((loss - want).abs() <= tol, "sft loss {loss} vs {want}");
+            if (loss - want).abs() > tol {
+                failures.push(format!("sft loss {loss} vs {want}"));
+            }
 
             let mut grads = params.zeros_like(DType::F32).unwrap();
             let d_lp = f32_tensor(dlp, &device);
@@ -283,6 +339,10 @@ fn check_causal_lm(name: &str) {
                 .unwrap();
             backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
             check_grads(&fx, &grads, "grad", dtype);
+            assert!(
+                failures.is_empty(),
+                "{name} on {device} {dtype}: {failures:#?}"
+            );
         }
     }
 }
@@ -310,6 +370,7 @@ fn qwen2_logprob_and_entropy_backward_at_temperature_in_chunks() {
     for device in test_devices() {
         for dtype in dtypes(&device) {
             eprintln!("qwen2_tied pg loss on {device} {dtype}:");
+            let mut failures = Vec::new();
             let params = fx.params(&device, dtype);
             let batch = fx.batch_on(&device);
             let targets = batch.next_token_targets();
@@ -320,8 +381,24 @@ fn qwen2_logprob_and_entropy_backward_at_temperature_in_chunks() {
             let out = head.forward(&params, &acts.hidden, &targets).unwrap();
             let lp = out.logprobs.to_vec_f32().unwrap();
             let ent = out.entropy.to_vec_f32().unwrap();
-            check_per_position("chunked logprobs at T", &lp, fx.out("logprobs_t"), dtype);
-            check_per_position("chunked entropy at T", &ent, fx.out("entropy_t"), dtype);
+            check_per_position(
+                "chunked logprobs at T",
+                &lp,
+                fx.out("logprobs_t"),
+                dtype,
+                fx.out("hf_bf16_logprobs_t"),
+                None,
+                &mut failures,
+            );
+            check_per_position(
+                "chunked entropy at T",
+                &ent,
+                fx.out("entropy_t"),
+                dtype,
+                fx.out("hf_bf16_entropy_t"),
+                None,
+                &mut failures,
+            );
             let (a, b) = (&fx.batch.pg_logprob_weights, &fx.batch.pg_entropy_weights);
             let loss: f64 = (0..lp.len())
                 .map(|i| (a[i] * lp[i] + b[i] * ent[i]) as f64)
@@ -329,7 +406,9 @@ fn qwen2_logprob_and_entropy_backward_at_temperature_in_chunks() {
             let want = fx.out("pg_loss")[0] as f64;
             eprintln!("  pg loss {loss:.6} (hf {want:.6})");
             let tol = if dtype == DType::F32 { 1e-3 } else { 0.5 };
-            assert!((loss - want).abs() <= tol, "pg loss {loss} vs {want}");
+            if (loss - want).abs() > tol {
+                failures.push(format!("pg loss {loss} vs {want}"));
+            }
 
             let mut grads = params.zeros_like(DType::F32).unwrap();
             let (d_lp, d_ent) = (
@@ -349,6 +428,10 @@ fn qwen2_logprob_and_entropy_backward_at_temperature_in_chunks() {
                 .unwrap();
             backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
             check_grads(&fx, &grads, "pg_grad", dtype);
+            assert!(
+                failures.is_empty(),
+                "qwen2_tied pg on {device} {dtype}: {failures:#?}"
+            );
         }
     }
 }

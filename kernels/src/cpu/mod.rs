@@ -20,6 +20,7 @@ pub mod logsoftmax_gather;
 pub mod paged_attention;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 
 /// The f32 data of a CPU tensor, or `Error::DType` naming `op`.

@@ -71,8 +71,11 @@ pub fn kv_cache_copy_blocks(
     )
 }
 
-/// (free, total) bytes of device memory on `dev`, as the driver reports them.
+/// (free, total) bytes of device memory on `dev`, as the driver reports them after the memory
+/// pool's cached free memory went back to the driver (otherwise memory this process freed, e.g. a
+/// previous rollout's KV cache, would count as used).
 pub fn memory_info(dev: &CudaDevice) -> Result<(usize, usize)> {
+    dev.trim_pool()?;
     dev.context().bind_to_thread().map_err(cuda_err)?;
     cudarc::driver::result::mem_get_info().map_err(cuda_err)
 }

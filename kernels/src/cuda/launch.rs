@@ -48,6 +48,7 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("logsoftmax"),
         kernel_source!("sum_squares"),
         kernel_source!("adamw"),
+        kernel_source!("sampling"),
     ]
 }
 

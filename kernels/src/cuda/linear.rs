@@ -17,22 +17,34 @@ fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
 }
 
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// y[N,O] in `out_dtype` (x's dtype, or F32 from BF16 x: cuBLAS writes the f32 accumulator).
+///
+/// With a bias and a bf16 output the GEMM writes an f32 y seeded with the bias and the sum is
+/// rounded to bf16 once, by a cast: cuBLAS with a bf16 C and beta = 1 rounds the product to bf16
+/// before adding C (seen on the H200, cuBLAS 13: q/k/v of the Qwen2 fixture were exactly
+/// bf16(bf16(x wᵀ) + b), up to 62 bf16 ulps from the correctly rounded sum where the two cancel).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> Result<Tensor> {
     const OP: &str = "linear";
     let dev = device_of(x, OP)?;
     let (n, i) = x.dims2(OP)?;
     let (o, _) = w.dims2(OP)?;
     let dtype = x.dtype();
-    let y = empty(&dev, &[n, o], dtype)?;
+    // The GEMM's C: f32 whenever a bias has to be added before the one rounding to bf16.
+    let c_type = if b.is_some() { DType::F32 } else { out_dtype };
+    let y = empty(&dev, &[n, o], c_type)?;
     let beta = match b {
         Some(b) => {
-            // Seed y with the bias so the GEMM adds the product with beta = 1 and rounds once.
+            // Seed y with the bias so the GEMM adds the product with beta = 1 in f32.
             let args = Args::new()
                 .ptr(b, &dev, OP)?
                 .ptr(&y, &dev, OP)?
                 .u32(u32_dim(OP, n)?)
                 .u32(u32_dim(OP, o)?);
-            let func = format!("bias_fill_{}", suffix(dtype, OP)?);
+            let func = if c_type == dtype {
+                format!("bias_fill_{}", suffix(dtype, OP)?)
+            } else {
+                format!("bias_fill_{}_{}", suffix(dtype, OP)?, suffix(c_type, OP)?)
+            };
             run(&dev, &SRC, &[], &func, Grid::cover(n * o, 256), args)?;
             1.0
         }
@@ -53,10 +65,15 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         alpha: 1.0,
         beta,
         ab: dtype,
-        c_type: dtype,
+        c_type,
     }
     .run(&dev)?;
-    Ok(y)
+    if c_type == out_dtype {
+        Ok(y)
+    } else {
+        // [N,O] f32 -> bf16, round to nearest even: the one rounding of bias + product.
+        super::cast::cast(&y, out_dtype)
+    }
 }
 
 pub fn linear_backward(

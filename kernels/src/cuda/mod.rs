@@ -6,13 +6,15 @@
 //!
 //! All realign work on one GPU is queued on that device's single stream, so kernels see each other's
 //! results in program order and device memory freed by a dropped tensor is reused only after the
-//! work queued before the drop (cudarc frees stream-ordered).
+//! work queued before the drop (cudarc frees stream-ordered). It is a created (non-blocking)
+//! stream, not the legacy default stream, because only such a stream can be captured into a CUDA
+//! graph ([`CudaDevice::capture`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use half::bf16;
 
 use crate::{DType, Error, Result, Storage, Tensor};
@@ -23,6 +25,7 @@ mod blas;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;
+pub mod graph_ops;
 pub mod kv_cache;
 pub mod launch;
 pub mod linear;
@@ -31,6 +34,7 @@ pub mod nvrtc;
 pub mod paged_attention;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod sum_squares;
 pub mod swiglu;
 
@@ -66,6 +70,9 @@ struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's workspace, ours so that GEMMs can be captured in a CUDA graph (cuBLAS must not
+    /// allocate during a capture).
+    _blas_workspace: CudaSlice<u8>,
     /// `sm_XY` of this GPU, the NVRTC target.
     arch: String,
     /// Loaded kernels by (module name, compile defines, function name).
@@ -98,14 +105,18 @@ impl CudaDevice {
         // events per buffer, waits on every launch) buys nothing here.
         // SAFETY: no buffer exists yet on this context, and realign queues everything on `stream`.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created stream: the legacy default stream cannot be captured into a CUDA graph.
+        let stream = ctx.new_stream().map_err(cuda_err)?;
+        keep_pool_memory(&ctx)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let blas = blas::new_handle(&stream)?;
+        let blas_workspace = set_blas_workspace(&blas, &stream)?;
         let dev = CudaDevice {
             inner: Arc::new(Inner {
                 ctx,
                 stream,
                 blas,
+                _blas_workspace: blas_workspace,
                 arch: format!("sm_{major}{minor}"),
                 functions: Mutex::new(HashMap::new()),
             }),
@@ -134,6 +145,41 @@ impl CudaDevice {
 
     pub(crate) fn blas(&self) -> &CudaBlas {
         &self.inner.blas
+    }
+
+    /// Waits for the stream, then returns the default pool's unused memory to the driver, so that
+    /// the driver's free-memory figure counts it (see `keep_pool_memory`).
+    pub fn trim_pool(&self) -> Result<()> {
+        use cudarc::driver::result;
+        self.synchronize()?;
+        self.inner.ctx.bind_to_thread().map_err(cuda_err)?;
+        // SAFETY: the device handle comes from this live context.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(self.inner.ctx.cu_device())
+                .map_err(cuda_err)?;
+            result::mem_pool::trim_to(pool, 0).map_err(cuda_err)
+        }
+    }
+
+    /// Records everything `f` queues on this device's stream into a CUDA graph instead of running
+    /// it, and returns the instantiated graph. `f` must not synchronise or copy to/from pageable
+    /// host memory; temporaries it allocates must be freed before it returns (their memory then
+    /// belongs to the graph). The capture is ended even when `f` fails.
+    pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        use cudarc::driver::sys;
+        let s = &self.inner.stream;
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| Error::Cuda(format!("starting a CUDA graph capture: {e:?}")))?;
+        let body = f();
+        let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        body?;
+        match graph {
+            Ok(Some(g)) => Ok(Graph { graph: g }),
+            Ok(None) => Err(Error::Cuda(
+                "the CUDA graph capture recorded nothing".into(),
+            )),
+            Err(e) => Err(Error::Cuda(format!("ending a CUDA graph capture: {e:?}"))),
+        }
     }
 
     pub fn synchronize(&self) -> Result<()> {
@@ -223,6 +269,91 @@ impl CudaDevice {
             CudaStorage::BF16(x) => CudaStorage::BF16(s.clone_dtod(x).map_err(cuda_err)?),
             CudaStorage::U32(x) => CudaStorage::U32(s.clone_dtod(x).map_err(cuda_err)?),
         })
+    }
+}
+
+/// Makes the device's default memory pool (the one `cuMemAllocAsync` draws from) keep freed
+/// memory instead of returning it to the driver at every synchronisation: with the default release
+/// threshold of 0 each step's allocations after a sync go back to the driver, which is slow. The
+/// memory stays reusable by every later allocation in this process (rollout KV, then training);
+/// [`CudaDevice::trim_pool`] hands it back when another process should see it.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::{result, sys};
+    ctx.bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: the device handle comes from a live context; the attribute takes a u64 (cuuint64_t).
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device()).map_err(cuda_err)?;
+        let mut threshold: u64 = u64::MAX;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "setting the memory pool's release threshold: {e:?}"
+            ))
+        })
+    }
+}
+
+/// Bytes of the cuBLAS workspace (what cuBLAS itself picks on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
+fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaSlice<u8>> {
+    let ws = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(cuda_err)?;
+    let p = ws.device_ptr(stream).0;
+    // SAFETY: a live handle; the workspace lives as long as the handle (both in `Inner`).
+    unsafe {
+        cudarc::cublas::sys::cublasSetWorkspace_v2(
+            *blas.handle(),
+            p as *mut std::ffi::c_void,
+            BLAS_WORKSPACE,
+        )
+    }
+    .result()
+    .map_err(|e| Error::Cuda(format!("setting the cuBLAS workspace: {e:?}")))?;
+    Ok(ws)
+}
+
+/// A captured CUDA graph ([`CudaDevice::capture`]): replays the recorded kernels on the device's
+/// stream with the buffer addresses they were captured with.
+pub struct Graph {
+    graph: CudaGraph,
+}
+
+impl Graph {
+    /// Queues one replay on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(|e| Error::Cuda(format!("launching a CUDA graph: {e:?}")))
+    }
+}
+
+/// Overwrites the u32 device tensor `t` with `data` (same length), on the device's stream: how a
+/// captured graph's fixed input buffers get each step's values.
+pub fn write_u32(t: &mut Tensor, data: &[u32]) -> Result<()> {
+    if t.numel() != data.len() {
+        return Err(Error::msg(format!(
+            "write_u32: {} values for a tensor of {} elements",
+            data.len(),
+            t.numel()
+        )));
+    }
+    match t.storage_mut() {
+        Storage::Cuda(CudaStorage::U32(x)) => {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let s = x.stream().clone();
+            s.memcpy_htod(data, x).map_err(cuda_err)
+        }
+        Storage::CpuU32(v) => {
+            v.copy_from_slice(data);
+            Ok(())
+        }
+        _ => Err(Error::msg("write_u32: the tensor is not U32")),
     }
 }
 

@@ -12,10 +12,18 @@ const SRC: KernelSource = kernel_source!("paged_attention");
 pub const PART: usize = 512;
 /// Threads per block of the main kernel (`NWARPS` warps).
 const THREADS: u32 = 128;
-/// Largest GQA group × head dim (rounded up to 32) the kernel is built for: the warps' partial
-/// outputs (4 · GROUP · D f32) must fit the 48 KiB of static shared memory, and each lane holds
-/// GROUP · D / 32 accumulators in registers. Real models use 64..1024 (e.g. 7 × 64).
+/// Largest GQA group × padded head dim ([`row_pad`]) the kernel is built for: the warps' partial
+/// outputs (4 · GROUP · row_pad f32) must fit the 48 KiB of static shared memory, and each lane
+/// holds GROUP × 8 query values and accumulators in registers. Real models use 64..1024 (e.g.
+/// 7 × 64).
 const MAX_GROUP_DIM: usize = 2048;
+
+/// Head-dim slots per query head in the kernel's shared memory (its `ROW_PAD`): lanes per token
+/// (a power of two covering the 8-element chunks, at most 32) × elements per lane.
+fn row_pad(d: usize) -> usize {
+    let lanes = d.div_ceil(8).next_power_of_two().min(32);
+    lanes * d.div_ceil(lanes * 8) * 8
+}
 
 /// The kernel source, for compile tests.
 pub fn source() -> KernelSource {
@@ -51,7 +59,7 @@ pub fn paged_attention(
     let (s, h, d) = q.dims3(OP)?;
     let kh = k_cache.shape()[1];
     let group = h / kh;
-    if group * d.div_ceil(32) * 32 > MAX_GROUP_DIM {
+    if group * row_pad(d) > MAX_GROUP_DIM {
         return Err(Error::msg(format!(
             "{OP}: GQA group {group} × head dim {d} exceeds the CUDA kernel's limit of \
              {MAX_GROUP_DIM}"

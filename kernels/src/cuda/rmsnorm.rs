@@ -30,9 +30,17 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
         .u32(u32_dim(OP, n)?)
         .u32(u32_dim(OP, c)?)
         .f32(eps);
-    let func = format!("rmsnorm_{}", suffix(x.dtype(), OP)?);
-    let g = Grid::d1(n.clamp(1, 65535 * 4) as u32, threads_for(c));
-    run(&dev, &SRC, &[], &func, g, args)?;
+    let sfx = suffix(x.dtype(), OP)?;
+    if c.is_multiple_of(8) {
+        // A warp per row, 8 rows per block.
+        let func = format!("rmsnorm_warp_{sfx}");
+        let g = Grid::d1(n.div_ceil(8).clamp(1, 65535 * 4) as u32, 256);
+        run(&dev, &SRC, &[], &func, g, args)?;
+    } else {
+        let func = format!("rmsnorm_{sfx}");
+        let g = Grid::d1(n.clamp(1, 65535 * 4) as u32, threads_for(c));
+        run(&dev, &SRC, &[], &func, g, args)?;
+    }
     Ok((y, rstd))
 }
 
@@ -50,7 +58,10 @@ pub fn rmsnorm_backward(
     // ~4 blocks per SM on an H200-sized GPU, at least one row each.
     let rows_per_block = n.div_ceil(528).max(1);
     let blocks = n.div_ceil(rows_per_block).max(1);
-    let smem = (c * 4) as u32;
+    // C a multiple of 8: a warp per row with a dw partial per warp (up to 8 warps, 48 KiB).
+    let warps = (48 * 1024 / (c * 4).max(1)).clamp(1, 8);
+    let vec = c.is_multiple_of(8);
+    let smem = if vec { warps * c * 4 } else { c * 4 } as u32;
     let args = Args::new()
         .ptr(dy, &dev, OP)?
         .ptr(x, &dev, OP)?
@@ -61,8 +72,13 @@ pub fn rmsnorm_backward(
         .u32(u32_dim(OP, n)?)
         .u32(u32_dim(OP, c)?)
         .u32(u32_dim(OP, rows_per_block)?);
-    let func = format!("rmsnorm_backward_{}", suffix(x.dtype(), OP)?);
-    let g = Grid::d1(blocks as u32, threads_for(c)).with_smem(smem);
+    let sfx = suffix(x.dtype(), OP)?;
+    let (func, threads) = if vec {
+        (format!("rmsnorm_backward_warp_{sfx}"), 32 * warps as u32)
+    } else {
+        (format!("rmsnorm_backward_{sfx}"), threads_for(c))
+    };
+    let g = Grid::d1(blocks as u32, threads).with_smem(smem);
     run(&dev, &SRC, &[], &func, g, args)?;
     Ok((dx, dw))
 }

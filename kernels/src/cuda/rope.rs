@@ -24,9 +24,12 @@ fn rotate(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32, sign: f32) -> 
         .f32(theta)
         .f32(sign);
     let func = format!("rope_{}", suffix(x.dtype(), op)?);
-    // One block per token (grid-stride), threads over heads × D/2; the cos/sin table in smem.
-    let threads = (h * d / 2).next_multiple_of(32).clamp(32, 256) as u32;
-    let g = Grid::d1(n.clamp(1, 65535 * 4) as u32, threads).with_smem((d * 4) as u32);
+    // One block per TPB = 8 tokens (grid-stride), threads over tokens × heads × D/2; the
+    // tokens' cos/sin tables in smem.
+    const TPB: usize = 8;
+    let threads = (TPB * h * d / 2).next_multiple_of(32).clamp(32, 256) as u32;
+    let g = Grid::d1(n.div_ceil(TPB).clamp(1, 65535 * 4) as u32, threads)
+        .with_smem((TPB * d * 4) as u32);
     run(&dev, &SRC, &[], &func, g, args)?;
     Ok(y)
 }

@@ -100,3 +100,74 @@ pub fn adamw_step(
         Device::Cuda(_) => crate::cuda::adamw::adamw_step(master, grad, m, v, &scalars, working),
     }
 }
+
+/// One parameter of [`adamw_step_many`]: its buffers, as [`adamw_step`] takes them, and its
+/// weight decay.
+pub struct AdamWItem<'a> {
+    pub master: &'a mut Tensor,
+    pub grad: &'a mut Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    pub working: Option<&'a mut Tensor>,
+    pub weight_decay: f64,
+}
+
+/// [`adamw_step`] over many parameters, each with its own weight decay (`params.weight_decay` is
+/// not used), after multiplying every gradient in place by `grad_scale` (gradient clipping; 1
+/// leaves the gradients alone). The values are those of `scale_inplace` then [`adamw_step`] per
+/// parameter; on one GPU it is a single launch instead of two per parameter.
+pub fn adamw_step_many(
+    items: &mut [AdamWItem],
+    params: &AdamWParams,
+    grad_scale: f32,
+) -> Result<()> {
+    const OP: &str = "adamw_step_many";
+    let mut scalars = Vec::with_capacity(items.len());
+    for it in items.iter() {
+        let shape = it.master.shape().to_vec();
+        for (name, t) in [
+            ("master", &*it.master),
+            ("grad", &*it.grad),
+            ("m", &*it.m),
+            ("v", &*it.v),
+        ] {
+            check_dtype(OP, t, DType::F32)?;
+            it.master.check_same_device(t, OP)?;
+            check_shape(OP, name, t, &shape)?;
+        }
+        if let Some(w) = &it.working {
+            check_dtype(OP, w, DType::BF16)?;
+            it.master.check_same_device(w, OP)?;
+            check_shape(OP, "working copy", w, &shape)?;
+        }
+        scalars.push(
+            AdamWParams {
+                weight_decay: it.weight_decay,
+                ..*params
+            }
+            .scalars()?,
+        );
+    }
+    let on_one_gpu = match items.first().map(|it| it.master.device()) {
+        Some(d @ Device::Cuda(_)) => items.iter().all(|it| it.master.device().same(d)),
+        _ => false,
+    };
+    if on_one_gpu {
+        return crate::cuda::adamw::adamw_step_many(items, &scalars, grad_scale);
+    }
+    for (it, s) in items.iter_mut().zip(&scalars) {
+        if grad_scale != 1.0 {
+            super::scale_inplace(it.grad, grad_scale)?;
+        }
+        let working = it.working.as_deref_mut();
+        match it.master.device() {
+            Device::Cpu => {
+                crate::cpu::adamw::adamw_step(it.master, it.grad, it.m, it.v, s, working)?
+            }
+            Device::Cuda(_) => {
+                crate::cuda::adamw::adamw_step(it.master, it.grad, it.m, it.v, s, working)?
+            }
+        }
+    }
+    Ok(())
+}

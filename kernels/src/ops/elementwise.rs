@@ -42,6 +42,28 @@ pub fn fill_inplace(x: &mut Tensor, v: f32) -> Result<()> {
     }
 }
 
+/// [`fill_inplace`] of every tensor of `xs`; on one GPU with all f32 tensors a single launch
+/// (zeroing a model's gradient buffers is one launch, not one per parameter).
+pub fn fill_many(xs: &mut [&mut Tensor], v: f32) -> Result<()> {
+    const OP: &str = "fill_many";
+    for x in xs.iter() {
+        super::check_float(OP, x)?;
+    }
+    let one_gpu_f32 = match xs.first().map(|x| x.device().clone()) {
+        Some(d @ Device::Cuda(_)) => xs
+            .iter()
+            .all(|x| x.device().same(&d) && x.dtype() == crate::DType::F32),
+        _ => false,
+    };
+    if one_gpu_f32 {
+        return crate::cuda::elementwise::fill_many_f32(xs, v);
+    }
+    for x in xs.iter_mut() {
+        fill_inplace(x, v)?;
+    }
+    Ok(())
+}
+
 fn check_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     super::check_float(op, a)?;
     super::check_same(op, a, &[b])?;

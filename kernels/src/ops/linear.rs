@@ -7,6 +7,14 @@ use crate::{DType, Device, Error, Result, Tensor};
 
 /// y[N,O] = x[N,I] · w[O,I]ᵀ (+ b[O]). x, w, b share dtype and device; y has their dtype.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_out(x, w, b, x.dtype())
+}
+
+/// [`linear`] with y in `out_dtype`: the inputs' dtype, or F32 from BF16 inputs. The F32 case
+/// hands out the f32 accumulator unrounded (cuBLAS bf16 in, f32 out), for outputs whose bf16
+/// rounding would cost precision downstream: the LM head's logits, whose rounding error (up to
+/// 2⁻⁹ of a logit of size ~10) goes straight into every log-prob.
+pub fn linear_out(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> Result<Tensor> {
     const OP: &str = "linear";
     check_float(OP, x)?;
     let (_n, i) = x.dims2(OP)?;
@@ -25,9 +33,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         check_same(OP, x, &[b])?;
         check_shape(OP, "bias b", b, &[o])?;
     }
+    if out_dtype != x.dtype() && !(x.dtype() == DType::BF16 && out_dtype == DType::F32) {
+        return Err(Error::msg(format!(
+            "linear: output dtype {out_dtype} from {} inputs is not supported (the inputs' dtype, \
+             or f32 from bf16)",
+            x.dtype()
+        )));
+    }
     match x.device() {
         Device::Cpu => crate::cpu::linear::linear(x, w, b),
-        Device::Cuda(_) => crate::cuda::linear::linear(x, w, b),
+        Device::Cuda(_) => crate::cuda::linear::linear(x, w, b, out_dtype),
     }
 }
 

@@ -18,20 +18,22 @@ pub mod logsoftmax_gather;
 pub mod paged_attention;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 
-pub use adamw::{adamw_step, AdamWParams, AdamWScalars};
+pub use adamw::{adamw_step, adamw_step_many, AdamWItem, AdamWParams, AdamWScalars};
 pub use attention::{attention, attention_backward};
 pub use cast::cast;
-pub use elementwise::{add, add_inplace, fill_inplace, scale_inplace};
+pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};
 pub use embedding::{gather_rows, scatter_add_rows};
-pub use grad_norm::sum_squares;
+pub use grad_norm::{sum_squares, sum_squares_each};
 pub use kv_cache::{kv_cache_copy_blocks, kv_cache_write};
 pub use linear::{linear, linear_backward};
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;
 pub use rmsnorm::{rmsnorm, rmsnorm_backward};
 pub use rope::{rope, rope_backward};
+pub use sampling::{read_samples, sample_tokens, sample_tokens_into, SampleSpec};
 pub use swiglu::{swiglu, swiglu_backward};
 
 /// Errors unless `t` has exactly `shape`.

@@ -5,11 +5,11 @@
 //! HF name so that a ZeRO layout can later keep only its shard of each. One step:
 //!   1. global grad norm ‖g‖ = sqrt(Σ_params sum_squares(g)) (kernels, f64 on the host);
 //!   2. if ‖g‖ is not finite: skip the update (report it) — a NaN must not reach the weights;
-//!   3. clip: if ‖g‖ > max_norm, g ← g · max_norm / (‖g‖ + 1e-6) (`scale_inplace`, PyTorch's
-//!      `clip_grad_norm_` rule);
-//!   4. `adamw_step` per parameter (PyTorch AdamW semantics), weight decay only where the mask
-//!      says; the kernel writes the bf16 working copy, or the f32 master is copied to an f32
-//!      working tensor.
+//!   3. clip: if ‖g‖ > max_norm, g ← g · max_norm / (‖g‖ + 1e-6) (PyTorch's `clip_grad_norm_`
+//!      rule), in place;
+//!   4. the AdamW update of every parameter (PyTorch AdamW semantics), weight decay only where
+//!      the mask says; the kernel writes the bf16 working copy, or the f32 master is copied to an
+//!      f32 working tensor. Steps 3 and 4 are one `adamw_step_many` (one launch on the GPU).
 //!
 //! Weight-decay mask: no decay on rank-1 tensors, which in these models are exactly the RMSNorm
 //! weights and the q/k/v biases.
@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::{adamw_step, scale_inplace, sum_squares, AdamWParams};
+use kernels::ops::{adamw_step_many, sum_squares_each, AdamWItem, AdamWParams};
 use kernels::{DType, Tensor};
 use model::Params;
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,17 @@ pub struct StepStats {
     pub lr: f64,
     /// True when the norm was not finite and the weights were left alone.
     pub skipped: bool,
+}
+
+/// Σ over `tensors` of Σ g², added on the host in the given order. The per-tensor sums come back
+/// from the device together (`sum_squares_each`: one synchronisation, not one per tensor).
+fn sum_of_sum_squares(tensors: Vec<(String, &Tensor)>) -> Result<f64> {
+    let refs: Vec<&Tensor> = tensors.iter().map(|(_, g)| *g).collect();
+    let sums = sum_squares_each(&refs).with_context(|| {
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        format!("gradient norm of {}", names.join(", "))
+    })?;
+    Ok(sums.iter().sum())
 }
 
 /// The default weight-decay mask: decay matrices, not norms and biases (rank-1 tensors).
@@ -135,22 +146,17 @@ impl AdamW {
 
     /// Global L2 norm of the gradients.
     pub fn grad_norm(grads: &Params) -> Result<f64> {
-        let mut ss = 0.0f64;
-        for (name, g) in grads.tensors() {
-            ss += sum_squares(g).with_context(|| format!("gradient norm of {name}"))?;
-        }
-        Ok(ss.sqrt())
+        Ok(sum_of_sum_squares(grads.tensors())?.sqrt())
     }
 
     /// Σ g² over the parameters this optimiser owns (a rank's share of the global norm²).
     pub fn owned_sum_squares(&self, grads: &Params) -> Result<f64> {
-        let mut ss = 0.0f64;
-        for (name, g) in grads.tensors() {
-            if self.states.contains_key(&name) {
-                ss += sum_squares(g).with_context(|| format!("gradient norm of {name}"))?;
-            }
-        }
-        Ok(ss)
+        let owned = grads
+            .tensors()
+            .into_iter()
+            .filter(|(name, _)| self.states.contains_key(name))
+            .collect();
+        sum_of_sum_squares(owned)
     }
 
     /// One update of `params` (working weights) from `grads` (f32, same structure) at `lr`.
@@ -183,16 +189,11 @@ impl AdamW {
             let c = max / (norm + 1e-6);
             if c < 1.0 {
                 clip_coef = c;
-                for (name, g) in grads.tensors_mut() {
-                    if !self.states.contains_key(&name) {
-                        continue;
-                    }
-                    scale_inplace(g, c as f32).with_context(|| format!("clipping {name}"))?;
-                }
             }
         }
         self.step += 1;
-        let grads_by_name: BTreeMap<String, &Tensor> = grads.tensors().into_iter().collect();
+        let mut grads_by_name: BTreeMap<String, &mut Tensor> =
+            grads.tensors_mut().into_iter().collect();
         if let Some(name) = self
             .states
             .keys()
@@ -200,46 +201,53 @@ impl AdamW {
         {
             bail!("the optimiser holds state for {name}, which the model does not have");
         }
-        for (name, w) in params.tensors_mut() {
-            let Some(st) = self.states.get_mut(&name) else {
-                continue; // another rank's share
+        let mut params_by_name: BTreeMap<String, &mut Tensor> =
+            params.tensors_mut().into_iter().collect();
+        // One update over all owned parameters (one launch on the GPU); the clip factor is
+        // applied to the gradients in place on the way, as `scale_inplace` would.
+        let mut items = Vec::with_capacity(self.states.len());
+        let mut f32_working = vec![];
+        for (name, st) in self.states.iter_mut() {
+            let Some(w) = params_by_name.remove(name) else {
+                continue; // as before: state without a parameter of that name is left alone
             };
-            let g = grads_by_name
-                .get(&name)
+            let grad = grads_by_name
+                .remove(name)
                 .with_context(|| format!("no gradient for parameter {name}"))?;
-            let hp = AdamWParams {
-                lr,
-                beta1: self.cfg.beta1,
-                beta2: self.cfg.beta2,
-                eps: self.cfg.eps,
-                weight_decay: if st.decay { self.cfg.weight_decay } else { 0.0 },
-                step: self.step,
-            };
-            let ctx = || format!("AdamW step of {name}");
-            match w.dtype() {
-                DType::BF16 => adamw_step(
-                    &mut st.master,
-                    g,
-                    &mut st.exp_avg,
-                    &mut st.exp_avg_sq,
-                    &hp,
-                    Some(w),
-                )
-                .with_context(ctx)?,
+            let working = match w.dtype() {
+                DType::BF16 => Some(w),
                 DType::F32 => {
-                    adamw_step(
-                        &mut st.master,
-                        g,
-                        &mut st.exp_avg,
-                        &mut st.exp_avg_sq,
-                        &hp,
-                        None,
-                    )
-                    .with_context(ctx)?;
-                    *w = st.master.try_clone().with_context(ctx)?;
+                    f32_working.push((name.clone(), w));
+                    None
                 }
                 DType::U32 => bail!("parameter {name} has dtype u32"),
-            }
+            };
+            items.push(AdamWItem {
+                master: &mut st.master,
+                grad,
+                m: &mut st.exp_avg,
+                v: &mut st.exp_avg_sq,
+                working,
+                weight_decay: if st.decay { self.cfg.weight_decay } else { 0.0 },
+            });
+        }
+        let hp = AdamWParams {
+            lr,
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            eps: self.cfg.eps,
+            weight_decay: self.cfg.weight_decay,
+            step: self.step,
+        };
+        adamw_step_many(&mut items, &hp, clip_coef as f32)
+            .with_context(|| format!("AdamW step over {} parameters", items.len()))?;
+        drop(items);
+        // f32 working weights are the master weights themselves.
+        for (name, w) in f32_working {
+            *w = self.states[&name]
+                .master
+                .try_clone()
+                .with_context(|| format!("AdamW step of {name}"))?;
         }
         Ok(StepStats {
             grad_norm: norm,

@@ -2,7 +2,7 @@
 //! gradient buffers, host <-> device f32 vectors, and the optimiser step with its metrics.
 
 use anyhow::{Context, Result};
-use kernels::ops::fill_inplace;
+use kernels::ops::fill_many;
 use kernels::{Device, Tensor};
 use model::llama::Batch;
 use model::Params;
@@ -28,12 +28,16 @@ pub fn model_batch(p: &PackedBatch, device: &Device) -> Result<Batch> {
     )
 }
 
-/// Sets every gradient buffer to 0 before accumulating a mini-batch.
+/// Sets every gradient buffer to 0 before accumulating a mini-batch (one launch on the GPU).
 pub fn zero_grads(grads: &mut Params) -> Result<()> {
-    for (name, g) in grads.tensors_mut() {
-        fill_inplace(g, 0.0).with_context(|| format!("zeroing the gradient of {name}"))?;
-    }
-    Ok(())
+    let (names, mut gs): (Vec<String>, Vec<&mut Tensor>) = grads.tensors_mut().into_iter().unzip();
+    fill_many(&mut gs, 0.0).with_context(|| {
+        format!(
+            "zeroing the gradients of {} parameters ({}, ...)",
+            names.len(),
+            names.first().map_or("", |n| n.as_str())
+        )
+    })
 }
 
 /// An `[N]` f32 tensor on `device` from host values.

@@ -7,12 +7,22 @@
 //! [`LOGITS_CHUNK_ELEMS`] logits, and the backward recomputes each chunk's logits (one extra matmul)
 //! instead of keeping them. Only the f32 log-sum-exp per row is kept between forward and backward.
 //!
+//! The logits are f32 also when the hidden states and the head weight are bf16 (cuBLAS bf16 in,
+//! f32 out): rounding logits to bf16 moves each by up to 2⁻⁹·|logit| (0.02 at a logit of 10),
+//! which goes straight into every log-prob (scripts/emulate_bf16_path.py: keeping them f32 lowers
+//! the bf16 log-prob error at temperature 1 by 3-9% on the test fixtures). d(logits) is rounded
+//! to the weights' dtype for the two backward GEMMs, whose operands share one dtype.
+//!
+//! Memory: a chunk holds at most [`LOGITS_CHUNK_ELEMS`] f32 logits (256 MiB); the backward holds
+//! a chunk's logits and their f32 gradient at once (512 MiB), then the gradient's bf16 copy.
+//!
 //! With tied embeddings the head weight is `model.embed_tokens.weight`, so its gradient lands in the
 //! embedding's gradient buffer next to the lookup's contribution.
 
 use anyhow::{bail, Context, Result};
+use kernels::ops::linear::linear_out;
 use kernels::ops::{
-    cast, gather_rows, linear, linear_backward, logsoftmax_gather, logsoftmax_gather_backward,
+    cast, gather_rows, linear_backward, logsoftmax_gather, logsoftmax_gather_backward,
     scatter_add_rows,
 };
 use kernels::{DType, Device, Tensor};
@@ -20,7 +30,7 @@ use kernels::{DType, Device, Tensor};
 use super::backward::check_grads;
 use crate::params::Params;
 
-/// Most logits materialised at once (64 Mi elements: 256 MiB in f32, 128 MiB in bf16).
+/// Most logits materialised at once (64 Mi f32 elements: 256 MiB).
 pub const LOGITS_CHUNK_ELEMS: usize = 64 << 20;
 
 /// Per-position results of the LM head, all [N] f32 on the hidden states' device.
@@ -105,7 +115,7 @@ fn lm_head_forward(
     let device = hidden.device();
     let chunks = row_chunks(n, w.shape()[0], max_logits);
     if chunks.len() == 1 {
-        let logits = linear(hidden, w, None)?; // [N,V]
+        let logits = logits_of(hidden, w)?; // [N,V] f32
         let t = Tensor::from_u32(targets.to_vec(), &[n], device)?;
         let (logprobs, entropy, lse) = logsoftmax_gather(&logits, &t, inv_temp)?;
         return Ok(LmHeadOutput {
@@ -122,7 +132,7 @@ fn lm_head_forward(
         let m = r.len();
         let rows = row_ids(r.clone(), device)?;
         let h = gather_rows(hidden, &rows)?; // [m,C]
-        let logits = linear(&h, w, None)?; // [m,V]
+        let logits = logits_of(&h, w)?; // [m,V] f32
         let t = Tensor::from_u32(targets[r].to_vec(), &[m], device)?;
         let (lp, ent, ls) = logsoftmax_gather(&logits, &t, inv_temp)?;
         scatter_add_rows(&mut logprobs, &rows, &lp.reshape(&[m, 1])?)?; // [m] -> [m,1]
@@ -174,11 +184,12 @@ fn lm_head_backward(
     let device = hidden.device();
     let chunks = row_chunks(n, w.shape()[0], max_logits);
     if chunks.len() == 1 {
-        let logits = linear(hidden, w, None)?; // [N,V], recomputed
+        let logits = logits_of(hidden, w)?; // [N,V] f32, recomputed
         let t = Tensor::from_u32(targets.to_vec(), &[n], device)?;
         let d_logits =
             logsoftmax_gather_backward(d_logprob, d_entropy, &logits, &t, &out.lse, inv_temp)?;
         drop(logits);
+        let d_logits = in_dtype(d_logits, hidden.dtype())?;
         return Ok(linear_backward(&d_logits, hidden, w, gw, None)?);
     }
     // d(hidden) chunks are scattered into an f32 [N,C] buffer, then cast to the hidden dtype.
@@ -192,7 +203,7 @@ fn lm_head_backward(
         let m = r.len();
         let rows = row_ids(r.clone(), device)?;
         let h = gather_rows(hidden, &rows)?; // [m,C]
-        let logits = linear(&h, w, None)?; // [m,V], recomputed
+        let logits = logits_of(&h, w)?; // [m,V] f32, recomputed
         let t = Tensor::from_u32(targets[r].to_vec(), &[m], device)?;
         let dlp = column(d_logprob, &rows, m)?;
         let dent = d_entropy.map(|d| column(d, &rows, m)).transpose()?;
@@ -200,6 +211,7 @@ fn lm_head_backward(
         let d_logits =
             logsoftmax_gather_backward(&dlp, dent.as_ref(), &logits, &t, &lse, inv_temp)?;
         drop(logits);
+        let d_logits = in_dtype(d_logits, hidden.dtype())?;
         let dh = linear_backward(&d_logits, &h, w, gw, None)?; // [m,C]
         scatter_add_rows(&mut d_hidden, &rows, &dh)?;
     }
@@ -208,6 +220,20 @@ fn lm_head_backward(
     } else {
         Ok(cast(&d_hidden, hidden.dtype())?)
     }
+}
+
+/// logits [m,V] f32 = hidden [m,C] · Wᵀ, unrounded whatever the hidden dtype.
+fn logits_of(hidden: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(linear_out(hidden, w, None, DType::F32)?)
+}
+
+/// `t` cast to `dtype` (a no-op when it already is).
+fn in_dtype(t: Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(if t.dtype() == dtype {
+        t
+    } else {
+        cast(&t, dtype)?
+    })
 }
 
 /// lm_head.weight, or the embedding when tied; an error for a model with only a score head.

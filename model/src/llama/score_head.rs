@@ -3,23 +3,20 @@
 //! reward model reads the last token of each sequence, as HF's pooled output does.
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::{cast, linear, linear_backward};
+use kernels::ops::linear::linear_out;
+use kernels::ops::{cast, linear_backward};
 use kernels::{DType, Tensor};
 
 use super::backward::check_grads;
 use super::batch::Batch;
 use crate::params::Params;
 
-/// value [N] f32 = hidden [N,C] · score.weightᵀ.
+/// value [N] f32 = hidden [N,C] · score.weightᵀ, taken from the f32 accumulator also when the
+/// hidden states are bf16 (no rounding of the value itself).
 pub fn values(params: &Params, hidden: &Tensor) -> Result<Tensor> {
     let w = score_weight(params)?;
     let (n, _c) = hidden.dims2("values")?;
-    let v = linear(hidden, w, None)?.reshape(&[n])?; // [N,1] -> [N]
-    Ok(if v.dtype() == DType::F32 {
-        v
-    } else {
-        cast(&v, DType::F32)?
-    })
+    Ok(linear_out(hidden, w, None, DType::F32)?.reshape(&[n])?) // [N,1] -> [N]
 }
 
 /// Backward of [`values`]: accumulates score.weight's gradient from d(value) [N] f32 and returns
