@@ -1,17 +1,20 @@
 //! The RL step as a dataflow of named model function calls. Each call runs through
 //! [`Calls::call`], which records its wall time (`timing_s/NAME`, `timeline.jsonl`) and its peak
-//! host memory, so every step's metrics show where the time and memory went.
+//! host memory, so every step's metrics show where the time and memory went. On a GPU the call
+//! waits for the device at its end (kernels are asynchronous), so its time is its own.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Result;
+use kernels::Device;
 
 use crate::logging::{RunLog, TimelineEntry};
 
 /// Times the calls of one step.
 pub struct Calls<'a> {
     pub log: &'a mut RunLog,
+    pub device: Device,
     /// The run's start (timeline times are seconds since it).
     pub t0: Instant,
     pub step: u64,
@@ -21,9 +24,10 @@ pub struct Calls<'a> {
 }
 
 impl<'a> Calls<'a> {
-    pub fn new(log: &'a mut RunLog, t0: Instant, step: u64) -> Self {
+    pub fn new(log: &'a mut RunLog, device: Device, t0: Instant, step: u64) -> Self {
         Calls {
             log,
+            device,
             t0,
             step,
             metrics: BTreeMap::new(),
@@ -42,6 +46,7 @@ impl<'a> Calls<'a> {
         reset_peak_memory();
         let start = Instant::now();
         let out = f()?;
+        self.device.synchronize()?;
         let end = Instant::now();
         let peak = peak_memory_bytes();
         self.peak_bytes = self.peak_bytes.max(peak.unwrap_or(0));

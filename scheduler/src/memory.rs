@@ -94,8 +94,9 @@ pub fn estimate(cfg: &Config) -> Result<Vec<CallEstimate>> {
     // f32 norm statistics and attention lse.
     let saved_per_token = l * (bytes_per * (4 * c + 2 * hd + 2 * kd + 2 * f) + 4 * 3);
     let logits = |tokens: u64| (tokens * v).min(model::llama::LOGITS_CHUNK_ELEMS as u64) * 4 * 2;
-    // f32 gradients and two AdamW moments, plus f32 master weights when training in bf16.
-    let optim = p * 4 * 3 + if bytes_per == 2 { p * 4 } else { 0 };
+    // f32 gradients, and the learner's AdamW state: f32 master weights (kept in f32 runs too)
+    // and two f32 moments.
+    let optim = p * 4 * 4;
     let prompt = max_prompt_chars(cfg)? as u64;
     let mut out = Vec::new();
     for (i, s) in cfg.stages.iter().enumerate() {

@@ -354,7 +354,7 @@ fn step(
     let gen_seed = step_seed(seed, i, step_no, 2);
     let requests = requests(run, &row_refs, &sampling, s.samples_per_prompt, gen_seed)?;
     let tok = &run.tok;
-    let mut calls = Calls::new(&mut run.log, run.t0, global);
+    let mut calls = Calls::new(&mut run.log, device.clone(), run.t0, global);
     let policy = &m.actor.model;
     let engine = &m.engine;
     let (completions, stats) =
