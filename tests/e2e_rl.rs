@@ -228,6 +228,16 @@ fn ppo_with_a_learned_reward_model_raises_the_reward() {
     ] {
         assert!(m.values().any(|s| s.contains_key(key)), "no {key} logged");
     }
+    // Train/rollout parity: the engine's sampling log-probs equal the learner's recompute, and
+    // with one mini-batch per rollout the update starts exactly on-policy (ratio 1, nothing
+    // clipped).
+    for s in m.values().filter(|s| s.contains_key("actor/ratio_mean")) {
+        let diff = s["rollout/logprob_diff_max"];
+        assert!(diff < 1e-5, "engine vs learner log-probs differ by {diff}");
+        let ratio = s["actor/ratio_mean"];
+        assert!((ratio - 1.0).abs() < 1e-6, "first-update ratio {ratio}");
+        assert_eq!(s["actor/pg_clipfrac"], 0.0);
+    }
     assert!(run_dir
         .join("models/stage2_ppo_critic/model.safetensors")
         .is_file());

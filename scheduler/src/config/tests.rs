@@ -175,3 +175,9 @@ fn critic_init_is_checked() {
     );
     assert!(e.contains("stage[1].critic_init"), "{e}");
 }
+
+#[test]
+fn bf16_needs_a_gpu() {
+    let e = err(BASE, &["run.dtype=\"bf16\""]);
+    assert!(e.contains("run.dtype") && e.contains("cpu"), "{e}");
+}

@@ -26,6 +26,9 @@ pub fn validate(cfg: &Config) -> Result<()> {
             cfg.run.device
         );
     }
+    if cfg.run.dtype == "bf16" && cfg.run.device == "cpu" {
+        bail!("`run.dtype` is `bf16` but `run.device` is `cpu`: the CPU backend computes in f32; use dtype f32 on the CPU or a cuda device for bf16");
+    }
     match (&cfg.model.path, &cfg.model.init) {
         (Some(_), Some(_)) => bail!("`model` sets both `path` and `init`; choose one"),
         (None, None) => {
