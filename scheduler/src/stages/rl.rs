@@ -661,3 +661,41 @@ fn advantages(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernels::DType;
+    use model::{Arch, Head, ModelConfig, Params};
+
+    /// The value read out for response token j is V of the state that chooses it: the critic's
+    /// score of the prefix that ends just before that token (causal attention makes the two equal).
+    #[test]
+    fn response_values_are_the_values_of_the_prefix_before_each_token() {
+        let cfg = ModelConfig::new(Arch::Llama, 16, 32, 2, 2, 2, 11)
+            .with_head(Head::SequenceClassification, 1);
+        let params = Params::init(&cfg, 3, &Device::Cpu, DType::F32).unwrap();
+        let critic = Model { cfg, params };
+        let seqs = [
+            Sequence::new(vec![1, 2, 3, 4, 5], 2),
+            Sequence::new(vec![6, 7, 8], 1),
+        ];
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let got = response_values(&critic, &refs, 1024).unwrap();
+        for (s, v) in seqs.iter().zip(&got) {
+            assert_eq!(v.len(), s.response_len());
+            let prefixes: Vec<Vec<u32>> = (0..s.response_len())
+                .map(|j| s.tokens[..s.prompt_len + j].to_vec())
+                .collect();
+            let want = score_sequences(&critic.params, &critic.cfg, &prefixes, 1024).unwrap();
+            for (a, b) in v.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{v:?} vs {want:?}");
+            }
+        }
+        // A micro-batch budget that splits the batch gives the same values.
+        let split = response_values(&critic, &refs, 5).unwrap();
+        for (a, b) in split.iter().flatten().zip(got.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{split:?} vs {got:?}");
+        }
+    }
+}
