@@ -16,12 +16,15 @@ use crate::stages::common::step_seed;
 /// Engine settings of a stage's generation config: the KV budget in bytes when given, else a
 /// fraction of the device's free memory.
 pub fn engine_config(g: &GenerationConfig) -> EngineConfig {
+    let d = EngineConfig::default();
     EngineConfig {
         kv_budget: match g.kv_cache_bytes {
             Some(b) => KvBudget::Bytes(b as usize),
             None => KvBudget::FreeFraction(g.kv_cache_fraction),
         },
-        ..EngineConfig::default()
+        max_batch_tokens: g.max_batch_tokens.unwrap_or(d.max_batch_tokens),
+        max_running: g.max_running.unwrap_or(d.max_running),
+        ..d
     }
 }
 

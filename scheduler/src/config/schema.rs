@@ -285,6 +285,13 @@ pub struct GenerationConfig {
     pub kv_cache_fraction: f64,
     #[serde(default)]
     pub kv_cache_bytes: Option<u64>,
+    /// The engine's token budget per step (prefill tokens + one per decoding sequence); default
+    /// the actor crate's.
+    #[serde(default)]
+    pub max_batch_tokens: Option<usize>,
+    /// Sequences decoding at once; default the actor crate's.
+    #[serde(default)]
+    pub max_running: Option<usize>,
 }
 
 impl Default for GenerationConfig {
@@ -298,6 +305,8 @@ impl Default for GenerationConfig {
             stop_token_ids: Vec::new(),
             kv_cache_fraction: default_kv_fraction(),
             kv_cache_bytes: None,
+            max_batch_tokens: None,
+            max_running: None,
         }
     }
 }

@@ -184,6 +184,16 @@ fn validate_stage(cfg: &Config, i: usize, stage: &StageConfig) -> Result<()> {
             if !(s.generation.top_p > 0.0 && s.generation.top_p <= 1.0) {
                 bail!("`{}` must be in (0, 1]", at("generation.top_p"));
             }
+            if s.generation.max_batch_tokens == Some(0) || s.generation.max_running == Some(0) {
+                bail!(
+                    "`{}` and `{}` must be positive when given",
+                    at("generation.max_batch_tokens"),
+                    at("generation.max_running")
+                );
+            }
+            if !(s.generation.kv_cache_fraction > 0.0 && s.generation.kv_cache_fraction <= 1.0) {
+                bail!("`{}` must be in (0, 1]", at("generation.kv_cache_fraction"));
+            }
             if s.generation.max_new_tokens == 0 {
                 bail!("`{}` must be positive", at("generation.max_new_tokens"));
             }
