@@ -75,7 +75,7 @@ done
 
 # Summary: medians over the steps after the first.
 "$PY" - "$OUT" <<'EOF'
-import json, os, statistics, sys
+import json, os, re, statistics, sys
 
 out = sys.argv[1]
 
@@ -102,6 +102,13 @@ p = os.path.join(out, "trl.jsonl")
 if os.path.exists(p):
     lines = [json.loads(l) for l in open(p) if l.strip()]
     trl = lines[-1] if lines else None
+if trl is None and os.path.exists(os.path.join(out, "trl.log")):
+    # The peer was stopped before its summary line: use the per-step lines it printed.
+    # (tqdm's progress text may share the line.)
+    text = open(os.path.join(out, "trl.log")).read()
+    secs = [json.loads(m)["seconds"] for m in re.findall(r'\{"trl_step": \d+, "seconds": [0-9.e+-]+\}', text)]
+    if secs:
+        trl = {"step_seconds": secs, "median_step_s": median_after_first(secs), "partial": True}
 summary = {"benchmark": "rl_iteration", "trl": trl, "ours_grpo": ours("grpo"), "ours_ppo": ours("ppo")}
 if trl and summary["ours_grpo"]:
     summary["trl_s_per_step"] = trl["median_step_s"]

@@ -40,6 +40,9 @@ class StepTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.marks.append(("end", time.perf_counter()))
+        # One line per step as it ends, so a run stopped by a time limit still leaves its figures.
+        secs = self.step_seconds()
+        print(json.dumps({"trl_step": len(secs), "seconds": secs[-1]}), flush=True)
 
     def step_seconds(self):
         begins = [t for k, t in self.marks if k == "begin"]
