@@ -22,8 +22,10 @@ const COLUMNS: usize = 3;
 const TITLE_H: u32 = 48;
 
 /// The panels `realign plot` draws when their metrics exist: title and the scalars overlaid in it.
-const PANELS: [(&str, &[&str]); 6] = [
+const PANELS: [(&str, &[&str]); 7] = [
     ("reward", &["reward/mean", "score/mean"]),
+    // Held-out accuracy is logged every `eval_every` steps; the line joins those points.
+    ("accuracy", &["eval/accuracy", "rollout/accuracy"]),
     ("KL to reference (per token)", &["kl/mean"]),
     ("policy entropy", &["actor/entropy"]),
     (
