@@ -19,6 +19,10 @@ pub struct Tokenizer {
     /// tokenizer's eos_token), without duplicates.
     pub eos_ids: Vec<u32>,
     template: Option<std::result::Result<ChatTemplate, String>>,
+    /// Ids the tokenizer knows, counted once: `tokenizers` rebuilds its whole vocabulary map to
+    /// answer this (~49k string copies for SmolLM2), which made decoding a 256-sample rollout take
+    /// seconds when it was asked on every call.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -95,8 +99,10 @@ impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Tokenizer {
             inner,
+            vocab_size,
             special: SpecialTokens::default(),
             bos_id: None,
             pad_id: None,
@@ -129,7 +135,7 @@ impl Tokenizer {
 
     /// Number of ids the tokenizer knows (model vocabulary plus added tokens).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
