@@ -43,12 +43,22 @@ impl<'a> Calls<'a> {
         metric: &str,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        reset_peak_memory();
+        // Host peak memory is what matters on the CPU. On a GPU it is not the interesting figure,
+        // and resetting it (a write to /proc/self/clear_refs) takes the process's mmap write
+        // lock, which can wait behind the GPU driver: skip it there.
+        let track_host = self.device.is_cpu();
+        if track_host {
+            reset_peak_memory();
+        }
         let start = Instant::now();
         let out = f()?;
         self.device.synchronize()?;
         let end = Instant::now();
-        let peak = peak_memory_bytes();
+        let peak = if track_host {
+            peak_memory_bytes()
+        } else {
+            None
+        };
         self.peak_bytes = self.peak_bytes.max(peak.unwrap_or(0));
         let (start_s, end_s) = (
             start.duration_since(self.t0).as_secs_f64(),

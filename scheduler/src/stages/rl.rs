@@ -359,7 +359,9 @@ fn step(
     let engine = &m.engine;
     let (completions, stats) =
         calls.call("actor_gen", "gen", || generate(policy, engine, &requests))?;
-    let ro = assemble(tok, &rows, &requests, &completions, stats.decode_tokens)?;
+    let ro = calls.call("assemble", "assemble", || {
+        assemble(tok, &rows, &requests, &completions, stats.decode_tokens)
+    })?;
     let seq_refs = ro.refs();
 
     // reward_inf
