@@ -4,43 +4,12 @@
 //! were really replayed.
 //! GPU only (f32 weights); on a machine without a GPU the test has nothing to run.
 
-use std::path::PathBuf;
-
 use actor::{Completion, Engine, EngineConfig, KvBudget, Request, SamplingParams};
 use kernels::testing::test_devices;
 use kernels::DType;
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Fixture {
-    max_new_tokens: usize,
-    eos_token_id: u32,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
-}
-
-const MODELS: [&str; 2] = ["llama_gqa", "qwen2_tied"];
-
-/// The fixture folder (see generate_against_hf.rs).
-fn dir(name: &str) -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generate");
-    let base = if built.exists() {
-        built
-    } else {
-        PathBuf::from("actor/tests/fixtures/generate")
-    };
-    base.join(name)
-}
-
-fn fixture(name: &str) -> Fixture {
-    let text = std::fs::read_to_string(dir(name).join("greedy.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+mod common;
+use common::{dir, fixture, Fixture, MODELS};
 
 /// The fixture's prompts greedy, then each again sampled (T 0.8, n 3) with its own seed.
 fn requests(fx: &Fixture) -> Vec<Request> {

@@ -3,45 +3,12 @@
 //! Llama (GQA) and Qwen2 (qkv bias, tied embeddings) checkpoints made by
 //! scripts/make_generate_fixtures.py. CPU f32 always; CUDA f32 when a GPU is present.
 
-use std::path::PathBuf;
-
 use actor::{Completion, Engine, EngineConfig, FinishReason, KvBudget, Request, SamplingParams};
 use kernels::testing::test_devices;
 use kernels::{DType, Device};
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Fixture {
-    max_new_tokens: usize,
-    eos_token_id: u32,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    prompt: Vec<u32>,
-    greedy: Vec<u32>,
-    logprobs: Vec<f32>,
-}
-
-const MODELS: [&str; 2] = ["llama_gqa", "qwen2_tied"];
-
-/// The fixture folder: beside this crate's sources, or (for test binaries carried to another
-/// machine and run from the repository root) `actor/tests/fixtures` under the working directory.
-fn dir(name: &str) -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generate");
-    let base = if built.exists() {
-        built
-    } else {
-        PathBuf::from("actor/tests/fixtures/generate")
-    };
-    base.join(name)
-}
-
-fn fixture(name: &str) -> Fixture {
-    let text = std::fs::read_to_string(dir(name).join("greedy.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+mod common;
+use common::{dir, fixture, Fixture, MODELS};
 
 fn greedy_requests(fx: &Fixture) -> Vec<Request> {
     fx.cases
