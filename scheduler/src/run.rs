@@ -119,6 +119,15 @@ impl Run {
         self.tok.encode(text, false)
     }
 
+    /// `prompt` followed by `response` and EOS: an SFT or preference target (the model learns to
+    /// stop after its answer).
+    pub fn with_response(&self, prompt: &[u32], response: &str) -> Result<Vec<u32>> {
+        let mut tokens = prompt.to_vec();
+        tokens.extend(self.encode_response(response)?);
+        tokens.push(self.eos());
+        Ok(tokens)
+    }
+
     /// The end-of-sequence id appended to SFT and preference targets (the model learns to stop).
     pub fn eos(&self) -> u32 {
         self.tok.eos_ids[0]

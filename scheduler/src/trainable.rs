@@ -92,4 +92,17 @@ impl Trainable {
         }
         self.opt.save(path)
     }
+
+    /// Writes this model into a checkpoint being staged in `dir`: its HF folder `dir/<folder>` and
+    /// its optimiser state `dir/optim/<optim>.safetensors` (where resuming stages look for them).
+    pub fn write_checkpoint(
+        &self,
+        dir: &Path,
+        folder: &str,
+        optim: &str,
+        tokenizer_dir: &Path,
+    ) -> Result<()> {
+        crate::models::write_into(&self.model, &dir.join(folder), tokenizer_dir)?;
+        self.save_optimiser(&dir.join("optim").join(format!("{optim}.safetensors")))
+    }
 }

@@ -13,6 +13,26 @@ use crate::generation::{generate, requests, sample_of};
 use crate::models::Model;
 use crate::run::Run;
 
+/// Ends a training step of a stage of `steps` steps: logs its metrics, moves the bar, and runs
+/// `save` every `checkpoint_every` steps before the last (the stage's end writes the last one).
+pub fn end_step(
+    run: &mut Run,
+    pb: &ProgressBar,
+    metrics: &BTreeMap<String, f64>,
+    steps: u64,
+    save: impl FnOnce(&mut Run) -> Result<()>,
+) -> Result<()> {
+    run.log.log_metrics(run.state.global_step, metrics)?;
+    let k = run.state.stage_step;
+    pb.set_position(k);
+    pb.set_message(progress_message(metrics));
+    let every = run.cfg.run.checkpoint_every;
+    if every > 0 && k.is_multiple_of(every) && k < steps {
+        save(run)?;
+    }
+    Ok(())
+}
+
 /// A progress bar with ETA and the key metrics; hidden when `show` is false.
 pub fn progress_bar(show: bool, label: &str, total: u64, done: u64) -> ProgressBar {
     let pb = if show {

@@ -34,7 +34,7 @@ use learner::train::{
 };
 use model::llama::LmHead;
 
-use super::common::{answer_matches, evaluate, progress_bar, progress_message, step_seed};
+use super::common::{answer_matches, end_step, evaluate, progress_bar, step_seed};
 use crate::checkpoint;
 use crate::config::{Algorithm, RlReward, RlStage};
 use crate::data::PromptRow;
@@ -149,13 +149,7 @@ pub fn run(run: &mut Run, i: usize, s: &RlStage, resume: Option<&Path>) -> Resul
         if s.eval_every > 0 && (k.is_multiple_of(s.eval_every) || k == s.steps) {
             metrics.extend(evaluate(run, &m.actor.model, &m.engine, max_new)?);
         }
-        run.log.log_metrics(run.state.global_step, &metrics)?;
-        pb.set_position(k);
-        pb.set_message(progress_message(&metrics));
-        let every = run.cfg.run.checkpoint_every;
-        if every > 0 && k.is_multiple_of(every) && k < s.steps {
-            save(run, &m)?;
-        }
+        end_step(run, &pb, &metrics, s.steps, |run| save(run, &m))?;
     }
     pb.finish();
     models::export(&m.actor.model, &run.stage_output(i, ""), &run.tokenizer_dir)?;
@@ -262,12 +256,10 @@ fn save(run: &mut Run, m: &RlModels) -> Result<()> {
         Scorer::Model { shaper, .. } => shaper.state(),
     });
     checkpoint::save(&run.dir, &run.state, run.cfg.run.keep_checkpoints, |d| {
-        models::write_into(&m.actor.model, &d.join("policy"), &run.tokenizer_dir)?;
         m.actor
-            .save_optimiser(&d.join("optim").join("actor.safetensors"))?;
+            .write_checkpoint(d, "policy", "actor", &run.tokenizer_dir)?;
         if let Some(c) = &m.critic {
-            models::write_into(&c.model, &d.join("critic"), &run.tokenizer_dir)?;
-            c.save_optimiser(&d.join("optim").join("critic.safetensors"))?;
+            c.write_checkpoint(d, "critic", "critic", &run.tokenizer_dir)?;
         }
         Ok(())
     })?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use learner::train::{Pair, RewardModelStep};
 
-use super::common::{progress_bar, progress_message, step_seed};
+use super::common::{end_step, progress_bar, step_seed};
 use super::policy_pairs::policy_pairs;
 use crate::checkpoint;
 use crate::config::RmStage;
@@ -52,12 +52,7 @@ pub fn run(run: &mut Run, i: usize, s: &RmStage, resume: Option<&Path>) -> Resul
             .map(|&r| {
                 let row = &prefs[r];
                 let prompt = run.encode_prompt(&row.prompt)?;
-                let side = |response: &str| -> Result<Vec<u32>> {
-                    let mut tokens = prompt.clone();
-                    tokens.extend(run.encode_response(response)?);
-                    tokens.push(run.eos());
-                    Ok(tokens)
-                };
+                let side = |response: &str| run.with_response(&prompt, response);
                 Ok(Pair {
                     chosen: side(&row.chosen)?,
                     rejected: side(&row.rejected)?,
@@ -71,14 +66,7 @@ pub fn run(run: &mut Run, i: usize, s: &RmStage, resume: Option<&Path>) -> Resul
         run.state.stage_step += 1;
         run.state.global_step += 1;
         let m: BTreeMap<String, f64> = metrics.values();
-        run.log.log_metrics(run.state.global_step, &m)?;
-        pb.set_position(run.state.stage_step);
-        pb.set_message(progress_message(&m));
-        let every = run.cfg.run.checkpoint_every;
-        if every > 0 && run.state.stage_step.is_multiple_of(every) && run.state.stage_step < s.steps
-        {
-            save(run, &t)?;
-        }
+        end_step(run, &pb, &m, s.steps, |run| save(run, &t))?;
     }
     pb.finish();
     models::export(&t.model, &run.stage_output(i, ""), &run.tokenizer_dir)?;
@@ -87,8 +75,7 @@ pub fn run(run: &mut Run, i: usize, s: &RmStage, resume: Option<&Path>) -> Resul
 
 fn save(run: &Run, t: &Trainable) -> Result<()> {
     checkpoint::save(&run.dir, &run.state, run.cfg.run.keep_checkpoints, |d| {
-        models::write_into(&t.model, &d.join("reward_model"), &run.tokenizer_dir)?;
-        t.save_optimiser(&d.join("optim").join("reward_model.safetensors"))
+        t.write_checkpoint(d, "reward_model", "reward_model", &run.tokenizer_dir)
     })?;
     Ok(())
 }

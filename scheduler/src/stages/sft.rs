@@ -8,7 +8,7 @@ use learner::batch::Sequence;
 use learner::objectives::LossAgg;
 use learner::train::SftStep;
 
-use super::common::{evaluate, progress_bar, progress_message};
+use super::common::{end_step, evaluate, progress_bar};
 use crate::checkpoint;
 use crate::config::{GenerationConfig, SftStage};
 use crate::generation::engine_config;
@@ -61,11 +61,11 @@ pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Resu
             .iter()
             .map(|&r| {
                 let row = &run.data.sft[r];
-                let mut tokens = run.encode_prompt(&row.prompt)?;
-                let prompt_len = tokens.len();
-                tokens.extend(run.encode_response(&row.response)?);
-                tokens.push(run.eos());
-                Ok(Sequence::new(tokens, prompt_len))
+                let prompt = run.encode_prompt(&row.prompt)?;
+                Ok(Sequence::new(
+                    run.with_response(&prompt, &row.response)?,
+                    prompt.len(),
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Sequence> = seqs.iter().collect();
@@ -91,14 +91,7 @@ pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Resu
                 g.max_new_tokens,
             )?);
         }
-        run.log.log_metrics(run.state.global_step, &m)?;
-        pb.set_position(run.state.stage_step);
-        pb.set_message(progress_message(&m));
-        let every = run.cfg.run.checkpoint_every;
-        if every > 0 && run.state.stage_step.is_multiple_of(every) && run.state.stage_step < s.steps
-        {
-            save(run, &t)?;
-        }
+        end_step(run, &pb, &m, s.steps, |run| save(run, &t))?;
     }
     pb.finish();
     models::export(&t.model, &run.stage_output(i, ""), &run.tokenizer_dir)?;
@@ -107,8 +100,7 @@ pub fn run(run: &mut Run, i: usize, s: &SftStage, resume: Option<&Path>) -> Resu
 
 fn save(run: &Run, t: &Trainable) -> Result<()> {
     checkpoint::save(&run.dir, &run.state, run.cfg.run.keep_checkpoints, |d| {
-        models::write_into(&t.model, &d.join("policy"), &run.tokenizer_dir)?;
-        t.save_optimiser(&d.join("optim").join("actor.safetensors"))
+        t.write_checkpoint(d, "policy", "actor", &run.tokenizer_dir)
     })?;
     Ok(())
 }
