@@ -35,6 +35,7 @@ pub mod paged_attention;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
+pub mod staging;
 pub mod sum_squares;
 pub mod swiglu;
 
