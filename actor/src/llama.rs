@@ -154,7 +154,7 @@ impl<'a> LlamaRunner<'a> {
             block_size: 0,
             sw: Stopwatch::new(),
             graphs: HashMap::new(),
-            use_graphs: graphs_forced(),
+            use_graphs: graphs_env().unwrap_or(false),
             graphs_failed: false,
             graph_replays: 0,
             wait_s: 0.0,
@@ -461,11 +461,16 @@ impl StepModel for LlamaRunner<'_> {
     }
 }
 
-/// `REALIGN_CUDA_GRAPHS=1`: decode steps on a GPU run as CUDA graphs whatever the engine config
-/// says (opt-in until a GPU run has shown the capture works; docs/rollout.md, "Speed").
-pub fn graphs_forced() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").is_ok_and(|v| v == "1"))
+/// `REALIGN_CUDA_GRAPHS=1` / `=0`: decode steps on a GPU run as CUDA graphs, or op by op,
+/// whatever the engine config says (docs/rollout.md, "Speed"); unset or any other value: the
+/// config decides.
+pub fn graphs_env() -> Option<bool> {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("REALIGN_CUDA_GRAPHS").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    })
 }
 
 /// Batch sizes a decode graph is captured for: a step of S sequences runs the graph of the

@@ -204,6 +204,15 @@ fn generate_all(
         tracing::info!("rollout profile: {}", sw.times.summary());
     }
     stats.graph_replays = model.graph_replays();
+    tracing::debug!(
+        steps = stats.steps,
+        decode_steps = stats.host_time.decode_steps,
+        graph_replays = stats.graph_replays,
+        preemptions = stats.preemptions,
+        seconds = stats.host_time.total_s,
+        host_ms_per_decode_step = 1e3 * stats.host_time.host_per_decode_step_s(),
+        "rollout done"
+    );
     stats.peak_kv_blocks = sched.blocks.peak_used();
     stats.peak_kv_bytes = stats.peak_kv_blocks * stats.kv_bytes_per_block;
     let mut seqs: Vec<_> = sched.seqs.into_values().collect();

@@ -82,7 +82,7 @@ fn threshold_key(x: &[f32], allowed: &dyn Fn(usize) -> bool, temperature: f32, f
         .collect();
     let total: u64 = kept.iter().map(|k| k.1).sum();
     let goal = f.top_p as f64 * total as f64;
-    kept.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    kept.sort_unstable_by_key(|k| std::cmp::Reverse(k.0));
     // The largest key whose mass of keys >= it reaches the goal.
     let mut mass = 0u64;
     let mut j = 0;
