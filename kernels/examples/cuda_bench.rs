@@ -4,6 +4,7 @@
 //!
 //! `cargo run -p kernels --release --example cuda_bench` on a machine with a GPU.
 
+use kernels::cuda::attention::{attention_backward_with, attention_with, FaConfig};
 use kernels::cuda::CudaDevice;
 use kernels::{ops, DType, Device, Tensor};
 
@@ -51,6 +52,97 @@ fn report(name: &str, ms: f64, flops: f64, bytes: f64) {
     println!("bench {name:<44} {ms:>9.3} ms  {tflops:>8.1} TFLOP/s  {gbs:>8.0} GB/s");
 }
 
+/// ‖a − b‖ / ‖b‖ over the host copies.
+fn rel_err(a: &Tensor, b: &Tensor) -> kernels::Result<f64> {
+    let (a, b) = (a.to_vec_f32()?, b.to_vec_f32()?);
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    Ok((num / den).sqrt())
+}
+
+/// Times every tensor-core attention variant (`FaConfig::candidates`), forward and backward, and
+/// checks each one's outputs against the first (the baseline kernels).
+#[allow(clippy::too_many_arguments)]
+fn attention_variants(
+    cuda: &CudaDevice,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dout: &Tensor,
+    cu: &Tensor,
+    scale: f32,
+    flops: f64,
+    only: Option<&str>,
+) -> kernels::Result<()> {
+    let mut reference: Option<Vec<Tensor>> = None;
+    for (i, (label, cfg)) in FaConfig::candidates().into_iter().enumerate() {
+        // The first candidate (the baseline) is always computed: the others are checked against it.
+        let timed = only.is_none_or(|o| o == label);
+        if !timed && i > 0 {
+            continue;
+        }
+        println!("config {label} {}", cfg.to_text());
+        let (out, lse) = attention_with(&cfg, q, k, v, cu, scale)?;
+        if timed {
+            let ms = time(cuda, || {
+                attention_with(&cfg, q, k, v, cu, scale).unwrap();
+            });
+            report(
+                &format!("attention fwd 8x1024 H14 K2 D64 {label}"),
+                ms,
+                flops,
+                0.0,
+            );
+            let ms = time(cuda, || {
+                attention_backward_with(&cfg, dout, q, k, v, &out, &lse, cu, scale).unwrap();
+            });
+            report(
+                &format!("attention bwd 8x1024 H14 K2 D64 {label}"),
+                ms,
+                2.5 * flops,
+                0.0,
+            );
+        }
+        let (dq, dk, dv) = attention_backward_with(&cfg, dout, q, k, v, &out, &lse, cu, scale)?;
+        let got = vec![out, lse, dq, dk, dv];
+        match &reference {
+            None => reference = Some(got),
+            Some(want) => {
+                let names = ["out", "lse", "dq", "dk", "dv"];
+                let errs: Vec<String> = names
+                    .iter()
+                    .zip(got.iter().zip(want))
+                    .map(|(name, (a, b))| Ok(format!("{name} {:.2e}", rel_err(a, b)?)))
+                    .collect::<kernels::Result<_>>()?;
+                println!("check attention {label} vs base: {}", errs.join(", "));
+            }
+        }
+    }
+    // What ops::attention uses (FaConfig::for_dim, REALIGN_ATTENTION_CFG applied).
+    if only.is_none_or(|o| o == "default") {
+        println!("config default {}", FaConfig::for_dim(64).to_text());
+        let ms = time(cuda, || {
+            ops::attention(q, k, v, cu, scale).unwrap();
+        });
+        report("attention fwd 8x1024 H14 K2 D64 default", ms, flops, 0.0);
+        let (out, lse) = ops::attention(q, k, v, cu, scale)?;
+        let ms = time(cuda, || {
+            ops::attention_backward(dout, q, k, v, &out, &lse, cu, scale).unwrap();
+        });
+        report(
+            "attention bwd 8x1024 H14 K2 D64 default",
+            ms,
+            2.5 * flops,
+            0.0,
+        );
+    }
+    Ok(())
+}
+
 fn main() -> kernels::Result<()> {
     let dev = Device::cuda(0)?;
     let Device::Cuda(cuda) = &dev else {
@@ -64,64 +156,51 @@ fn main() -> kernels::Result<()> {
     let q = t(&[n, h, d], 1, &dev, bf);
     let k = t(&[n, kh, d], 2, &dev, bf);
     let vv = t(&[n, kh, d], 3, &dev, bf);
+    let dout = t(&[n, h, d], 4, &dev, bf);
     let cu: Vec<u32> = (0..=s).map(|i| (i * tlen) as u32).collect();
     let cu = Tensor::from_u32(cu, &[s + 1], &dev)?;
     let scale = 1.0 / (d as f32).sqrt();
     let att_flops = 4.0 * (h * d) as f64 * (s * tlen * (tlen + 1) / 2) as f64;
-    // Tensor-core kernels (fa: the default for bf16; mma: the first version), then the CUDA-core
-    // ones for comparison.
-    for (kind, env) in [("fa", "fa"), ("mma", "mma"), ("simt", "simt")] {
-        std::env::set_var("REALIGN_ATTENTION", env);
-        let ms = time(cuda, || {
-            ops::attention(&q, &k, &vv, &cu, scale).unwrap();
-        });
-        report(
-            &format!("attention fwd 8x1024 H14 K2 D64 bf16 {kind}"),
-            ms,
-            att_flops,
-            0.0,
-        );
-        let (out, lse) = ops::attention(&q, &k, &vv, &cu, scale)?;
-        let dout = t(&[n, h, d], 4, &dev, bf);
-        let ms = time(cuda, || {
-            ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale).unwrap();
-        });
-        report(
-            &format!("attention bwd 8x1024 H14 K2 D64 bf16 {kind}"),
-            ms,
-            2.5 * att_flops,
-            0.0,
-        );
-        // The same backward on the GPU's own forward, against the fa kernels' values.
-        if kind != "fa" {
-            continue;
-        }
-        let (dq, dk, dv) = ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale)?;
-        std::env::set_var("REALIGN_ATTENTION", "mma");
-        let (out1, lse1) = ops::attention(&q, &k, &vv, &cu, scale)?;
-        let (dq1, dk1, dv1) = ops::attention_backward(&dout, &q, &k, &vv, &out, &lse, &cu, scale)?;
-        std::env::set_var("REALIGN_ATTENTION", env);
-        for (name, a, b) in [
-            ("out", &out, &out1),
-            ("lse", &lse, &lse1),
-            ("dq", &dq, &dq1),
-            ("dk", &dk, &dk1),
-            ("dv", &dv, &dv1),
-        ] {
-            let (a, b) = (a.to_vec_f32()?, b.to_vec_f32()?);
-            let num: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| ((x - y) as f64).powi(2))
-                .sum();
-            let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-            println!(
-                "check attention fa vs mma {name}: rel err {:.2e}",
-                (num / den).sqrt()
-            );
-        }
+    // `cuda_bench attention [LABEL]`: only the attention variants (only LABEL's).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args.get(1).map(String::as_str);
+    attention_variants(cuda, &q, &k, &vv, &dout, &cu, scale, att_flops, only)?;
+    if args.first().map(String::as_str) == Some("attention") {
+        return Ok(());
     }
+    // The CUDA-core kernels for comparison.
+    std::env::set_var("REALIGN_ATTENTION", "simt");
+    let ms = time(cuda, || {
+        ops::attention(&q, &k, &vv, &cu, scale).unwrap();
+    });
+    report(
+        "attention fwd 8x1024 H14 K2 D64 bf16 simt",
+        ms,
+        att_flops,
+        0.0,
+    );
     std::env::remove_var("REALIGN_ATTENTION");
+    // Pieces of the backward that are not the main kernel: zeroing the f32 dq accumulator and
+    // rounding it to bf16 (cast stands in for the finish kernel).
+    let ms = time(cuda, || {
+        Tensor::zeros(&[n, h, d], DType::F32, &dev).unwrap();
+    });
+    report(
+        "attention aux: zeros f32 [N,H,D]",
+        ms,
+        0.0,
+        (n * h * d * 4) as f64,
+    );
+    let acc = Tensor::zeros(&[n, h, d], DType::F32, &dev)?;
+    let ms = time(cuda, || {
+        ops::cast(&acc, bf).unwrap();
+    });
+    report(
+        "attention aux: cast f32 -> bf16 [N,H,D]",
+        ms,
+        0.0,
+        (n * h * d * 6) as f64,
+    );
 
     // linear (the MLP up projection): 2·N·I·O FLOPs forward, twice that backward.
     let x = t(&[n, c], 5, &dev, bf);

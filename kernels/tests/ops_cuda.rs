@@ -5,6 +5,7 @@
 //! kernel source for sm_90, so compile errors show up on machines without a GPU too.
 
 use half::bf16;
+use kernels::cuda::attention::{attention_backward_with, attention_with, FaConfig};
 use kernels::cuda::{launch, nvrtc};
 use kernels::testing::{max_abs_diff, rand_ids_vec, randn_vec, rel_err, test_devices};
 use kernels::{ops, DType, Device, Tensor};
@@ -23,10 +24,19 @@ fn nvrtc_compiles_every_kernel() {
                 .iter()
                 .map(|(d, b)| vec![format!("-DHEAD_DIM={d}"), format!("-DBLOCK={b}")])
                 .collect(),
-            "attention_mma" => [(64, 64), (128, 32), (32, 64), (96, 32)]
-                .iter()
-                .map(|(d, b)| vec![format!("-DHEAD_DIM={d}"), format!("-DBQ={b}")])
-                .collect(),
+            // Every tile variant the benchmark compares, at the head dims the kernels take.
+            "attention_mma" => {
+                let mut sets = Vec::new();
+                for d in [16, 32, 64, 96, 128] {
+                    for (_, cfg) in FaConfig::candidates() {
+                        if cfg.supports(d) {
+                            sets.push(cfg.defines_for(d));
+                        }
+                    }
+                    sets.push(FaConfig::for_dim(d).defines_for(d));
+                }
+                sets
+            }
             _ => vec![vec![]],
         };
         for defs in define_sets {
@@ -474,6 +484,77 @@ fn cuda_attention_matches_cpu() {
                 scale,
             )
             .unwrap();
+            check(&format!("{name} dq"), dtype, &gdq, &cdq, tol(dtype, true));
+            check(&format!("{name} dk"), dtype, &gdk, &cdk, tol(dtype, true));
+            check(&format!("{name} dv"), dtype, &gdv, &cdv, tol(dtype, true));
+        }
+    }
+}
+
+/// Every tensor-core tile variant (tile shapes, register caps, block order, split dq) against the
+/// CPU f32 reference, bf16, on sequences longer than the largest tiles (several key and query
+/// tiles, partial last tiles, lengths 1 and 0) and GQA groups of 7 and 1.
+#[test]
+fn cuda_attention_variants_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    let dtype = DType::BF16;
+    let cu_seqlens: Vec<u32> = vec![0, 300, 301, 301, 557, 620];
+    let n = *cu_seqlens.last().unwrap() as usize;
+    for (case, &(h, kh, d)) in [(14, 2, 64), (4, 4, 128), (2, 2, 32)].iter().enumerate() {
+        let seed = 900 + 10 * case as u64;
+        let scale = 1.0 / (d as f32).sqrt();
+        let q = draw(n * h * d, seed, dtype, 1.0);
+        let kk = draw(n * kh * d, seed + 1, dtype, 1.0);
+        let v = draw(n * kh * d, seed + 2, dtype, 1.0);
+        let dout = draw(n * h * d, seed + 3, dtype, 1.0);
+        let (cq, ck, cv) = (
+            cpu_t(&q, &[n, h, d]),
+            cpu_t(&kk, &[n, kh, d]),
+            cpu_t(&v, &[n, kh, d]),
+        );
+        let ccu = ids(&cu_seqlens, &CPU);
+        let (cout, clse) = ops::attention(&cq, &ck, &cv, &ccu, scale).unwrap();
+        let couts = cpu_t(&representable(host(&cout), dtype), &[n, h, d]);
+        let (cdq, cdk, cdv) = ops::attention_backward(
+            &cpu_t(&dout, &[n, h, d]),
+            &cq,
+            &ck,
+            &cv,
+            &couts,
+            &clse,
+            &ccu,
+            scale,
+        )
+        .unwrap();
+        let (gq, gk, gv) = (
+            gpu_t(&q, &[n, h, d], &dev, dtype),
+            gpu_t(&kk, &[n, kh, d], &dev, dtype),
+            gpu_t(&v, &[n, kh, d], &dev, dtype),
+        );
+        let gcu = ids(&cu_seqlens, &dev);
+        let gdout = gpu_t(&dout, &[n, h, d], &dev, dtype);
+        let gouts = gpu_t(&host(&cout), &[n, h, d], &dev, dtype);
+        let glse = Tensor::from_f32(host(&clse), &[n, h], &dev).unwrap();
+        for (label, cfg) in FaConfig::candidates() {
+            let name = format!("attention {label} H{h} K{kh} D{d}");
+            let (gout, glse_own) = attention_with(&cfg, &gq, &gk, &gv, &gcu, scale).unwrap();
+            check(
+                &format!("{name} out"),
+                dtype,
+                &gout,
+                &cout,
+                tol(dtype, true),
+            );
+            check(
+                &format!("{name} lse"),
+                dtype,
+                &glse_own,
+                &clse,
+                tol(DType::F32, true),
+            );
+            let (gdq, gdk, gdv) =
+                attention_backward_with(&cfg, &gdout, &gq, &gk, &gv, &gouts, &glse, &gcu, scale)
+                    .unwrap();
             check(&format!("{name} dq"), dtype, &gdq, &cdq, tol(dtype, true));
             check(&format!("{name} dk"), dtype, &gdk, &cdk, tol(dtype, true));
             check(&format!("{name} dv"), dtype, &gdv, &cdv, tol(dtype, true));

@@ -1,20 +1,19 @@
 //! Flash-style causal GQA attention over packed sequences on the GPU (see `cu/attention.cu`).
 //!
-//! Three implementations, compiled per head dim D (`-DHEAD_DIM`) so that every loop over D has a
+//! Two implementations, compiled per head dim D (`-DHEAD_DIM`) so that every loop over D has a
 //! compile-time bound:
 //! - `cu/attention_mma.cu`, `attention_fa_*`: tensor cores (mma.sync bf16, f32 accumulate) with
 //!   ldmatrix operands and cp.async double buffering, for bf16 with D a multiple of 16 up to 128.
-//!   Used by default for those. The backward runs per query head and reduces dq, dk, dv into f32
-//!   buffers, rounded to bf16 at the end.
-//! - `cu/attention_mma.cu`, `attention_mma_*`: the first tensor-core kernels (16-bit operand
-//!   loads, one backward block per kv head), kept for comparison: `REALIGN_ATTENTION=mma`.
+//!   Used by default for those. Tile shapes, register caps, the block order and whether dq has
+//!   its own kernel are compile-time choices ([`FaConfig`]); [`FaConfig::for_dim`] is the measured
+//!   default, [`FaConfig::candidates`] the variants the benchmark and the tests compare.
 //! - `cu/attention.cu`: CUDA-core f32 arithmetic for f32 inputs, any other D, and bf16 when
 //!   `REALIGN_ATTENTION=simt` (for comparison). Forward tiles are 64 rows up to D = 128 (32
 //!   above); the backward, which holds dk and dv accumulators in registers, uses 64 up to D = 64.
-
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, suffix, zeros};
 use crate::{DType, Error, Result, Tensor};
+use std::sync::OnceLock;
 
 const SRC: KernelSource = kernel_source!("attention");
 const MMA: KernelSource = kernel_source!("attention_mma");
@@ -31,8 +30,6 @@ fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
 enum Kind {
     /// `attention_fa_*` (tensor cores, default for bf16).
     Fa,
-    /// `attention_mma_*` (first tensor-core version).
-    Mma,
     /// `attention.cu` (CUDA cores).
     Simt,
 }
@@ -43,28 +40,259 @@ fn kind(dtype: DType, d: usize) -> Kind {
     }
     match std::env::var("REALIGN_ATTENTION").as_deref() {
         Ok("simt") => Kind::Simt,
-        Ok("mma") => Kind::Mma,
         _ => Kind::Fa,
     }
 }
 
-/// Dynamic shared memory of the tensor-core kernels (bf16 tiles with rows padded by 8).
-fn mma_fwd_smem(d: usize) -> usize {
-    3 * 64 * (d + 8) * 2
+/// Compile-time shape of the `attention_fa_*` kernels (the defines of `cu/attention_mma.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaConfig {
+    /// Forward warps per block (4 or 8).
+    pub fwd_warps: u32,
+    /// Forward 16-row m-tiles per warp (1 or 2): query tile = 16 · fwd_warps · fwd_mt rows.
+    pub fwd_mt: u32,
+    /// Forward blocks per SM the registers are capped for (1 = no cap).
+    pub fwd_minb: u32,
+    /// Backward warps per block, 16 keys each (4 or 8).
+    pub bwd_warps: u32,
+    /// Backward query tile rows (32 or 64; must divide 16 · bwd_warps).
+    pub bq: u32,
+    /// Backward blocks per SM the registers are capped for (1 = no cap).
+    pub bwd_minb: u32,
+    /// dq by its own kernel (S and dP recomputed per query tile, no atomics) instead of f32
+    /// reductions from the dk/dv kernel.
+    pub split_dq: bool,
+    /// Blocks in order of decreasing work over all sequences (up to 32), heads side by side.
+    pub by_work: bool,
 }
 
-fn mma_bwd_smem(d: usize, bq: usize) -> usize {
-    (2 * 64 + 2 * bq) * (d + 8) * 2 + bq * (64 + 8) * 2 + 2 * bq * 4
-}
+impl FaConfig {
+    /// The kernels as they were before the tile options (trainspeed run 2's default at D ≤ 64).
+    pub const BASELINE: FaConfig = FaConfig {
+        fwd_warps: 4,
+        fwd_mt: 1,
+        fwd_minb: 1,
+        bwd_warps: 4,
+        bq: 64,
+        bwd_minb: 3,
+        split_dq: false,
+        by_work: false,
+    };
 
-/// The fa forward: Q tile plus double-buffered K and V tiles.
-fn fa_fwd_smem(d: usize) -> usize {
-    5 * 64 * (d + 8) * 2
-}
+    /// The configuration used for head dim `d` (bf16, d a multiple of 16 up to 128), with the
+    /// fields `REALIGN_ATTENTION_CFG` names overridden (for measurements; see [`FaConfig::parse`]).
+    pub fn for_dim(d: usize) -> FaConfig {
+        static OVERRIDE: OnceLock<Option<String>> = OnceLock::new();
+        let base = FaConfig::measured_default(d);
+        match OVERRIDE.get_or_init(|| std::env::var("REALIGN_ATTENTION_CFG").ok()) {
+            None => base,
+            Some(text) => match base.parse(text) {
+                Ok(cfg) if cfg.supports(d) => cfg,
+                Ok(cfg) => {
+                    tracing::warn!(
+                        ?cfg,
+                        d,
+                        "REALIGN_ATTENTION_CFG does not fit this head dim; ignored"
+                    );
+                    base
+                }
+                Err(e) => {
+                    tracing::warn!("REALIGN_ATTENTION_CFG ignored: {e}");
+                    base
+                }
+            },
+        }
+    }
 
-/// The fa backward: K, V, double-buffered Q and dO, the dS^T tile, double-buffered lse and delta.
-fn fa_bwd_smem(d: usize, bq: usize) -> usize {
-    (2 * 64 + 4 * bq) * (d + 8) * 2 + 64 * (bq + 8) * 2 + 4 * bq * 4
+    /// `self` with the fields of `text` ("key=value,...", keys as the field names, booleans as
+    /// 0/1) replaced.
+    pub fn parse(&self, text: &str) -> Result<FaConfig> {
+        let mut cfg = *self;
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = || Error::msg(format!("attention config item {item:?} is not key=number"));
+            let (key, value) = item.split_once('=').ok_or_else(bad)?;
+            let n: u32 = value.trim().parse().map_err(|_| bad())?;
+            match key.trim() {
+                "fwd_warps" => cfg.fwd_warps = n,
+                "fwd_mt" => cfg.fwd_mt = n,
+                "fwd_minb" => cfg.fwd_minb = n,
+                "bwd_warps" => cfg.bwd_warps = n,
+                "bq" => cfg.bq = n,
+                "bwd_minb" => cfg.bwd_minb = n,
+                "split_dq" => cfg.split_dq = n != 0,
+                "by_work" => cfg.by_work = n != 0,
+                other => {
+                    return Err(Error::msg(format!(
+                        "attention config key {other:?} is not a field of FaConfig"
+                    )))
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The fields as [`FaConfig::parse`] reads them.
+    pub fn to_text(&self) -> String {
+        format!(
+            "fwd_warps={},fwd_mt={},fwd_minb={},bwd_warps={},bq={},bwd_minb={},split_dq={},by_work={}",
+            self.fwd_warps,
+            self.fwd_mt,
+            self.fwd_minb,
+            self.bwd_warps,
+            self.bq,
+            self.bwd_minb,
+            self.split_dq as u32,
+            self.by_work as u32
+        )
+    }
+
+    /// The default without overrides.
+    fn measured_default(d: usize) -> FaConfig {
+        if d <= 64 {
+            FaConfig::BASELINE
+        } else {
+            // Larger register tiles: no caps, query tiles of 32 in the backward.
+            FaConfig {
+                bq: 32,
+                bwd_minb: 1,
+                ..FaConfig::BASELINE
+            }
+        }
+    }
+
+    /// Named variants for benchmarks and tests (each valid for every D the kernels take).
+    pub fn candidates() -> Vec<(&'static str, FaConfig)> {
+        let b = FaConfig {
+            by_work: true,
+            ..FaConfig::BASELINE
+        };
+        vec![
+            ("base", FaConfig::BASELINE),
+            ("bywork", b),
+            ("fwd-occ4", FaConfig { fwd_minb: 4, ..b }),
+            ("fwd-mt2", FaConfig { fwd_mt: 2, ..b }),
+            ("fwd-w8", FaConfig { fwd_warps: 8, ..b }),
+            (
+                "fwd-w8-occ2",
+                FaConfig {
+                    fwd_warps: 8,
+                    fwd_minb: 2,
+                    ..b
+                },
+            ),
+            (
+                "bwd-w8",
+                FaConfig {
+                    bwd_warps: 8,
+                    bwd_minb: 1,
+                    ..b
+                },
+            ),
+            (
+                "bwd-q32-occ4",
+                FaConfig {
+                    bq: 32,
+                    bwd_minb: 4,
+                    ..b
+                },
+            ),
+            (
+                "bwd-split",
+                FaConfig {
+                    split_dq: true,
+                    ..b
+                },
+            ),
+            (
+                "bwd-w8-split",
+                FaConfig {
+                    bwd_warps: 8,
+                    bwd_minb: 1,
+                    split_dq: true,
+                    ..b
+                },
+            ),
+            (
+                "bwd-w8-q32-occ2",
+                FaConfig {
+                    bwd_warps: 8,
+                    bq: 32,
+                    bwd_minb: 2,
+                    ..b
+                },
+            ),
+        ]
+    }
+
+    /// Whether the kernels can be built this way for head dim `d` (a multiple of 16): the tile
+    /// sizes the kernels know, query tiles that start at key tiles, and (fused dq) the dq work
+    /// splitting evenly over the warps and the head dim.
+    pub fn supports(&self, d: usize) -> bool {
+        let dq_warps_per_rows = self.bwd_warps / (self.bq / 16).max(1);
+        matches!(self.fwd_warps, 4 | 8)
+            && matches!(self.fwd_mt, 1 | 2)
+            && matches!(self.bwd_warps, 4 | 8)
+            && matches!(self.bq, 32 | 64)
+            && (16 * self.bwd_warps).is_multiple_of(self.bq)
+            && (1..=8).contains(&self.fwd_minb)
+            && (1..=8).contains(&self.bwd_minb)
+            && (self.split_dq
+                || (dq_warps_per_rows >= 1 && (d / 8).is_multiple_of(dq_warps_per_rows as usize)))
+    }
+
+    fn check(&self, op: &'static str, d: usize) -> Result<()> {
+        if self.supports(d) {
+            Ok(())
+        } else {
+            Err(Error::msg(format!(
+                "{op}: the attention kernels cannot be built as {self:?} for head dim {d}"
+            )))
+        }
+    }
+
+    /// The NVRTC defines of `cu/attention_mma.cu` for head dim `d`.
+    pub fn defines_for(&self, d: usize) -> Vec<String> {
+        vec![
+            format!("-DHEAD_DIM={d}"),
+            format!("-DFWD_WARPS={}", self.fwd_warps),
+            format!("-DFWD_MT={}", self.fwd_mt),
+            format!("-DFWD_MINB={}", self.fwd_minb),
+            format!("-DBWD_WARPS={}", self.bwd_warps),
+            format!("-DBQ={}", self.bq),
+            format!("-DBWD_MINB={}", self.bwd_minb),
+            format!("-DSPLIT_DQ={}", self.split_dq as u32),
+            format!("-DSCHED={}", self.by_work as u32),
+        ]
+    }
+
+    /// Forward query rows per block.
+    fn bm(&self) -> usize {
+        16 * (self.fwd_warps * self.fwd_mt) as usize
+    }
+
+    /// Backward keys per block.
+    fn bk(&self) -> usize {
+        16 * self.bwd_warps as usize
+    }
+
+    /// Forward shared memory: the Q tile plus double-buffered K and V tiles of 64 keys (bf16
+    /// rows padded by 8).
+    fn fwd_smem(&self, d: usize) -> usize {
+        (self.bm() + 4 * 64) * (d + 8) * 2
+    }
+
+    /// Backward: K, V, double-buffered Q and dO, double-buffered lse and delta, and unless dq
+    /// is split off, the dS^T tile.
+    fn bwd_smem(&self, d: usize) -> usize {
+        let (bk, bq) = (self.bk(), self.bq as usize);
+        let dst = if self.split_dq { 0 } else { bk * (bq + 8) * 2 };
+        (2 * bk + 4 * bq) * (d + 8) * 2 + 4 * bq * 4 + dst
+    }
+
+    /// The dq kernel: Q and dO tiles of 64 rows, double-buffered K and V.
+    fn dq_smem(&self, d: usize) -> usize {
+        (2 * 64 + 4 * 64) * (d + 8) * 2
+    }
 }
 
 fn defines(d: usize, block: usize) -> Vec<String> {
@@ -93,32 +321,32 @@ pub fn attention(
     cu_seqlens: &Tensor,
     scale: f32,
 ) -> Result<(Tensor, Tensor)> {
+    let d = q.shape().last().copied().unwrap_or(0);
+    attention_with(&FaConfig::for_dim(d), q, k, v, cu_seqlens, scale)
+}
+
+/// [`attention`] with the tensor-core kernels built as `cfg` says (ignored where the CUDA-core
+/// kernels handle the call: f32, or D not a multiple of 16 up to 128).
+pub fn attention_with(
+    cfg: &FaConfig,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     let dev = device_of(q, OP)?;
     let (n, h, d) = q.dims3(OP)?;
     let (_, kh, _) = k.dims3(OP)?;
     let s = cu_seqlens.numel().saturating_sub(1);
     let kind = kind(q.dtype(), d);
-    let block = if kind != Kind::Simt || d <= 128 {
-        64
-    } else {
-        32
-    };
-    let smem = if kind == Kind::Fa {
-        check_smem(OP, fa_fwd_smem(d), d)?
-    } else if kind == Kind::Mma {
-        check_smem(OP, mma_fwd_smem(d), d)?
-    } else {
-        check_smem(OP, (3 * block * (d + 1) + block * (block + 1)) * 4, d)?
-    };
     // Zero-filled so that tokens outside every sequence (if any) read as zeros, not garbage.
     let out = zeros(&dev, &[n, h, d], q.dtype())?;
     let lse = zeros(&dev, &[n, h], DType::F32)?;
-    let g = Grid {
-        grid: (u32_dim(OP, tile_bound(n, s, block))?, u32_dim(OP, h)?, 1),
-        block: (THREADS, 1, 1),
-        smem,
-    };
+    if n == 0 || s == 0 {
+        return Ok((out, lse));
+    }
     let args = Args::new()
         .ptr(q, &dev, OP)?
         .ptr(k, &dev, OP)?
@@ -130,18 +358,23 @@ pub fn attention(
         .u32(u32_dim(OP, h)?)
         .u32(u32_dim(OP, kh)?)
         .f32(scale);
-    if n > 0 && s > 0 {
-        if kind != Kind::Simt {
-            let func = if kind == Kind::Fa {
-                "attention_fa_fwd"
-            } else {
-                "attention_mma_fwd"
-            };
-            run(&dev, &MMA, &[format!("-DHEAD_DIM={d}")], func, g, args)?;
-        } else {
-            let func = format!("attention_fwd_{}", suffix(q.dtype(), OP)?);
-            run(&dev, &SRC, &defines(d, block), &func, g, args)?;
-        }
+    if kind == Kind::Fa {
+        cfg.check(OP, d)?;
+        let g = Grid {
+            grid: (u32_dim(OP, tile_bound(n, s, cfg.bm()))?, u32_dim(OP, h)?, 1),
+            block: (32 * cfg.fwd_warps, 1, 1),
+            smem: check_smem(OP, cfg.fwd_smem(d), d)?,
+        };
+        run(&dev, &MMA, &cfg.defines_for(d), "attention_fa_fwd", g, args)?;
+    } else {
+        let block = if d <= 128 { 64 } else { 32 };
+        let g = Grid {
+            grid: (u32_dim(OP, tile_bound(n, s, block))?, u32_dim(OP, h)?, 1),
+            block: (THREADS, 1, 1),
+            smem: check_smem(OP, (3 * block * (d + 1) + block * (block + 1)) * 4, d)?,
+        };
+        let func = format!("attention_fwd_{}", suffix(q.dtype(), OP)?);
+        run(&dev, &SRC, &defines(d, block), &func, g, args)?;
     }
     Ok((out, lse))
 }
@@ -157,58 +390,61 @@ pub fn attention_backward(
     cu_seqlens: &Tensor,
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = q.shape().last().copied().unwrap_or(0);
+    attention_backward_with(
+        &FaConfig::for_dim(d),
+        dout,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens,
+        scale,
+    )
+}
+
+/// [`attention_backward`] with the tensor-core kernels built as `cfg` says (ignored where the
+/// CUDA-core kernels handle the call).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_with(
+    cfg: &FaConfig,
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
     let dev = device_of(q, OP)?;
     let (n, h, d) = q.dims3(OP)?;
     let (_, kh, _) = k.dims3(OP)?;
     let s = cu_seqlens.numel().saturating_sub(1);
     let dtype = q.dtype();
-    let sfx = suffix(dtype, OP)?;
-    let kind = kind(dtype, d);
-    if kind == Kind::Fa {
-        // Up to D = 64, registers capped for 3 blocks per SM: a little spilling, but faster
-        // (H200, D = 64: 0.374 vs 0.391 ms); above, the spills grow and it is not measured.
-        let func = if d <= 64 {
-            "attention_fa_bwd_occ3"
-        } else {
-            "attention_fa_bwd"
-        };
-        return fa_backward(dout, q, k, v, out, lse, cu_seqlens, scale, func);
+    if kind(dtype, d) == Kind::Fa {
+        cfg.check(OP, d)?;
+        return fa_backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale);
     }
     let dq_acc = zeros(&dev, &[n, h, d], DType::F32)?;
     let dk = zeros(&dev, &[n, kh, d], dtype)?;
     let dv = zeros(&dev, &[n, kh, d], dtype)?;
     if n > 0 && s > 0 {
-        let mma = kind == Kind::Mma;
-        // Tensor cores: key tiles of 64, query tiles of `bq`; CUDA cores: square tiles of `block`.
-        let bq = if d <= 64 { 64 } else { 32 };
-        let block = if mma || d <= 64 { 64 } else { 32 };
-        let (src, defs) = if mma {
-            (&MMA, vec![format!("-DHEAD_DIM={d}"), format!("-DBQ={bq}")])
-        } else {
-            (&SRC, defines(d, block))
-        };
-        let name = |what: &str| {
-            if mma {
-                format!("attention_mma_{what}")
-            } else {
-                format!("attention_{what}_{sfx}")
-            }
-        };
-        let delta = attention_delta(dout, out, src, &defs, &name("delta"))?;
-        let smem = if mma {
-            check_smem(OP, mma_bwd_smem(d, bq), d)?
-        } else {
-            check_smem(
-                OP,
-                (4 * block * (d + 1) + 2 * block * (block + 1) + 2 * block) * 4,
-                d,
-            )?
-        };
+        // Square tiles of `block` queries and keys.
+        let block = if d <= 64 { 64 } else { 32 };
+        let defs = defines(d, block);
+        let sfx = suffix(dtype, OP)?;
+        let delta = attention_delta(dout, out, &SRC, &defs, &format!("attention_delta_{sfx}"))?;
         let g = Grid {
             grid: (u32_dim(OP, tile_bound(n, s, block))?, u32_dim(OP, kh)?, 1),
             block: (THREADS, 1, 1),
-            smem,
+            smem: check_smem(
+                OP,
+                (4 * block * (d + 1) + 2 * block * (block + 1) + 2 * block) * 4,
+                d,
+            )?,
         };
         let args = Args::new()
             .ptr(dout, &dev, OP)?
@@ -225,7 +461,7 @@ pub fn attention_backward(
             .u32(u32_dim(OP, h)?)
             .u32(u32_dim(OP, kh)?)
             .f32(scale);
-        run(&dev, src, &defs, &name("bwd"), g, args)?;
+        run(&dev, &SRC, &defs, &format!("attention_bwd_{sfx}"), g, args)?;
     }
     let dq = match dtype {
         DType::F32 => dq_acc,
@@ -257,10 +493,20 @@ fn attention_delta(
     Ok(delta)
 }
 
-/// The `attention_fa_*` backward (bf16, D a multiple of 16 up to 128): dq, dk, dv are reduced
-/// into f32 buffers by one block per (key tile, query head), then scaled and rounded to bf16.
+/// Where the fa backward puts dq.
+enum Dq {
+    /// f32 [N,H,D] the bwd kernel reduces into (unscaled), rounded to bf16 afterwards.
+    Acc(Tensor),
+    /// bf16 [N,H,D] written by `attention_fa_dq`.
+    Direct(Tensor),
+}
+
+/// The `attention_fa_*` backward (bf16, D a multiple of 16 up to 128): dk, dv (and dq unless
+/// `cfg.split_dq`) are reduced into f32 buffers by one block per (key tile, query head), then
+/// scaled and rounded to bf16; a split dq is written by its own kernel.
 #[allow(clippy::too_many_arguments)]
 fn fa_backward(
+    cfg: &FaConfig,
     dout: &Tensor,
     q: &Tensor,
     k: &Tensor,
@@ -269,7 +515,6 @@ fn fa_backward(
     lse: &Tensor,
     cu_seqlens: &Tensor,
     scale: f32,
-    func: &str,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
     let dev = device_of(q, OP)?;
@@ -277,17 +522,22 @@ fn fa_backward(
     let (_, kh, _) = k.dims3(OP)?;
     let s = cu_seqlens.numel().saturating_sub(1);
     let dtype = q.dtype();
-    let dq_acc = zeros(&dev, &[n, h, d], DType::F32)?;
+    // dq: an f32 accumulator the bwd kernel reduces into, or (split) the bf16 output the dq
+    // kernel writes.
+    let dq = if cfg.split_dq {
+        Dq::Direct(zeros(&dev, &[n, h, d], dtype)?)
+    } else {
+        Dq::Acc(zeros(&dev, &[n, h, d], DType::F32)?)
+    };
     let dk_acc = zeros(&dev, &[n, kh, d], DType::F32)?;
     let dv_acc = zeros(&dev, &[n, kh, d], DType::F32)?;
-    let bq = if d <= 64 { 64 } else { 32 };
-    let defs = vec![format!("-DHEAD_DIM={d}"), format!("-DBQ={bq}")];
+    let defs = cfg.defines_for(d);
     if n > 0 && s > 0 {
-        let delta = attention_delta(dout, out, &MMA, &defs, "attention_mma_delta")?;
+        let delta = attention_delta(dout, out, &MMA, &defs, "attention_fa_delta")?;
         let g = Grid {
-            grid: (u32_dim(OP, tile_bound(n, s, 64))?, u32_dim(OP, h)?, 1),
-            block: (THREADS, 1, 1),
-            smem: check_smem(OP, fa_bwd_smem(d, bq), d)?,
+            grid: (u32_dim(OP, tile_bound(n, s, cfg.bk()))?, u32_dim(OP, h)?, 1),
+            block: (32 * cfg.bwd_warps, 1, 1),
+            smem: check_smem(OP, cfg.bwd_smem(d), d)?,
         };
         let args = Args::new()
             .ptr(dout, &dev, OP)?
@@ -297,14 +547,43 @@ fn fa_backward(
             .ptr(lse, &dev, OP)?
             .ptr(&delta, &dev, OP)?
             .ptr(cu_seqlens, &dev, OP)?
-            .ptr(&dq_acc, &dev, OP)?
+            // The bwd kernel's dq argument is unused when dq is split off.
+            .ptr(
+                match &dq {
+                    Dq::Acc(acc) => acc,
+                    Dq::Direct(_) => &dk_acc,
+                },
+                &dev,
+                OP,
+            )?
             .ptr(&dk_acc, &dev, OP)?
             .ptr(&dv_acc, &dev, OP)?
             .u32(u32_dim(OP, s)?)
             .u32(u32_dim(OP, h)?)
             .u32(u32_dim(OP, kh)?)
             .f32(scale);
-        run(&dev, &MMA, &defs, func, g, args)?;
+        run(&dev, &MMA, &defs, "attention_fa_bwd", g, args)?;
+        if let Dq::Direct(dq) = &dq {
+            let g = Grid {
+                grid: (u32_dim(OP, tile_bound(n, s, 64))?, u32_dim(OP, h)?, 1),
+                block: (128, 1, 1),
+                smem: check_smem(OP, cfg.dq_smem(d), d)?,
+            };
+            let args = Args::new()
+                .ptr(dout, &dev, OP)?
+                .ptr(q, &dev, OP)?
+                .ptr(k, &dev, OP)?
+                .ptr(v, &dev, OP)?
+                .ptr(lse, &dev, OP)?
+                .ptr(&delta, &dev, OP)?
+                .ptr(cu_seqlens, &dev, OP)?
+                .ptr(dq, &dev, OP)?
+                .u32(u32_dim(OP, s)?)
+                .u32(u32_dim(OP, h)?)
+                .u32(u32_dim(OP, kh)?)
+                .f32(scale);
+            run(&dev, &MMA, &defs, "attention_fa_dq", g, args)?;
+        }
     }
     // f32 accumulators -> bf16 outputs; dq and dk carry the softmax scale.
     let finish = |acc: &Tensor, mul: f32| -> Result<Tensor> {
@@ -327,9 +606,30 @@ fn fa_backward(
         }
         Ok(dst)
     };
-    Ok((
-        finish(&dq_acc, scale)?,
-        finish(&dk_acc, scale)?,
-        finish(&dv_acc, 1.0)?,
-    ))
+    let dq = match dq {
+        Dq::Acc(acc) => finish(&acc, scale)?,
+        Dq::Direct(dq) => dq,
+    };
+    Ok((dq, finish(&dk_acc, scale)?, finish(&dv_acc, 1.0)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FaConfig;
+
+    #[test]
+    fn config_text_round_trips_and_rejects_unknown_keys() {
+        for (label, cfg) in FaConfig::candidates() {
+            let back = FaConfig::BASELINE.parse(&cfg.to_text()).unwrap();
+            assert_eq!(back, cfg, "{label}");
+            assert!(cfg.supports(64), "{label} must build at D = 64");
+        }
+        let cfg = FaConfig::BASELINE.parse("fwd_mt=2, by_work=1").unwrap();
+        assert_eq!((cfg.fwd_mt, cfg.by_work, cfg.bq), (2, true, 64));
+        assert!(FaConfig::BASELINE.parse("tile=3").is_err());
+        assert!(FaConfig::BASELINE.parse("bq=x").is_err());
+        // dq split over 4 warps per 16 query rows needs D / 8 divisible by 4.
+        let q32w8 = FaConfig::BASELINE.parse("bwd_warps=8,bq=32").unwrap();
+        assert!(!q32w8.supports(16) && q32w8.supports(32));
+    }
 }
