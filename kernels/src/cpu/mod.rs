@@ -9,8 +9,10 @@
 use crate::{Device, Error, Result, Storage, Tensor};
 
 pub mod adamw;
+pub mod add_rmsnorm;
 pub mod attention;
 pub mod cast;
+pub mod concat;
 pub mod elementwise;
 pub mod embedding;
 pub mod grad_norm;
@@ -19,10 +21,12 @@ pub mod linear;
 pub mod lm_head;
 pub mod logsoftmax_gather;
 pub mod paged_attention;
+pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
 pub mod swiglu;
+pub mod swiglu_packed;
 
 /// The f32 data of a CPU tensor, or `Error::DType` naming `op`.
 pub(crate) fn f32s<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a [f32]> {

@@ -49,6 +49,9 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("sum_squares"),
         kernel_source!("adamw"),
         kernel_source!("sampling"),
+        kernel_source!("qkv_rope_cache"),
+        kernel_source!("add_rmsnorm"),
+        kernel_source!("swiglu_packed"),
     ]
 }
 

@@ -20,9 +20,11 @@ use half::bf16;
 use crate::{DType, Error, Result, Storage, Tensor};
 
 pub mod adamw;
+pub mod add_rmsnorm;
 pub mod attention;
 mod blas;
 pub mod cast;
+pub mod concat;
 pub mod elementwise;
 pub mod embedding;
 pub mod graph_ops;
@@ -33,11 +35,13 @@ pub mod lm_head;
 pub mod logsoftmax;
 pub mod nvrtc;
 pub mod paged_attention;
+pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
 pub mod sum_squares;
 pub mod swiglu;
+pub mod swiglu_packed;
 
 pub use launch::{Args, KernelSource};
 

@@ -7,8 +7,10 @@
 use crate::{DType, Error, Result, Tensor};
 
 pub mod adamw;
+pub mod add_rmsnorm;
 pub mod attention;
 pub mod cast;
+pub mod concat;
 pub mod elementwise;
 pub mod embedding;
 pub mod grad_norm;
@@ -17,14 +19,18 @@ pub mod linear;
 pub mod lm_head;
 pub mod logsoftmax_gather;
 pub mod paged_attention;
+pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
 pub mod swiglu;
+pub mod swiglu_packed;
 
 pub use adamw::{adamw_step, adamw_step_many, AdamWItem, AdamWParams, AdamWScalars};
+pub use add_rmsnorm::{add_rmsnorm, AddNorm};
 pub use attention::{attention, attention_backward};
 pub use cast::cast;
+pub use concat::concat_rows;
 pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};
 pub use embedding::{gather_rows, scatter_add_rows};
 pub use grad_norm::{sum_squares, sum_squares_each};
@@ -32,10 +38,12 @@ pub use kv_cache::{kv_cache_copy_blocks, kv_cache_write};
 pub use linear::{linear, linear_backward};
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;
+pub use qkv_rope_cache::{qkv_rope_cache, Qkv};
 pub use rmsnorm::{rmsnorm, rmsnorm_backward};
 pub use rope::{rope, rope_backward};
 pub use sampling::{read_samples, sample_tokens, sample_tokens_into, SampleSpec};
 pub use swiglu::{swiglu, swiglu_backward};
+pub use swiglu_packed::swiglu_packed;
 
 /// Errors unless `t` has exactly `shape`.
 pub(crate) fn check_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {

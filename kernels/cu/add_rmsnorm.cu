@@ -1,0 +1,64 @@
+// Residual add fused with the RMSNorm that follows it (the two ops between a projection and the
+// next GEMM of a Llama layer):
+//   r = T(x + y)                      (f32 add, one rounding to T: the `add` op, HF's bf16 residual)
+//   rstd = 1 / sqrt(mean(r²) + eps)   (over the rounded r, in f32)
+//   out = w * T(r * rstd)             (the `rmsnorm` op: normalised value rounded before the weight)
+// A warp per row, 8 rows per block (grid-stride). With C a multiple of 8 the loads, the order of
+// the sum of squares and the arithmetic are those of rmsnorm_warp, so the result equals
+// add + rmsnorm bit for bit; otherwise one element per lane.
+
+template <typename T>
+__device__ void add_rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                                 T* __restrict__ r, T* __restrict__ out, float* __restrict__ rstd_out, u32 n, u32 c,
+                                 float eps) {
+    const u32 lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    const bool vec = c % 8 == 0;
+    float xv[8], yv[8], wv[8];
+    for (u32 row = blockIdx.x * nw + threadIdx.x / 32; row < n; row += gridDim.x * nw) {
+        const size_t off = (size_t)row * c;
+        float ss = 0.0f;
+        if (vec) {
+            for (u32 j = lane * 8; j < c; j += 256) {
+                ld8(x, off + j, xv);
+                ld8(y, off + j, yv);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    xv[k] = round_to<T>(xv[k] + yv[k]);
+                    ss += xv[k] * xv[k];
+                }
+                st8(r, off + j, xv);
+            }
+        } else {
+            for (u32 j = lane; j < c; j += 32) {
+                const float s = round_to<T>(ld(x, off + j) + ld(y, off + j));
+                st(r, off + j, s);
+                ss += s * s;
+            }
+        }
+        ss = warp_sum(ss);
+        const float rstd = 1.0f / sqrtf(ss / (float)c + eps);
+        if (lane == 0) rstd_out[row] = rstd;
+        // r is read back by the lane that wrote it.
+        if (vec) {
+            for (u32 j = lane * 8; j < c; j += 256) {
+                ld8(r, off + j, xv);
+                ld8(w, j, wv);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) xv[k] = wv[k] * round_to<T>(xv[k] * rstd);
+                st8(out, off + j, xv);
+            }
+        } else {
+            for (u32 j = lane; j < c; j += 32) st(out, off + j, ld(w, j) * round_to<T>(ld(r, off + j) * rstd));
+        }
+    }
+}
+
+extern "C" __global__ void add_rmsnorm_f32(const float* x, const float* y, const float* w, float* r, float* out,
+                                           float* rstd, u32 n, u32 c, float eps) {
+    add_rmsnorm_impl(x, y, w, r, out, rstd, n, c, eps);
+}
+extern "C" __global__ void add_rmsnorm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* y, const __nv_bfloat16* w,
+                                            __nv_bfloat16* r, __nv_bfloat16* out, float* rstd, u32 n, u32 c,
+                                            float eps) {
+    add_rmsnorm_impl(x, y, w, r, out, rstd, n, c, eps);
+}

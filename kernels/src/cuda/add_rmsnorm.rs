@@ -1,0 +1,35 @@
+//! Residual add + RMSNorm on the GPU (`cu/add_rmsnorm.cu`): a warp per row, 8 rows per block.
+
+use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::{device_of, empty, suffix};
+use crate::ops::add_rmsnorm::AddNorm;
+use crate::{DType, Error, Result, Tensor};
+
+const SRC: KernelSource = kernel_source!("add_rmsnorm");
+
+fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
+}
+
+pub fn add_rmsnorm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f32) -> Result<AddNorm> {
+    const OP: &str = "add_rmsnorm";
+    let dev = device_of(x, OP)?;
+    let (n, c) = x.dims2(OP)?;
+    let r = empty(&dev, &[n, c], x.dtype())?;
+    let out = empty(&dev, &[n, c], x.dtype())?;
+    let rstd = empty(&dev, &[n], DType::F32)?;
+    let args = Args::new()
+        .ptr(x, &dev, OP)?
+        .ptr(y, &dev, OP)?
+        .ptr(w, &dev, OP)?
+        .ptr(&r, &dev, OP)?
+        .ptr(&out, &dev, OP)?
+        .ptr(&rstd, &dev, OP)?
+        .u32(u32_dim(OP, n)?)
+        .u32(u32_dim(OP, c)?)
+        .f32(eps);
+    let func = format!("add_rmsnorm_{}", suffix(x.dtype(), OP)?);
+    let g = Grid::d1(n.div_ceil(8).clamp(1, 65535 * 4) as u32, 256);
+    run(&dev, &SRC, &[], &func, g, args)?;
+    Ok(AddNorm { r, out, rstd })
+}

@@ -1,0 +1,60 @@
+//! The fused q/k/v epilogue on the GPU (`cu/qkv_rope_cache.cu`): one launch per layer and step.
+
+use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::{device_of, empty, suffix};
+use crate::ops::qkv_rope_cache::Qkv;
+use crate::{Error, Result, Tensor};
+
+const SRC: KernelSource = kernel_source!("qkv_rope_cache");
+
+fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_cache(
+    acc: &Tensor,
+    bias: Option<&Tensor>,
+    pos: &Tensor,
+    slots: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
+    heads: usize,
+    theta: f32,
+) -> Result<Qkv> {
+    const OP: &str = "qkv_rope_cache";
+    let dev = device_of(acc, OP)?;
+    let (p, kh, d) = k_cache.dims3(OP)?;
+    let n = acc.shape()[0];
+    let dtype = k_cache.dtype();
+    let q = empty(&dev, &[n, heads, d], dtype)?;
+    let k = empty(&dev, &[n, kh, d], dtype)?;
+    let v = empty(&dev, &[n, kh, d], dtype)?;
+    let args = Args::new()
+        .ptr(acc, &dev, OP)?
+        .opt_ptr(bias, &dev, OP)?
+        .ptr(pos, &dev, OP)?
+        .ptr(slots, &dev, OP)?
+        .ptr(&q, &dev, OP)?
+        .ptr(&k, &dev, OP)?
+        .ptr(&v, &dev, OP)?
+        .ptr(k_cache, &dev, OP)?
+        .ptr(v_cache, &dev, OP)?
+        .u32(u32_dim(OP, n)?)
+        .u32(u32_dim(OP, heads)?)
+        .u32(u32_dim(OP, kh)?)
+        .u32(u32_dim(OP, d)?)
+        .u32(u32_dim(OP, p)?)
+        .f32(theta);
+    let func = format!("qkv_rope_cache_{}", suffix(dtype, OP)?);
+    // One block per TPB = 8 tokens (grid-stride); threads over tokens × heads × pair chunks; the
+    // tokens' cos/sin tables in smem (as `rope`).
+    const TPB: usize = 8;
+    let per_thread = if (d / 2).is_multiple_of(8) { 8 } else { 1 };
+    let items = TPB * (heads + 2 * kh) * (d / 2) / per_thread;
+    let threads = items.next_multiple_of(32).clamp(32, 256) as u32;
+    let g = Grid::d1(n.div_ceil(TPB).clamp(1, 65535 * 4) as u32, threads)
+        .with_smem((TPB * d * 4) as u32);
+    run(&dev, &SRC, &[], &func, g, args)?;
+    Ok(Qkv { q, k, v })
+}
