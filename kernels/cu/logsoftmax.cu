@@ -29,6 +29,30 @@ __device__ __forceinline__ void push(Stats& a, float z) {
     }
 }
 
+// Eight values at once: one rescale to the largest of them, then eight plain adds (one exp each).
+// The summation order differs from eight `push`es only in where the rescale happens.
+__device__ __forceinline__ void push8(Stats& a, const float* z) {
+    float mx = z[0];
+#pragma unroll
+    for (int k = 1; k < 8; ++k) mx = fmaxf(mx, z[k]);
+    if (mx > a.m) {
+        if (a.s > 0.0f) {
+            const float sc = expf(a.m - mx);
+            a.t = sc * (a.t + a.s * (a.m - mx));
+            a.s = a.s * sc;
+        }
+        a.m = mx;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const float e = expf(z[k] - a.m);
+        if (e > 0.0f) {  // z = -inf (or a row of -inf: NaN) contributes nothing
+            a.s += e;
+            a.t += e * (z[k] - a.m);
+        }
+    }
+}
+
 __device__ __forceinline__ Stats merge(Stats a, Stats b) {
     if (b.s == 0.0f) return a;
     if (a.s == 0.0f) return b;
@@ -76,10 +100,12 @@ __device__ void lsm_fwd_impl(const T* __restrict__ logits, const u32* __restrict
                 ld8(z, (size_t)c * 8, x);
                 if (c2 < v8) ld8(z, (size_t)c2 * 8, y);
 #pragma unroll
-                for (int k = 0; k < 8; ++k) push(a, x[k] * inv_temp);
+                for (int k = 0; k < 8; ++k) x[k] *= inv_temp;
+                push8(a, x);
                 if (c2 < v8) {
 #pragma unroll
-                    for (int k = 0; k < 8; ++k) push(a, y[k] * inv_temp);
+                    for (int k = 0; k < 8; ++k) y[k] *= inv_temp;
+                    push8(a, y);
                 }
             }
         } else {
@@ -187,4 +213,64 @@ extern "C" __global__ void logsoftmax_gather_backward_bf16(const float* dlogprob
                                                            const __nv_bfloat16* logits, const u32* targets, const float* lse,
                                                            float inv_temp, __nv_bfloat16* dlogits, u32 n, u32 v) {
     lsm_bwd_impl(dlogprob, dentropy, logits, targets, lse, inv_temp, dlogits, n, v);
+}
+
+// The LM head's backward (kernels::ops::lm_head): the same gradient as lsm_bwd_impl in one pass,
+// with E[z] = lse - entropy taken from the forward instead of a first pass over the row, and
+// d(logits) written in the dtype of the GEMMs that consume it (bf16 from f32 logits: no f32
+// d(logits) buffer and no cast). Bytes per logit: 4 read + 2 written (f32 -> bf16).
+template <typename TI, typename TO>
+__device__ void lsm_bwd_fused_impl(const float* __restrict__ dlogprob, const float* __restrict__ dentropy,
+                                   const float* __restrict__ entropy, const TI* __restrict__ logits,
+                                   const u32* __restrict__ targets, const float* __restrict__ lse, float inv_temp,
+                                   TO* __restrict__ dlogits, u32 n, u32 v) {
+    for (u32 row = blockIdx.x; row < n; row += gridDim.x) {
+        const TI* z = logits + (size_t)row * v;
+        TO* dz = dlogits + (size_t)row * v;
+        const float l = lse[row];
+        const u32 tgt = targets[row];
+        const float dlp = tgt == NO_TARGET ? 0.0f : dlogprob[row];
+        const float dent = dentropy ? dentropy[row] : 0.0f;
+        const float ez = dent != 0.0f ? l - entropy[row] : 0.0f;  // E[z] = sum p z = lse - H
+        auto grad = [&](u32 j, float zraw) {
+            const float zj = zraw * inv_temp;
+            const float p = expf(zj - l);
+            float g = -dlp * p;
+            if (j == tgt) g += dlp;
+            if (dent != 0.0f && p > 0.0f) g -= dent * p * (zj - ez);
+            return g * inv_temp;
+        };
+        if ((v & 7) == 0) {  // 16-byte accesses, 8 values each, two loads in flight
+            float x[8], y[8];
+            const u32 v8 = v / 8;
+            for (u32 c = threadIdx.x; c < v8; c += 2 * blockDim.x) {
+                const u32 c2 = c + blockDim.x;
+                ld8(z, (size_t)c * 8, x);
+                if (c2 < v8) ld8(z, (size_t)c2 * 8, y);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) x[k] = grad(c * 8 + k, x[k]);
+                st8(dz, (size_t)c * 8, x);
+                if (c2 < v8) {
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) y[k] = grad(c2 * 8 + k, y[k]);
+                    st8(dz, (size_t)c2 * 8, y);
+                }
+            }
+        } else {
+            for (u32 j = threadIdx.x; j < v; j += blockDim.x) st(dz, j, grad(j, ld(z, j)));
+        }
+    }
+}
+
+extern "C" __global__ void logsoftmax_backward_fused_f32_f32(const float* dlogprob, const float* dentropy,
+                                                             const float* entropy, const float* logits,
+                                                             const u32* targets, const float* lse, float inv_temp,
+                                                             float* dlogits, u32 n, u32 v) {
+    lsm_bwd_fused_impl(dlogprob, dentropy, entropy, logits, targets, lse, inv_temp, dlogits, n, v);
+}
+extern "C" __global__ void logsoftmax_backward_fused_f32_bf16(const float* dlogprob, const float* dentropy,
+                                                              const float* entropy, const float* logits,
+                                                              const u32* targets, const float* lse, float inv_temp,
+                                                              __nv_bfloat16* dlogits, u32 n, u32 v) {
+    lsm_bwd_fused_impl(dlogprob, dentropy, entropy, logits, targets, lse, inv_temp, dlogits, n, v);
 }

@@ -41,9 +41,15 @@ extern "C" __global__ void sum_squares_many_f32(const u64* __restrict__ table, u
     const u64 start = (blockIdx.x - table[3 * lo + 2]) * (u64)SS_BLOCK_ELEMS;
     const u64 end = min(start + SS_BLOCK_ELEMS, n);
     double acc = 0.0;
-    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-        const double v = (double)x[i];
-        acc += v * v;
+    // Four elements per 16-byte load (block starts are multiples of SS_BLOCK_ELEMS, buffers
+    // 256-byte aligned); the tail of a tensor one at a time.
+    for (u64 i = start + 4 * (u64)threadIdx.x; i < end; i += 4 * (u64)blockDim.x) {
+        if (i + 4 <= end) {
+            const float4 f = *reinterpret_cast<const float4*>(x + i);
+            acc += (double)f.x * f.x + (double)f.y * f.y + (double)f.z * f.z + (double)f.w * f.w;
+        } else {
+            for (u64 j = i; j < end; ++j) acc += (double)x[j] * x[j];
+        }
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     acc = warp_sum_d(acc);

@@ -6,8 +6,8 @@
 //!
 //! Prints tokens/s and MFU. `--phases` then times one more step phase by phase (the device
 //! synchronised between phases, so the sum is a little above a free-running step): zeroing the
-//! gradients, decoder forward, LM head forward, LM head backward, decoder backward, AdamW (norm,
-//! clip, update). FLOPs per token follow the PaLM convention: 6·P (P = parameters
+//! gradients, decoder forward, LM head forward, LM head backward (then both again with the logits
+//! recomputed instead of kept), decoder backward, AdamW (norm, clip, update). FLOPs per token follow the PaLM convention: 6·P (P = parameters
 //! touched per token: all matrices, counting the LM head once even when tied, not the embedding
 //! lookup) + 6·L·H·D·T for causal attention (forward 2·2·H·D·T/2 per token, backward twice that),
 //! T = sequence length. Peak: 989 TFLOP/s (H200 dense bf16).
@@ -187,15 +187,16 @@ fn phases(
     let d_lp = kernels::Tensor::from_f32(vec![-1.0 / n as f32; n], &[n], device)?;
     let d_hidden = head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
     lap("head_backward")?;
-    // The LM head at other chunk sizes (logits held at once): the f32 head-weight gradient
-    // [V,C] is read and written once per chunk, so fewer chunks move fewer bytes.
-    for (name, max_logits) in [("256Mi", 256usize << 20), ("whole", usize::MAX)] {
-        let head = LmHead { max_logits, ..head };
-        let out = head.forward(params, &acts.hidden, &targets)?;
-        lap(&format!("head_fwd_{name}"))?;
-        head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
-        lap(&format!("head_bwd_{name}"))?;
-    }
+    // The LM head with its logits recomputed in the backward (row chunks of 256 Mi logits, none
+    // kept), against the default above that keeps all N·V f32 logits from the forward.
+    let head = LmHead {
+        max_logits: 256 << 20,
+        ..head
+    };
+    let out = head.forward(params, &acts.hidden, &targets)?;
+    lap("head_fwd_recompute")?;
+    head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
+    lap("head_bwd_recompute")?;
     backward(params, cfg, &batch, acts, &d_hidden, grads)?;
     lap("backward")?;
     let st = opt.step(params, grads, 1e-5)?;

@@ -229,7 +229,7 @@ fn check_grads(fx: &Fixture, grads: &Params, prefix: &str, dtype: DType) {
     eprintln!("  {prefix}: worst rel err {:.2e} ({})", worst.0, worst.1);
 }
 
-/// What docs/model-forward.md says the forward keeps: per layer N·(4C + 2F + 2(H+K)·D) activation
+/// What docs/model-forward.md says the forward keeps: per layer N·(4C + 3F + 2(H+K)·D) activation
 /// elements plus N·(2 + H) f32 statistics, and the final norm's input, output and rstd.
 fn expected_saved_bytes(cfg: &ModelConfig, batch: &Batch, dtype: DType) -> usize {
     let n = batch.num_tokens();
@@ -241,7 +241,7 @@ fn expected_saved_bytes(cfg: &ModelConfig, batch: &Batch, dtype: DType) -> usize
         cfg.head_dim,
     );
     let act = dtype.size_in_bytes();
-    let per_layer = n * (4 * c + 2 * f + 2 * (h + k) * d) * act + n * (2 + h) * 4;
+    let per_layer = n * (4 * c + 3 * f + 2 * (h + k) * d) * act + n * (2 + h) * 4;
     cfg.num_hidden_layers * per_layer + 2 * n * c * act + n * 4
 }
 

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
     add_inplace, attention_backward, linear_backward, rmsnorm_backward, rope_backward,
-    scatter_add_rows, swiglu, swiglu_backward,
+    scatter_add_rows, swiglu_backward,
 };
 use kernels::{DType, Tensor};
 
@@ -93,9 +93,8 @@ fn layer_backward(
     let scale = 1.0 / (d as f32).sqrt();
 
     // MLP block: x_out = x2 + down(silu(gate(xn2)) * up(xn2)).
-    let act = swiglu(&s.gate, &s.up)?; // [N,F], recomputed rather than saved
-    let d_act = linear_backward(&d_out, &act, &lp.down, &mut g.down, None)?; // [N,F]
-    drop(act);
+    let d_act = linear_backward(&d_out, &s.act, &lp.down, &mut g.down, None)?; // [N,F]
+    drop(s.act);
     let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
     drop(d_act);
     let mut d_xn2 = linear_backward(&d_gate, &s.xn2, &lp.gate, &mut g.gate, None)?; // [N,C]

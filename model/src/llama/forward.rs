@@ -111,6 +111,7 @@ fn layer_forward(
         xn2,
         gate,
         up,
+        act,
     };
     Ok((x_out, saved))
 }

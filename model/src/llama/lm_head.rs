@@ -2,36 +2,36 @@
 //! the (temperature-scaled) next-token distribution, and the backward from d(logprob) and
 //! d(entropy) to d(final hidden) and the head weight's gradient.
 //!
-//! The [N,V] logits are the largest tensor of a step (8k tokens × 152k vocab is 1.2 G elements), so
-//! they are never held whole when that would be large: rows are processed in chunks of at most
-//! [`LOGITS_CHUNK_ELEMS`] logits, and the backward recomputes each chunk's logits (one extra matmul)
-//! instead of keeping them. Only the f32 log-sum-exp per row is kept between forward and backward.
+//! The work is one kernels op, `kernels::ops::lm_head` (GEMM + fused log-softmax on row chunks,
+//! no per-chunk gathers or uploads). The [N,V] logits are the largest tensor of a step (8k tokens
+//! × 152k vocab is 1.2 G elements, 5 GB in f32): at most [`LmHead::max_logits`] of them exist at
+//! once. When all N·V fit, the forward keeps them in [`LmHeadOutput`] and the backward reads them
+//! (no recompute); otherwise rows go in chunks and the backward recomputes each chunk's logits
+//! (one extra matmul). The f32 log-sum-exp and entropy per row are kept between the two.
 //!
 //! The logits are f32 also when the hidden states and the head weight are bf16 (cuBLAS bf16 in,
 //! f32 out): rounding logits to bf16 moves each by up to 2⁻⁹·|logit| (0.02 at a logit of 10),
 //! which goes straight into every log-prob (scripts/emulate_bf16_path.py: keeping them f32 lowers
-//! the bf16 log-prob error at temperature 1 by 3-9% on the test fixtures). d(logits) is rounded
-//! to the weights' dtype for the two backward GEMMs, whose operands share one dtype.
+//! the bf16 log-prob error at temperature 1 by 3-9% on the test fixtures). d(logits) is written in
+//! the weights' dtype for the two backward GEMMs, whose operands share one dtype.
 //!
-//! Memory: a chunk holds at most [`LOGITS_CHUNK_ELEMS`] f32 logits (256 MiB); the backward holds
-//! a chunk's logits and their f32 gradient at once (512 MiB), then the gradient's bf16 copy.
+//! Memory: the forward holds at most `max_logits` f32 logits (kept until the output is dropped
+//! when they are all of them); the backward adds d(logits) in the hidden dtype for the same rows
+//! (and, when nothing was kept, a chunk of recomputed f32 logits).
 //!
 //! With tied embeddings the head weight is `model.embed_tokens.weight`, so its gradient lands in the
 //! embedding's gradient buffer next to the lookup's contribution.
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::linear::linear_out;
-use kernels::ops::{
-    cast, gather_rows, linear_backward, logsoftmax_gather, logsoftmax_gather_backward,
-    scatter_add_rows,
-};
-use kernels::{DType, Device, Tensor};
+use kernels::ops::lm_head::{lm_head_logprobs, lm_head_logprobs_backward, LmHeadSaved};
+use kernels::{DType, Tensor};
 
 use super::backward::check_grads;
 use crate::params::Params;
 
-/// Most logits materialised at once (64 Mi f32 elements: 256 MiB).
-pub const LOGITS_CHUNK_ELEMS: usize = 64 << 20;
+/// Most logits materialised at once by default (1.5 Gi f32 elements: 6 GiB). 8 × 1024 tokens of
+/// a 152k vocabulary (1.25 G logits) fit, so a training step keeps its logits for the backward.
+pub const LOGITS_CHUNK_ELEMS: usize = 3 << 29;
 
 /// Per-position results of the LM head, all [N] f32 on the hidden states' device.
 pub struct LmHeadOutput {
@@ -41,6 +41,8 @@ pub struct LmHeadOutput {
     pub entropy: Tensor,
     /// Log-sum-exp of the scaled logits, kept for the backward.
     pub lse: Tensor,
+    /// The [N,V] f32 logits when they all fitted in `max_logits` (read by the backward).
+    pub logits: Option<Tensor>,
 }
 
 /// The LM head with its settings: the temperature the distribution is scaled by, and how many
@@ -71,7 +73,16 @@ impl LmHead {
         hidden: &Tensor,
         targets: &[u32],
     ) -> Result<LmHeadOutput> {
-        lm_head_forward(params, hidden, targets, self.inv_temp, self.max_logits)
+        let w = head_weight(params)?;
+        check_targets(targets, hidden.dims2("lm_head_forward")?.0, w.shape()[0])?;
+        let rows = lm_head_logprobs(hidden, w, targets, self.inv_temp, self.max_logits)
+            .context("LM head forward")?;
+        Ok(LmHeadOutput {
+            logprobs: rows.logprob,
+            entropy: rows.entropy,
+            lse: rows.lse,
+            logits: rows.logits,
+        })
     }
 
     /// Backward of [`LmHead::forward`]: given d(logprob) [N] f32 and optionally d(entropy) [N]
@@ -88,152 +99,47 @@ impl LmHead {
         d_entropy: Option<&Tensor>,
         grads: &mut Params,
     ) -> Result<Tensor> {
-        lm_head_backward(
-            params,
-            hidden,
-            targets,
-            self.inv_temp,
-            self.max_logits,
-            out,
-            d_logprob,
-            d_entropy,
-            grads,
-        )
-    }
-}
-
-fn lm_head_forward(
-    params: &Params,
-    hidden: &Tensor,
-    targets: &[u32],
-    inv_temp: f32,
-    max_logits: usize,
-) -> Result<LmHeadOutput> {
-    let w = head_weight(params)?;
-    let (n, _c) = hidden.dims2("lm_head_forward")?;
-    check_targets(targets, n, w.shape()[0])?;
-    let device = hidden.device();
-    let chunks = row_chunks(n, w.shape()[0], max_logits);
-    if chunks.len() == 1 {
-        let logits = logits_of(hidden, w)?; // [N,V] f32
-        let t = Tensor::from_u32(targets.to_vec(), &[n], device)?;
-        let (logprobs, entropy, lse) = logsoftmax_gather(&logits, &t, inv_temp)?;
-        return Ok(LmHeadOutput {
-            logprobs,
-            entropy,
-            lse,
-        });
-    }
-    // Per-row f32 results are scattered into [N,1] columns, then viewed as [N].
-    let mut logprobs = Tensor::zeros(&[n, 1], DType::F32, device)?;
-    let mut entropy = Tensor::zeros(&[n, 1], DType::F32, device)?;
-    let mut lse = Tensor::zeros(&[n, 1], DType::F32, device)?;
-    for r in chunks {
-        let m = r.len();
-        let rows = row_ids(r.clone(), device)?;
-        let h = gather_rows(hidden, &rows)?; // [m,C]
-        let logits = logits_of(&h, w)?; // [m,V] f32
-        let t = Tensor::from_u32(targets[r].to_vec(), &[m], device)?;
-        let (lp, ent, ls) = logsoftmax_gather(&logits, &t, inv_temp)?;
-        scatter_add_rows(&mut logprobs, &rows, &lp.reshape(&[m, 1])?)?; // [m] -> [m,1]
-        scatter_add_rows(&mut entropy, &rows, &ent.reshape(&[m, 1])?)?;
-        scatter_add_rows(&mut lse, &rows, &ls.reshape(&[m, 1])?)?;
-    }
-    Ok(LmHeadOutput {
-        logprobs: logprobs.reshape(&[n])?, // [N,1] -> [N]
-        entropy: entropy.reshape(&[n])?,
-        lse: lse.reshape(&[n])?,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn lm_head_backward(
-    params: &Params,
-    hidden: &Tensor,
-    targets: &[u32],
-    inv_temp: f32,
-    max_logits: usize,
-    out: &LmHeadOutput,
-    d_logprob: &Tensor,
-    d_entropy: Option<&Tensor>,
-    grads: &mut Params,
-) -> Result<Tensor> {
-    check_grads(grads)?;
-    let w = head_weight(params)?;
-    let (n, c) = hidden.dims2("lm_head_backward")?;
-    check_targets(targets, n, w.shape()[0])?;
-    for (name, t) in [("d_logprob", Some(d_logprob)), ("d_entropy", d_entropy)] {
-        if let Some(t) = t {
-            if t.shape() != [n] || t.dtype() != DType::F32 {
-                bail!(
-                    "{name} must be [{n}] f32, got {:?} {}",
-                    t.shape(),
-                    t.dtype()
-                );
+        check_grads(grads)?;
+        let w = head_weight(params)?;
+        let n = hidden.dims2("lm_head_backward")?.0;
+        check_targets(targets, n, w.shape()[0])?;
+        for (name, t) in [("d_logprob", Some(d_logprob)), ("d_entropy", d_entropy)] {
+            if let Some(t) = t {
+                if t.shape() != [n] || t.dtype() != DType::F32 {
+                    bail!(
+                        "{name} must be [{n}] f32, got {:?} {}",
+                        t.shape(),
+                        t.dtype()
+                    );
+                }
             }
         }
+        let gw = if params.lm_head.is_some() {
+            grads
+                .lm_head
+                .as_mut()
+                .context("the gradient buffer has no lm_head.weight")?
+        } else {
+            &mut grads.embed
+        };
+        let saved = LmHeadSaved {
+            lse: &out.lse,
+            entropy: &out.entropy,
+            logits: out.logits.as_ref(),
+        };
+        lm_head_logprobs_backward(
+            d_logprob,
+            d_entropy,
+            hidden,
+            w,
+            targets,
+            saved,
+            self.inv_temp,
+            self.max_logits,
+            gw,
+        )
+        .context("LM head backward")
     }
-    let gw = if params.lm_head.is_some() {
-        grads
-            .lm_head
-            .as_mut()
-            .context("the gradient buffer has no lm_head.weight")?
-    } else {
-        &mut grads.embed
-    };
-    let device = hidden.device();
-    let chunks = row_chunks(n, w.shape()[0], max_logits);
-    if chunks.len() == 1 {
-        let logits = logits_of(hidden, w)?; // [N,V] f32, recomputed
-        let t = Tensor::from_u32(targets.to_vec(), &[n], device)?;
-        let d_logits =
-            logsoftmax_gather_backward(d_logprob, d_entropy, &logits, &t, &out.lse, inv_temp)?;
-        drop(logits);
-        let d_logits = in_dtype(d_logits, hidden.dtype())?;
-        return Ok(linear_backward(&d_logits, hidden, w, gw, None)?);
-    }
-    // d(hidden) chunks are scattered into an f32 [N,C] buffer, then cast to the hidden dtype.
-    let mut d_hidden = Tensor::zeros(&[n, c], DType::F32, device)?;
-    let column = |t: &Tensor, rows: &Tensor, m: usize| -> Result<Tensor> {
-        // [N] -> [N,1] -> gather -> [m,1] -> [m]
-        let col = t.try_clone()?.reshape(&[n, 1])?;
-        Ok(gather_rows(&col, rows)?.reshape(&[m])?)
-    };
-    for r in chunks {
-        let m = r.len();
-        let rows = row_ids(r.clone(), device)?;
-        let h = gather_rows(hidden, &rows)?; // [m,C]
-        let logits = logits_of(&h, w)?; // [m,V] f32, recomputed
-        let t = Tensor::from_u32(targets[r].to_vec(), &[m], device)?;
-        let dlp = column(d_logprob, &rows, m)?;
-        let dent = d_entropy.map(|d| column(d, &rows, m)).transpose()?;
-        let lse = column(&out.lse, &rows, m)?;
-        let d_logits =
-            logsoftmax_gather_backward(&dlp, dent.as_ref(), &logits, &t, &lse, inv_temp)?;
-        drop(logits);
-        let d_logits = in_dtype(d_logits, hidden.dtype())?;
-        let dh = linear_backward(&d_logits, &h, w, gw, None)?; // [m,C]
-        scatter_add_rows(&mut d_hidden, &rows, &dh)?;
-    }
-    if hidden.dtype() == DType::F32 {
-        Ok(d_hidden)
-    } else {
-        Ok(cast(&d_hidden, hidden.dtype())?)
-    }
-}
-
-/// logits [m,V] f32 = hidden [m,C] · Wᵀ, unrounded whatever the hidden dtype.
-fn logits_of(hidden: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(linear_out(hidden, w, None, DType::F32)?)
-}
-
-/// `t` cast to `dtype` (a no-op when it already is).
-fn in_dtype(t: Tensor, dtype: DType) -> Result<Tensor> {
-    Ok(if t.dtype() == dtype {
-        t
-    } else {
-        cast(&t, dtype)?
-    })
 }
 
 /// lm_head.weight, or the embedding when tied; an error for a model with only a score head.
@@ -256,20 +162,4 @@ fn check_targets(targets: &[u32], n: usize, vocab: usize) -> Result<()> {
         bail!("target id {t} at position {i} is outside the vocabulary (size {vocab})");
     }
     Ok(())
-}
-
-/// Row ranges such that each chunk's logits hold at most `max_logits` elements (one row at
-/// least).
-fn row_chunks(n: usize, vocab: usize, max_logits: usize) -> Vec<std::ops::Range<usize>> {
-    let rows = (max_logits / vocab.max(1)).max(1);
-    (0..n).step_by(rows).map(|s| s..(s + rows).min(n)).collect()
-}
-
-fn row_ids(r: std::ops::Range<usize>, device: &Device) -> Result<Tensor> {
-    let m = r.len();
-    Ok(Tensor::from_u32(
-        r.map(|i| i as u32).collect(),
-        &[m],
-        device,
-    )?)
 }

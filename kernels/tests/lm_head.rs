@@ -1,0 +1,215 @@
+//! `ops::lm_head` (LM-head GEMM + fused log-softmax, row-chunked) against its definition by the
+//! separate ops `linear` and `logsoftmax_gather` on the CPU, and the CUDA op against the CPU op
+//! (f32 and bf16; with all logits kept and in chunks that split the rows unevenly; a vocabulary
+//! that takes the 16-byte path and one that does not).
+//!
+//! Without a GPU the CUDA test prints "skipped: no GPU" and passes; with `REALIGN_REQUIRE_GPU=1`
+//! a missing GPU fails.
+
+use half::bf16;
+use kernels::ops::lm_head::{chunk_rows, lm_head_logprobs, lm_head_logprobs_backward};
+use kernels::testing::{rand_ids_vec, randn_vec, rel_err, test_devices};
+use kernels::{ops, DType, Device, Tensor};
+
+const CPU: Device = Device::Cpu;
+
+/// Inputs of one case: hidden [N,C], w [V,C] (bf16-representable), targets (the last one
+/// NO_TARGET), d(logprob), d(entropy).
+struct Case {
+    n: usize,
+    c: usize,
+    v: usize,
+    inv_temp: f32,
+    hidden: Vec<f32>,
+    w: Vec<f32>,
+    targets: Vec<u32>,
+    dlp: Vec<f32>,
+    dent: Vec<f32>,
+}
+
+fn bf16_exact(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn case(n: usize, c: usize, v: usize, inv_temp: f32, seed: u64) -> Case {
+    // Weights of scale ~3/sqrt(C) give logits of scale ~3: a peaked softmax, as a model's.
+    let s = 3.0 / (c as f32).sqrt();
+    let mut targets = rand_ids_vec(n, v as u32, seed + 2);
+    targets[n - 1] = ops::NO_TARGET;
+    Case {
+        n,
+        c,
+        v,
+        inv_temp,
+        hidden: bf16_exact(randn_vec(n * c, seed)),
+        w: bf16_exact(
+            randn_vec(v * c, seed + 1)
+                .into_iter()
+                .map(|x| x * s)
+                .collect(),
+        ),
+        targets,
+        dlp: randn_vec(n, seed + 3),
+        dent: randn_vec(n, seed + 4),
+    }
+}
+
+fn t(data: &[f32], shape: &[usize], dev: &Device, dtype: DType) -> Tensor {
+    let x = Tensor::from_f32(data.to_vec(), shape, dev).unwrap();
+    if dtype == DType::F32 {
+        x
+    } else {
+        ops::cast(&x, dtype).unwrap()
+    }
+}
+
+/// (logprob, entropy, lse, d_hidden, dw) of the op on `dev` in `dtype`.
+fn run_op(
+    k: &Case,
+    dev: &Device,
+    dtype: DType,
+    max_logits: usize,
+    with_entropy: bool,
+) -> [Vec<f32>; 5] {
+    let h = t(&k.hidden, &[k.n, k.c], dev, dtype);
+    let w = t(&k.w, &[k.v, k.c], dev, dtype);
+    let fwd = lm_head_logprobs(&h, &w, &k.targets, k.inv_temp, max_logits).unwrap();
+    assert_eq!(
+        fwd.logits.is_some(),
+        k.n <= chunk_rows(k.v, max_logits),
+        "logits are kept exactly when all rows fit in one chunk"
+    );
+    let mut dw = Tensor::zeros(&[k.v, k.c], DType::F32, dev).unwrap();
+    let dlp = Tensor::from_f32(k.dlp.clone(), &[k.n], dev).unwrap();
+    let dent = with_entropy.then(|| Tensor::from_f32(k.dent.clone(), &[k.n], dev).unwrap());
+    let dh = lm_head_logprobs_backward(
+        &dlp,
+        dent.as_ref(),
+        &h,
+        &w,
+        &k.targets,
+        fwd.saved(),
+        k.inv_temp,
+        max_logits,
+        &mut dw,
+    )
+    .unwrap();
+    let f = |x: &Tensor| x.to_vec_f32().unwrap();
+    [
+        f(&fwd.logprob),
+        f(&fwd.entropy),
+        f(&fwd.lse),
+        f(&dh),
+        f(&dw),
+    ]
+}
+
+/// The same quantities from the separate ops on the CPU (f32).
+fn reference(k: &Case, with_entropy: bool) -> [Vec<f32>; 5] {
+    let h = t(&k.hidden, &[k.n, k.c], &CPU, DType::F32);
+    let w = t(&k.w, &[k.v, k.c], &CPU, DType::F32);
+    let logits = ops::linear(&h, &w, None).unwrap();
+    let tg = Tensor::from_u32(k.targets.clone(), &[k.n], &CPU).unwrap();
+    let (lp, ent, lse) = ops::logsoftmax_gather(&logits, &tg, k.inv_temp).unwrap();
+    let dlp = Tensor::from_f32(k.dlp.clone(), &[k.n], &CPU).unwrap();
+    let dent = with_entropy.then(|| Tensor::from_f32(k.dent.clone(), &[k.n], &CPU).unwrap());
+    let dz = ops::logsoftmax_gather_backward(&dlp, dent.as_ref(), &logits, &tg, &lse, k.inv_temp)
+        .unwrap();
+    let mut dw = Tensor::zeros(&[k.v, k.c], DType::F32, &CPU).unwrap();
+    let dh = ops::linear_backward(&dz, &h, &w, &mut dw, None).unwrap();
+    let f = |x: &Tensor| x.to_vec_f32().unwrap();
+    [f(&lp), f(&ent), f(&lse), f(&dh), f(&dw)]
+}
+
+const NAMES: [&str; 5] = ["logprob", "entropy", "lse", "d_hidden", "dw"];
+
+/// Max abs differences of outputs the reference computes the same way, up to the GEMM's
+/// summation order.
+fn check(what: &str, got: &[Vec<f32>; 5], want: &[Vec<f32>; 5], tol: [f64; 5]) {
+    for i in 0..5 {
+        let e = rel_err(&got[i], &want[i]);
+        println!("{what} {}: rel_err {e:.3e}", NAMES[i]);
+        assert!(
+            e <= tol[i],
+            "{what} {}: rel_err {e:.3e} above {:.1e}",
+            NAMES[i],
+            tol[i]
+        );
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // V % 8 == 0 (16-byte path), V % 8 != 0 (scalar path), one row.
+        case(23, 32, 1000, 1.0 / 0.7, 10),
+        case(17, 24, 517, 1.0, 20),
+        case(1, 16, 64, 2.0, 30),
+    ]
+}
+
+/// Row chunk limits: everything kept, and chunks that split N unevenly (7 rows, and 1 row).
+fn limits(k: &Case) -> [usize; 3] {
+    [k.n * k.v, 7 * k.v + 3, 1]
+}
+
+#[test]
+fn cpu_op_matches_separate_ops() {
+    for k in cases() {
+        for with_entropy in [false, true] {
+            let want = reference(&k, with_entropy);
+            for max in limits(&k) {
+                let rows = chunk_rows(k.v, max);
+                let got = run_op(&k, &CPU, DType::F32, max, with_entropy);
+                let what = format!(
+                    "cpu {}x{}x{} rows/chunk {rows} entropy {with_entropy}",
+                    k.n, k.c, k.v
+                );
+                // Same row arithmetic; chunked GEMMs may sum in another order.
+                check(&what, &got, &want, [1e-6, 1e-6, 1e-6, 1e-5, 1e-5]);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let k = case(3, 8, 10, 1.0, 40);
+    let h = t(&k.hidden, &[3, 8], &CPU, DType::F32);
+    let w = t(&k.w, &[10, 8], &CPU, DType::F32);
+    let err = lm_head_logprobs(&h, &w, &[1, 10, 2], 1.0, 100).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+    let err = lm_head_logprobs(&h, &w, &[1, 2], 1.0, 100).unwrap_err();
+    assert!(err.to_string().contains("2 targets for 3 rows"), "{err}");
+    let w9 = t(&k.w[..72], &[8, 9], &CPU, DType::F32);
+    assert!(lm_head_logprobs(&h, &w9, &[1, 2, 3], 1.0, 100).is_err());
+    assert!(lm_head_logprobs(&h, &w, &[1, 2, 3], 0.0, 100).is_err());
+}
+
+#[test]
+fn cuda_op_matches_cpu() {
+    let Some(dev) = test_devices().into_iter().find(|d| d.is_cuda()) else {
+        return;
+    };
+    for k in cases() {
+        for with_entropy in [false, true] {
+            let want = run_op(&k, &CPU, DType::F32, usize::MAX, with_entropy);
+            for dtype in [DType::F32, DType::BF16] {
+                for max in limits(&k) {
+                    let rows = chunk_rows(k.v, max);
+                    let got = run_op(&k, &dev, dtype, max, with_entropy);
+                    let what = format!(
+                        "cuda {dtype} {}x{}x{} rows/chunk {rows} entropy {with_entropy}",
+                        k.n, k.c, k.v
+                    );
+                    // Same inputs (bf16-representable): the per-row results are f32 from f32
+                    // logits either way; bf16 rounds d(logits) and d(hidden) once each.
+                    let tol = match dtype {
+                        DType::F32 => [1e-5, 1e-5, 1e-5, 1e-4, 1e-4],
+                        _ => [1e-5, 1e-5, 1e-5, 1e-2, 1e-2],
+                    };
+                    check(&what, &got, &want, tol);
+                }
+            }
+        }
+    }
+}
