@@ -320,3 +320,20 @@ fn nvrtc_compiles_paged_kernels() {
         }
     }
 }
+
+/// The split chooser keeps 512-token partitions when the grid fills the GPU and halves them (down
+/// to 128) when it would not: the shapes measured on the H200 (132 SMs).
+#[test]
+fn the_split_fills_the_gpu_with_blocks() {
+    let part = |s, kh, ctx| pa::choose_split(s, kh, ctx, 132).part;
+    // Qwen2.5-0.5B (K 2) and SmolLM2-135M (K 3) at B 256 and B 64, a graph's context bound 512.
+    assert_eq!(part(256, 2, 512), 512);
+    assert_eq!(part(256, 3, 512), 512);
+    assert_eq!(part(64, 2, 512), 128);
+    assert_eq!(part(64, 3, 512), 128);
+    // Long contexts already give many partitions; a single sequence stops at 128.
+    assert_eq!(part(64, 2, 8192), 512);
+    assert_eq!(part(1, 1, 100), 128);
+    assert_eq!(pa::choose_split(64, 2, 512, 132).unroll, 1);
+    assert!(!pa::choose_split(64, 2, 512, 132).wide);
+}

@@ -35,25 +35,21 @@ impl PagedConfig {
         unroll: 1,
     };
 
-    /// The split `paged_attention` uses: [`PagedConfig::DEFAULT`], unless the benchmark knob
-    /// `REALIGN_PAGED_SPLIT=part,wide,unroll` (e.g. `128,1,2`) names another one (read once; a
-    /// malformed value is reported and ignored).
-    pub fn current() -> PagedConfig {
-        static SPLIT: std::sync::OnceLock<PagedConfig> = std::sync::OnceLock::new();
+    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll` (e.g. `128,1,2`): when set, every
+    /// call uses that split instead of [`choose_split`]'s (read once; a malformed value is reported
+    /// and ignored).
+    pub fn forced() -> Option<PagedConfig> {
+        static SPLIT: std::sync::OnceLock<Option<PagedConfig>> = std::sync::OnceLock::new();
         *SPLIT.get_or_init(|| {
-            let Ok(v) = std::env::var("REALIGN_PAGED_SPLIT") else {
-                return PagedConfig::DEFAULT;
-            };
-            match PagedConfig::parse(&v) {
-                Some(c) => c,
-                None => {
-                    tracing::warn!(
-                        "REALIGN_PAGED_SPLIT={v:?} is not part,wide,unroll (e.g. 128,1,2) with \
-                         part >= 1, wide 0/1, unroll 1/2; using the default split"
-                    );
-                    PagedConfig::DEFAULT
-                }
+            let v = std::env::var("REALIGN_PAGED_SPLIT").ok()?;
+            let c = PagedConfig::parse(&v);
+            if c.is_none() {
+                tracing::warn!(
+                    "REALIGN_PAGED_SPLIT={v:?} is not part,wide,unroll (e.g. 128,1,2) with \
+                     part >= 1, wide 0/1, unroll 1/2; choosing the split per call"
+                );
             }
+            c
         })
     }
 
@@ -78,6 +74,42 @@ impl PagedConfig {
 
 /// The partition size the kernel is compiled with by default (tokens per thread block).
 pub const PART: usize = PagedConfig::DEFAULT.part;
+
+/// Thread blocks per SM below which [`choose_split`] makes partitions smaller.
+const MIN_BLOCKS_PER_SM: usize = 3;
+/// The smallest partition [`choose_split`] picks.
+const MIN_PART: usize = 128;
+
+/// The split for S sequences, K kv heads and a context bound of `max_context_len` on a GPU with
+/// `sms` SMs: [`PagedConfig::DEFAULT`] (partitions of 512 tokens), with the partition halved
+/// (down to 128 tokens) while the grid would have fewer than 3 thread blocks per SM. Measured on
+/// the H200 (docs/benchmarks.md, 2026-11-29 paged): at B 256 the default grid (512 blocks for
+/// Qwen2.5-0.5B, 768 for SmolLM2) is the fastest or within 2%; at B 64 (128 / 192 blocks)
+/// 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) and 19.9 to 13.8 µs (SmolLM2).
+/// The wide-lane and unrolled variants were slower at every measured shape.
+pub fn choose_split(s: usize, kv_heads: usize, max_context_len: usize, sms: usize) -> PagedConfig {
+    let mut cfg = PagedConfig::DEFAULT;
+    let blocks = |part: usize| max_context_len.div_ceil(part).max(1) * kv_heads * s;
+    while cfg.part > MIN_PART && blocks(cfg.part) < MIN_BLOCKS_PER_SM * sms {
+        cfg.part /= 2;
+    }
+    cfg
+}
+
+/// Streaming multiprocessors of `dev` (asked once per process; 132, an H200's, if the driver
+/// does not say).
+fn sm_count(dev: &super::CudaDevice) -> usize {
+    static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SMS.get_or_init(|| {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        dev.context()
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(132)
+    })
+}
 
 /// Head-dim slots per query head in the kernel's shared memory (its `ROW_PAD`): lanes per token
 /// (a power of two covering the `vec`-element chunks, at most 32) × elements per lane.
@@ -132,8 +164,18 @@ pub fn paged_attention(
         block_size,
         max_context_len,
         scale,
-        &PagedConfig::current(),
+        &split_for(q, k_cache, max_context_len)?,
     )
+}
+
+/// The split a call uses: the forced one (`REALIGN_PAGED_SPLIT`) or [`choose_split`]'s.
+fn split_for(q: &Tensor, k_cache: &Tensor, max_context_len: usize) -> Result<PagedConfig> {
+    if let Some(c) = PagedConfig::forced() {
+        return Ok(c);
+    }
+    let dev = device_of(q, "paged_attention")?;
+    let (s, kh) = (q.shape()[0], k_cache.shape()[1]);
+    Ok(choose_split(s, kh, max_context_len, sm_count(&dev)))
 }
 
 /// [`paged_attention`] with an explicit work split (for tests and benchmarks of the variants).
