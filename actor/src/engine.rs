@@ -35,7 +35,7 @@ pub struct EngineConfig {
     /// Let the n samples of one prompt share its KV blocks.
     pub share_prefixes: bool,
     /// Run decode steps on a GPU as CUDA graphs (docs/rollout.md, "Speed"; not yet the default:
-    /// see its state there). `REALIGN_CUDA_GRAPHS=1` turns it on for every engine.
+    /// see its state there). `REALIGN_CUDA_GRAPHS=1` / `=0` turns them on / off for every engine.
     pub cuda_graphs: bool,
 }
 
