@@ -285,12 +285,14 @@ fn main() -> Result<()> {
     let per_step = |x: f64| 1e3 * x / ht.decode_steps.max(1) as f64;
     eprintln!(
         "loop (last timed rollout, clock reads only): {:.3} s, {} decode steps | per decode step: \
-         schedule {:.3} ms, decode call {:.3} ms of which device wait {:.3} ms, bookkeeping {:.3} ms \
-         -> host {:.3} ms | prefill steps {:.3} s",
+         schedule {:.3} ms, decode call {:.3} ms (pack + upload {:.3}, graph launch {:.3}, device \
+         wait {:.3}), bookkeeping {:.3} ms -> host {:.3} ms | prefill steps {:.3} s",
         ht.total_s,
         ht.decode_steps,
         per_step(ht.schedule_s),
         per_step(ht.decode_s),
+        per_step(ht.decode_pack_s),
+        per_step(ht.decode_launch_s),
         per_step(ht.decode_wait_s),
         per_step(ht.bookkeeping_s),
         1e3 * ht.host_per_decode_step_s(),

@@ -36,7 +36,7 @@ use model::{LayerParams, ModelConfig, Params};
 
 use crate::block_manager::BlockCopy;
 use crate::profile::Stopwatch;
-use crate::step_model::{DecodeBatch, PrefillBatch, StepModel};
+use crate::step_model::{DecodeBatch, DecodeTimes, PrefillBatch, StepModel};
 
 /// One layer's cache: [P, K, D] each, P = blocks × block size.
 struct LayerCache {
@@ -110,8 +110,8 @@ pub struct LlamaRunner<'a> {
     graphs_failed: bool,
     /// Decode steps replayed from a captured graph so far.
     graph_replays: usize,
-    /// Seconds blocked on decode results since the last `take_wait_s`.
-    wait_s: f64,
+    /// Decode-call times since the last `take_decode_times`.
+    times: DecodeTimes,
 }
 
 /// How a layer's attention reads K/V.
@@ -157,7 +157,7 @@ impl<'a> LlamaRunner<'a> {
             use_graphs: graphs_env().unwrap_or(false),
             graphs_failed: false,
             graph_replays: 0,
-            wait_s: 0.0,
+            times: DecodeTimes::default(),
         })
     }
 
@@ -398,12 +398,12 @@ impl StepModel for LlamaRunner<'_> {
         let drawn = kernels::ops::sample_tokens(&logits, &spec)?;
         let t_wait = Instant::now();
         let out = read_samples(&drawn)?;
-        self.wait_s += t_wait.elapsed().as_secs_f64();
+        self.times.wait_s += t_wait.elapsed().as_secs_f64();
         Ok(out)
     }
 
-    fn take_wait_s(&mut self) -> f64 {
-        std::mem::take(&mut self.wait_s)
+    fn take_decode_times(&mut self) -> DecodeTimes {
+        std::mem::take(&mut self.times)
     }
 
     fn synchronize(&self) -> anyhow::Result<()> {
@@ -611,13 +611,18 @@ impl LlamaRunner<'_> {
             Some(g) => g,
             None => DecodeGraph::new(&dev, &cuda, key)?,
         };
+        let t_pack = Instant::now();
         let result = g
             .pack(key, batch, specs)
             .and_then(|_| Ok(g.staging.send()?));
+        self.times.pack_s += t_pack.elapsed().as_secs_f64();
         let result = result.and_then(|_| match &g.graph {
             Some(graph) => {
                 self.graph_replays += 1;
-                graph.launch().map_err(anyhow::Error::from)
+                let t_launch = Instant::now();
+                let launched = graph.launch().map_err(anyhow::Error::from);
+                self.times.launch_s += t_launch.elapsed().as_secs_f64();
+                launched
             }
             None => {
                 // First step of this key: run it (this also loads every kernel), then record the
@@ -644,7 +649,7 @@ impl LlamaRunner<'_> {
         });
         let t_wait = Instant::now();
         let out = result.and_then(|_| Ok(read_samples(&g.out)?));
-        self.wait_s += t_wait.elapsed().as_secs_f64();
+        self.times.wait_s += t_wait.elapsed().as_secs_f64();
         self.graphs.insert(key, g);
         Ok(out?[..s].to_vec())
     }

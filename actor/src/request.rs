@@ -96,6 +96,10 @@ pub struct HostTime {
     pub decode_s: f64,
     /// Part of `decode_s` spent waiting for the device's results.
     pub decode_wait_s: f64,
+    /// Part of `decode_s` spent packing and queueing the inputs' upload (CUDA-graph steps).
+    pub decode_pack_s: f64,
+    /// Part of `decode_s` spent in the graph launch call (replays).
+    pub decode_launch_s: f64,
     /// Appending sampled tokens, finishing sequences, updating the running set.
     pub bookkeeping_s: f64,
     /// Steps that ran a decode.

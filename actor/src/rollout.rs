@@ -180,7 +180,10 @@ fn generate_all(
                 }
             };
             ht.decode_s += t_decode.elapsed().as_secs_f64();
-            ht.decode_wait_s += model.take_wait_s();
+            let dt = model.take_decode_times();
+            ht.decode_wait_s += dt.wait_s;
+            ht.decode_pack_s += dt.pack_s;
+            ht.decode_launch_s += dt.launch_s;
             let t_append = Instant::now();
             anyhow::ensure!(drawn.len() == outputs.len());
             for (&(id, _), (token, logprob)) in outputs.iter().zip(drawn) {

@@ -48,6 +48,17 @@ impl DecodeBatch {
     }
 }
 
+/// Seconds a model's decode calls spent, by kind (clock reads only).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DecodeTimes {
+    /// Packing the step's inputs and queueing their upload (CUDA-graph steps).
+    pub pack_s: f64,
+    /// Launching the captured graph (replays only).
+    pub launch_s: f64,
+    /// Blocked on the step's results: the device's share of the step as the host sees it.
+    pub wait_s: f64,
+}
+
 /// A decoder with a paged KV cache.
 pub trait StepModel {
     fn vocab_size(&self) -> usize;
@@ -109,10 +120,10 @@ pub trait StepModel {
         Ok(())
     }
 
-    /// Seconds spent blocked on decode results since the last call (then reset to 0): the device's
-    /// share of a decode step as seen from the host (`RolloutStats::host_time`).
-    fn take_wait_s(&mut self) -> f64 {
-        0.0
+    /// Where the decode calls spent their time since the last call (then reset): packing and
+    /// uploading inputs, launching, waiting for the device (`RolloutStats::host_time`).
+    fn take_decode_times(&mut self) -> DecodeTimes {
+        DecodeTimes::default()
     }
 
     /// Decode steps replayed from a captured CUDA graph so far.
