@@ -25,7 +25,9 @@ __device__ void rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ w, T
 // Each block takes `rows_per_block` consecutive rows and keeps its dw partial in shared memory
 // (column j always belongs to the same thread, so no races), then adds it to dw with one atomic
 // per column: dw must be zeroed before launch.
-template <typename T>
+// With ACC, dx already holds a gradient (the residual branch's) and receives dx + this norm's dx,
+// rounded once.
+template <typename T, bool ACC = false>
 __device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                  const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
                                  u32 n, u32 c, u32 rows_per_block) {
@@ -43,7 +45,8 @@ __device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__
         dot = block_sum(dot, scratch) / (float)c;
         for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
             const float g = ld(dy, off + j), xn = ld(x, off + j) * r;
-            st(dx, off + j, r * (ld(w, j) * g - xn * dot));
+            const float d = r * (ld(w, j) * g - xn * dot);
+            st(dx, off + j, ACC ? ld(dx, off + j) + d : d);
             dw_part[j] += g * xn;
         }
     }
@@ -84,7 +87,7 @@ __device__ void rmsnorm_warp_impl(const T* __restrict__ x, const T* __restrict__
 // memory ([warps][8][c / 8]: element k of lane-owned chunk q at [k][q], so that a warp's 32 lanes
 // touch 32 consecutive words, free of bank conflicts), summed over the warps and added to dw with
 // one atomic per column at the end: dw must be zeroed before launch.
-template <typename T>
+template <typename T, bool ACC = false>
 __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                       const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
                                       u32 n, u32 c, u32 rows_per_block) {
@@ -116,6 +119,11 @@ __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restr
                 const float xn = xv[k] * r;
                 part[k * c8 + q] += gv[k] * xn;
                 xv[k] = r * (wv[k] * gv[k] - xn * dot);
+            }
+            if (ACC) {
+                ld8(dx, off + q * 8, gv);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) xv[k] += gv[k];
             }
             st8(dx, off + q * 8, xv);
         }
@@ -161,4 +169,26 @@ extern "C" __global__ void rmsnorm_backward_warp_bf16(const __nv_bfloat16* dy, c
                                                       const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
                                                       float* dw, u32 n, u32 c, u32 rpb) {
     rmsnorm_bwd_warp_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+
+// The same backward accumulating into dx (`rmsnorm_backward_acc`: the residual stream's gradient
+// plus the norm's, one rounding; dw is the caller's running gradient, added to by atomics).
+extern "C" __global__ void rmsnorm_backward_acc_f32(const float* dy, const float* x, const float* w, const float* rstd,
+                                                    float* dx, float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_impl<float, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                     const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
+                                                     float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_warp_acc_f32(const float* dy, const float* x, const float* w,
+                                                         const float* rstd, float* dx, float* dw, u32 n, u32 c,
+                                                         u32 rpb) {
+    rmsnorm_bwd_warp_impl<float, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_warp_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                          const __nv_bfloat16* w, const float* rstd,
+                                                          __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_warp_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
