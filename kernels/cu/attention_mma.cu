@@ -9,8 +9,8 @@
 //   C 16x8:  c0,c1 (row g, cols 2t, 2t+1),  c2,c3 (row g+8, same cols)
 // A C fragment of S = Q K^T over 16 keys is, pair for pair, the A fragment of P for P V: the
 // probabilities never leave registers. Operands reach registers through ldmatrix (.trans for the
-// B operands whose k runs along shared-memory rows); tiles stream in with cp.async, double
-// buffered so that the next tile's loads overlap this tile's math. Shared-memory rows are padded
+// B operands whose k runs along shared-memory rows); tiles stream in with cp.async through a ring
+// of STAGES buffers so that the next tiles' loads overlap this tile's math. Shared-memory rows are padded
 // by 8 bf16 (16 bytes), so the 8 row addresses of an ldmatrix hit 8 different bank groups.
 // Softmax runs in base 2 with scale·log2 e folded in; masks only on tiles that cross the
 // diagonal or a sequence end.
@@ -33,6 +33,8 @@
 //   BQ [64]: backward query tile rows; BWD_MINB [1]: backward blocks per SM in launch bounds
 //   SPLIT_DQ [0]: dq by attention_fa_dq instead of atomics from the backward
 //   SCHED [0]: 1 = blocks in order of decreasing work over all sequences (see tile_of)
+//   STAGES [2]: depth of the cp.async ring that streams K/V (forward, dq) or Q/dO (backward)
+//               tiles: STAGES - 1 tiles are in flight while one is computed on
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<D>"
@@ -61,6 +63,10 @@
 #ifndef SCHED
 #define SCHED 0
 #endif
+#ifndef STAGES
+#define STAGES 2
+#endif
+static_assert(STAGES >= 2 && STAGES <= 4, "2 to 4 pipeline stages");
 
 #define D HEAD_DIM
 #define FWD_THREADS (32 * FWD_WARPS)
@@ -267,8 +273,8 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
                      u32 H, u32 KH, float scale) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [BM][LDS]
-    bf16* Ks = Qs + BM * LDS;                        // [2][BN][LDS]
-    bf16* Vs = Ks + 2 * BN * LDS;                    // [2][BN][LDS]
+    bf16* Ks = Qs + BM * LDS;                        // [STAGES][BN][LDS]
+    bf16* Vs = Ks + STAGES * BN * LDS;               // [STAGES][BN][LDS]
 
     u32 h, start, len, q0;
     if (!tile_of(cu, n_seqs, H, BM, true, h, start, len, q0)) return;
@@ -278,10 +284,19 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     const size_t qs = (size_t)H * D, ks = (size_t)KH * D, kvoff = (size_t)kvh * D;
     const float sl2 = scale * LOG2E;
 
+    const u32 n_kt = (q0 + qn + BN - 1) / BN;
+    // Key tile kt into ring slot kt % STAGES; one commit group per tile (empty past the last).
+    auto stage_kv = [&](u32 kt) {
+        if (kt < n_kt) {
+            const u32 k0 = kt * BN, kn = min((u32)BN, len - k0);
+            load_tile_async<FWD_THREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
+            load_tile_async<FWD_THREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
+        }
+        cp_commit();
+    };
     load_tile_async<FWD_THREADS>(Qs, q, start + q0, BM, qn, qs, (size_t)h * D);
-    load_tile_async<FWD_THREADS>(Ks, k, start, BN, min((u32)BN, len), ks, kvoff);
-    load_tile_async<FWD_THREADS>(Vs, v, start, BN, min((u32)BN, len), ks, kvoff);
-    cp_commit();
+#pragma unroll
+    for (u32 i = 0; i < STAGES - 1; ++i) stage_kv(i);
 
     const u32 wr0 = warp * 16 * FWD_MT;  // the warp's first row in the tile
     // Warp-uniform: the warp has real rows, and the last of them (keys past it are all masked).
@@ -297,21 +312,13 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
         l[mt][0] = l[mt][1] = 0.0f;
     }
 
-    const u32 n_kt = (q0 + qn + BN - 1) / BN;
     for (u32 kt = 0; kt < n_kt; ++kt) {
         const u32 k0 = kt * BN;
-        const bf16* Kc = Ks + (kt % 2) * BN * LDS;
-        const bf16* Vc = Vs + (kt % 2) * BN * LDS;
-        if (kt + 1 < n_kt) {
-            const u32 k1 = k0 + BN, kn1 = min((u32)BN, len - k1);
-            load_tile_async<FWD_THREADS>(Ks + ((kt + 1) % 2) * BN * LDS, k, start + k1, BN, kn1, ks, kvoff);
-            load_tile_async<FWD_THREADS>(Vs + ((kt + 1) % 2) * BN * LDS, v, start + k1, BN, kn1, ks, kvoff);
-            cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
-        __syncthreads();
+        const bf16* Kc = Ks + (kt % STAGES) * BN * LDS;
+        const bf16* Vc = Vs + (kt % STAGES) * BN * LDS;
+        cp_wait<STAGES - 2>();  // tile kt (and Q) landed
+        __syncthreads();        // ... for every thread; and the slot of tile kt - 1 is free
+        stage_kv(kt + STAGES - 1);
         if (kt == 0) {
 #pragma unroll
             for (int mt = 0; mt < FWD_MT; ++mt)
@@ -403,7 +410,6 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
                 }
             }
         }
-        __syncthreads();  // this buffer is refilled by the next iteration's prefetch
     }
 
 #pragma unroll
@@ -468,12 +474,12 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Ks = reinterpret_cast<bf16*>(smem_raw);     // [BK][LDS]
     bf16* Vs = Ks + BK * LDS;                          // [BK][LDS]
-    bf16* Qs = Vs + BK * LDS;                          // [2][BQ][LDS]
-    bf16* dOs = Qs + 2 * BQ * LDS;                     // [2][BQ][LDS]
-    float* lse_s = reinterpret_cast<float*>(dOs + 2 * BQ * LDS);  // [2][BQ], times log2 e
-    float* delta_s = lse_s + 2 * BQ;                                // [2][BQ]
+    bf16* Qs = Vs + BK * LDS;                          // [STAGES][BQ][LDS]
+    bf16* dOs = Qs + STAGES * BQ * LDS;                // [STAGES][BQ][LDS]
+    float* lse_s = reinterpret_cast<float*>(dOs + STAGES * BQ * LDS);  // [STAGES][BQ], times log2 e
+    float* delta_s = lse_s + STAGES * BQ;                                // [STAGES][BQ]
 #if !SPLIT_DQ
-    bf16* dSt = reinterpret_cast<bf16*>(delta_s + 2 * BQ);  // [BK][LDST]  dS^T[key][query]
+    bf16* dSt = reinterpret_cast<bf16*>(delta_s + STAGES * BQ);  // [BK][LDST]  dS^T[key][query]
 #endif
 
     u32 h, start, len, k0;
@@ -485,21 +491,26 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
     const float sl2 = scale * LOG2E;
 
     const u32 qt0 = k0 / BQ, n_qt = (len + BQ - 1) / BQ;
-    // Stage query tile `qt` into buffer `b` (async for Q, dO; plain for lse, delta).
-    auto stage = [&](u32 qt, u32 b) {
-        const u32 q0 = qt * BQ, qn = min((u32)BQ, len - q0);
-        load_tile_async<BWD_THREADS>(Qs + b * BQ * LDS, q, start + q0, BQ, qn, qs, (size_t)h * D);
-        load_tile_async<BWD_THREADS>(dOs + b * BQ * LDS, dout, start + q0, BQ, qn, qs, (size_t)h * D);
-        cp_commit();
-        for (u32 r = threadIdx.x; r < BQ; r += BWD_THREADS) {
-            const size_t row = (size_t)(start + q0 + r) * H + h;
-            lse_s[b * BQ + r] = r < qn ? lse[row] * LOG2E : INFINITY;
-            delta_s[b * BQ + r] = r < qn ? delta[row] : 0.0f;
+    // Query tile qt into ring slot (qt - qt0) % STAGES (async for Q, dO; plain for lse, delta);
+    // one commit group per tile (empty past the last).
+    auto stage = [&](u32 qt) {
+        if (qt < n_qt) {
+            const u32 b = (qt - qt0) % STAGES;
+            const u32 q0 = qt * BQ, qn = min((u32)BQ, len - q0);
+            load_tile_async<BWD_THREADS>(Qs + b * BQ * LDS, q, start + q0, BQ, qn, qs, (size_t)h * D);
+            load_tile_async<BWD_THREADS>(dOs + b * BQ * LDS, dout, start + q0, BQ, qn, qs, (size_t)h * D);
+            for (u32 r = threadIdx.x; r < BQ; r += BWD_THREADS) {
+                const size_t row = (size_t)(start + q0 + r) * H + h;
+                lse_s[b * BQ + r] = r < qn ? lse[row] * LOG2E : INFINITY;
+                delta_s[b * BQ + r] = r < qn ? delta[row] : 0.0f;
+            }
         }
+        cp_commit();
     };
     load_tile_async<BWD_THREADS>(Ks, k, start + k0, BK, kn, ks, (size_t)kvh * D);
     load_tile_async<BWD_THREADS>(Vs, v, start + k0, BK, kn, ks, (size_t)kvh * D);
-    stage(qt0, 0);
+#pragma unroll
+    for (u32 i = 0; i < STAGES - 1; ++i) stage(qt0 + i);
 
     const u32 kw0 = k0 + warp * 16;  // the warp's first key
     const u32 kr0 = warp * 16 + g;
@@ -515,15 +526,11 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
 #endif
 
     for (u32 qt = qt0; qt < n_qt; ++qt) {
-        const u32 b = (qt - qt0) % 2;
+        const u32 b = (qt - qt0) % STAGES;
         const u32 q0 = qt * BQ, qn = min((u32)BQ, len - q0);
-        if (qt + 1 < n_qt) {
-            stage(qt + 1, 1 - b);
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
-        __syncthreads();
+        cp_wait<STAGES - 2>();  // tile qt (and K, V) landed
+        __syncthreads();        // ... for every thread (lse, delta too); tile qt - 1's slot and dS^T are free
+        stage(qt + STAGES - 1);
         const bf16* Qc = Qs + b * BQ * LDS;
         const bf16* dOc = dOs + b * BQ * LDS;
         const float* lse_c = lse_s + b * BQ;
@@ -642,7 +649,6 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
             }
         }
 #endif
-        __syncthreads();  // this buffer (and dS^T) is reused by the next tile
     }
 
 #pragma unroll
@@ -682,8 +688,8 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [BMQ][LDS]
     bf16* dOs = Qs + BMQ * LDS;                      // [BMQ][LDS]
-    bf16* Ks = dOs + BMQ * LDS;                      // [2][BN][LDS]
-    bf16* Vs = Ks + 2 * BN * LDS;                    // [2][BN][LDS]
+    bf16* Ks = dOs + BMQ * LDS;                      // [STAGES][BN][LDS]
+    bf16* Vs = Ks + STAGES * BN * LDS;               // [STAGES][BN][LDS]
 
     u32 h, start, len, q0;
     if (!tile_of(cu, n_seqs, H, BMQ, true, h, start, len, q0)) return;
@@ -693,11 +699,20 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     const size_t qs = (size_t)H * D, ks = (size_t)KH * D, kvoff = (size_t)kvh * D;
     const float sl2 = scale * LOG2E;
 
+    const u32 n_kt = (q0 + qn + BN - 1) / BN;
+    // Key tile kt into ring slot kt % STAGES; one commit group per tile (empty past the last).
+    auto stage_kv = [&](u32 kt) {
+        if (kt < n_kt) {
+            const u32 k0 = kt * BN, kn = min((u32)BN, len - k0);
+            load_tile_async<DQ_THREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
+            load_tile_async<DQ_THREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
+        }
+        cp_commit();
+    };
     load_tile_async<DQ_THREADS>(Qs, q, start + q0, BMQ, qn, qs, (size_t)h * D);
     load_tile_async<DQ_THREADS>(dOs, dout, start + q0, BMQ, qn, qs, (size_t)h * D);
-    load_tile_async<DQ_THREADS>(Ks, k, start, BN, min((u32)BN, len), ks, kvoff);
-    load_tile_async<DQ_THREADS>(Vs, v, start, BN, min((u32)BN, len), ks, kvoff);
-    cp_commit();
+#pragma unroll
+    for (u32 i = 0; i < STAGES - 1; ++i) stage_kv(i);
 
     const u32 wr0 = warp * 16;
     const bool has_rows = wr0 < qn;
@@ -715,21 +730,13 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 #pragma unroll
     for (int n = 0; n < NT_D; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
-    const u32 n_kt = (q0 + qn + BN - 1) / BN;
     for (u32 kt = 0; kt < n_kt; ++kt) {
         const u32 k0 = kt * BN;
-        const bf16* Kc = Ks + (kt % 2) * BN * LDS;
-        const bf16* Vc = Vs + (kt % 2) * BN * LDS;
-        if (kt + 1 < n_kt) {
-            const u32 k1 = k0 + BN, kn1 = min((u32)BN, len - k1);
-            load_tile_async<DQ_THREADS>(Ks + ((kt + 1) % 2) * BN * LDS, k, start + k1, BN, kn1, ks, kvoff);
-            load_tile_async<DQ_THREADS>(Vs + ((kt + 1) % 2) * BN * LDS, v, start + k1, BN, kn1, ks, kvoff);
-            cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
-        __syncthreads();
+        const bf16* Kc = Ks + (kt % STAGES) * BN * LDS;
+        const bf16* Vc = Vs + (kt % STAGES) * BN * LDS;
+        cp_wait<STAGES - 2>();  // tile kt (and Q, dO) landed
+        __syncthreads();        // ... for every thread; and the slot of tile kt - 1 is free
+        stage_kv(kt + STAGES - 1);
         if (kt == 0) {
 #pragma unroll
             for (int kk = 0; kk < KS_D; ++kk) {
@@ -783,7 +790,6 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
                 }
             }
         }
-        __syncthreads();  // this buffer is refilled by the next iteration's prefetch
     }
 
 #pragma unroll

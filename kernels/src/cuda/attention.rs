@@ -64,6 +64,8 @@ pub struct FaConfig {
     pub split_dq: bool,
     /// Blocks in order of decreasing work over all sequences (up to 32), heads side by side.
     pub by_work: bool,
+    /// Depth of the cp.async ring streaming the tiles (2 to 4): stages − 1 tiles in flight.
+    pub stages: u32,
 }
 
 impl FaConfig {
@@ -77,6 +79,7 @@ impl FaConfig {
         bwd_minb: 3,
         split_dq: false,
         by_work: false,
+        stages: 2,
     };
 
     /// The configuration used for head dim `d` (bf16, d a multiple of 16 up to 128), with the
@@ -121,6 +124,7 @@ impl FaConfig {
                 "bwd_minb" => cfg.bwd_minb = n,
                 "split_dq" => cfg.split_dq = n != 0,
                 "by_work" => cfg.by_work = n != 0,
+                "stages" => cfg.stages = n,
                 other => {
                     return Err(Error::msg(format!(
                         "attention config key {other:?} is not a field of FaConfig"
@@ -134,7 +138,7 @@ impl FaConfig {
     /// The fields as [`FaConfig::parse`] reads them.
     pub fn to_text(&self) -> String {
         format!(
-            "fwd_warps={},fwd_mt={},fwd_minb={},bwd_warps={},bq={},bwd_minb={},split_dq={},by_work={}",
+            "fwd_warps={},fwd_mt={},fwd_minb={},bwd_warps={},bq={},bwd_minb={},split_dq={},by_work={},stages={}",
             self.fwd_warps,
             self.fwd_mt,
             self.fwd_minb,
@@ -142,7 +146,8 @@ impl FaConfig {
             self.bq,
             self.bwd_minb,
             self.split_dq as u32,
-            self.by_work as u32
+            self.by_work as u32,
+            self.stages
         )
     }
 
@@ -162,63 +167,50 @@ impl FaConfig {
 
     /// Named variants for benchmarks and tests (each valid for every D the kernels take).
     pub fn candidates() -> Vec<(&'static str, FaConfig)> {
-        let b = FaConfig {
+        // The fastest forward and backward of the first H200 comparison (2026-11-29 14:35):
+        // two m-tiles per forward warp, dq in its own kernel, blocks ordered by work.
+        let best1 = FaConfig {
+            fwd_mt: 2,
+            split_dq: true,
             by_work: true,
             ..FaConfig::BASELINE
         };
         vec![
             ("base", FaConfig::BASELINE),
-            ("bywork", b),
-            ("fwd-occ4", FaConfig { fwd_minb: 4, ..b }),
-            ("fwd-mt2", FaConfig { fwd_mt: 2, ..b }),
-            ("fwd-w8", FaConfig { fwd_warps: 8, ..b }),
+            ("mt2-split", best1),
+            ("mt2-split-s3", FaConfig { stages: 3, ..best1 }),
+            ("mt2-split-s4", FaConfig { stages: 4, ..best1 }),
             (
-                "fwd-w8-occ2",
+                "mt2-s3",
                 FaConfig {
-                    fwd_warps: 8,
-                    fwd_minb: 2,
-                    ..b
+                    stages: 3,
+                    split_dq: false,
+                    ..best1
                 },
             ),
             (
-                "bwd-w8",
-                FaConfig {
-                    bwd_warps: 8,
-                    bwd_minb: 1,
-                    ..b
-                },
-            ),
-            (
-                "bwd-q32-occ4",
+                "q32-split-s3",
                 FaConfig {
                     bq: 32,
-                    bwd_minb: 4,
-                    ..b
+                    stages: 3,
+                    ..best1
                 },
             ),
             (
-                "bwd-split",
+                "q32-split-s4",
                 FaConfig {
-                    split_dq: true,
-                    ..b
-                },
-            ),
-            (
-                "bwd-w8-split",
-                FaConfig {
-                    bwd_warps: 8,
-                    bwd_minb: 1,
-                    split_dq: true,
-                    ..b
-                },
-            ),
-            (
-                "bwd-w8-q32-occ2",
-                FaConfig {
-                    bwd_warps: 8,
                     bq: 32,
-                    bwd_minb: 2,
-                    ..b
+                    stages: 4,
+                    ..best1
+                },
+            ),
+            (
+                "occ4-split-s3",
+                FaConfig {
+                    fwd_mt: 1,
+                    fwd_minb: 4,
+                    stages: 3,
+                    ..best1
                 },
             ),
         ]
@@ -236,6 +228,7 @@ impl FaConfig {
             && (16 * self.bwd_warps).is_multiple_of(self.bq)
             && (1..=8).contains(&self.fwd_minb)
             && (1..=8).contains(&self.bwd_minb)
+            && (2..=4).contains(&self.stages)
             && (self.split_dq
                 || (dq_warps_per_rows >= 1 && (d / 8).is_multiple_of(dq_warps_per_rows as usize)))
     }
@@ -262,6 +255,7 @@ impl FaConfig {
             format!("-DBWD_MINB={}", self.bwd_minb),
             format!("-DSPLIT_DQ={}", self.split_dq as u32),
             format!("-DSCHED={}", self.by_work as u32),
+            format!("-DSTAGES={}", self.stages),
         ]
     }
 
@@ -275,23 +269,25 @@ impl FaConfig {
         16 * self.bwd_warps as usize
     }
 
-    /// Forward shared memory: the Q tile plus double-buffered K and V tiles of 64 keys (bf16
-    /// rows padded by 8).
+    /// Forward shared memory: the Q tile plus `stages` K and V tiles of 64 keys (bf16 rows
+    /// padded by 8).
     fn fwd_smem(&self, d: usize) -> usize {
-        (self.bm() + 4 * 64) * (d + 8) * 2
+        let st = self.stages as usize;
+        (self.bm() + 2 * st * 64) * (d + 8) * 2
     }
 
-    /// Backward: K, V, double-buffered Q and dO, double-buffered lse and delta, and unless dq
-    /// is split off, the dS^T tile.
+    /// Backward: K, V, `stages` Q, dO, lse and delta tiles, and unless dq is split off, the dS^T
+    /// tile.
     fn bwd_smem(&self, d: usize) -> usize {
-        let (bk, bq) = (self.bk(), self.bq as usize);
+        let (bk, bq, st) = (self.bk(), self.bq as usize, self.stages as usize);
         let dst = if self.split_dq { 0 } else { bk * (bq + 8) * 2 };
-        (2 * bk + 4 * bq) * (d + 8) * 2 + 4 * bq * 4 + dst
+        (2 * bk + 2 * st * bq) * (d + 8) * 2 + 2 * st * bq * 4 + dst
     }
 
-    /// The dq kernel: Q and dO tiles of 64 rows, double-buffered K and V.
+    /// The dq kernel: Q and dO tiles of 64 rows, `stages` K and V tiles.
     fn dq_smem(&self, d: usize) -> usize {
-        (2 * 64 + 4 * 64) * (d + 8) * 2
+        let st = self.stages as usize;
+        (2 * 64 + 2 * st * 64) * (d + 8) * 2
     }
 }
 
