@@ -192,3 +192,48 @@ extern "C" __global__ void rmsnorm_backward_warp_acc_bf16(const __nv_bfloat16* d
                                                           __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
     rmsnorm_bwd_warp_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
+
+// Residual add fused with the RMSNorm that reads its result (`residual_rmsnorm`, C % 8 == 0):
+// r += delta in place (f32 add, one rounding to T, as `add_inplace`), then rmsnorm(r) exactly as
+// rmsnorm_warp_impl computes it (the sum of squares over the rounded r, in the same order), so
+// the outputs equal add_inplace followed by rmsnorm bit for bit, with one pass fewer over r.
+template <typename T>
+__device__ void residual_rmsnorm_warp_impl(T* r, const T* __restrict__ delta, const T* __restrict__ w,
+                                           T* __restrict__ y, float* __restrict__ rstd_out, u32 n, u32 c, float eps) {
+    const u32 lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    float xv[8], dv[8], wv[8];
+    for (u32 row = blockIdx.x * nw + threadIdx.x / 32; row < n; row += gridDim.x * nw) {
+        const size_t off = (size_t)row * c;
+        float ss = 0.0f;
+        for (u32 j = lane * 8; j < c; j += 256) {
+            ld8(r, off + j, xv);
+            ld8(delta, off + j, dv);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                xv[k] = round_to<T>(xv[k] + dv[k]);
+                ss += xv[k] * xv[k];
+            }
+            st8(r, off + j, xv);  // already rounded: stored exactly
+        }
+        ss = warp_sum(ss);
+        const float rstd = 1.0f / sqrtf(ss / (float)c + eps);
+        if (lane == 0) rstd_out[row] = rstd;
+        for (u32 j = lane * 8; j < c; j += 256) {
+            ld8(r, off + j, xv);  // this lane's own stores of the loop above
+            ld8(w, j, wv);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) xv[k] = wv[k] * round_to<T>(xv[k] * rstd);
+            st8(y, off + j, xv);
+        }
+    }
+}
+
+extern "C" __global__ void residual_rmsnorm_warp_f32(float* r, const float* delta, const float* w, float* y,
+                                                     float* rstd, u32 n, u32 c, float eps) {
+    residual_rmsnorm_warp_impl(r, delta, w, y, rstd, n, c, eps);
+}
+extern "C" __global__ void residual_rmsnorm_warp_bf16(__nv_bfloat16* r, const __nv_bfloat16* delta,
+                                                      const __nv_bfloat16* w, __nv_bfloat16* y, float* rstd, u32 n,
+                                                      u32 c, float eps) {
+    residual_rmsnorm_warp_impl(r, delta, w, y, rstd, n, c, eps);
+}
