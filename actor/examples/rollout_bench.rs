@@ -281,6 +281,22 @@ fn main() -> Result<()> {
         );
     }
 
+    let ht = &last.host_time;
+    let per_step = |x: f64| 1e3 * x / ht.decode_steps.max(1) as f64;
+    eprintln!(
+        "loop (last timed rollout, clock reads only): {:.3} s, {} decode steps | per decode step: \
+         schedule {:.3} ms, decode call {:.3} ms of which device wait {:.3} ms, bookkeeping {:.3} ms \
+         -> host {:.3} ms | prefill steps {:.3} s",
+        ht.total_s,
+        ht.decode_steps,
+        per_step(ht.schedule_s),
+        per_step(ht.decode_s),
+        per_step(ht.decode_wait_s),
+        per_step(ht.bookkeeping_s),
+        1e3 * ht.host_per_decode_step_s(),
+        ht.prefill_s
+    );
+
     if !last.profile.is_empty() {
         // REALIGN_PROFILE=1: every phase ended with a sync, so the times above are inflated.
         let total: f64 = last.profile.iter().map(|(_, t)| t).sum();
@@ -321,6 +337,8 @@ fn main() -> Result<()> {
         "kv_blocks": last.kv_blocks,
         "cuda_graphs": a.cuda_graphs,
         "graph_replays": last.graph_replays,
+        "host_time": &last.host_time,
+        "host_per_decode_step_s": last.host_time.host_per_decode_step_s(),
         "profiled": !last.profile.is_empty(),
         "profile": last.profile.iter().map(|(n, t)| (n.to_string(), *t)).collect::<std::collections::BTreeMap<_, _>>(),
     })

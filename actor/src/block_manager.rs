@@ -12,9 +12,35 @@
 //! the caller must copy the K/V rows of that block before the model writes into it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Identifies a sequence inside one rollout.
 pub type SeqId = u64;
+
+/// A map keyed by sequence id. Ids are small consecutive integers chosen by the scheduler (not
+/// by users), so a multiplicative hash is enough; SipHash cost ~10 lookups × S sequences per
+/// decode step on the host while the GPU waits.
+pub type SeqMap<V> = HashMap<SeqId, V, BuildHasherDefault<SeqIdHasher>>;
+
+/// Fibonacci hashing of a u64 id (the high bits of id × 2^64/φ).
+#[derive(Default)]
+pub struct SeqIdHasher(u64);
+
+impl Hasher for SeqIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// The pool has no free block for the request. Callers preempt or wait; this is never fatal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +67,7 @@ pub struct BlockManager {
     /// References per block; 0 for free blocks.
     refs: Vec<u32>,
     /// Each live sequence's blocks in position order, and how many tokens they hold.
-    tables: HashMap<SeqId, SeqBlocks>,
+    tables: SeqMap<SeqBlocks>,
     peak_used: usize,
 }
 
@@ -58,7 +84,7 @@ impl BlockManager {
             block_size,
             free: (0..num_blocks as u32).rev().collect(),
             refs: vec![0; num_blocks],
-            tables: HashMap::new(),
+            tables: SeqMap::default(),
             peak_used: 0,
         }
     }

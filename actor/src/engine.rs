@@ -103,7 +103,7 @@ impl Engine {
         requests: &[Request],
     ) -> anyhow::Result<(Vec<Completion>, RolloutStats)> {
         let mut runner = LlamaRunner::new(params, &self.model)?;
-        runner.use_cuda_graphs(self.cfg.cuda_graphs || crate::llama::graphs_forced());
+        runner.use_cuda_graphs(crate::llama::graphs_env().unwrap_or(self.cfg.cuda_graphs));
         let num_blocks = self.num_blocks(&runner, params.embed.device(), requests)?;
         let cfg = RolloutConfig {
             block_size: self.cfg.block_size,

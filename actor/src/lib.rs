@@ -23,6 +23,6 @@ pub mod scheduler;
 pub mod step_model;
 
 pub use engine::{Engine, EngineConfig, KvBudget};
-pub use request::{Completion, FinishReason, Request, RolloutStats};
+pub use request::{Completion, FinishReason, HostTime, Request, RolloutStats};
 pub use rollout::{run_rollout, RolloutConfig};
 pub use sampling::SamplingParams;

@@ -20,9 +20,10 @@
 
 use anyhow::Context;
 use std::collections::HashMap;
+use std::time::Instant;
 
 use kernels::cuda::graph_ops::gather_rows_trusted;
-use kernels::cuda::write_u32;
+use kernels::cuda::staging::Staging;
 use kernels::ops::linear::linear_out;
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
@@ -109,6 +110,8 @@ pub struct LlamaRunner<'a> {
     graphs_failed: bool,
     /// Decode steps replayed from a captured graph so far.
     graph_replays: usize,
+    /// Seconds blocked on decode results since the last `take_wait_s`.
+    wait_s: f64,
 }
 
 /// How a layer's attention reads K/V.
@@ -151,9 +154,10 @@ impl<'a> LlamaRunner<'a> {
             block_size: 0,
             sw: Stopwatch::new(),
             graphs: HashMap::new(),
-            use_graphs: graphs_forced(),
+            use_graphs: graphs_env().unwrap_or(false),
             graphs_failed: false,
             graph_replays: 0,
+            wait_s: 0.0,
         })
     }
 
@@ -391,7 +395,15 @@ impl StepModel for LlamaRunner<'_> {
         }
         let logits = self.decode_logits(batch)?;
         let spec = SampleSpec::pack(specs, logits.device())?;
-        Ok(read_samples(&kernels::ops::sample_tokens(&logits, &spec)?)?)
+        let drawn = kernels::ops::sample_tokens(&logits, &spec)?;
+        let t_wait = Instant::now();
+        let out = read_samples(&drawn)?;
+        self.wait_s += t_wait.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    fn take_wait_s(&mut self) -> f64 {
+        std::mem::take(&mut self.wait_s)
     }
 
     fn synchronize(&self) -> anyhow::Result<()> {
@@ -449,11 +461,16 @@ impl StepModel for LlamaRunner<'_> {
     }
 }
 
-/// `REALIGN_CUDA_GRAPHS=1`: decode steps on a GPU run as CUDA graphs whatever the engine config
-/// says (opt-in until a GPU run has shown the capture works; docs/rollout.md, "Speed").
-pub fn graphs_forced() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("REALIGN_CUDA_GRAPHS").is_ok_and(|v| v == "1"))
+/// `REALIGN_CUDA_GRAPHS=1` / `=0`: decode steps on a GPU run as CUDA graphs, or op by op,
+/// whatever the engine config says (docs/rollout.md, "Speed"); unset or any other value: the
+/// config decides.
+pub fn graphs_env() -> Option<bool> {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("REALIGN_CUDA_GRAPHS").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    })
 }
 
 /// Batch sizes a decode graph is captured for: a step of S sequences runs the graph of the
@@ -472,9 +489,13 @@ fn bucket_of(s: usize) -> usize {
 const TABLE_ROUND: usize = 32;
 
 /// One captured decode step (forward + sampling) for a bucket, with the fixed device buffers its
-/// kernels read and write; each step writes its inputs into them and replays the graph.
+/// kernels read and write; each step packs its inputs into `staging`, uploads them in one copy and
+/// replays the graph, whose first nodes scatter the upload into the buffers below.
 struct DecodeGraph {
     graph: Option<kernels::cuda::Graph>,
+    /// The step's inputs packed as [tokens S | positions S | slots S | lens S | spec S·cols |
+    /// tables S·M] (see [`DecodeGraph::layout`]).
+    staging: Staging,
     /// [S] tokens, positions, slots (u32::MAX for idle rows: the cache write skips them).
     tokens: Tensor,
     positions: Tensor,
@@ -482,7 +503,7 @@ struct DecodeGraph {
     /// [S, M] block tables (idle rows: block 0) and [S] context lengths (idle rows: 1).
     tables: Tensor,
     lens: Tensor,
-    /// [S, SPEC_HEAD + NB] sampling specs and the [S, 2] sampled (token, log-prob bits).
+    /// [S, cols] sampling specs and the [S, 2] sampled (token, log-prob bits).
     spec: Tensor,
     out: Tensor,
 }
@@ -490,10 +511,86 @@ struct DecodeGraph {
 /// Graph key: (bucket S, table width M, spec columns).
 type GraphKey = (usize, usize, usize);
 
+impl DecodeGraph {
+    fn new(dev: &Device, cuda: &kernels::cuda::CudaDevice, key: GraphKey) -> anyhow::Result<Self> {
+        let (b, m, cols) = key;
+        let u32s = |shape: &[usize]| Tensor::zeros(shape, DType::U32, dev);
+        Ok(DecodeGraph {
+            graph: None,
+            staging: Staging::new(cuda, b * (4 + cols + m))?,
+            tokens: u32s(&[b])?,
+            positions: u32s(&[b])?,
+            slots: u32s(&[b])?,
+            lens: u32s(&[b])?,
+            spec: u32s(&[b, cols])?,
+            tables: u32s(&[b, m])?,
+            out: u32s(&[b, 2])?,
+        })
+    }
+
+    /// Offsets of tokens, positions, slots, lens, spec and tables in the staging buffer.
+    fn layout(key: GraphKey) -> [usize; 6] {
+        let (b, _, cols) = key;
+        [0, b, 2 * b, 3 * b, 4 * b, 4 * b + b * cols]
+    }
+
+    /// Packs a step's inputs, padded to the bucket, into the pinned staging buffer: idle rows
+    /// decode token 0 at position 0 into no slot, with context length 1 and a greedy spec.
+    fn pack(
+        &mut self,
+        key: GraphKey,
+        batch: &DecodeBatch,
+        specs: &[SampleSpec],
+    ) -> anyhow::Result<()> {
+        let (b, m, cols) = key;
+        let s = batch.num_seqs();
+        let [_, o_pos, o_slot, o_len, o_spec, o_tab] = Self::layout(key);
+        let buf = self.staging.host_mut()?;
+        let pad = |dst: &mut [u32], src: &[u32], fill: u32| {
+            dst[..src.len()].copy_from_slice(src);
+            dst[src.len()..].fill(fill);
+        };
+        pad(&mut buf[..o_pos], &batch.tokens, 0);
+        pad(&mut buf[o_pos..o_slot], &batch.positions, 0);
+        pad(&mut buf[o_slot..o_len], &batch.slots, u32::MAX);
+        pad(&mut buf[o_len..o_spec], &batch.context_lens, 1);
+        for (r, row) in buf[o_spec..o_tab].chunks_exact_mut(cols).enumerate() {
+            match specs.get(r) {
+                Some(spec) => spec.write_row(row)?,
+                None => SampleSpec::greedy(r as u32).write_row(row)?,
+            }
+        }
+        let w = batch.max_blocks;
+        for (r, row) in buf[o_tab..].chunks_exact_mut(m).enumerate().take(b) {
+            let src = if r < s {
+                &batch.block_tables[r * w..(r + 1) * w]
+            } else {
+                &[][..]
+            };
+            pad(row, src, 0);
+        }
+        Ok(())
+    }
+
+    /// Queues the device-side scatter of the uploaded buffer into the input tensors (recorded
+    /// into the graph as its first nodes).
+    fn scatter(&mut self, key: GraphKey) -> anyhow::Result<()> {
+        let [o_tok, o_pos, o_slot, o_len, o_spec, o_tab] = Self::layout(key);
+        let st = &self.staging;
+        st.scatter(o_tok, &mut self.tokens)?;
+        st.scatter(o_pos, &mut self.positions)?;
+        st.scatter(o_slot, &mut self.slots)?;
+        st.scatter(o_len, &mut self.lens)?;
+        st.scatter(o_spec, &mut self.spec)?;
+        st.scatter(o_tab, &mut self.tables)?;
+        Ok(())
+    }
+}
+
 impl LlamaRunner<'_> {
-    /// One decode step with sampling on the GPU as a CUDA graph: pads the batch to its bucket,
-    /// writes the inputs into the bucket's fixed buffers and replays; the first step of a bucket
-    /// runs eagerly and captures the graph for the next ones.
+    /// One decode step with sampling on the GPU as a CUDA graph: packs the batch, padded to its
+    /// bucket, into one upload and replays; the first step of a bucket runs eagerly and captures
+    /// the graph for the next ones.
     fn decode_sample_graph(
         &mut self,
         batch: &DecodeBatch,
@@ -504,28 +601,6 @@ impl LlamaRunner<'_> {
         let m = batch.max_blocks.max(1).next_multiple_of(TABLE_ROUND);
         let nb = specs.iter().map(|x| x.banned.len()).max().unwrap_or(0);
         let key: GraphKey = (b, m, SPEC_HEAD + nb);
-        // Inputs padded to the bucket: idle rows decode token 0 at position 0 into no slot.
-        let mut tokens = batch.tokens.clone();
-        tokens.resize(b, 0);
-        let mut positions = batch.positions.clone();
-        positions.resize(b, 0);
-        let mut slots = batch.slots.clone();
-        slots.resize(b, u32::MAX);
-        let mut tables = vec![0u32; b * m]; // [B, M]
-        for r in 0..s {
-            let row = &batch.block_tables[r * batch.max_blocks..(r + 1) * batch.max_blocks];
-            tables[r * m..r * m + batch.max_blocks].copy_from_slice(row);
-        }
-        let mut lens = batch.context_lens.clone();
-        lens.resize(b, 1);
-        let mut all_specs = specs.to_vec();
-        all_specs.extend((s..b).map(|r| SampleSpec {
-            row: r as u32,
-            temperature: 0.0,
-            draw: 0,
-            banned: Vec::new(),
-        }));
-        let spec_host = SampleSpec::pack(&all_specs, &Device::Cpu)?.to_vec_u32()?;
         let dev = self.device.clone();
         let cuda = match &dev {
             Device::Cuda(d) => d.clone(),
@@ -533,38 +608,27 @@ impl LlamaRunner<'_> {
         };
         let max_ctx = m * self.block_size;
         let mut g = match self.graphs.remove(&key) {
-            Some(mut g) => {
-                write_u32(&mut g.tokens, &tokens)?;
-                write_u32(&mut g.positions, &positions)?;
-                write_u32(&mut g.slots, &slots)?;
-                write_u32(&mut g.tables, &tables)?;
-                write_u32(&mut g.lens, &lens)?;
-                write_u32(&mut g.spec, &spec_host)?;
-                g
-            }
-            None => DecodeGraph {
-                graph: None,
-                tokens: Tensor::from_u32(tokens, &[b], &dev)?,
-                positions: Tensor::from_u32(positions, &[b], &dev)?,
-                slots: Tensor::from_u32(slots, &[b], &dev)?,
-                tables: Tensor::from_u32(tables, &[b, m], &dev)?,
-                lens: Tensor::from_u32(lens, &[b], &dev)?,
-                spec: Tensor::from_u32(spec_host, &[b, key.2], &dev)?,
-                out: Tensor::zeros(&[b, 2], DType::U32, &dev)?,
-            },
+            Some(g) => g,
+            None => DecodeGraph::new(&dev, &cuda, key)?,
         };
-        let result = match &g.graph {
+        let result = g
+            .pack(key, batch, specs)
+            .and_then(|_| Ok(g.staging.send()?));
+        let result = result.and_then(|_| match &g.graph {
             Some(graph) => {
                 self.graph_replays += 1;
                 graph.launch().map_err(anyhow::Error::from)
             }
             None => {
-                // First step of this bucket: run it (this also loads every kernel), then record
-                // the same step on the same buffers for the next ones (recording runs nothing).
-                let eager = self.decode_into(&mut g, max_ctx, false);
+                // First step of this key: run it (this also loads every kernel), then record the
+                // same step on the same buffers for the next ones (recording runs nothing).
+                let eager = g
+                    .scatter(key)
+                    .and_then(|_| self.decode_into(&mut g, max_ctx, false));
                 if eager.is_ok() {
                     let captured = cuda.capture(|| {
-                        self.decode_into(&mut g, max_ctx, true)
+                        g.scatter(key)
+                            .and_then(|_| self.decode_into(&mut g, max_ctx, true))
                             .map_err(|e| kernels::Error::msg(format!("{e:#}")))
                     });
                     match captured {
@@ -577,8 +641,10 @@ impl LlamaRunner<'_> {
                 }
                 eager
             }
-        };
+        });
+        let t_wait = Instant::now();
         let out = result.and_then(|_| Ok(read_samples(&g.out)?));
+        self.wait_s += t_wait.elapsed().as_secs_f64();
         self.graphs.insert(key, g);
         Ok(out?[..s].to_vec())
     }

@@ -75,4 +75,38 @@ pub struct RolloutStats {
     pub profile: Vec<(&'static str, f64)>,
     /// Decode steps that replayed a captured CUDA graph.
     pub graph_replays: usize,
+    /// Where the rollout loop's wall time went, always measured (clock reads only, no syncs).
+    pub host_time: HostTime,
+}
+
+/// Wall seconds of the rollout loop by phase, measured with clock reads only (no device syncs), so
+/// that CUDA graphs stay on. The host and the device take turns: a decode step's inputs depend on
+/// the tokens the previous step sampled, so every second of host work here is a second the GPU
+/// idles. `decode_wait_s` is the time blocked on a decode step's results (the device running it);
+/// the rest of `decode_s` is host work (packing and uploading inputs, launching).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HostTime {
+    /// The whole loop.
+    pub total_s: f64,
+    /// `Scheduler::schedule`: admission, block allocation, batch building.
+    pub schedule_s: f64,
+    /// Prefill steps: forward, block copies and sampling (device time included).
+    pub prefill_s: f64,
+    /// Decode steps from the call into the model to its sampled tokens on the host.
+    pub decode_s: f64,
+    /// Part of `decode_s` spent waiting for the device's results.
+    pub decode_wait_s: f64,
+    /// Appending sampled tokens, finishing sequences, updating the running set.
+    pub bookkeeping_s: f64,
+    /// Steps that ran a decode.
+    pub decode_steps: usize,
+}
+
+impl HostTime {
+    /// Host seconds per decode step outside the wait for the device: scheduling, input
+    /// preparation and bookkeeping (prefill excluded).
+    pub fn host_per_decode_step_s(&self) -> f64 {
+        let host = self.schedule_s + (self.decode_s - self.decode_wait_s) + self.bookkeeping_s;
+        host / self.decode_steps.max(1) as f64
+    }
 }

@@ -2,6 +2,8 @@
 //! The KV cache exists only inside [`run_rollout`]: it is allocated at the start and released
 //! completely at the end (also on error), so training can use that memory.
 
+use std::time::Instant;
+
 use anyhow::Context;
 use kernels::ops::sampling::MAX_BANNED;
 use kernels::ops::{gather_rows, read_samples, sample_tokens, SampleSpec};
@@ -9,7 +11,7 @@ use kernels::Tensor;
 
 use crate::block_manager::{BlockManager, SeqId};
 use crate::profile::Stopwatch;
-use crate::request::{Completion, Request, RolloutStats};
+use crate::request::{Completion, HostTime, Request, RolloutStats};
 use crate::sampling::{sample, sample_key};
 use crate::scheduler::{Scheduler, SchedulerLimits};
 use crate::step_model::StepModel;
@@ -104,10 +106,15 @@ fn generate_all(
             sw.mark_host(name);
         }
     };
+    // Clock reads only (no syncs): where the loop's wall time goes, graphs on or off.
+    let loop_start = Instant::now();
+    let mut ht = HostTime::default();
     while sched.has_work() {
         sw.reset();
+        let t0 = Instant::now();
         let plan = sched.schedule();
         stats.preemptions += plan.preempted;
+        ht.schedule_s += t0.elapsed().as_secs_f64();
         phase(&mut sw, model, "schedule");
         if plan.is_empty() {
             anyhow::ensure!(
@@ -117,6 +124,7 @@ fn generate_all(
             continue;
         }
         stats.steps += 1;
+        let t_prefill = Instant::now();
         if !plan.copies.is_empty() {
             stats.block_copies += plan.copies.len();
             model.copy_blocks(&plan.copies)?;
@@ -143,15 +151,18 @@ fn generate_all(
             }
             phase(&mut sw, model, "prefill_sample");
         }
+        ht.prefill_s += t_prefill.elapsed().as_secs_f64();
         if !plan.decode_seqs.is_empty() {
             stats.decode_tokens += plan.decode_seqs.len();
+            ht.decode_steps += 1;
+            let t_decode = Instant::now();
             let outputs: Vec<(SeqId, u32)> = plan
                 .decode_seqs
                 .iter()
                 .enumerate()
                 .map(|(row, &id)| (id, row as u32))
                 .collect();
-            let drawn = match device_specs(&sched, &outputs, vocab) {
+            let drawn = match device_specs(&sched, &outputs) {
                 // Every row samples on the device: one fused step (a CUDA graph on a GPU).
                 Some(specs) => {
                     let d = model
@@ -168,15 +179,23 @@ fn generate_all(
                     d
                 }
             };
+            ht.decode_s += t_decode.elapsed().as_secs_f64();
+            ht.decode_wait_s += model.take_wait_s();
+            let t_append = Instant::now();
             anyhow::ensure!(drawn.len() == outputs.len());
             for (&(id, _), (token, logprob)) in outputs.iter().zip(drawn) {
                 sched.append_token(id, token, logprob);
             }
+            ht.bookkeeping_s += t_append.elapsed().as_secs_f64();
             phase(&mut sw, model, "append");
         }
+        let t_update = Instant::now();
         sched.update_running(&prefilled);
+        ht.bookkeeping_s += t_update.elapsed().as_secs_f64();
         phase(&mut sw, model, "update");
     }
+    ht.total_s = loop_start.elapsed().as_secs_f64();
+    stats.host_time = ht;
     if sw.on() {
         for (name, secs) in model.profile() {
             sw.times.add(name, secs);
@@ -185,6 +204,15 @@ fn generate_all(
         tracing::info!("rollout profile: {}", sw.times.summary());
     }
     stats.graph_replays = model.graph_replays();
+    tracing::debug!(
+        steps = stats.steps,
+        decode_steps = stats.host_time.decode_steps,
+        graph_replays = stats.graph_replays,
+        preemptions = stats.preemptions,
+        seconds = stats.host_time.total_s,
+        host_ms_per_decode_step = 1e3 * stats.host_time.host_per_decode_step_s(),
+        "rollout done"
+    );
     stats.peak_kv_blocks = sched.blocks.peak_used();
     stats.peak_kv_bytes = stats.peak_kv_blocks * stats.kv_bytes_per_block;
     let mut seqs: Vec<_> = sched.seqs.into_values().collect();
@@ -202,31 +230,22 @@ fn generate_all(
     Ok((completions, stats))
 }
 
-/// The device sampling specs of `outputs`, or None when some row needs the host (top-k / top-p,
-/// or more banned ids than the device op takes).
-fn device_specs(
-    sched: &Scheduler,
-    outputs: &[(SeqId, u32)],
-    vocab: usize,
-) -> Option<Vec<SampleSpec>> {
+/// The device sampling specs of `outputs`, or None when some row needs the host (more banned ids
+/// than the device op takes).
+fn device_specs(sched: &Scheduler, outputs: &[(SeqId, u32)]) -> Option<Vec<SampleSpec>> {
     outputs
         .iter()
         .map(|&(id, row)| {
             let (params, banned, draw) = sched.next_draw(id);
-            (!params.filters(vocab) && banned.len() <= MAX_BANNED).then(|| SampleSpec {
-                row,
-                temperature: params.temperature,
-                draw,
-                banned: banned.to_vec(),
-            })
+            (banned.len() <= MAX_BANNED).then(|| params.spec(row, draw, banned))
         })
         .collect()
 }
 
-/// Draws the next token of each (sequence, logits row) output from `logits` [R, V]. Rows without
-/// top-k / top-p are sampled where the logits live (`kernels::ops::sample_tokens`: only tokens
-/// and log-probs come back); the others are copied to the host, only those rows, and sampled
-/// there. Returns (token, log-prob) per output.
+/// Draws the next token of each (sequence, logits row) output from `logits` [R, V]. Rows are
+/// sampled where the logits live (`kernels::ops::sample_tokens`: only tokens and log-probs come
+/// back); a row with more banned ids than the op takes is copied to the host, only that row, and
+/// sampled there by the op's CPU reference. Returns (token, log-prob) per output.
 fn sample_outputs(
     sched: &Scheduler,
     logits: &Tensor,
@@ -244,15 +263,10 @@ fn sample_outputs(
     let mut on_host = Vec::new();
     for (k, &(id, row)) in outputs.iter().enumerate() {
         let (params, banned, draw) = sched.next_draw(id);
-        if params.filters(vocab) || banned.len() > MAX_BANNED {
+        if banned.len() > MAX_BANNED {
             on_host.push(k);
         } else {
-            specs.push(SampleSpec {
-                row,
-                temperature: params.temperature,
-                draw,
-                banned: banned.to_vec(),
-            });
+            specs.push(params.spec(row, draw, banned));
             on_device.push(k);
         }
     }

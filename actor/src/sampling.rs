@@ -7,18 +7,18 @@
 //! parameters and (seed, sample, position): not on the batch, on preemption, or on the device that
 //! samples. The uniform of a draw is u = (draw + 0.5) / 2^32.
 //!
-//! Rows without top-k / top-p are sampled where the logits are (`kernels::ops::sample_tokens`, on
-//! the GPU in normal use): inverse CDF over the allowed ids in id order. Rows with top-k / top-p
-//! are sampled here on the host (the engine copies only those rows): logits / temperature, then
-//! top-k, then top-p on what top-k kept (the order of HF `generate` and vLLM); the kept tokens are
-//! renormalised and u picks one by inverse CDF in (logit desc, id asc) order.
+//! Every row is sampled where the logits are, by `kernels::ops::sample_tokens` (on the GPU in
+//! normal use; its CPU reference on the host, which [`sample`] calls): logits / temperature, then
+//! top-k (ids whose logit is at least the k-th largest), then top-p on what top-k kept (the
+//! smallest most-likely set whose mass reaches p; HF / vLLM order), ties at either threshold
+//! kept; the kept tokens are renormalised and u picks one by inverse CDF in token-id order.
 //!
 //! Temperature 0 means greedy (argmax, lowest id on ties). Its "distribution actually used" would be
 //! a point mass with log-prob 0, which tells a learner nothing, so greedy reports the log-prob under
 //! the unfiltered model distribution at temperature 1 instead.
 
-use kernels::cpu::sampling::sample_row;
-use kernels::ops::sampling::uniform_of_draw;
+use kernels::cpu::sampling::{sample_row, Filter};
+use kernels::ops::SampleSpec;
 use serde::{Deserialize, Serialize};
 
 /// How to draw the tokens of one request.
@@ -90,10 +90,31 @@ impl SamplingParams {
 }
 
 impl SamplingParams {
-    /// True when top-k or top-p removes tokens from a vocabulary of `vocab` (such rows are sampled
-    /// on the host).
+    /// True when top-k or top-p removes tokens from a vocabulary of `vocab`.
     pub fn filters(&self, vocab: usize) -> bool {
         !self.is_greedy() && ((self.top_k > 0 && self.top_k < vocab) || self.top_p < 1.0)
+    }
+
+    /// Top-k / top-p as the sampling op takes them.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            top_k: u32::try_from(self.top_k).unwrap_or(u32::MAX),
+            top_p: self.top_p,
+        }
+    }
+
+    /// The `sample_tokens` spec that draws from logits row `row` with `draw`, `banned` ids
+    /// excluded.
+    pub fn spec(&self, row: u32, draw: u32, banned: &[u32]) -> SampleSpec {
+        let f = self.filter();
+        SampleSpec {
+            row,
+            temperature: self.temperature,
+            top_k: f.top_k,
+            top_p: f.top_p,
+            draw,
+            banned: banned.to_vec(),
+        }
     }
 }
 
@@ -124,75 +145,10 @@ pub struct Sampled {
 
 /// Draws one token from `logits[V]` with the 32-bit `draw` (see the module doc). `banned` tokens
 /// (stop ids before `min_new_tokens`) get probability 0; at least one token must stay allowed.
+/// The same arithmetic as the device op, so host and device agree.
 pub fn sample(logits: &[f32], params: &SamplingParams, banned: &[u32], draw: u32) -> Sampled {
-    if !params.filters(logits.len()) {
-        // The same arithmetic as the device op, so host and device agree.
-        let (token, logprob) = sample_row(logits, params.temperature, draw, banned);
-        return Sampled { token, logprob };
-    }
-    let allowed = |i: usize| !banned.contains(&(i as u32));
-    let u = uniform_of_draw(draw);
-    let inv_t = 1.0 / params.temperature as f64;
-    // Candidates in (logit desc, id asc) order; top-k and top-p only ever need a prefix of it.
-    let mut cand: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| allowed(i as usize))
-        .collect();
-    let by_logit = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    // Top-k: keep the k largest (unsorted for now).
-    if params.top_k > 0 && params.top_k < cand.len() {
-        cand.select_nth_unstable_by(params.top_k - 1, by_logit);
-        cand.truncate(params.top_k);
-    }
-    // Sort only a head of the candidates when that is enough: a partial selection first, the rest
-    // sorted later only if top-p needs more than the head holds.
-    let mut sorted = cand.len().min(1024);
-    if sorted < cand.len() {
-        cand.select_nth_unstable_by(sorted - 1, by_logit);
-    }
-    cand[..sorted].sort_unstable_by(by_logit);
-    let max = logits[cand[0] as usize] as f64;
-    let weight = |i: u32| ((logits[i as usize] as f64 - max) * inv_t).exp();
-    let kept = if params.top_p < 1.0 {
-        // Smallest prefix whose mass reaches top_p of what top-k kept.
-        let total: f64 = cand.iter().map(|&i| weight(i)).sum();
-        let mut acc = 0.0;
-        let mut n = 0;
-        while n < cand.len() {
-            if n == sorted {
-                cand[sorted..].sort_unstable_by(by_logit);
-                sorted = cand.len();
-            }
-            acc += weight(cand[n]);
-            n += 1;
-            if acc >= params.top_p as f64 * total {
-                break;
-            }
-        }
-        n
-    } else {
-        cand[sorted..].sort_unstable_by(by_logit);
-        cand.len()
-    };
-    let kept = &cand[..kept.max(1)];
-    let z: f64 = kept.iter().map(|&i| weight(i)).sum();
-    let target = u * z;
-    let mut acc = 0.0;
-    let mut pick = *kept.last().unwrap();
-    for &i in kept {
-        acc += weight(i);
-        if acc > target {
-            pick = i;
-            break;
-        }
-    }
-    Sampled {
-        token: pick,
-        logprob: (weight(pick) / z).ln() as f32,
-    }
+    let (token, logprob) = sample_row(logits, params.temperature, params.filter(), draw, banned);
+    Sampled { token, logprob }
 }
 
 #[cfg(test)]
@@ -355,18 +311,59 @@ mod tests {
     }
 
     #[test]
-    fn top_p_beyond_the_sorted_head_is_exact() {
-        // 3000 equal logits: the nucleus for p = 0.5 is 1500 tokens, more than the 1024-token head.
+    fn top_p_keeps_every_token_tied_at_its_boundary() {
+        // 3000 equal logits: any nucleus boundary falls inside the tie, so all stay.
         let logits = vec![0.0f32; 3000];
         let params = SamplingParams {
             top_p: 0.5,
             ..Default::default()
         };
         let key = sample_key(1, 0);
+        let mut seen_high = false;
         for t in 0..500 {
             let s = sample(&logits, &params, &[], draw(key, t));
-            assert!(s.token < 1500, "emitted {} outside the nucleus", s.token);
-            assert!((s.logprob as f64 - (1.0f64 / 1500.0).ln()).abs() < 1e-5);
+            seen_high |= s.token >= 1500;
+            assert!((s.logprob as f64 - (1.0f64 / 3000.0).ln()).abs() < 1e-5);
+        }
+        assert!(seen_high, "tied tokens past the nucleus mass were dropped");
+    }
+
+    #[test]
+    fn a_large_nucleus_is_exact() {
+        // 3000 distinct logits, id i has logit -i/10000: the nucleus for p = 0.5 is the prefix of
+        // ids whose mass reaches half, computed here directly in f64.
+        let logits: Vec<f32> = (0..3000).map(|i| -(i as f32) / 10000.0).collect();
+        let w: Vec<f64> = logits.iter().map(|&x| (x as f64).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let mut acc = 0.0;
+        let n = w
+            .iter()
+            .position(|&x| {
+                acc += x;
+                acc >= 0.5 * total
+            })
+            .unwrap()
+            + 1;
+        assert!(n > 1024, "the nucleus should be large ({n})");
+        let z: f64 = w[..n].iter().sum();
+        let params = SamplingParams {
+            top_p: 0.5,
+            ..Default::default()
+        };
+        let key = sample_key(2, 0);
+        for t in 0..500 {
+            let s = sample(&logits, &params, &[], draw(key, t));
+            assert!(
+                (s.token as usize) < n,
+                "emitted {} outside the nucleus of {n}",
+                s.token
+            );
+            let want = (w[s.token as usize] / z).ln();
+            assert!(
+                (s.logprob as f64 - want).abs() < 1e-4,
+                "{} vs {want}",
+                s.logprob
+            );
         }
     }
 }

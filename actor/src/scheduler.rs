@@ -4,9 +4,9 @@
 //! goes back to the front of the queue to be recomputed (prompt + what it generated) later. Nothing
 //! here fails for lack of memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use crate::block_manager::{BlockCopy, BlockManager, SeqId};
+use crate::block_manager::{BlockCopy, BlockManager, SeqId, SeqMap};
 use crate::request::FinishReason;
 use crate::sampling::{draw, SamplingParams};
 use crate::step_model::{DecodeBatch, PrefillBatch};
@@ -73,7 +73,7 @@ impl StepPlan {
 pub struct Scheduler {
     limits: SchedulerLimits,
     pub blocks: BlockManager,
-    pub seqs: HashMap<SeqId, Seq>,
+    pub seqs: SeqMap<Seq>,
     params: Vec<SamplingParams>,
     waiting: VecDeque<Group>,
     /// Decoding sequences, oldest first (ids grow with arrival, so this stays sorted by id).
@@ -86,7 +86,7 @@ impl Scheduler {
         Scheduler {
             limits,
             blocks,
-            seqs: HashMap::new(),
+            seqs: SeqMap::default(),
             params: Vec::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),

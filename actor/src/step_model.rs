@@ -109,6 +109,12 @@ pub trait StepModel {
         Ok(())
     }
 
+    /// Seconds spent blocked on decode results since the last call (then reset to 0): the device's
+    /// share of a decode step as seen from the host (`RolloutStats::host_time`).
+    fn take_wait_s(&mut self) -> f64 {
+        0.0
+    }
+
     /// Decode steps replayed from a captured CUDA graph so far.
     fn graph_replays(&self) -> usize {
         0

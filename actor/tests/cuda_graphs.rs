@@ -11,7 +11,8 @@ use kernels::DType;
 mod common;
 use common::{dir, fixture, Fixture, MODELS};
 
-/// The fixture's prompts greedy, then each again sampled (T 0.8, n 3) with its own seed.
+/// The fixture's prompts greedy, then each again sampled (T 0.8, n 3) with its own seed, then
+/// with top-k 20 and top-p 0.9 (n 2).
 fn requests(fx: &Fixture) -> Vec<Request> {
     let greedy = fx.cases.iter().map(|c| Request {
         tokens: c.prompt.clone(),
@@ -33,7 +34,22 @@ fn requests(fx: &Fixture) -> Vec<Request> {
         n: 3,
         seed: 7 + i as u64,
     });
-    greedy.chain(sampled).collect()
+    // Top-k then top-p (sampled on the device since they moved into `sample_tokens`, so these
+    // steps are graphed too).
+    let filtered = fx.cases.iter().enumerate().map(|(i, c)| Request {
+        tokens: c.prompt.clone(),
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_k: 20,
+            top_p: 0.9,
+            max_new_tokens: fx.max_new_tokens,
+            stop_token_ids: vec![fx.eos_token_id],
+            ..Default::default()
+        },
+        n: 2,
+        seed: 70 + i as u64,
+    });
+    greedy.chain(sampled).chain(filtered).collect()
 }
 
 fn engine(cfg: &model::ModelConfig, kv: KvBudget, graphs: bool) -> Engine {

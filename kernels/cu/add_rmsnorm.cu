@@ -3,9 +3,43 @@
 //   r = T(x + y)                      (f32 add, one rounding to T: the `add` op, HF's bf16 residual)
 //   rstd = 1 / sqrt(mean(r²) + eps)   (over the rounded r, in f32)
 //   out = w * T(r * rstd)             (the `rmsnorm` op: normalised value rounded before the weight)
-// A warp per row, 8 rows per block (grid-stride). With C a multiple of 8 the loads, the order of
-// the sum of squares and the arithmetic are those of rmsnorm_warp, so the result equals
-// add + rmsnorm bit for bit; otherwise one element per lane.
+// add_rmsnorm_row (C a multiple of 8, C <= 8192): a block per row, each thread one 8-wide chunk
+// held in registers from the add to the store, the sum of squares by block_sum: the shortest chain
+// of dependent memory accesses for the decode step's few hundred rows. add_rmsnorm (any C): a warp
+// per row, 8 rows per block (grid-stride), 8-wide chunks when C allows, else one element per lane.
+// The two sum the squares in different orders (f32 rounding differences in rstd).
+
+template <typename T>
+__device__ void add_rmsnorm_row_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                                     T* __restrict__ r, T* __restrict__ out, float* __restrict__ rstd_out, u32 n,
+                                     u32 c, float eps) {
+    __shared__ float scratch[32];
+    const u32 j = threadIdx.x * 8;
+    float xv[8], yv[8], wv[8];
+    for (u32 row = blockIdx.x; row < n; row += gridDim.x) {
+        const size_t off = (size_t)row * c;
+        float ss = 0.0f;
+        if (j < c) {
+            ld8(x, off + j, xv);
+            ld8(y, off + j, yv);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                xv[k] = round_to<T>(xv[k] + yv[k]);
+                ss += xv[k] * xv[k];
+            }
+            st8(r, off + j, xv);
+        }
+        ss = block_sum(ss, scratch);
+        const float rstd = 1.0f / sqrtf(ss / (float)c + eps);
+        if (threadIdx.x == 0) rstd_out[row] = rstd;
+        if (j < c) {
+            ld8(w, j, wv);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) xv[k] = wv[k] * round_to<T>(xv[k] * rstd);
+            st8(out, off + j, xv);
+        }
+    }
+}
 
 template <typename T>
 __device__ void add_rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -53,6 +87,15 @@ __device__ void add_rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ 
     }
 }
 
+extern "C" __global__ void add_rmsnorm_row_f32(const float* x, const float* y, const float* w, float* r, float* out,
+                                               float* rstd, u32 n, u32 c, float eps) {
+    add_rmsnorm_row_impl(x, y, w, r, out, rstd, n, c, eps);
+}
+extern "C" __global__ void add_rmsnorm_row_bf16(const __nv_bfloat16* x, const __nv_bfloat16* y,
+                                                const __nv_bfloat16* w, __nv_bfloat16* r, __nv_bfloat16* out,
+                                                float* rstd, u32 n, u32 c, float eps) {
+    add_rmsnorm_row_impl(x, y, w, r, out, rstd, n, c, eps);
+}
 extern "C" __global__ void add_rmsnorm_f32(const float* x, const float* y, const float* w, float* r, float* out,
                                            float* rstd, u32 n, u32 c, float eps) {
     add_rmsnorm_impl(x, y, w, r, out, rstd, n, c, eps);

@@ -263,6 +263,42 @@ __device__ __forceinline__ bool tile_of(const u32* cu, u32 n_seqs, u32 H, u32 ro
     return true;
 }
 
+// A block over one query tile (forward, dq): query head h, kv head kvh, sequence start / len,
+// first row q0 and rows qn of the tile.
+struct QueryTile {
+    u32 h, kvh, start, len, q0, qn;
+};
+__device__ __forceinline__ bool query_tile(const u32* cu, u32 n_seqs, u32 H, u32 KH, u32 rows, QueryTile& tile) {
+    if (!tile_of(cu, n_seqs, H, rows, true, tile.h, tile.start, tile.len, tile.q0)) return false;
+    tile.kvh = tile.h / (H / KH);
+    tile.qn = min(rows, tile.len - tile.q0);
+    return true;
+}
+
+// The key and value tiles (BN keys) a query tile attends to, streamed through a ring of STAGES
+// shared-memory slots: the forward and the dq kernel walk them the same way.
+template <int NTHREADS>
+struct KvRing {
+    bf16* Ks;  // [STAGES][BN][LDS]
+    bf16* Vs;  // [STAGES][BN][LDS]
+    const bf16* k;
+    const bf16* v;
+    u32 start, len, n_kt;  // sequence start and length, key tiles up to the diagonal
+    size_t ks, kvoff;      // token stride of k / v, offset of the kv head
+
+    // Key tile kt into slot kt % STAGES; one commit group per call (empty past the last tile).
+    __device__ __forceinline__ void stage(u32 kt) const {
+        if (kt < n_kt) {
+            const u32 k0 = kt * BN, kn = min((u32)BN, len - k0);
+            load_tile_async<NTHREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
+            load_tile_async<NTHREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
+        }
+        cp_commit();
+    }
+    __device__ __forceinline__ const bf16* keys(u32 kt) const { return Ks + (kt % STAGES) * BN * LDS; }
+    __device__ __forceinline__ const bf16* values(u32 kt) const { return Vs + (kt % STAGES) * BN * LDS; }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Forward: one block per (query tile of BM rows, query head); warp w owns rows
 // 16·FWD_MT·w .. +16·FWD_MT (FWD_MT m-tiles that share every K and V fragment load).
@@ -276,27 +312,18 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     bf16* Ks = Qs + BM * LDS;                        // [STAGES][BN][LDS]
     bf16* Vs = Ks + STAGES * BN * LDS;               // [STAGES][BN][LDS]
 
-    u32 h, start, len, q0;
-    if (!tile_of(cu, n_seqs, H, BM, true, h, start, len, q0)) return;
-    const u32 kvh = h / (H / KH);
+    QueryTile tile;
+    if (!query_tile(cu, n_seqs, H, KH, BM, tile)) return;
+    const u32 h = tile.h, start = tile.start, len = tile.len, q0 = tile.q0, qn = tile.qn;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const u32 qn = min((u32)BM, len - q0);
-    const size_t qs = (size_t)H * D, ks = (size_t)KH * D, kvoff = (size_t)kvh * D;
+    const size_t qs = (size_t)H * D;
     const float sl2 = scale * LOG2E;
-
     const u32 n_kt = (q0 + qn + BN - 1) / BN;
-    // Key tile kt into ring slot kt % STAGES; one commit group per tile (empty past the last).
-    auto stage_kv = [&](u32 kt) {
-        if (kt < n_kt) {
-            const u32 k0 = kt * BN, kn = min((u32)BN, len - k0);
-            load_tile_async<FWD_THREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
-            load_tile_async<FWD_THREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
-        }
-        cp_commit();
-    };
+    const KvRing<FWD_THREADS> ring{Ks, Vs, k, v, start, len, n_kt, (size_t)KH * D, (size_t)tile.kvh * D};
+
     load_tile_async<FWD_THREADS>(Qs, q, start + q0, BM, qn, qs, (size_t)h * D);
 #pragma unroll
-    for (u32 i = 0; i < STAGES - 1; ++i) stage_kv(i);
+    for (u32 i = 0; i < STAGES - 1; ++i) ring.stage(i);
 
     const u32 wr0 = warp * 16 * FWD_MT;  // the warp's first row in the tile
     // Warp-uniform: the warp has real rows, and the last of them (keys past it are all masked).
@@ -314,11 +341,11 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 
     for (u32 kt = 0; kt < n_kt; ++kt) {
         const u32 k0 = kt * BN;
-        const bf16* Kc = Ks + (kt % STAGES) * BN * LDS;
-        const bf16* Vc = Vs + (kt % STAGES) * BN * LDS;
+        const bf16* Kc = ring.keys(kt);
+        const bf16* Vc = ring.values(kt);
         cp_wait<STAGES - 2>();  // tile kt (and Q) landed
         __syncthreads();        // ... for every thread; and the slot of tile kt - 1 is free
-        stage_kv(kt + STAGES - 1);
+        ring.stage(kt + STAGES - 1);
         if (kt == 0) {
 #pragma unroll
             for (int mt = 0; mt < FWD_MT; ++mt)
@@ -691,28 +718,19 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     bf16* Ks = dOs + BMQ * LDS;                      // [STAGES][BN][LDS]
     bf16* Vs = Ks + STAGES * BN * LDS;               // [STAGES][BN][LDS]
 
-    u32 h, start, len, q0;
-    if (!tile_of(cu, n_seqs, H, BMQ, true, h, start, len, q0)) return;
-    const u32 kvh = h / (H / KH);
+    QueryTile tile;
+    if (!query_tile(cu, n_seqs, H, KH, BMQ, tile)) return;
+    const u32 h = tile.h, start = tile.start, len = tile.len, q0 = tile.q0, qn = tile.qn;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const u32 qn = min((u32)BMQ, len - q0);
-    const size_t qs = (size_t)H * D, ks = (size_t)KH * D, kvoff = (size_t)kvh * D;
+    const size_t qs = (size_t)H * D;
     const float sl2 = scale * LOG2E;
-
     const u32 n_kt = (q0 + qn + BN - 1) / BN;
-    // Key tile kt into ring slot kt % STAGES; one commit group per tile (empty past the last).
-    auto stage_kv = [&](u32 kt) {
-        if (kt < n_kt) {
-            const u32 k0 = kt * BN, kn = min((u32)BN, len - k0);
-            load_tile_async<DQ_THREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
-            load_tile_async<DQ_THREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
-        }
-        cp_commit();
-    };
+    const KvRing<DQ_THREADS> ring{Ks, Vs, k, v, start, len, n_kt, (size_t)KH * D, (size_t)tile.kvh * D};
+
     load_tile_async<DQ_THREADS>(Qs, q, start + q0, BMQ, qn, qs, (size_t)h * D);
     load_tile_async<DQ_THREADS>(dOs, dout, start + q0, BMQ, qn, qs, (size_t)h * D);
 #pragma unroll
-    for (u32 i = 0; i < STAGES - 1; ++i) stage_kv(i);
+    for (u32 i = 0; i < STAGES - 1; ++i) ring.stage(i);
 
     const u32 wr0 = warp * 16;
     const bool has_rows = wr0 < qn;
@@ -732,11 +750,11 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 
     for (u32 kt = 0; kt < n_kt; ++kt) {
         const u32 k0 = kt * BN;
-        const bf16* Kc = Ks + (kt % STAGES) * BN * LDS;
-        const bf16* Vc = Vs + (kt % STAGES) * BN * LDS;
+        const bf16* Kc = ring.keys(kt);
+        const bf16* Vc = ring.values(kt);
         cp_wait<STAGES - 2>();  // tile kt (and Q, dO) landed
         __syncthreads();        // ... for every thread; and the slot of tile kt - 1 is free
-        stage_kv(kt + STAGES - 1);
+        ring.stage(kt + STAGES - 1);
         if (kt == 0) {
 #pragma unroll
             for (int kk = 0; kk < KS_D; ++kk) {

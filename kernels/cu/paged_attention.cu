@@ -1,20 +1,25 @@
 // Paged decode attention (one query token per sequence), split-K ("flash decoding").
 //
-// Compile-time: HEAD_DIM (D), GROUP (= H / K query heads per kv head), PART (tokens per partition).
-// Grid (partitions, K, S); block NWARPS warps. One thread block handles the GROUP query heads that
-// share kv head `kh` of sequence `s` over one partition of its context, so each K/V row is read
-// once for all of them (GQA).
+// Compile-time: HEAD_DIM (D), GROUP (= H / K query heads per kv head), PART (tokens per partition),
+// WIDE (0/1: twice the lanes per token, half the registers), UNROLL (tokens per lane group per
+// iteration). Grid (partitions, K, S); block NWARPS warps. One thread block handles the GROUP query
+// heads that share kv head `kh` of sequence `s` over one partition of its context, so each K/V row
+// is read once for all of them (GQA).
 //
-// A warp works on TPW tokens at once: LPT lanes per token (a power of two), each lane holding EPL
-// consecutive head-dim elements (8 = one 16-byte bf16 load when D is a multiple of 8). So for
-// D = 64 a warp reads 4 K rows and 4 V rows per iteration with vectorised loads, and the q·k dot
-// of each query head needs only log2(LPT) shuffles. Each lane group keeps an online softmax (max
-// m, sum l, weighted values acc) per query head; groups are merged with shuffles, warps in shared
-// memory.
+// A warp works on TPW × UNROLL tokens at once: LPT lanes per token (a power of two), each lane
+// holding EPL consecutive head-dim elements (8 = one 16-byte bf16 load when D is a multiple of 8).
+// So for D = 64 a warp reads 4 K rows and 4 V rows per iteration and unroll step with vectorised
+// loads, and the q·k dot of each query head needs only log2(LPT) shuffles. UNROLL > 1 issues the
+// loads of several tokens before using any, so more bytes are in flight per warp (decode attention
+// is bound by memory latency at small contexts). Each lane group keeps an online softmax (max m,
+// sum l, weighted values acc) per query head; groups are merged with shuffles, warps in shared
+// memory. The per-lane state is GROUP × EPL values: WIDE halves EPL (8-byte loads) so that a large
+// group (Qwen2.5's 7) leaves room for more resident blocks.
 //
 // With one partition the block writes the output; otherwise it writes (m, l, acc) per
 // (s, h, partition) to f32 scratch and paged_attention_combine_* merges the partitions, so one
-// long sequence is spread over many SMs instead of serialising on one.
+// long sequence is spread over many SMs instead of serialising on one, and a batch of short ones
+// fills more SMs.
 //
 // The number of partitions comes from a host-side bound on the context length: nothing here needs
 // the host to read device data, so a decode step can be captured in a CUDA graph.
@@ -28,27 +33,50 @@
 #ifndef PART
 #define PART 512
 #endif
+#ifndef WIDE
+#define WIDE 0
+#endif
+#ifndef UNROLL
+#define UNROLL 1
+#endif
 #define NWARPS 4
-#define CHUNKS ((HEAD_DIM + 7) / 8)  // 8-element chunks of a row
+#define VEC (WIDE ? 4 : 8)                                       // elements per load
+#define CHUNKS ((HEAD_DIM + VEC - 1) / VEC)                      // VEC-element chunks of a row
 #define LPT (CHUNKS <= 1 ? 1 : CHUNKS <= 2 ? 2 : CHUNKS <= 4 ? 4 : CHUNKS <= 8 ? 8 : CHUNKS <= 16 ? 16 : 32)
-#define TPW (32 / LPT)                                          // tokens per warp per iteration
-#define EPL (((HEAD_DIM + LPT * 8 - 1) / (LPT * 8)) * 8)        // head-dim elements per lane
-#define ROW_PAD (LPT * EPL)                                     // >= HEAD_DIM
+#define TPW (32 / LPT)                                           // tokens per warp per unroll step
+#define EPL (((HEAD_DIM + LPT * VEC - 1) / (LPT * VEC)) * VEC)   // head-dim elements per lane
+#define ROW_PAD (LPT * EPL)                                      // >= HEAD_DIM
+
+// 4 consecutive elements starting at element i (i a multiple of 4): one 8-byte access for bf16.
+__device__ __forceinline__ void pa_ld4(const float* p, size_t i, float* v) {
+    const float4 a = *reinterpret_cast<const float4*>(p + i);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+__device__ __forceinline__ void pa_ld4(const __nv_bfloat16* p, size_t i, float* v) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p + i);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
 
 // EPL elements of a row starting at element `first` of the head dim (zeros past HEAD_DIM).
 template <typename T>
 __device__ __forceinline__ void load_slice(const T* __restrict__ p, size_t row, int first, float* v) {
 #pragma unroll
-    for (int c = 0; c < EPL; c += 8) {
+    for (int c = 0; c < EPL; c += VEC) {
         const int i = first + c;
-#if HEAD_DIM % 8 == 0
-        if (i + 8 <= HEAD_DIM) {
+#if HEAD_DIM % VEC == 0
+        if (i + VEC <= HEAD_DIM) {
+#if WIDE
+            pa_ld4(p, row + i, v + c);
+#else
             ld8(p, row + i, v + c);
+#endif
             continue;
         }
 #endif
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[c + e] = i + e < HEAD_DIM ? ld(p, row + i + e) : 0.0f;
+        for (int e = 0; e < VEC; ++e) v[c + e] = i + e < HEAD_DIM ? ld(p, row + i + e) : 0.0f;
     }
 }
 
@@ -88,34 +116,42 @@ __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restric
     }
 
     // Whole warps iterate together (the dot products shuffle across lanes).
-    for (u32 base = start + warp * TPW; base < end; base += NWARPS * TPW) {
-        const u32 pos = base + tok;
-        const bool valid = pos < end;
-        float kr[EPL], vr[EPL];
-        if (valid) {
-            const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
-            const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
-            load_slice(kc, row, first, kr);
-            load_slice(vc, row, first, vr);
-        } else {
+    for (u32 base = start + warp * (TPW * UNROLL); base < end; base += NWARPS * TPW * UNROLL) {
+        float kr[UNROLL][EPL], vr[UNROLL][EPL];
+        bool valid[UNROLL];
+        // Issue every load of the UNROLL tokens before using any.
 #pragma unroll
-            for (int e = 0; e < EPL; ++e) kr[e] = vr[e] = 0.0f;
+        for (int u = 0; u < UNROLL; ++u) {
+            const u32 pos = base + u * TPW + tok;
+            valid[u] = pos < end;
+            if (valid[u]) {
+                const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
+                const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
+                load_slice(kc, row, first, kr[u]);
+                load_slice(vc, row, first, vr[u]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < EPL; ++e) kr[u][e] = vr[u][e] = 0.0f;
+            }
         }
 #pragma unroll
-        for (int g = 0; g < GROUP; ++g) {
-            float dot = 0.0f;
+        for (int u = 0; u < UNROLL; ++u) {
 #pragma unroll
-            for (int e = 0; e < EPL; ++e) dot += qr[g][e] * kr[e];
+            for (int g = 0; g < GROUP; ++g) {
+                float dot = 0.0f;
 #pragma unroll
-            for (int o = LPT / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            if (valid) {
-                const float m_new = fmaxf(m[g], dot);
-                const float corr = expf(m[g] - m_new);  // 0 on the first token (m = -inf)
-                const float p = expf(dot - m_new);
-                l[g] = l[g] * corr + p;
+                for (int e = 0; e < EPL; ++e) dot += qr[g][e] * kr[u][e];
 #pragma unroll
-                for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * corr + p * vr[e];
-                m[g] = m_new;
+                for (int o = LPT / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                if (valid[u]) {
+                    const float m_new = fmaxf(m[g], dot);
+                    const float corr = expf(m[g] - m_new);  // 0 on the first token (m = -inf)
+                    const float p = expf(dot - m_new);
+                    l[g] = l[g] * corr + p;
+#pragma unroll
+                    for (int e = 0; e < EPL; ++e) acc[g][e] = acc[g][e] * corr + p * vr[u][e];
+                    m[g] = m_new;
+                }
             }
         }
     }

@@ -6,11 +6,10 @@
 //      the f32 angle evaluated in f64 and rounded to f32, one rounding to T of the result);
 //   3. writes q[N,H,D], k[N,K,D], v[N,K,D] and k, v into their paged-cache slots (kc, vc [P,K,D];
 //      a slot >= P, e.g. u32::MAX for an idle row, is skipped, as in kv_cache_write).
-// Layout as rope.cu: one block per TPB consecutive tokens (grid-stride), their cos/sin tables in
-// shared memory, threads over (token, head, pair); 8 consecutive pairs per thread when D/2 is a
-// multiple of 8 (16-byte accesses).
-
-#define TPB 8
+// Layout as rope.cu: one block per `tpb` (1 to 8) consecutive tokens (grid-stride), their cos/sin
+// tables in shared memory, threads over (token, head, pair); 8 consecutive pairs per thread when
+// D/2 is a multiple of 8 (16-byte accesses). The host picks tpb so that a decode batch of a few
+// hundred tokens still spreads over every SM (one token per block at B 256).
 
 // V consecutive elements at i: 8 (vector access) or 1.
 template <int V, typename P>
@@ -90,11 +89,11 @@ template <typename T>
 __device__ void qkv_rope_cache_impl(const float* __restrict__ acc, const T* __restrict__ bias,
                                     const u32* __restrict__ pos, const u32* __restrict__ slots, T* __restrict__ q,
                                     T* __restrict__ k, T* __restrict__ v, T* __restrict__ kc, T* __restrict__ vc,
-                                    u32 n, u32 heads, u32 kv_heads, u32 d, u32 num_slots, float theta) {
-    extern __shared__ float tab[];  // [TPB][D]: cos in [0, D/2), sin in [D/2, D)
+                                    u32 n, u32 heads, u32 kv_heads, u32 d, u32 num_slots, float theta, u32 tpb) {
+    extern __shared__ float tab[];  // [tpb][D]: cos in [0, D/2), sin in [D/2, D)
     const u32 half = d / 2, all = heads + 2 * kv_heads;
-    for (u32 tok0 = blockIdx.x * TPB; tok0 < n; tok0 += gridDim.x * TPB) {
-        const u32 nt = min((u32)TPB, n - tok0);
+    for (u32 tok0 = blockIdx.x * tpb; tok0 < n; tok0 += gridDim.x * tpb) {
+        const u32 nt = min(tpb, n - tok0);
         __syncthreads();  // the previous tokens' table is no longer read
         for (u32 idx = threadIdx.x; idx < nt * half; idx += blockDim.x) {
             const u32 tk = idx / half, i = idx % half;
@@ -128,8 +127,8 @@ __device__ void qkv_rope_cache_impl(const float* __restrict__ acc, const T* __re
 #define QKV_ROPE_CACHE(S, T)                                                                                        \
     extern "C" __global__ void qkv_rope_cache_##S(const float* acc, const T* bias, const u32* pos, const u32* slots, \
                                                   T* q, T* k, T* v, T* kc, T* vc, u32 n, u32 heads, u32 kv_heads,    \
-                                                  u32 d, u32 num_slots, float theta) {                               \
-        qkv_rope_cache_impl(acc, bias, pos, slots, q, k, v, kc, vc, n, heads, kv_heads, d, num_slots, theta);        \
+                                                  u32 d, u32 num_slots, float theta, u32 tpb) {                      \
+        qkv_rope_cache_impl(acc, bias, pos, slots, q, k, v, kc, vc, n, heads, kv_heads, d, num_slots, theta, tpb);   \
     }
 
 QKV_ROPE_CACHE(f32, float)

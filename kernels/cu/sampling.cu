@@ -1,20 +1,30 @@
-// Next-token sampling on the GPU: greedy, or temperature sampling by inverse CDF in token-id order,
-// with banned ids and the log-prob of the chosen token. Only [S] tokens and log-probs leave the
-// device, instead of [S, V] logits.
+// Next-token sampling on the GPU: greedy, or temperature sampling with optional top-k / top-p by
+// inverse CDF in token-id order, with banned ids and the log-prob of the chosen token. Only [S]
+// tokens and log-probs leave the device, instead of [S, V] logits.
 //
 // One thread block per output j (grid S, SAMPLE_THREADS threads). spec[j] = (row, temperature bits,
-// draw, banned ids ... padded with 0xffffffff), `cols` u32 per output. The uniform of the draw is
-// u = (draw + 0.5) / 2^32, computed in double exactly as the CPU reference (cpu/sampling.rs) does.
+// draw, top-k, top-p bits, banned ids ... padded with 0xffffffff), `cols` u32 per output. The
+// uniform of the draw is u = (draw + 0.5) / 2^32, computed in double exactly as the CPU reference
+// (cpu/sampling.rs) does.
 //
 // Greedy (temperature 0): argmax over the allowed ids (lowest id on ties), log-prob under the
 // unfiltered temperature-1 softmax: -ln sum_i exp(x_i - max). One pass, an online (max, sum) per
 // thread over a coalesced strided range, merged across the block.
 //
+// Top-k / top-p (ops/sampling.rs defines them) keep the ids whose order key (the logit's f32 bits
+// mapped to an order-preserving u32) is >= a threshold key. The threshold is found by radix
+// selection, most significant byte first: per byte, a 256-bin histogram of the candidates that
+// match the bytes chosen so far (a count for top-k, the fixed-point weight floor(w * 2^32) for
+// top-p), a block scan of the bins from the top, and the bin where the running total reaches the
+// goal becomes the next byte. Four passes over the row per filter; the integer sums are exact in
+// any order, so the threshold equals the CPU reference's.
+//
 // Sampling: pass 1 finds the max of the allowed logits; pass 2 gives each thread one contiguous
-// chunk of ids and sums its weights w_i = exp((x_i - max) / T) in double; an exclusive scan of the
-// chunk sums places target = u * Z in exactly one chunk, whose thread walks it in id order to the
-// first id whose running sum exceeds the target. Log-prob = ln(w / Z). Everything is a function of
-// the row, the parameters and the draw, so a sequence's token does not depend on the batch.
+// chunk of ids and sums the weights of the kept ids w_i = exp((x_i - max) / T) in double; an
+// exclusive scan of the chunk sums places target = u * Z in exactly one chunk, whose thread walks
+// it in id order to the first id whose running sum exceeds the target. Log-prob = ln(w / Z).
+// Everything is a function of the row, the parameters and the draw, so a sequence's token does not
+// depend on the batch.
 
 #ifndef SAMPLE_THREADS
 #define SAMPLE_THREADS 1024
@@ -64,6 +74,58 @@ __device__ __forceinline__ double block_inclusive_scan(double v, double* warp_to
     return warp > 0 ? v + warp_tot[warp - 1] : v;
 }
 
+// Order-preserving key of a float (ops::sampling::order_key).
+__device__ __forceinline__ u32 order_key(float x) {
+    const u32 b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The largest key v such that the candidates (allowed ids with key >= floor) with key >= v reach
+// the goal: a count of k (mass = false), or top_p of their total fixed-point weight (mass = true).
+// Returns `floor` when the candidates never reach the goal (top-k with k >= their number). All
+// threads of the block must call it.
+template <typename T>
+__device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banned, u32 nb, u32 floor, bool mass,
+                            float inv_t, float ymax, double k_or_p, unsigned long long* hist, double* scan,
+                            u32* sm_sel, double* sm_above) {
+    u32 prefix = 0;
+    double above = 0.0, goal = k_or_p;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        const u32 hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+        for (u32 t = threadIdx.x; t < 256; t += SAMPLE_THREADS) hist[t] = 0ull;
+        if (threadIdx.x == 0) *sm_sel = NO_TOKEN;
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
+            if (!allowed(i, banned, nb)) continue;
+            const float xi = ld(x, i);
+            if (xi == -INFINITY) continue;
+            const u32 key = order_key(xi);
+            if (key < floor || (key & hi_mask) != prefix) continue;
+            // Truncation as in ops::sampling::weight_fixed.
+            const unsigned long long w =
+                mass ? (unsigned long long)(expf(xi * inv_t - ymax) * 4294967296.0f) : 1ull;
+            if (w != 0ull) atomicAdd(&hist[(key >> shift) & 255u], w);
+        }
+        __syncthreads();
+        // Bins from the top (digit 255 first); totals are integers below 2^53, exact in double.
+        const double v = threadIdx.x < 256 ? (double)hist[255 - threadIdx.x] : 0.0;
+        const double incl = block_inclusive_scan(v, scan);
+        if (mass && shift == 24) goal = k_or_p * scan[SAMPLE_WARPS - 1];
+        if (v > 0.0 && above + (incl - v) < goal && goal <= above + incl) {
+            *sm_sel = 255 - threadIdx.x;
+            *sm_above = above + (incl - v);
+        }
+        __syncthreads();
+        const u32 sel = *sm_sel;
+        const double above_sel = *sm_above;
+        __syncthreads();  // everyone has read them before they (or the scan's totals) are reused
+        if (sel == NO_TOKEN) return floor;  // the same for every thread
+        prefix |= sel << shift;
+        above = above_sel;
+    }
+    return prefix;
+}
+
 template <typename T>
 __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict__ spec, u32* __restrict__ out,
                             u32 vocab, u32 cols) {
@@ -72,15 +134,20 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
     __shared__ double sm_scan[SAMPLE_WARPS];
     __shared__ u32 sm_banned[16];
     __shared__ u32 sm_pick, sm_last;
+    __shared__ unsigned long long sm_hist[256];
+    __shared__ u32 sm_sel;
+    __shared__ double sm_above;
 
     const u32 j = blockIdx.x;
     const u32* sp = spec + (size_t)j * cols;
     const u32 row = sp[0];
     const float temp = __uint_as_float(sp[1]);
     const u32 draw = sp[2];
-    u32 nb = cols - 3;
-    if (nb > 16) nb = 16;  // the host checks cols <= 19
-    if (threadIdx.x < nb) sm_banned[threadIdx.x] = sp[3 + threadIdx.x];
+    const u32 top_k = sp[3];
+    const float top_p = __uint_as_float(sp[4]);
+    u32 nb = cols - 5;
+    if (nb > 16) nb = 16;  // the host checks cols <= 21
+    if (threadIdx.x < nb) sm_banned[threadIdx.x] = sp[5 + threadIdx.x];
     __syncthreads();
     // Padding ids are >= vocab and never match a token.
     const T* x = logits + (size_t)row * vocab;
@@ -143,13 +210,23 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
         return;
     }
 
+    // Top-k, then top-p over what top-k kept: the smallest key a kept id has (0 keeps all). The
+    // max is always kept, so ymax stays the max of the kept ids.
+    u32 floor = 0;
+    if (top_k > 0)
+        floor = radix_select(x, vocab, sm_banned, nb, 0u, false, inv_t, ymax, (double)top_k, sm_hist, sm_scan,
+                             &sm_sel, &sm_above);
+    if (top_p < 1.0f)
+        floor = radix_select(x, vocab, sm_banned, nb, floor, true, inv_t, ymax, (double)top_p, sm_hist, sm_scan,
+                             &sm_sel, &sm_above);
+
     // Pass 2: contiguous chunks in id order, weight sums in double.
     const u32 chunk = (vocab + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
     const u32 lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
     double sum = 0.0;
     u32 last = NO_TOKEN;  // last id of the chunk with a positive weight
     for (u32 i = lo; i < hi; ++i) {
-        if (!allowed(i, sm_banned, nb)) continue;
+        if (!allowed(i, sm_banned, nb) || order_key(ld(x, i)) < floor) continue;
         const float w = expf(ld(x, i) * inv_t - ymax);
         sum += (double)w;
         if (w > 0.0f) last = i;
@@ -167,7 +244,7 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
         double acc = excl;
         u32 pick = last;  // if rounding keeps the walk below the target
         for (u32 i = lo; i < hi; ++i) {
-            if (!allowed(i, sm_banned, nb)) continue;
+            if (!allowed(i, sm_banned, nb) || order_key(ld(x, i)) < floor) continue;
             acc += (double)expf(ld(x, i) * inv_t - ymax);
             if (acc > target) {
                 pick = i;

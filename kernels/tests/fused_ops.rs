@@ -302,8 +302,9 @@ fn qkv_rope_cache_rejects_bad_shapes() {
 fn add_rmsnorm_equals_add_then_rmsnorm() {
     for dev in test_devices() {
         for dtype in dtypes(&dev) {
-            // C = 896 (Qwen2.5-0.5B, 8-wide path) and C = 100 (scalar path).
-            for (n, c) in [(33usize, 896usize), (5, 100)] {
+            // GPU paths: C = 896 (Qwen2.5-0.5B; a block per row), C = 8200 (a warp per row,
+            // 8-wide) and C = 100 (a warp per row, one element per lane).
+            for (n, c) in [(33usize, 896usize), (3, 8200), (5, 100)] {
                 let x = float_tensor(randn_vec(n * c, 1), &[n, c], &dev, dtype);
                 let y = float_tensor(randn_vec(n * c, 2), &[n, c], &dev, dtype);
                 let w = float_tensor(randn_vec(c, 3), &[c], &dev, dtype);

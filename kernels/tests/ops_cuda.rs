@@ -408,100 +408,34 @@ fn cuda_swiglu_matches_cpu() {
     }
 }
 
-#[test]
-fn cuda_attention_matches_cpu() {
-    let Some(dev) = gpu() else { return };
-    // Sequences crossing tile edges (32 / 64), one of length 1, one empty.
-    let cu_seqlens: Vec<u32> = vec![0, 1, 71, 71, 200, 233, 300];
-    let n = *cu_seqlens.last().unwrap() as usize;
-    for (k, dtype) in DTYPES.into_iter().enumerate() {
-        for (case, &(h, kh, d)) in [
-            (6, 2, 64),
-            (14, 2, 64),
-            (4, 4, 128),
-            (3, 1, 24),
-            (2, 1, 256),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let seed = 500 + 10 * (k * 4 + case) as u64;
-            let scale = 1.0 / (d as f32).sqrt();
-            let q = draw(n * h * d, seed, dtype, 1.0);
-            let kk = draw(n * kh * d, seed + 1, dtype, 1.0);
-            let v = draw(n * kh * d, seed + 2, dtype, 1.0);
-            let dout = draw(n * h * d, seed + 3, dtype, 1.0);
-            let (gq, gk, gv) = (
-                gpu_t(&q, &[n, h, d], &dev, dtype),
-                gpu_t(&kk, &[n, kh, d], &dev, dtype),
-                gpu_t(&v, &[n, kh, d], &dev, dtype),
-            );
-            let (cq, ck, cv) = (
-                cpu_t(&q, &[n, h, d]),
-                cpu_t(&kk, &[n, kh, d]),
-                cpu_t(&v, &[n, kh, d]),
-            );
-            let (gcu, ccu) = (ids(&cu_seqlens, &dev), ids(&cu_seqlens, &CPU));
-            let name = format!("attention H{h} K{kh} D{d}");
-            let (gout, glse) = ops::attention(&gq, &gk, &gv, &gcu, scale).unwrap();
-            let (cout, clse) = ops::attention(&cq, &ck, &cv, &ccu, scale).unwrap();
-            check(
-                &format!("{name} out"),
-                dtype,
-                &gout,
-                &cout,
-                tol(dtype, true),
-            );
-            check(
-                &format!("{name} lse"),
-                dtype,
-                &glse,
-                &clse,
-                tol(DType::F32, true),
-            );
-            // Backward from the same (CPU) forward values, so only the backward is compared.
-            let gouts = gpu_t(&host(&cout), &[n, h, d], &dev, dtype);
-            let (gdq, gdk, gdv) = ops::attention_backward(
-                &gpu_t(&dout, &[n, h, d], &dev, dtype),
-                &gq,
-                &gk,
-                &gv,
-                &gouts,
-                &Tensor::from_f32(host(&clse), &[n, h], &dev).unwrap(),
-                &gcu,
-                scale,
-            )
-            .unwrap();
-            let couts = cpu_t(&representable(host(&cout), dtype), &[n, h, d]);
-            let (cdq, cdk, cdv) = ops::attention_backward(
-                &cpu_t(&dout, &[n, h, d]),
-                &cq,
-                &ck,
-                &cv,
-                &couts,
-                &clse,
-                &ccu,
-                scale,
-            )
-            .unwrap();
-            check(&format!("{name} dq"), dtype, &gdq, &cdq, tol(dtype, true));
-            check(&format!("{name} dk"), dtype, &gdk, &cdk, tol(dtype, true));
-            check(&format!("{name} dv"), dtype, &gdv, &cdv, tol(dtype, true));
-        }
-    }
+/// One attention problem: random inputs representable in `dtype` on the GPU, and the CPU f32
+/// reference forward and backward. The backward runs from the CPU forward's out (rounded to
+/// `dtype`) and lse, so that only the backward is compared.
+struct AttentionCase {
+    name: String,
+    dtype: DType,
+    scale: f32,
+    /// GPU q, k, v, dout, cu_seqlens, and the reference out and lse.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dout: Tensor,
+    cu: Tensor,
+    out_ref: Tensor,
+    lse_ref: Tensor,
+    /// CPU out, lse, dq, dk, dv.
+    want: [Tensor; 5],
 }
 
-/// Every tensor-core tile variant (tile shapes, register caps, block order, split dq) against the
-/// CPU f32 reference, bf16, on sequences longer than the largest tiles (several key and query
-/// tiles, partial last tiles, lengths 1 and 0) and GQA groups of 7 and 1.
-#[test]
-fn cuda_attention_variants_match_cpu() {
-    let Some(dev) = gpu() else { return };
-    let dtype = DType::BF16;
-    let cu_seqlens: Vec<u32> = vec![0, 300, 301, 301, 557, 620];
-    let n = *cu_seqlens.last().unwrap() as usize;
-    for (case, &(h, kh, d)) in [(14, 2, 64), (4, 4, 128), (2, 2, 32)].iter().enumerate() {
-        let seed = 900 + 10 * case as u64;
+impl AttentionCase {
+    fn new(
+        dev: &Device,
+        cu_seqlens: &[u32],
+        (h, kh, d): (usize, usize, usize),
+        dtype: DType,
+        seed: u64,
+    ) -> AttentionCase {
+        let n = *cu_seqlens.last().unwrap() as usize;
         let scale = 1.0 / (d as f32).sqrt();
         let q = draw(n * h * d, seed, dtype, 1.0);
         let kk = draw(n * kh * d, seed + 1, dtype, 1.0);
@@ -512,7 +446,7 @@ fn cuda_attention_variants_match_cpu() {
             cpu_t(&kk, &[n, kh, d]),
             cpu_t(&v, &[n, kh, d]),
         );
-        let ccu = ids(&cu_seqlens, &CPU);
+        let ccu = ids(cu_seqlens, &CPU);
         let (cout, clse) = ops::attention(&cq, &ck, &cv, &ccu, scale).unwrap();
         let couts = cpu_t(&representable(host(&cout), dtype), &[n, h, d]);
         let (cdq, cdk, cdv) = ops::attention_backward(
@@ -526,38 +460,100 @@ fn cuda_attention_variants_match_cpu() {
             scale,
         )
         .unwrap();
-        let (gq, gk, gv) = (
-            gpu_t(&q, &[n, h, d], &dev, dtype),
-            gpu_t(&kk, &[n, kh, d], &dev, dtype),
-            gpu_t(&v, &[n, kh, d], &dev, dtype),
+        AttentionCase {
+            name: format!("H{h} K{kh} D{d}"),
+            dtype,
+            scale,
+            q: gpu_t(&q, &[n, h, d], dev, dtype),
+            k: gpu_t(&kk, &[n, kh, d], dev, dtype),
+            v: gpu_t(&v, &[n, kh, d], dev, dtype),
+            dout: gpu_t(&dout, &[n, h, d], dev, dtype),
+            cu: ids(cu_seqlens, dev),
+            out_ref: gpu_t(&host(&cout), &[n, h, d], dev, dtype),
+            lse_ref: Tensor::from_f32(host(&clse), &[n, h], dev).unwrap(),
+            want: [cout, clse, cdq, cdk, cdv],
+        }
+    }
+
+    /// Checks a GPU forward (out, lse) and backward (dq, dk, dv) against the reference.
+    fn check(
+        &self,
+        label: &str,
+        (out, lse): (Tensor, Tensor),
+        (dq, dk, dv): (Tensor, Tensor, Tensor),
+    ) {
+        let dtype = self.dtype;
+        let name = format!("attention {label}{}", self.name);
+        let [cout, clse, cdq, cdk, cdv] = &self.want;
+        check(&format!("{name} out"), dtype, &out, cout, tol(dtype, true));
+        check(
+            &format!("{name} lse"),
+            dtype,
+            &lse,
+            clse,
+            tol(DType::F32, true),
         );
-        let gcu = ids(&cu_seqlens, &dev);
-        let gdout = gpu_t(&dout, &[n, h, d], &dev, dtype);
-        let gouts = gpu_t(&host(&cout), &[n, h, d], &dev, dtype);
-        let glse = Tensor::from_f32(host(&clse), &[n, h], &dev).unwrap();
+        check(&format!("{name} dq"), dtype, &dq, cdq, tol(dtype, true));
+        check(&format!("{name} dk"), dtype, &dk, cdk, tol(dtype, true));
+        check(&format!("{name} dv"), dtype, &dv, cdv, tol(dtype, true));
+    }
+}
+
+#[test]
+fn cuda_attention_matches_cpu() {
+    let Some(dev) = gpu() else { return };
+    // Sequences crossing tile edges (32 / 64), one of length 1, one empty.
+    let cu_seqlens: Vec<u32> = vec![0, 1, 71, 71, 200, 233, 300];
+    for (k, dtype) in DTYPES.into_iter().enumerate() {
+        for (case, &shape) in [
+            (6, 2, 64),
+            (14, 2, 64),
+            (4, 4, 128),
+            (3, 1, 24),
+            (2, 1, 256),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let c = AttentionCase::new(
+                &dev,
+                &cu_seqlens,
+                shape,
+                dtype,
+                500 + 10 * (k * 4 + case) as u64,
+            );
+            let fwd = ops::attention(&c.q, &c.k, &c.v, &c.cu, c.scale).unwrap();
+            let bwd = ops::attention_backward(
+                &c.dout, &c.q, &c.k, &c.v, &c.out_ref, &c.lse_ref, &c.cu, c.scale,
+            )
+            .unwrap();
+            c.check("", fwd, bwd);
+        }
+    }
+}
+
+/// Every tensor-core tile variant (tile shapes, register caps, block order, split dq, pipeline
+/// depth) against the CPU f32 reference, bf16, on sequences longer than the largest tiles
+/// (several key and query tiles, partial last tiles, lengths 1 and 0) and GQA groups of 7 and 1.
+#[test]
+fn cuda_attention_variants_match_cpu() {
+    let Some(dev) = gpu() else { return };
+    let cu_seqlens: Vec<u32> = vec![0, 300, 301, 301, 557, 620];
+    for (case, &shape) in [(14, 2, 64), (4, 4, 128), (2, 2, 32)].iter().enumerate() {
+        let c = AttentionCase::new(
+            &dev,
+            &cu_seqlens,
+            shape,
+            DType::BF16,
+            900 + 10 * case as u64,
+        );
         for (label, cfg) in FaConfig::candidates() {
-            let name = format!("attention {label} H{h} K{kh} D{d}");
-            let (gout, glse_own) = attention_with(&cfg, &gq, &gk, &gv, &gcu, scale).unwrap();
-            check(
-                &format!("{name} out"),
-                dtype,
-                &gout,
-                &cout,
-                tol(dtype, true),
-            );
-            check(
-                &format!("{name} lse"),
-                dtype,
-                &glse_own,
-                &clse,
-                tol(DType::F32, true),
-            );
-            let (gdq, gdk, gdv) =
-                attention_backward_with(&cfg, &gdout, &gq, &gk, &gv, &gouts, &glse, &gcu, scale)
-                    .unwrap();
-            check(&format!("{name} dq"), dtype, &gdq, &cdq, tol(dtype, true));
-            check(&format!("{name} dk"), dtype, &gdk, &cdk, tol(dtype, true));
-            check(&format!("{name} dv"), dtype, &gdv, &cdv, tol(dtype, true));
+            let fwd = attention_with(&cfg, &c.q, &c.k, &c.v, &c.cu, c.scale).unwrap();
+            let bwd = attention_backward_with(
+                &cfg, &c.dout, &c.q, &c.k, &c.v, &c.out_ref, &c.lse_ref, &c.cu, c.scale,
+            )
+            .unwrap();
+            c.check(&format!("{label} "), fwd, bwd);
         }
     }
 }

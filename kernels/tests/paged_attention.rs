@@ -37,7 +37,13 @@ struct Case {
 
 /// Runs paged attention on `dev` in `dtype` and the packed causal reference on the CPU in f32 (on
 /// the same rounded inputs); returns the relative error.
-fn paged_vs_packed(case: &Case, dev: &Device, dtype: DType, seed: u64) -> f64 {
+fn paged_vs_packed(
+    case: &Case,
+    dev: &Device,
+    dtype: DType,
+    seed: u64,
+    split: Option<pa::PagedConfig>,
+) -> f64 {
     let Case {
         lens,
         h,
@@ -107,16 +113,16 @@ fn paged_vs_packed(case: &Case, dev: &Device, dtype: DType, seed: u64) -> f64 {
     )
     .unwrap();
     let lens_u32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
-    let out = ops::paged_attention(
-        &put(&q_last, &[s, h, d], dev, dtype),
-        &kc,
-        &vc,
-        &Tensor::from_u32(tables, &[s, max_blocks], dev).unwrap(),
-        &Tensor::from_u32(lens_u32, &[s], dev).unwrap(),
-        bs,
-        *lens.iter().max().unwrap(),
-        scale,
-    )
+    let q_t = put(&q_last, &[s, h, d], dev, dtype);
+    let tables = Tensor::from_u32(tables, &[s, max_blocks], dev).unwrap();
+    let lens_t = Tensor::from_u32(lens_u32, &[s], dev).unwrap();
+    let max_len = *lens.iter().max().unwrap();
+    let out = match split {
+        None => ops::paged_attention(&q_t, &kc, &vc, &tables, &lens_t, bs, max_len, scale),
+        Some(cfg) => {
+            pa::paged_attention_with(&q_t, &kc, &vc, &tables, &lens_t, bs, max_len, scale, &cfg)
+        }
+    }
     .unwrap();
     assert_eq!(out.shape(), &[s, h, d]);
     assert_eq!(out.dtype(), dtype);
@@ -168,14 +174,31 @@ fn paged_attention_equals_packed_causal_attention() {
             } else {
                 &[DType::F32]
             };
+            // On the GPU every work split of the kernel too (partition size, lanes per token,
+            // unrolled loads), including partitions smaller than the block size.
+            let splits: Vec<Option<pa::PagedConfig>> = if dev.is_cuda() {
+                let mut v = vec![None];
+                for part in [16, 64, 128, 256, 512] {
+                    for wide in [false, true] {
+                        for unroll in [1, 2] {
+                            v.push(Some(pa::PagedConfig { part, wide, unroll }));
+                        }
+                    }
+                }
+                v
+            } else {
+                vec![None]
+            };
             for &dtype in dtypes {
-                let err = paged_vs_packed(case, &dev, dtype, 100 + i as u64);
-                // bf16 output rounding is ~4e-3 relative; f32 differs only in summation order.
-                let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
-                assert!(
-                    err < tol,
-                    "case {i} on {dev} {dtype}: rel err {err:.2e} >= {tol:.0e}"
-                );
+                for &split in &splits {
+                    let err = paged_vs_packed(case, &dev, dtype, 100 + i as u64, split);
+                    // bf16 output rounding is ~4e-3 relative; f32 differs only in summation order.
+                    let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+                    assert!(
+                        err < tol,
+                        "case {i} on {dev} {dtype} {split:?}: rel err {err:.2e} >= {tol:.0e}"
+                    );
+                }
             }
         }
     }
@@ -286,5 +309,14 @@ fn nvrtc_compiles_paged_kernels() {
     for (d, g) in [(24, 3), (64, 1), (64, 7), (64, 3), (128, 16), (256, 8)] {
         nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines(d, g))
             .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g}: {e}"));
+        for (wide, unroll) in [(true, 1), (false, 2), (true, 2)] {
+            let cfg = pa::PagedConfig {
+                part: 128,
+                wide,
+                unroll,
+            };
+            nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
+                .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g} {cfg:?}: {e}"));
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Residual add + RMSNorm on the GPU (`cu/add_rmsnorm.cu`): a warp per row, 8 rows per block.
+//! Residual add + RMSNorm on the GPU (`cu/add_rmsnorm.cu`): a block per row with one 8-wide chunk
+//! per thread when C allows (C a multiple of 8, at most 8192), else a warp per row.
 
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, suffix};
@@ -28,8 +29,14 @@ pub fn add_rmsnorm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f32) -> Result<AddNo
         .u32(u32_dim(OP, n)?)
         .u32(u32_dim(OP, c)?)
         .f32(eps);
-    let func = format!("add_rmsnorm_{}", suffix(x.dtype(), OP)?);
-    let g = Grid::d1(n.div_ceil(8).clamp(1, 65535 * 4) as u32, 256);
-    run(&dev, &SRC, &[], &func, g, args)?;
+    let sfx = suffix(x.dtype(), OP)?;
+    if c > 0 && c.is_multiple_of(8) && c <= 8192 {
+        let threads = (c / 8).next_multiple_of(32) as u32;
+        let g = Grid::d1(n.clamp(1, 1 << 20) as u32, threads);
+        run(&dev, &SRC, &[], &format!("add_rmsnorm_row_{sfx}"), g, args)?;
+    } else {
+        let g = Grid::d1(n.div_ceil(8).clamp(1, 65535 * 4) as u32, 256);
+        run(&dev, &SRC, &[], &format!("add_rmsnorm_{sfx}"), g, args)?;
+    }
     Ok(AddNorm { r, out, rstd })
 }

@@ -40,6 +40,7 @@ pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
+pub mod staging;
 pub mod sum_squares;
 pub mod swiglu;
 pub mod swiglu_packed;

@@ -8,8 +8,6 @@ use crate::{DType, Error, Result, Tensor};
 
 const SRC: KernelSource = kernel_source!("paged_attention");
 
-/// Tokens per partition (one thread block each); must match `-DPART`.
-pub const PART: usize = 512;
 /// Threads per block of the main kernel (`NWARPS` warps).
 const THREADS: u32 = 128;
 /// Largest GQA group × padded head dim ([`row_pad`]) the kernel is built for: the warps' partial
@@ -18,11 +16,75 @@ const THREADS: u32 = 128;
 /// 7 × 64).
 const MAX_GROUP_DIM: usize = 2048;
 
+/// How the kernel splits the work (compile-time constants of `cu/paged_attention.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PagedConfig {
+    /// Tokens per partition (one thread block each); more partitions = more blocks + a merge.
+    pub part: usize,
+    /// Twice the lanes per token with 8-byte loads: half the per-lane registers.
+    pub wide: bool,
+    /// Tokens per lane group whose loads are issued together (1 or 2).
+    pub unroll: usize,
+}
+
+impl PagedConfig {
+    /// The configuration used when none is given.
+    pub const DEFAULT: PagedConfig = PagedConfig {
+        part: 512,
+        wide: false,
+        unroll: 1,
+    };
+
+    /// The split `paged_attention` uses: [`PagedConfig::DEFAULT`], unless the benchmark knob
+    /// `REALIGN_PAGED_SPLIT=part,wide,unroll` (e.g. `128,1,2`) names another one (read once; a
+    /// malformed value is reported and ignored).
+    pub fn current() -> PagedConfig {
+        static SPLIT: std::sync::OnceLock<PagedConfig> = std::sync::OnceLock::new();
+        *SPLIT.get_or_init(|| {
+            let Ok(v) = std::env::var("REALIGN_PAGED_SPLIT") else {
+                return PagedConfig::DEFAULT;
+            };
+            match PagedConfig::parse(&v) {
+                Some(c) => c,
+                None => {
+                    tracing::warn!(
+                        "REALIGN_PAGED_SPLIT={v:?} is not part,wide,unroll (e.g. 128,1,2) with \
+                         part >= 1, wide 0/1, unroll 1/2; using the default split"
+                    );
+                    PagedConfig::DEFAULT
+                }
+            }
+        })
+    }
+
+    /// `part,wide,unroll`, e.g. `128,1,2`.
+    pub fn parse(v: &str) -> Option<PagedConfig> {
+        let f: Vec<&str> = v.split(',').map(str::trim).collect();
+        let [part, wide, unroll] = f[..] else {
+            return None;
+        };
+        let c = PagedConfig {
+            part: part.parse().ok()?,
+            wide: match wide {
+                "0" => false,
+                "1" => true,
+                _ => return None,
+            },
+            unroll: unroll.parse().ok()?,
+        };
+        (c.part >= 1 && (1..=2).contains(&c.unroll)).then_some(c)
+    }
+}
+
+/// The partition size the kernel is compiled with by default (tokens per thread block).
+pub const PART: usize = PagedConfig::DEFAULT.part;
+
 /// Head-dim slots per query head in the kernel's shared memory (its `ROW_PAD`): lanes per token
-/// (a power of two covering the 8-element chunks, at most 32) × elements per lane.
-fn row_pad(d: usize) -> usize {
-    let lanes = d.div_ceil(8).next_power_of_two().min(32);
-    lanes * d.div_ceil(lanes * 8) * 8
+/// (a power of two covering the `vec`-element chunks, at most 32) × elements per lane.
+fn row_pad(d: usize, wide: bool) -> usize {
+    let vec = if wide { 4 } else { 8 };
+    let lanes = d.div_ceil(vec).next_power_of_two().min(32);
+    lanes * d.div_ceil(lanes * vec) * vec
 }
 
 /// The kernel source, for compile tests.
@@ -30,12 +92,19 @@ pub fn source() -> KernelSource {
     kernel_source!("paged_attention")
 }
 
-/// The NVRTC defines of the kernel for head dim `d` and group size `group`.
+/// The NVRTC defines of the kernel for head dim `d` and group size `group` (default split).
 pub fn defines(d: usize, group: usize) -> Vec<String> {
+    defines_with(d, group, &PagedConfig::DEFAULT)
+}
+
+/// The NVRTC defines of the kernel for head dim `d`, group size `group` and split `cfg`.
+pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
     vec![
         format!("-DHEAD_DIM={d}"),
         format!("-DGROUP={group}"),
-        format!("-DPART={PART}"),
+        format!("-DPART={}", cfg.part),
+        format!("-DWIDE={}", u8::from(cfg.wide)),
+        format!("-DUNROLL={}", cfg.unroll),
     ]
 }
 
@@ -54,12 +123,42 @@ pub fn paged_attention(
     max_context_len: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    paged_attention_with(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        block_size,
+        max_context_len,
+        scale,
+        &PagedConfig::current(),
+    )
+}
+
+/// [`paged_attention`] with an explicit work split (for tests and benchmarks of the variants).
+/// The inputs must already have passed `ops::paged_attention`'s checks.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_with(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    block_tables: &Tensor,
+    context_lens: &Tensor,
+    block_size: usize,
+    max_context_len: usize,
+    scale: f32,
+    cfg: &PagedConfig,
+) -> Result<Tensor> {
     const OP: &str = "paged_attention";
     let dev = device_of(q, OP)?;
     let (s, h, d) = q.dims3(OP)?;
     let kh = k_cache.shape()[1];
     let group = h / kh;
-    if group * row_pad(d) > MAX_GROUP_DIM {
+    if cfg.part == 0 || !(1..=2).contains(&cfg.unroll) {
+        return Err(Error::msg(format!("{OP}: bad work split {cfg:?}")));
+    }
+    if group * row_pad(d, cfg.wide) > MAX_GROUP_DIM {
         return Err(Error::msg(format!(
             "{OP}: GQA group {group} × head dim {d} exceeds the CUDA kernel's limit of \
              {MAX_GROUP_DIM}"
@@ -67,7 +166,7 @@ pub fn paged_attention(
     }
     let m = block_tables.shape()[1];
     let out = empty(&dev, &[s, h, d], q.dtype())?;
-    let nparts = max_context_len.div_ceil(PART).max(1);
+    let nparts = max_context_len.div_ceil(cfg.part).max(1);
     // Partition scratch: (max, sum) and the unnormalised output per (s, h, partition).
     let (ml, acc) = if nparts > 1 {
         (
@@ -81,7 +180,7 @@ pub fn paged_attention(
             empty(&dev, &[1], DType::F32)?,
         )
     };
-    let defs = defines(d, group);
+    let defs = defines_with(d, group, cfg);
     let sfx = suffix(q.dtype(), OP)?;
     let args = Args::new()
         .ptr(q, &dev, OP)?

@@ -47,14 +47,16 @@ pub fn qkv_rope_cache(
         .u32(u32_dim(OP, p)?)
         .f32(theta);
     let func = format!("qkv_rope_cache_{}", suffix(dtype, OP)?);
-    // One block per TPB = 8 tokens (grid-stride); threads over tokens × heads × pair chunks; the
-    // tokens' cos/sin tables in smem (as `rope`).
-    const TPB: usize = 8;
+    // One block per `tpb` tokens (grid-stride); threads over tokens × heads × pair chunks; the
+    // tokens' cos/sin tables in smem (as `rope`). Up to 8 tokens a block, fewer while that would
+    // leave SMs idle (~2 blocks per SM of an H200: a decode batch of 256 gets a block per token).
+    let tpb = n.div_ceil(264).clamp(1, 8);
     let per_thread = if (d / 2).is_multiple_of(8) { 8 } else { 1 };
-    let items = TPB * (heads + 2 * kh) * (d / 2) / per_thread;
+    let items = tpb * (heads + 2 * kh) * (d / 2) / per_thread;
     let threads = items.next_multiple_of(32).clamp(32, 256) as u32;
-    let g = Grid::d1(n.div_ceil(TPB).clamp(1, 65535 * 4) as u32, threads)
-        .with_smem((TPB * d * 4) as u32);
+    let args = args.u32(tpb as u32);
+    let g = Grid::d1(n.div_ceil(tpb).clamp(1, 65535 * 4) as u32, threads)
+        .with_smem((tpb * d * 4) as u32);
     run(&dev, &SRC, &[], &func, g, args)?;
     Ok(Qkv { q, k, v })
 }

@@ -1,22 +1,36 @@
-//! Next-token sampling on the device that holds the logits: greedy, or temperature sampling by
-//! inverse CDF in token-id order, with banned ids, returning each chosen token and its log-prob.
-//! The rollout engine calls it every step so that only [S] tokens and log-probs, not [S, V]
-//! logits, travel to the host.
+//! Next-token sampling on the device that holds the logits: greedy, or temperature sampling with
+//! optional top-k / top-p, by inverse CDF in token-id order, with banned ids, returning each chosen
+//! token and its log-prob. The rollout engine calls it every step so that only [S] tokens and
+//! log-probs, not [S, V] logits, travel to the host.
 //!
 //! Output j draws from logits row `row` with `temperature` and the 32-bit `draw` (the caller's
-//! counter-based RNG): u = (draw + 0.5) / 2^32, weights w_i = exp(x_i / T − max_k x_k / T) over the
-//! allowed ids, token = the first id (in id order) whose running weight sum exceeds u · Σ w, and
-//! log-prob = ln(w_token / Σ w). Temperature 0 is greedy: argmax (lowest id on ties) with the
-//! log-prob under the temperature-1 softmax. Banned ids get probability 0. Top-k / top-p are not
-//! part of this op (the engine filters those rows on the host).
+//! counter-based RNG): u = (draw + 0.5) / 2^32. Allowed ids: not banned and not −∞. Then:
+//! - top-k (`top_k` > 0): keep the allowed ids whose logit is ≥ the k-th largest allowed logit
+//!   (ties at the threshold are all kept, as in HF `generate`).
+//! - top-p (`top_p` < 1): over what top-k kept, with weights w_i = exp(x_i / T − max_k x_k / T),
+//!   keep id i when the weight of the kept ids with a strictly larger logit is below top_p of their
+//!   total: the smallest set of most likely tokens whose mass reaches top_p, with every token tied
+//!   at its boundary. The masses are compared in fixed point (each weight truncated to a multiple
+//!   of 2^-32 and summed as integers) so that the GPU's parallel sums are exact and equal the CPU
+//!   reference's whatever the summation order.
+//! - token = the first kept id (in id order) whose running weight sum exceeds u · Σ_kept w, and
+//!   log-prob = ln(w_token / Σ_kept w): the log-prob under the filtered, renormalised distribution
+//!   actually sampled from.
+//!
+//! Temperature 0 is greedy: argmax (lowest id on ties) with the log-prob under the unfiltered
+//! temperature-1 softmax; top-k / top-p do not apply. Banned ids get probability 0.
+//!
+//! Logits are compared through an order-preserving u32 key of their f32 bits ([`order_key`]), so
+//! that the GPU can find the top-k and top-p thresholds by radix selection (a histogram per byte of
+//! the key, no sort).
 
 use super::check_float;
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// Most banned ids per output (stop tokens before `min_new_tokens`).
 pub const MAX_BANNED: usize = 16;
-/// Columns of a spec row before the banned ids: row, temperature bits, draw.
-pub const SPEC_HEAD: usize = 3;
+/// Columns of a spec row before the banned ids: row, temperature bits, draw, top-k, top-p bits.
+pub const SPEC_HEAD: usize = 5;
 /// Padding of the banned-id columns (never a token id).
 pub const NO_BAN: u32 = u32::MAX;
 
@@ -28,6 +42,10 @@ pub struct SampleSpec {
     pub row: u32,
     /// 0 = greedy.
     pub temperature: f32,
+    /// Keep the ids with the k largest logits (ties kept); 0 = off.
+    pub top_k: u32,
+    /// Keep the smallest most-likely set whose mass reaches top_p (ties kept); 1 = off.
+    pub top_p: f32,
     /// The uniform of the draw, u = (draw + 0.5) / 2^32 (unused by greedy).
     pub draw: u32,
     /// Ids that must not be emitted.
@@ -35,31 +53,98 @@ pub struct SampleSpec {
 }
 
 impl SampleSpec {
-    /// The [S, SPEC_HEAD + NB] U32 layout the op takes: (row, temperature bits, draw, banned ids
-    /// padded with [`NO_BAN`]), NB = the most banned ids of any spec.
-    pub fn pack(specs: &[SampleSpec], device: &Device) -> Result<Tensor> {
+    /// Plain temperature sampling from `row` (no top-k / top-p, nothing banned).
+    pub fn new(row: u32, temperature: f32, draw: u32) -> SampleSpec {
+        SampleSpec {
+            row,
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            draw,
+            banned: Vec::new(),
+        }
+    }
+
+    /// Greedy from `row`.
+    pub fn greedy(row: u32) -> SampleSpec {
+        SampleSpec::new(row, 0.0, 0)
+    }
+
+    /// Checks the parameters; errors name the bad one.
+    fn validate(&self) -> Result<()> {
         const OP: &str = "sample_tokens";
-        let nb = specs.iter().map(|s| s.banned.len()).max().unwrap_or(0);
-        if nb > MAX_BANNED {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::msg(format!(
-                "{OP}: {nb} banned ids in one spec, at most {MAX_BANNED} are supported"
+                "{OP}: temperature must be a finite number >= 0, got {}",
+                self.temperature
             )));
         }
-        let cols = SPEC_HEAD + nb;
-        let mut v = Vec::with_capacity(specs.len() * cols);
-        for s in specs {
-            if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-                return Err(Error::msg(format!(
-                    "{OP}: temperature must be a finite number >= 0, got {}",
-                    s.temperature
-                )));
-            }
-            v.extend([s.row, s.temperature.to_bits(), s.draw]);
-            v.extend(&s.banned);
-            v.extend(std::iter::repeat_n(NO_BAN, nb - s.banned.len()));
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::msg(format!(
+                "{OP}: top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        if self.banned.len() > MAX_BANNED {
+            return Err(Error::msg(format!(
+                "{OP}: {} banned ids in one spec, at most {MAX_BANNED} are supported",
+                self.banned.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes this spec as one row of the packed layout (`out.len()` columns: SPEC_HEAD + room
+    /// for at least `banned.len()` ids, padded with [`NO_BAN`]).
+    pub fn write_row(&self, out: &mut [u32]) -> Result<()> {
+        self.validate()?;
+        if out.len() < SPEC_HEAD + self.banned.len() {
+            return Err(Error::msg(format!(
+                "sample_tokens: a spec row of {} columns cannot hold {} banned ids",
+                out.len(),
+                self.banned.len()
+            )));
+        }
+        out[..SPEC_HEAD].copy_from_slice(&[
+            self.row,
+            self.temperature.to_bits(),
+            self.draw,
+            self.top_k,
+            self.top_p.to_bits(),
+        ]);
+        let (ban, pad) = out[SPEC_HEAD..].split_at_mut(self.banned.len());
+        ban.copy_from_slice(&self.banned);
+        pad.fill(NO_BAN);
+        Ok(())
+    }
+
+    /// The [S, SPEC_HEAD + NB] U32 layout the op takes: (row, temperature bits, draw, top-k,
+    /// top-p bits, banned ids padded with [`NO_BAN`]), NB = the most banned ids of any spec.
+    pub fn pack(specs: &[SampleSpec], device: &Device) -> Result<Tensor> {
+        let nb = specs.iter().map(|s| s.banned.len()).max().unwrap_or(0);
+        let cols = SPEC_HEAD + nb.min(MAX_BANNED);
+        let mut v = vec![0u32; specs.len() * cols];
+        for (s, row) in specs.iter().zip(v.chunks_exact_mut(cols)) {
+            s.write_row(row)?;
         }
         Tensor::from_u32(v, &[specs.len(), cols], device)
     }
+}
+
+/// An order-preserving u32 key of an f32 (not NaN): a < b ⇔ key(a) < key(b), with −0 just
+/// below +0. The kernel uses the same map to find thresholds by radix selection.
+pub fn order_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// A sampling weight w in [0, 1] in the fixed point top-p compares masses in: ⌊w · 2^32⌋.
+pub fn weight_fixed(w: f32) -> u64 {
+    (w * 4_294_967_296.0f32) as u64
 }
 
 /// The uniform in (0, 1) of a 32-bit draw; the same arithmetic as the CUDA kernel.
