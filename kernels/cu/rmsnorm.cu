@@ -25,7 +25,9 @@ __device__ void rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ w, T
 // Each block takes `rows_per_block` consecutive rows and keeps its dw partial in shared memory
 // (column j always belongs to the same thread, so no races), then adds it to dw with one atomic
 // per column: dw must be zeroed before launch.
-template <typename T>
+// With ACC, dx already holds a gradient (the residual branch's) and receives dx + this norm's dx,
+// rounded once.
+template <typename T, bool ACC = false>
 __device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                  const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
                                  u32 n, u32 c, u32 rows_per_block) {
@@ -43,7 +45,8 @@ __device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__
         dot = block_sum(dot, scratch) / (float)c;
         for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
             const float g = ld(dy, off + j), xn = ld(x, off + j) * r;
-            st(dx, off + j, r * (ld(w, j) * g - xn * dot));
+            const float d = r * (ld(w, j) * g - xn * dot);
+            st(dx, off + j, ACC ? ld(dx, off + j) + d : d);
             dw_part[j] += g * xn;
         }
     }
@@ -84,7 +87,7 @@ __device__ void rmsnorm_warp_impl(const T* __restrict__ x, const T* __restrict__
 // memory ([warps][8][c / 8]: element k of lane-owned chunk q at [k][q], so that a warp's 32 lanes
 // touch 32 consecutive words, free of bank conflicts), summed over the warps and added to dw with
 // one atomic per column at the end: dw must be zeroed before launch.
-template <typename T>
+template <typename T, bool ACC = false>
 __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                       const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
                                       u32 n, u32 c, u32 rows_per_block) {
@@ -116,6 +119,11 @@ __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restr
                 const float xn = xv[k] * r;
                 part[k * c8 + q] += gv[k] * xn;
                 xv[k] = r * (wv[k] * gv[k] - xn * dot);
+            }
+            if (ACC) {
+                ld8(dx, off + q * 8, gv);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) xv[k] += gv[k];
             }
             st8(dx, off + q * 8, xv);
         }
@@ -161,4 +169,71 @@ extern "C" __global__ void rmsnorm_backward_warp_bf16(const __nv_bfloat16* dy, c
                                                       const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
                                                       float* dw, u32 n, u32 c, u32 rpb) {
     rmsnorm_bwd_warp_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+
+// The same backward accumulating into dx (`rmsnorm_backward_acc`: the residual stream's gradient
+// plus the norm's, one rounding; dw is the caller's running gradient, added to by atomics).
+extern "C" __global__ void rmsnorm_backward_acc_f32(const float* dy, const float* x, const float* w, const float* rstd,
+                                                    float* dx, float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_impl<float, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                     const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
+                                                     float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_warp_acc_f32(const float* dy, const float* x, const float* w,
+                                                         const float* rstd, float* dx, float* dw, u32 n, u32 c,
+                                                         u32 rpb) {
+    rmsnorm_bwd_warp_impl<float, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+extern "C" __global__ void rmsnorm_backward_warp_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                          const __nv_bfloat16* w, const float* rstd,
+                                                          __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
+    rmsnorm_bwd_warp_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+
+// Residual add fused with the RMSNorm that reads its result (`residual_rmsnorm`, C % 8 == 0):
+// r += delta in place (f32 add, one rounding to T, as `add_inplace`), then rmsnorm(r) exactly as
+// rmsnorm_warp_impl computes it (the sum of squares over the rounded r, in the same order), so
+// the outputs equal add_inplace followed by rmsnorm bit for bit, with one pass fewer over r.
+template <typename T>
+__device__ void residual_rmsnorm_warp_impl(T* r, const T* __restrict__ delta, const T* __restrict__ w,
+                                           T* __restrict__ y, float* __restrict__ rstd_out, u32 n, u32 c, float eps) {
+    const u32 lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    float xv[8], dv[8], wv[8];
+    for (u32 row = blockIdx.x * nw + threadIdx.x / 32; row < n; row += gridDim.x * nw) {
+        const size_t off = (size_t)row * c;
+        float ss = 0.0f;
+        for (u32 j = lane * 8; j < c; j += 256) {
+            ld8(r, off + j, xv);
+            ld8(delta, off + j, dv);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                xv[k] = round_to<T>(xv[k] + dv[k]);
+                ss += xv[k] * xv[k];
+            }
+            st8(r, off + j, xv);  // already rounded: stored exactly
+        }
+        ss = warp_sum(ss);
+        const float rstd = 1.0f / sqrtf(ss / (float)c + eps);
+        if (lane == 0) rstd_out[row] = rstd;
+        for (u32 j = lane * 8; j < c; j += 256) {
+            ld8(r, off + j, xv);  // this lane's own stores of the loop above
+            ld8(w, j, wv);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) xv[k] = wv[k] * round_to<T>(xv[k] * rstd);
+            st8(y, off + j, xv);
+        }
+    }
+}
+
+extern "C" __global__ void residual_rmsnorm_warp_f32(float* r, const float* delta, const float* w, float* y,
+                                                     float* rstd, u32 n, u32 c, float eps) {
+    residual_rmsnorm_warp_impl(r, delta, w, y, rstd, n, c, eps);
+}
+extern "C" __global__ void residual_rmsnorm_warp_bf16(__nv_bfloat16* r, const __nv_bfloat16* delta,
+                                                      const __nv_bfloat16* w, __nv_bfloat16* y, float* rstd, u32 n,
+                                                      u32 c, float eps) {
+    residual_rmsnorm_warp_impl(r, delta, w, y, rstd, n, c, eps);
 }

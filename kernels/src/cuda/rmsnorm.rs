@@ -44,6 +44,34 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     Ok((y, rstd))
 }
 
+/// `residual_rmsnorm` with C % 8 == 0 (the caller checks): r += delta, then rmsnorm(r).
+pub fn residual_rmsnorm_warp(
+    r: &mut Tensor,
+    delta: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "residual_rmsnorm";
+    let dev = device_of(r, OP)?;
+    let (n, c) = r.dims2(OP)?;
+    let y = empty(&dev, &[n, c], r.dtype())?;
+    let rstd = empty(&dev, &[n], DType::F32)?;
+    let args = Args::new()
+        .ptr(r, &dev, OP)?
+        .ptr(delta, &dev, OP)?
+        .ptr(w, &dev, OP)?
+        .ptr(&y, &dev, OP)?
+        .ptr(&rstd, &dev, OP)?
+        .u32(u32_dim(OP, n)?)
+        .u32(u32_dim(OP, c)?)
+        .f32(eps);
+    // A warp per row, 8 rows per block, as `rmsnorm`.
+    let func = format!("residual_rmsnorm_warp_{}", suffix(r.dtype(), OP)?);
+    let g = Grid::d1(n.div_ceil(8).clamp(1, 65535 * 4) as u32, 256);
+    run(&dev, &SRC, &[], &func, g, args)?;
+    Ok((y, rstd))
+}
+
 pub fn rmsnorm_backward(
     dy: &Tensor,
     x: &Tensor,
@@ -53,8 +81,37 @@ pub fn rmsnorm_backward(
     const OP: &str = "rmsnorm_backward";
     let dev = device_of(x, OP)?;
     let (n, c) = x.dims2(OP)?;
-    let dx = empty(&dev, &[n, c], x.dtype())?;
-    let dw = zeros(&dev, &[c], DType::F32)?;
+    let mut dx = empty(&dev, &[n, c], x.dtype())?;
+    let mut dw = zeros(&dev, &[c], DType::F32)?;
+    launch_backward(OP, dy, x, w, rstd, &mut dx, &mut dw, false)?;
+    Ok((dx, dw))
+}
+
+/// [`rmsnorm_backward`] adding dx into `d_res` and dw into `dw` (both in place).
+pub fn rmsnorm_backward_acc(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    d_res: &mut Tensor,
+    dw: &mut Tensor,
+) -> Result<()> {
+    launch_backward("rmsnorm_backward_acc", dy, x, w, rstd, d_res, dw, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_backward(
+    op: &'static str,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dx: &mut Tensor,
+    dw: &mut Tensor,
+    acc: bool,
+) -> Result<()> {
+    let dev = device_of(x, op)?;
+    let (n, c) = x.dims2(op)?;
     // ~4 blocks per SM on an H200-sized GPU, at least one row each.
     let rows_per_block = n.div_ceil(528).max(1);
     let blocks = n.div_ceil(rows_per_block).max(1);
@@ -63,22 +120,25 @@ pub fn rmsnorm_backward(
     let vec = c.is_multiple_of(8);
     let smem = if vec { warps * c * 4 } else { c * 4 } as u32;
     let args = Args::new()
-        .ptr(dy, &dev, OP)?
-        .ptr(x, &dev, OP)?
-        .ptr(w, &dev, OP)?
-        .ptr(rstd, &dev, OP)?
-        .ptr(&dx, &dev, OP)?
-        .ptr(&dw, &dev, OP)?
-        .u32(u32_dim(OP, n)?)
-        .u32(u32_dim(OP, c)?)
-        .u32(u32_dim(OP, rows_per_block)?);
-    let sfx = suffix(x.dtype(), OP)?;
+        .ptr(dy, &dev, op)?
+        .ptr(x, &dev, op)?
+        .ptr(w, &dev, op)?
+        .ptr(rstd, &dev, op)?
+        .ptr(dx, &dev, op)?
+        .ptr(dw, &dev, op)?
+        .u32(u32_dim(op, n)?)
+        .u32(u32_dim(op, c)?)
+        .u32(u32_dim(op, rows_per_block)?);
+    let sfx = suffix(x.dtype(), op)?;
+    let acc = if acc { "acc_" } else { "" };
     let (func, threads) = if vec {
-        (format!("rmsnorm_backward_warp_{sfx}"), 32 * warps as u32)
+        (
+            format!("rmsnorm_backward_warp_{acc}{sfx}"),
+            32 * warps as u32,
+        )
     } else {
-        (format!("rmsnorm_backward_{sfx}"), threads_for(c))
+        (format!("rmsnorm_backward_{acc}{sfx}"), threads_for(c))
     };
     let g = Grid::d1(blocks as u32, threads).with_smem(smem);
-    run(&dev, &SRC, &[], &func, g, args)?;
-    Ok((dx, dw))
+    run(&dev, &SRC, &[], &func, g, args)
 }

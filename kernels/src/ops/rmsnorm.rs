@@ -38,3 +38,63 @@ pub fn rmsnorm_backward(
         Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm_backward(dy, x, w, rstd),
     }
 }
+
+/// [`rmsnorm_backward`] accumulating: d_res[N,C] (x's dtype) += dx and dw[C] F32 += the weight's
+/// gradient, in place. For a residual stream x_out = x + f(rmsnorm(x)), whose gradient is the
+/// sum of the two branches: on the GPU the sum is rounded once, with no dx tensor in between.
+pub fn rmsnorm_backward_acc(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    d_res: &mut Tensor,
+    dw: &mut Tensor,
+) -> Result<()> {
+    const OP: &str = "rmsnorm_backward_acc";
+    check_float(OP, x)?;
+    let (n, c) = x.dims2(OP)?;
+    check_same(OP, x, &[w, dy, d_res])?;
+    check_shape(OP, "dy", dy, &[n, c])?;
+    check_shape(OP, "d_res", d_res, &[n, c])?;
+    check_shape(OP, "weight w", w, &[c])?;
+    check_dtype(OP, rstd, DType::F32)?;
+    x.check_same_device(rstd, OP)?;
+    check_shape(OP, "rstd", rstd, &[n])?;
+    check_dtype(OP, dw, DType::F32)?;
+    x.check_same_device(dw, OP)?;
+    check_shape(OP, "dw", dw, &[c])?;
+    match x.device() {
+        Device::Cpu => {
+            let (dx, g) = crate::cpu::rmsnorm::rmsnorm_backward(dy, x, w, rstd)?;
+            super::add_inplace(d_res, &dx)?;
+            super::add_inplace(dw, &g)
+        }
+        Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm_backward_acc(dy, x, w, rstd, d_res, dw),
+    }
+}
+
+/// Residual add fused with the RMSNorm of its result: r[N,C] += delta[N,C] in place (one rounding
+/// to r's dtype, as `add_inplace`), then (y, rstd) = rmsnorm(r, w, eps). Equal bit for bit to
+/// `add_inplace` followed by [`rmsnorm`]; on the GPU with C % 8 == 0 it is one pass over r.
+pub fn residual_rmsnorm(
+    r: &mut Tensor,
+    delta: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "residual_rmsnorm";
+    check_float(OP, r)?;
+    let (n, c) = r.dims2(OP)?;
+    check_same(OP, r, &[delta, w])?;
+    check_shape(OP, "delta", delta, &[n, c])?;
+    check_shape(OP, "weight w", w, &[c])?;
+    match r.device() {
+        Device::Cuda(_) if c.is_multiple_of(8) => {
+            crate::cuda::rmsnorm::residual_rmsnorm_warp(r, delta, w, eps)
+        }
+        _ => {
+            super::add_inplace(r, delta)?;
+            rmsnorm(r, w, eps)
+        }
+    }
+}

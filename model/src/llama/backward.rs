@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
-    add_inplace, attention_backward, linear_backward, rmsnorm_backward, rope_backward,
-    scatter_add_rows, swiglu_backward,
+    add_inplace, attention_backward, linear_backward, linear_backward_acc, rmsnorm_backward,
+    rmsnorm_backward_acc, rope_backward, scatter_add_rows, swiglu_backward,
 };
 use kernels::{DType, Tensor};
 
@@ -98,17 +98,19 @@ fn layer_backward(
     let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
     drop(d_act);
     let mut d_xn2 = linear_backward(&d_gate, &s.xn2, &lp.gate, &mut g.gate, None)?; // [N,C]
-    add_inplace(
-        &mut d_xn2,
-        &linear_backward(&d_up, &s.xn2, &lp.up, &mut g.up, None)?,
-    )?;
+    linear_backward_acc(&d_up, &s.xn2, &lp.up, &mut g.up, None, &mut d_xn2)?; // d_xn2 +=
     drop((d_gate, d_up));
-    let (d_x2_norm, dw) = rmsnorm_backward(&d_xn2, &s.x2, &lp.mlp_norm, &s.mlp_rstd)?;
-    add_inplace(&mut g.mlp_norm, &dw)?;
-    // The residual passes d_out straight through to x2.
+    // The residual passes d_out straight through to x2; the norm's dx is added onto it.
     let mut d_x2 = d_out;
-    add_inplace(&mut d_x2, &d_x2_norm)?;
-    drop((d_xn2, d_x2_norm));
+    rmsnorm_backward_acc(
+        &d_xn2,
+        &s.x2,
+        &lp.mlp_norm,
+        &s.mlp_rstd,
+        &mut d_x2,
+        &mut g.mlp_norm,
+    )?;
+    drop(d_xn2);
 
     // Attention block: x2 = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))).
     let att = s.att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
@@ -130,18 +132,18 @@ fn layer_backward(
     let dk = rope_backward(&dk, &batch.positions, theta)?.reshape(&[n, k * d])?; // -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut())?; // [N,C]
-    add_inplace(
-        &mut d_xn,
-        &linear_backward(&dk, &s.xn, &lp.k, &mut g.k, g.k_bias.as_mut())?,
-    )?;
-    add_inplace(
-        &mut d_xn,
-        &linear_backward(&dv, &s.xn, &lp.v, &mut g.v, g.v_bias.as_mut())?,
-    )?;
-    let (d_x_norm, dw) = rmsnorm_backward(&d_xn, &s.x, &lp.attn_norm, &s.attn_rstd)?;
-    add_inplace(&mut g.attn_norm, &dw)?;
+    linear_backward_acc(&dk, &s.xn, &lp.k, &mut g.k, g.k_bias.as_mut(), &mut d_xn)?; // d_xn +=
+    linear_backward_acc(&dv, &s.xn, &lp.v, &mut g.v, g.v_bias.as_mut(), &mut d_xn)?; // d_xn +=
+                                                                                     // d(layer input) = d_x2 (residual) + the attention norm's dx.
     let mut d_x = d_x2;
-    add_inplace(&mut d_x, &d_x_norm)?;
+    rmsnorm_backward_acc(
+        &d_xn,
+        &s.x,
+        &lp.attn_norm,
+        &s.attn_rstd,
+        &mut d_x,
+        &mut g.attn_norm,
+    )?;
     Ok(d_x)
 }
 

@@ -5,8 +5,11 @@
 //! f32 on CUDA); norm statistics and attention log-sum-exps are f32.
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::{add_inplace, attention, gather_rows, linear, rmsnorm, rope, swiglu};
-use kernels::Tensor;
+use kernels::ops::linear::linear_out;
+use kernels::ops::{
+    attention, bias_cast, gather_rows, linear, residual_rmsnorm, rmsnorm, rope, swiglu,
+};
+use kernels::{DType, Tensor};
 
 use super::activations::{Activations, LayerActs};
 use super::batch::Batch;
@@ -36,36 +39,59 @@ pub fn forward(
 
     // [N] ids -> [N,C]
     let mut x = gather_rows(&params.embed, &batch.tokens).context("embedding lookup")?;
+    // Each norm after the first is fused with the residual add before it (`residual_rmsnorm`):
+    // a layer hands the next one its input x and that input's normalised rows.
+    let norm_after = |l: usize| {
+        params
+            .layers
+            .get(l)
+            .map_or(&params.final_norm, |lp| &lp.attn_norm)
+    };
+    let (mut xn, mut rstd) = rmsnorm(&x, norm_after(0), eps).context("first norm")?;
     let mut layers = Vec::with_capacity(if keep == Keep::ForBackward {
         params.layers.len()
     } else {
         0
     });
     for (l, lp) in params.layers.iter().enumerate() {
-        let (x_out, saved) =
-            layer_forward(x, lp, cfg, batch).with_context(|| format!("forward of layer {l}"))?;
+        let out = layer_forward(x, xn, rstd, lp, norm_after(l + 1), cfg, batch)
+            .with_context(|| format!("forward of layer {l}"))?;
         if keep == Keep::ForBackward {
-            layers.push(saved);
+            layers.push(out.saved);
         }
-        x = x_out;
+        (x, xn, rstd) = (out.x, out.xn, out.rstd);
     }
-    let (hidden, final_rstd) = rmsnorm(&x, &params.final_norm, eps).context("final norm")?;
+    // x: the residual stream entering the final norm; xn, rstd: that norm's output.
     Ok(Activations {
-        hidden,
+        hidden: xn,
         layers,
         final_in: (keep == Keep::ForBackward).then_some(x),
-        final_rstd,
+        final_rstd: rstd,
     })
 }
 
-/// One decoder layer. Takes the residual stream by value (it becomes `LayerActs::x`) and returns
-/// the next one.
+/// What a layer hands on: the next residual stream x, its normalised rows xn and 1/rms (by the
+/// next layer's attention norm, or the final norm after the last layer), and its saved tensors.
+struct LayerOut {
+    x: Tensor,
+    xn: Tensor,
+    rstd: Tensor,
+    saved: LayerActs,
+}
+
+/// One decoder layer. Takes the residual stream by value (it becomes `LayerActs::x`) with its
+/// attention-normalised rows `xn` and their `attn_rstd`, and returns the next stream normalised
+/// by `next_norm`.
+#[allow(clippy::too_many_arguments)]
 fn layer_forward(
     x: Tensor,
+    xn: Tensor,
+    attn_rstd: Tensor,
     lp: &LayerParams,
+    next_norm: &Tensor,
     cfg: &ModelConfig,
     batch: &Batch,
-) -> Result<(Tensor, LayerActs)> {
+) -> Result<LayerOut> {
     let n = batch.num_tokens();
     let (h, k, d) = (
         cfg.num_attention_heads,
@@ -76,25 +102,25 @@ fn layer_forward(
     let theta = cfg.rope_theta as f32;
     let scale = 1.0 / (d as f32).sqrt();
 
-    // Attention block.
-    let (xn, attn_rstd) = rmsnorm(&x, &lp.attn_norm, eps)?; // [N,C], [N]
-    let q = linear(&xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
-    let kk = linear(&xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
-    let v = linear(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    // Attention block (xn = rmsnorm(x) by attn_norm, computed by the previous step).
+    let q = linear_biased(&xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
+    let kk = linear_biased(&xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    let v = linear_biased(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
     let q = rope(&q, &batch.positions, theta)?;
     let kk = rope(&kk, &batch.positions, theta)?;
     let (att, lse) = attention(&q, &kk, &v, &batch.cu_seqlens, scale)?; // [N,H,D], [N,H]
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
-    let mut x2 = linear(&att, &lp.o, None)?; // [N,C]
-    add_inplace(&mut x2, &x)?;
+    let mut x2 = linear(&att, &lp.o, None)?; // [N,C], o_proj output
+                                             // x2 = o + x, then the MLP norm of it.
+    let (xn2, mlp_rstd) = residual_rmsnorm(&mut x2, &x, &lp.mlp_norm, eps)?; // [N,C], [N]
 
     // MLP block.
-    let (xn2, mlp_rstd) = rmsnorm(&x2, &lp.mlp_norm, eps)?; // [N,C], [N]
     let gate = linear(&xn2, &lp.gate, None)?; // [N,F]
     let up = linear(&xn2, &lp.up, None)?; // [N,F]
     let act = swiglu(&gate, &up)?; // [N,F]
-    let mut x_out = linear(&act, &lp.down, None)?; // [N,C]
-    add_inplace(&mut x_out, &x2)?;
+    let mut x_out = linear(&act, &lp.down, None)?; // [N,C], down_proj output
+                                                   // x_out = down + x2, then the next norm of it.
+    let (xn_next, rstd_next) = residual_rmsnorm(&mut x_out, &x2, next_norm, eps)?;
 
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D], as the attention backward wants it
     let saved = LayerActs {
@@ -113,7 +139,25 @@ fn layer_forward(
         up,
         act,
     };
-    Ok((x_out, saved))
+    Ok(LayerOut {
+        x: x_out,
+        xn: xn_next,
+        rstd: rstd_next,
+        saved,
+    })
+}
+
+/// x · wᵀ + b. With bf16 inputs and a bias: the GEMM writes its f32 accumulator and `bias_cast`
+/// adds the bias in f32 and rounds once, the values of `linear` with a bias (which seeds an f32
+/// output with the bias and adds the product with beta = 1, then casts) in fewer passes.
+fn linear_biased(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match b {
+        Some(b) if x.dtype() == DType::BF16 => {
+            let y = linear_out(x, w, None, DType::F32)?; // [N,O] f32, unrounded
+            bias_cast(&y, b, DType::BF16)?
+        }
+        _ => linear(x, w, b)?,
+    })
 }
 
 /// Checks what would otherwise fail deep inside an op with a less helpful message.

@@ -1,0 +1,239 @@
+//! The fused ops of the training step: `residual_rmsnorm` (equal bit for bit to `add_inplace` +
+//! `rmsnorm`, on the GPU too), and the accumulating backwards `linear_backward_acc` and
+//! `rmsnorm_backward_acc`. `rmsnorm_backward_acc` (the norm's dx added onto a residual gradient, dw onto a running
+//! gradient) against `rmsnorm_backward` followed by the two adds: on the CPU exactly, and the CUDA
+//! op against the CPU (f32 and bf16; C a multiple of 8, the warp-per-row kernel, and not).
+//!
+//! Without a GPU the CUDA test prints "skipped: no GPU" and passes; with `REALIGN_REQUIRE_GPU=1`
+//! a missing GPU fails.
+
+use half::bf16;
+use kernels::testing::{randn_vec, rel_err, test_devices};
+use kernels::{ops, DType, Device, Tensor};
+
+const CPU: Device = Device::Cpu;
+
+fn t(data: &[f32], shape: &[usize], dev: &Device, dtype: DType) -> Tensor {
+    let x = Tensor::from_f32(data.to_vec(), shape, dev).unwrap();
+    if dtype == DType::F32 {
+        x
+    } else {
+        ops::cast(&x, dtype).unwrap()
+    }
+}
+
+fn bf16_exact(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
+}
+
+/// (d_res after, dw after) of the accumulating op on `dev` in `dtype`.
+fn run_acc(n: usize, c: usize, seed: u64, dev: &Device, dtype: DType) -> (Vec<f32>, Vec<f32>) {
+    let (x, dy, w) = (
+        bf16_exact(randn_vec(n * c, seed)),
+        bf16_exact(randn_vec(n * c, seed + 1)),
+        bf16_exact(randn_vec(c, seed + 2)),
+    );
+    let res0 = bf16_exact(randn_vec(n * c, seed + 3));
+    let dw0 = randn_vec(c, seed + 4);
+    let (xt, wt) = (t(&x, &[n, c], dev, dtype), t(&w, &[c], dev, dtype));
+    let (_, rstd) = ops::rmsnorm(&xt, &wt, 1e-6).unwrap();
+    let mut d_res = t(&res0, &[n, c], dev, dtype);
+    let mut dw = Tensor::from_f32(dw0, &[c], dev).unwrap();
+    let dyt = t(&dy, &[n, c], dev, dtype);
+    ops::rmsnorm_backward_acc(&dyt, &xt, &wt, &rstd, &mut d_res, &mut dw).unwrap();
+    (d_res.to_vec_f32().unwrap(), dw.to_vec_f32().unwrap())
+}
+
+/// The same from the plain backward and two adds, on the CPU.
+fn reference(n: usize, c: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let (x, dy, w) = (
+        bf16_exact(randn_vec(n * c, seed)),
+        bf16_exact(randn_vec(n * c, seed + 1)),
+        bf16_exact(randn_vec(c, seed + 2)),
+    );
+    let res0 = bf16_exact(randn_vec(n * c, seed + 3));
+    let dw0 = randn_vec(c, seed + 4);
+    let (xt, wt) = (
+        t(&x, &[n, c], &CPU, DType::F32),
+        t(&w, &[c], &CPU, DType::F32),
+    );
+    let (_, rstd) = ops::rmsnorm(&xt, &wt, 1e-6).unwrap();
+    let (dx, g) =
+        ops::rmsnorm_backward(&t(&dy, &[n, c], &CPU, DType::F32), &xt, &wt, &rstd).unwrap();
+    let dx = dx.to_vec_f32().unwrap();
+    let g = g.to_vec_f32().unwrap();
+    (
+        res0.iter().zip(&dx).map(|(a, b)| a + b).collect(),
+        dw0.iter().zip(&g).map(|(a, b)| a + b).collect(),
+    )
+}
+
+const SHAPES: [(usize, usize); 3] = [(37, 64), (5, 52), (1, 896)];
+
+#[test]
+fn cpu_acc_is_backward_plus_adds() {
+    for (i, &(n, c)) in SHAPES.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let got = run_acc(n, c, seed, &CPU, DType::F32);
+        let want = reference(n, c, seed);
+        assert_eq!(got, want, "rmsnorm_backward_acc {n}x{c} on the CPU");
+    }
+}
+
+#[test]
+fn cuda_acc_matches_cpu() {
+    let Some(dev) = test_devices().into_iter().find(|d| d.is_cuda()) else {
+        return;
+    };
+    for (i, &(n, c)) in SHAPES.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let want = reference(n, c, seed);
+        for dtype in [DType::F32, DType::BF16] {
+            let got = run_acc(n, c, seed, &dev, dtype);
+            let (e_res, e_dw) = (rel_err(&got.0, &want.0), rel_err(&got.1, &want.1));
+            println!("rmsnorm_backward_acc {n}x{c} [{dtype}]: d_res {e_res:.3e}, dw {e_dw:.3e}");
+            // bf16: one rounding of the sum; dw is f32 either way (sums in another order).
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            assert!(e_res <= tol, "{n}x{c} [{dtype}] d_res rel_err {e_res:.3e}");
+            assert!(e_dw <= 1e-4, "{n}x{c} [{dtype}] dw rel_err {e_dw:.3e}");
+        }
+    }
+}
+
+/// `linear_backward_acc` against `linear_backward` + `add_inplace` (with a bias gradient).
+fn linear_acc(dev: &Device, dtype: DType, n: usize, i: usize, o: usize) -> [Vec<f32>; 3] {
+    let seed = 7 + (n * i * o) as u64;
+    let x = t(&bf16_exact(randn_vec(n * i, seed)), &[n, i], dev, dtype);
+    let w = t(&bf16_exact(randn_vec(o * i, seed + 1)), &[o, i], dev, dtype);
+    let dy = t(&bf16_exact(randn_vec(n * o, seed + 2)), &[n, o], dev, dtype);
+    let mut acc = t(&bf16_exact(randn_vec(n * i, seed + 3)), &[n, i], dev, dtype);
+    let mut dw = Tensor::from_f32(randn_vec(o * i, seed + 4), &[o, i], dev).unwrap();
+    let mut db = Tensor::from_f32(randn_vec(o, seed + 5), &[o], dev).unwrap();
+    ops::linear_backward_acc(&dy, &x, &w, &mut dw, Some(&mut db), &mut acc).unwrap();
+    [acc, dw, db].map(|t| t.to_vec_f32().unwrap())
+}
+
+fn linear_reference(n: usize, i: usize, o: usize) -> [Vec<f32>; 3] {
+    let seed = 7 + (n * i * o) as u64;
+    let f = DType::F32;
+    let x = t(&bf16_exact(randn_vec(n * i, seed)), &[n, i], &CPU, f);
+    let w = t(&bf16_exact(randn_vec(o * i, seed + 1)), &[o, i], &CPU, f);
+    let dy = t(&bf16_exact(randn_vec(n * o, seed + 2)), &[n, o], &CPU, f);
+    let mut acc = t(&bf16_exact(randn_vec(n * i, seed + 3)), &[n, i], &CPU, f);
+    let mut dw = Tensor::from_f32(randn_vec(o * i, seed + 4), &[o, i], &CPU).unwrap();
+    let mut db = Tensor::from_f32(randn_vec(o, seed + 5), &[o], &CPU).unwrap();
+    let dx = ops::linear_backward(&dy, &x, &w, &mut dw, Some(&mut db)).unwrap();
+    ops::add_inplace(&mut acc, &dx).unwrap();
+    [acc, dw, db].map(|t| t.to_vec_f32().unwrap())
+}
+
+const LINEAR_SHAPES: [(usize, usize, usize); 2] = [(33, 40, 24), (8, 64, 128)];
+
+#[test]
+fn cpu_linear_acc_is_backward_plus_add() {
+    for &(n, i, o) in &LINEAR_SHAPES {
+        assert_eq!(
+            linear_acc(&CPU, DType::F32, n, i, o),
+            linear_reference(n, i, o),
+            "linear_backward_acc {n}x{i}x{o} on the CPU"
+        );
+    }
+}
+
+#[test]
+fn cuda_linear_acc_matches_cpu() {
+    let Some(dev) = test_devices().into_iter().find(|d| d.is_cuda()) else {
+        return;
+    };
+    for &(n, i, o) in &LINEAR_SHAPES {
+        let want = linear_reference(n, i, o);
+        for dtype in [DType::F32, DType::BF16] {
+            let got = linear_acc(&dev, dtype, n, i, o);
+            for (k, name) in ["dx_acc", "dw", "db"].iter().enumerate() {
+                let e = rel_err(&got[k], &want[k]);
+                println!("linear_backward_acc {n}x{i}x{o} [{dtype}] {name}: rel_err {e:.3e}");
+                // bf16: dx is rounded to bf16 twice (product, then sum); dw and db are f32.
+                let tol = match (dtype, k) {
+                    (DType::F32, _) => 1e-5,
+                    (_, 0) => 1e-2,
+                    _ => 1e-4,
+                };
+                assert!(e <= tol, "{n}x{i}x{o} [{dtype}] {name}: rel_err {e:.3e}");
+            }
+        }
+    }
+}
+
+/// (r after, y, rstd) of `residual_rmsnorm`, or of `add_inplace` + `rmsnorm` when `fused` is false.
+fn residual_norm(dev: &Device, dtype: DType, n: usize, c: usize, fused: bool) -> [Vec<f32>; 3] {
+    let seed = 900 + (n * c) as u64;
+    let mut r = t(&randn_vec(n * c, seed), &[n, c], dev, dtype);
+    let delta = t(&randn_vec(n * c, seed + 1), &[n, c], dev, dtype);
+    let w = t(&randn_vec(c, seed + 2), &[c], dev, dtype);
+    let (y, rstd) = if fused {
+        ops::residual_rmsnorm(&mut r, &delta, &w, 1e-6).unwrap()
+    } else {
+        ops::add_inplace(&mut r, &delta).unwrap();
+        ops::rmsnorm(&r, &w, 1e-6).unwrap()
+    };
+    [r, y, rstd].map(|t| t.to_vec_f32().unwrap())
+}
+
+#[test]
+fn residual_rmsnorm_is_add_then_rmsnorm_bit_for_bit() {
+    for dev in test_devices() {
+        let dtypes = if dev.is_cuda() {
+            vec![DType::F32, DType::BF16]
+        } else {
+            vec![DType::F32]
+        };
+        for dtype in dtypes {
+            // C % 8 == 0 (the fused GPU kernel; 896 = Qwen2.5-0.5B's C) and not (the fallback).
+            for (n, c) in [(37, 64), (9, 896), (5, 52)] {
+                assert_eq!(
+                    residual_norm(&dev, dtype, n, c, true),
+                    residual_norm(&dev, dtype, n, c, false),
+                    "residual_rmsnorm {n}x{c} [{dtype}] on {dev}"
+                );
+            }
+        }
+    }
+}
+
+/// `linear_out(.., F32)` + `bias_cast` against `linear` with a bias (bf16 on the GPU: one rounding
+/// of the f32 sum either way; f32 on every device).
+#[test]
+fn linear_then_bias_cast_matches_linear_with_bias() {
+    for dev in test_devices() {
+        let dtypes = if dev.is_cuda() {
+            vec![DType::F32, DType::BF16]
+        } else {
+            vec![DType::F32]
+        };
+        for dtype in dtypes {
+            for (n, i, o) in [(33, 40, 24), (7, 64, 13)] {
+                let seed = 1300 + (n * i * o) as u64;
+                let x = t(&randn_vec(n * i, seed), &[n, i], &dev, dtype);
+                let w = t(&randn_vec(o * i, seed + 1), &[o, i], &dev, dtype);
+                let b = t(&randn_vec(o, seed + 2), &[o], &dev, dtype);
+                let want = ops::linear(&x, &w, Some(&b)).unwrap().to_vec_f32().unwrap();
+                let f32_out = if dtype == DType::F32 {
+                    dtype
+                } else {
+                    DType::F32
+                };
+                let y = ops::linear::linear_out(&x, &w, None, f32_out).unwrap();
+                let got = ops::bias_cast(&y, &b, dtype).unwrap().to_vec_f32().unwrap();
+                let e = rel_err(&got, &want);
+                println!("bias_cast {n}x{i}x{o} [{dtype}] on {dev}: rel_err {e:.3e}");
+                // Same f32 sums; a GEMM kernel chosen for beta = 0 instead of 1 may order the
+                // products differently (f32 ulps), which can move a bf16 rounding by one ulp.
+                let tol = if dtype == DType::F32 { 1e-6 } else { 4e-3 };
+                assert!(
+                    e <= tol,
+                    "bias_cast {n}x{i}x{o} [{dtype}] on {dev}: {e:.3e}"
+                );
+            }
+        }
+    }
+}
