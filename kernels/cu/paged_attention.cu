@@ -16,6 +16,11 @@
 // memory. The per-lane state is GROUP × EPL values: WIDE halves EPL (8-byte loads) so that a large
 // group (Qwen2.5's 7) leaves room for more resident blocks.
 //
+// QSMEM keeps the pre-scaled query rows in shared memory instead of GROUP × EPL registers per
+// lane, and MINB asks the compiler for at least that many resident blocks per SM (a register
+// cap): together they trade shared-memory reads for occupancy when a large group's registers
+// limit the resident blocks (Qwen2.5's group 7 at D 64 fits 3 blocks of 4 warps per SM otherwise).
+//
 // With one partition the block writes the output; otherwise it writes (m, l, acc) per
 // (s, h, partition) to f32 scratch and paged_attention_combine_* merges the partitions, so one
 // long sequence is spread over many SMs instead of serialising on one, and a batch of short ones
@@ -38,6 +43,12 @@
 #endif
 #ifndef UNROLL
 #define UNROLL 1
+#endif
+#ifndef QSMEM
+#define QSMEM 0
+#endif
+#ifndef MINB
+#define MINB 1
 #endif
 #define NWARPS 4
 #define VEC (WIDE ? 4 : 8)                                       // elements per load
@@ -95,6 +106,16 @@ __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restric
     const u32 end = min(len, start + PART);
     const u32* table = tables + (size_t)s * max_blocks;
 
+#if QSMEM
+    // The GROUP query rows, pre-scaled, zero past HEAD_DIM: lane slices read them in the loop.
+    __shared__ __align__(16) float sm_q[GROUP][ROW_PAD];
+    for (u32 t = threadIdx.x; t < GROUP * ROW_PAD; t += blockDim.x) {
+        const u32 g = t / ROW_PAD, i = t % ROW_PAD;
+        sm_q[g][i] = i < HEAD_DIM ? ld(q, ((size_t)s * heads + kh * GROUP + g) * HEAD_DIM + i) * scale : 0.0f;
+    }
+    __syncthreads();
+#define QR(g, e) sm_q[g][first + (e)]
+#else
     // This lane's slice of the GROUP query rows, pre-scaled.
     float qr[GROUP][EPL];
 #pragma unroll
@@ -106,6 +127,8 @@ __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restric
             qr[g][e] = i < HEAD_DIM ? ld(q, base + i) * scale : 0.0f;
         }
     }
+#define QR(g, e) qr[g][e]
+#endif
     float m[GROUP], l[GROUP], acc[GROUP][EPL];
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
@@ -140,7 +163,7 @@ __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restric
             for (int g = 0; g < GROUP; ++g) {
                 float dot = 0.0f;
 #pragma unroll
-                for (int e = 0; e < EPL; ++e) dot += qr[g][e] * kr[u][e];
+                for (int e = 0; e < EPL; ++e) dot += QR(g, e) * kr[u][e];
 #pragma unroll
                 for (int o = LPT / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
                 if (valid[u]) {
@@ -240,14 +263,14 @@ __device__ void paged_attention_combine_impl(const float* __restrict__ part_ml, 
     st(out, ((size_t)s * heads + h) * HEAD_DIM + i, ll > 0.0f ? a / ll : 0.0f);
 }
 
-extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB)
     paged_attention_f32(const float* q, const float* kc, const float* vc, const u32* tables, const u32* lens,
                         float* out, float* part_ml, float* part_acc, u32 heads, u32 kv_heads, u32 max_blocks,
                         u32 block_size, float scale) {
     paged_attention_impl(q, kc, vc, tables, lens, out, part_ml, part_acc, heads, kv_heads, max_blocks, block_size,
                          scale);
 }
-extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB)
     paged_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc, const u32* tables,
                          const u32* lens, __nv_bfloat16* out, float* part_ml, float* part_acc, u32 heads,
                          u32 kv_heads, u32 max_blocks, u32 block_size, float scale) {

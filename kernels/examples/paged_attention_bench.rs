@@ -59,9 +59,16 @@ fn main() -> anyhow::Result<()> {
     for part in [64, 128, 256, 512] {
         for wide in [false, true] {
             for unroll in [1, 2] {
-                let c = PagedConfig { part, wide, unroll };
-                if c != PagedConfig::DEFAULT {
-                    splits.push(c);
+                for q_smem in [false, true] {
+                    let c = PagedConfig {
+                        part,
+                        wide,
+                        unroll,
+                        q_smem,
+                    };
+                    if c != PagedConfig::DEFAULT {
+                        splits.push(c);
+                    }
                 }
             }
         }
@@ -135,11 +142,12 @@ fn main() -> anyhow::Result<()> {
                 us.sort_by(|a, b| a.total_cmp(b));
                 let med = us[us.len() / 2];
                 println!(
-                    "paged_attention {name} B {s} ctx {lo}..{hi} part {:>3} wide {} unroll {}: \
-                     {med:>7.2} us/call {:>6.0} GB/s (rel diff vs default {err:.1e})",
+                    "paged_attention {name} B {s} ctx {lo}..{hi} part {:>3} wide {} unroll {} \
+                     q_smem {}: {med:>7.2} us/call {:>6.0} GB/s (rel diff vs default {err:.1e})",
                     cfg.part,
                     u8::from(cfg.wide),
                     cfg.unroll,
+                    u8::from(cfg.q_smem),
                     bytes / med / 1e3,
                 );
             }

@@ -174,32 +174,74 @@ fn paged_attention_equals_packed_causal_attention() {
             } else {
                 &[DType::F32]
             };
-            // On the GPU every work split of the kernel too (partition size, lanes per token,
-            // unrolled loads), including partitions smaller than the block size.
+            // On the GPU the work splits of the kernel too: wide lanes and unrolled loads at
+            // partitions of 16 tokens (smaller than a block) and 512, and the partition sizes the
+            // chooser picks.
             let splits: Vec<Option<pa::PagedConfig>> = if dev.is_cuda() {
                 let mut v = vec![None];
-                for part in [16, 64, 128, 256, 512] {
-                    for wide in [false, true] {
-                        for unroll in [1, 2] {
-                            v.push(Some(pa::PagedConfig { part, wide, unroll }));
-                        }
-                    }
+                v.extend(flag_splits(false).into_iter().map(Some));
+                for part in [64, 128, 256] {
+                    v.push(Some(pa::PagedConfig {
+                        part,
+                        ..pa::PagedConfig::DEFAULT
+                    }));
                 }
                 v
             } else {
                 vec![None]
             };
-            for &dtype in dtypes {
-                for &split in &splits {
-                    let err = paged_vs_packed(case, &dev, dtype, 100 + i as u64, split);
-                    // bf16 output rounding is ~4e-3 relative; f32 differs only in summation order.
-                    let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
-                    assert!(
-                        err < tol,
-                        "case {i} on {dev} {dtype} {split:?}: rel err {err:.2e} >= {tol:.0e}"
-                    );
-                }
+            check_splits(case, i, &dev, dtypes, &splits);
+        }
+    }
+}
+
+/// Every wide / unroll combination at partitions of 16 and 512 tokens, with `q_smem`.
+fn flag_splits(q_smem: bool) -> Vec<pa::PagedConfig> {
+    let mut v = Vec::new();
+    for part in [16, 512] {
+        for wide in [false, true] {
+            for unroll in [1, 2] {
+                v.push(pa::PagedConfig {
+                    part,
+                    wide,
+                    unroll,
+                    q_smem,
+                });
             }
+        }
+    }
+    v
+}
+
+/// Paged attention with each split equals packed causal attention on `dev`.
+fn check_splits(
+    case: &Case,
+    i: usize,
+    dev: &Device,
+    dtypes: &[DType],
+    splits: &[Option<pa::PagedConfig>],
+) {
+    for &dtype in dtypes {
+        for &split in splits {
+            let err = paged_vs_packed(case, dev, dtype, 100 + i as u64, split);
+            // bf16 output rounding is ~4e-3 relative; f32 differs only in summation order.
+            let tol = if dtype == DType::BF16 { 1e-2 } else { 1e-5 };
+            assert!(
+                err < tol,
+                "case {i} on {dev} {dtype} {split:?}: rel err {err:.2e} >= {tol:.0e}"
+            );
+        }
+    }
+}
+
+/// The query-rows-in-shared-memory variant (`q_smem`, not yet chosen by default) on the GPU:
+/// every wide / unroll combination at partitions of 16 and 512 tokens.
+#[test]
+fn query_rows_in_shared_memory_give_the_same_attention() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        let splits: Vec<_> = flag_splits(true).into_iter().map(Some).collect();
+        for (i, case) in cases().iter().enumerate() {
+            check_splits(case, i, &dev, &[DType::F32, DType::BF16], &splits);
         }
     }
 }
@@ -309,11 +351,17 @@ fn nvrtc_compiles_paged_kernels() {
     for (d, g) in [(24, 3), (64, 1), (64, 7), (64, 3), (128, 16), (256, 8)] {
         nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines(d, g))
             .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g}: {e}"));
-        for (wide, unroll) in [(true, 1), (false, 2), (true, 2)] {
+        for (wide, unroll, q_smem) in [
+            (true, 1, false),
+            (false, 2, false),
+            (true, 2, true),
+            (false, 1, true),
+        ] {
             let cfg = pa::PagedConfig {
                 part: 128,
                 wide,
                 unroll,
+                q_smem,
             };
             nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
                 .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g} {cfg:?}: {e}"));
@@ -336,4 +384,16 @@ fn the_split_fills_the_gpu_with_blocks() {
     assert_eq!(part(1, 1, 100), 128);
     assert_eq!(pa::choose_split(64, 2, 512, 132).unroll, 1);
     assert!(!pa::choose_split(64, 2, 512, 132).wide);
+    assert_eq!(
+        pa::PagedConfig::parse("512,0,1,1"),
+        Some(pa::PagedConfig {
+            q_smem: true,
+            ..pa::PagedConfig::DEFAULT
+        })
+    );
+    assert_eq!(
+        pa::PagedConfig::parse("128,1,2").map(|c| (c.part, c.wide, c.unroll, c.q_smem)),
+        Some((128, true, 2, false))
+    );
+    assert_eq!(pa::PagedConfig::parse("128,1,3"), None);
 }

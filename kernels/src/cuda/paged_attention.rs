@@ -25,6 +25,10 @@ pub struct PagedConfig {
     pub wide: bool,
     /// Tokens per lane group whose loads are issued together (1 or 2).
     pub unroll: usize,
+    /// Query rows in shared memory instead of registers, with the register use capped for 4
+    /// resident blocks per SM (`QSMEM`, `MINB`). Not yet measured on a GPU: not chosen by
+    /// [`choose_split`].
+    pub q_smem: bool,
 }
 
 impl PagedConfig {
@@ -33,9 +37,10 @@ impl PagedConfig {
         part: 512,
         wide: false,
         unroll: 1,
+        q_smem: false,
     };
 
-    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll` (e.g. `128,1,2`): when set, every
+    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem]` (e.g. `128,1,2`): when set, every
     /// call uses that split instead of [`choose_split`]'s (read once; a malformed value is reported
     /// and ignored).
     pub fn forced() -> Option<PagedConfig> {
@@ -53,20 +58,24 @@ impl PagedConfig {
         })
     }
 
-    /// `part,wide,unroll`, e.g. `128,1,2`.
+    /// `part,wide,unroll[,q_smem]`, e.g. `128,1,2` or `512,0,1,1`.
     pub fn parse(v: &str) -> Option<PagedConfig> {
         let f: Vec<&str> = v.split(',').map(str::trim).collect();
-        let [part, wide, unroll] = f[..] else {
-            return None;
+        let flag = |x: &str| match x {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        };
+        let (part, wide, unroll, q_smem) = match f[..] {
+            [p, w, u] => (p, w, u, false),
+            [p, w, u, q] => (p, w, u, flag(q)?),
+            _ => return None,
         };
         let c = PagedConfig {
             part: part.parse().ok()?,
-            wide: match wide {
-                "0" => false,
-                "1" => true,
-                _ => return None,
-            },
+            wide: flag(wide)?,
             unroll: unroll.parse().ok()?,
+            q_smem,
         };
         (c.part >= 1 && (1..=2).contains(&c.unroll)).then_some(c)
     }
@@ -137,6 +146,8 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
         format!("-DPART={}", cfg.part),
         format!("-DWIDE={}", u8::from(cfg.wide)),
         format!("-DUNROLL={}", cfg.unroll),
+        format!("-DQSMEM={}", u8::from(cfg.q_smem)),
+        format!("-DMINB={}", if cfg.q_smem { 4 } else { 1 }),
     ]
 }
 
