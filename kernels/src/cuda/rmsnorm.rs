@@ -44,34 +44,6 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     Ok((y, rstd))
 }
 
-/// `residual_rmsnorm` with C % 8 == 0 (the caller checks): r += delta, then rmsnorm(r).
-pub fn residual_rmsnorm_warp(
-    r: &mut Tensor,
-    delta: &Tensor,
-    w: &Tensor,
-    eps: f32,
-) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "residual_rmsnorm";
-    let dev = device_of(r, OP)?;
-    let (n, c) = r.dims2(OP)?;
-    let y = empty(&dev, &[n, c], r.dtype())?;
-    let rstd = empty(&dev, &[n], DType::F32)?;
-    let args = Args::new()
-        .ptr(r, &dev, OP)?
-        .ptr(delta, &dev, OP)?
-        .ptr(w, &dev, OP)?
-        .ptr(&y, &dev, OP)?
-        .ptr(&rstd, &dev, OP)?
-        .u32(u32_dim(OP, n)?)
-        .u32(u32_dim(OP, c)?)
-        .f32(eps);
-    // A warp per row, 8 rows per block, as `rmsnorm`.
-    let func = format!("residual_rmsnorm_warp_{}", suffix(r.dtype(), OP)?);
-    let g = Grid::d1(n.div_ceil(8).clamp(1, 65535 * 4) as u32, 256);
-    run(&dev, &SRC, &[], &func, g, args)?;
-    Ok((y, rstd))
-}
-
 pub fn rmsnorm_backward(
     dy: &Tensor,
     x: &Tensor,

@@ -41,7 +41,7 @@ pub use linear_acc::linear_backward_acc;
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;
 pub use qkv_rope_cache::{qkv_rope_cache, Qkv};
-pub use rmsnorm::{residual_rmsnorm, rmsnorm, rmsnorm_backward, rmsnorm_backward_acc};
+pub use rmsnorm::{rmsnorm, rmsnorm_backward, rmsnorm_backward_acc};
 pub use rope::{rope, rope_backward};
 pub use sampling::{read_samples, sample_tokens, sample_tokens_into, SampleSpec};
 pub use swiglu::{swiglu, swiglu_backward};

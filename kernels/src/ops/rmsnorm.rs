@@ -72,29 +72,3 @@ pub fn rmsnorm_backward_acc(
         Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm_backward_acc(dy, x, w, rstd, d_res, dw),
     }
 }
-
-/// Residual add fused with the RMSNorm of its result: r[N,C] += delta[N,C] in place (one rounding
-/// to r's dtype, as `add_inplace`), then (y, rstd) = rmsnorm(r, w, eps). Equal bit for bit to
-/// `add_inplace` followed by [`rmsnorm`]; on the GPU with C % 8 == 0 it is one pass over r.
-pub fn residual_rmsnorm(
-    r: &mut Tensor,
-    delta: &Tensor,
-    w: &Tensor,
-    eps: f32,
-) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "residual_rmsnorm";
-    check_float(OP, r)?;
-    let (n, c) = r.dims2(OP)?;
-    check_same(OP, r, &[delta, w])?;
-    check_shape(OP, "delta", delta, &[n, c])?;
-    check_shape(OP, "weight w", w, &[c])?;
-    match r.device() {
-        Device::Cuda(_) if c.is_multiple_of(8) => {
-            crate::cuda::rmsnorm::residual_rmsnorm_warp(r, delta, w, eps)
-        }
-        _ => {
-            super::add_inplace(r, delta)?;
-            rmsnorm(r, w, eps)
-        }
-    }
-}

@@ -6,9 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::linear::linear_out;
-use kernels::ops::{
-    attention, bias_cast, gather_rows, linear, residual_rmsnorm, rmsnorm, rope, swiglu,
-};
+use kernels::ops::{add_rmsnorm, attention, bias_cast, gather_rows, linear, rmsnorm, rope, swiglu};
 use kernels::{DType, Tensor};
 
 use super::activations::{Activations, LayerActs};
@@ -39,7 +37,8 @@ pub fn forward(
 
     // [N] ids -> [N,C]
     let mut x = gather_rows(&params.embed, &batch.tokens).context("embedding lookup")?;
-    // Each norm after the first is fused with the residual add before it (`residual_rmsnorm`):
+    // Each norm after the first is fused with the residual add before it (`add_rmsnorm`, the
+    // op the rollout engine's decode layer uses too):
     // a layer hands the next one its input x and that input's normalised rows.
     let norm_after = |l: usize| {
         params
@@ -110,17 +109,19 @@ fn layer_forward(
     let kk = rope(&kk, &batch.positions, theta)?;
     let (att, lse) = attention(&q, &kk, &v, &batch.cu_seqlens, scale)?; // [N,H,D], [N,H]
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
-    let mut x2 = linear(&att, &lp.o, None)?; // [N,C], o_proj output
-                                             // x2 = o + x, then the MLP norm of it.
-    let (xn2, mlp_rstd) = residual_rmsnorm(&mut x2, &x, &lp.mlp_norm, eps)?; // [N,C], [N]
+    let o = linear(&att, &lp.o, None)?; // [N,C], o_proj output
+    let mid = add_rmsnorm(&x, &o, &lp.mlp_norm, eps)?; // x2 = x + o [N,C], its MLP norm [N,C], [N]
+    drop(o);
+    let (x2, xn2, mlp_rstd) = (mid.r, mid.out, mid.rstd);
 
     // MLP block.
     let gate = linear(&xn2, &lp.gate, None)?; // [N,F]
     let up = linear(&xn2, &lp.up, None)?; // [N,F]
     let act = swiglu(&gate, &up)?; // [N,F]
-    let mut x_out = linear(&act, &lp.down, None)?; // [N,C], down_proj output
-                                                   // x_out = down + x2, then the next norm of it.
-    let (xn_next, rstd_next) = residual_rmsnorm(&mut x_out, &x2, next_norm, eps)?;
+    let down = linear(&act, &lp.down, None)?; // [N,C], down_proj output
+    let next = add_rmsnorm(&x2, &down, next_norm, eps)?; // x_out = x2 + down, its next norm
+    drop(down);
+    let (x_out, xn_next, rstd_next) = (next.r, next.out, next.rstd);
 
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D], as the attention backward wants it
     let saved = LayerActs {
