@@ -21,6 +21,13 @@
 // cap): together they trade shared-memory reads for occupancy when a large group's registers
 // limit the resident blocks (Qwen2.5's group 7 at D 64 fits 3 blocks of 4 warps per SM otherwise).
 //
+// CHUNKED replaces the per-token online softmax by tiles of TILE tokens: one thread per token
+// computes its scores for all GROUP heads (K row read once, query rows from shared memory) into
+// shared memory; one warp per head takes the tile's max, turns the scores into weights and updates
+// the running max and sum, so the accumulators are rescaled once per tile instead of once per
+// token; then lane groups accumulate weight × V as above. All of a tile's K loads are in flight
+// together.
+//
 // With one partition the block writes the output; otherwise it writes (m, l, acc) per
 // (s, h, partition) to f32 scratch and paged_attention_combine_* merges the partitions, so one
 // long sequence is spread over many SMs instead of serialising on one, and a batch of short ones
@@ -50,6 +57,10 @@
 #ifndef MINB
 #define MINB 1
 #endif
+#ifndef CHUNKED
+#define CHUNKED 0
+#endif
+#define TILE 64  // tokens per tile of the chunked variant
 #define NWARPS 4
 #define VEC (WIDE ? 4 : 8)                                       // elements per load
 #define CHUNKS ((HEAD_DIM + VEC - 1) / VEC)                      // VEC-element chunks of a row
@@ -92,7 +103,7 @@ __device__ __forceinline__ void load_slice(const T* __restrict__ p, size_t row, 
 }
 
 template <typename T>
-__device__ void paged_attention_impl(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+__device__ void paged_attention_online(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                      const u32* __restrict__ tables, const u32* __restrict__ lens,
                                      T* __restrict__ out, float* __restrict__ part_ml, float* __restrict__ part_acc,
                                      u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size, float scale) {
@@ -238,6 +249,167 @@ __device__ void paged_attention_impl(const T* __restrict__ q, const T* __restric
             }
         }
     }
+}
+
+// The CHUNKED variant (see the top of the file); same arguments and outputs.
+template <typename T>
+__device__ void paged_attention_chunked(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+                                        const u32* __restrict__ tables, const u32* __restrict__ lens,
+                                        T* __restrict__ out, float* __restrict__ part_ml,
+                                        float* __restrict__ part_acc, u32 heads, u32 kv_heads, u32 max_blocks,
+                                        u32 block_size, float scale) {
+    const u32 part = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, nparts = gridDim.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane % LPT;  // which slice of the head dim (value phase)
+    const int tok = lane / LPT;  // which of the warp's TPW tokens (value phase)
+    const int first = sub * EPL;
+    const u32 len = lens[s];
+    const u32 start = part * PART;
+    const u32 end = min(len, start + PART);
+    const u32* table = tables + (size_t)s * max_blocks;
+
+    __shared__ __align__(16) float sm_q[GROUP][HEAD_DIM];  // pre-scaled query rows
+    __shared__ float sm_p[GROUP][TILE];                     // the tile's scores, then weights
+    __shared__ size_t sm_row[TILE];                         // the tile's K/V row offsets
+    __shared__ float sm_mx[GROUP], sm_sum[GROUP], sm_corr[GROUP];
+    for (u32 t = threadIdx.x; t < GROUP * HEAD_DIM; t += blockDim.x) {
+        const u32 g = t / HEAD_DIM, i = t % HEAD_DIM;
+        sm_q[g][i] = ld(q, ((size_t)s * heads + kh * GROUP + g) * HEAD_DIM + i) * scale;
+    }
+    if (threadIdx.x < GROUP) {
+        sm_mx[threadIdx.x] = -INFINITY;
+        sm_sum[threadIdx.x] = 0.0f;
+    }
+    float acc[GROUP][EPL];
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[g][e] = 0.0f;
+    __syncthreads();
+
+    for (u32 t0 = start; t0 < end; t0 += TILE) {
+        const u32 n = min((u32)TILE, end - t0);
+        // 1. One thread per token: its row offset and its scores for every head.
+        if (threadIdx.x < n) {
+            const u32 pos = t0 + threadIdx.x;
+            const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
+            const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
+            sm_row[threadIdx.x] = row;
+            float dot[GROUP];
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) dot[g] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < HEAD_DIM; c += 8) {
+                float kr[8];
+#if HEAD_DIM % 8 == 0
+                ld8(kc, row + c, kr);
+#else
+#pragma unroll
+                for (int e = 0; e < 8; ++e) kr[e] = c + e < HEAD_DIM ? ld(kc, row + c + e) : 0.0f;
+#endif
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    if (c + e < HEAD_DIM) {
+#pragma unroll
+                        for (int g = 0; g < GROUP; ++g) dot[g] += sm_q[g][c + e] * kr[e];
+                    }
+                }
+            }
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) sm_p[g][threadIdx.x] = dot[g];
+        }
+        __syncthreads();
+        // 2. One warp per head: the tile's max, weights exp(score - new max), the running sum.
+        for (int g = warp; g < GROUP; g += NWARPS) {
+            const bool in0 = (u32)lane < n, in1 = (u32)lane + 32 < n;
+            const float x0 = in0 ? sm_p[g][lane] : -INFINITY;
+            const float x1 = in1 ? sm_p[g][lane + 32] : -INFINITY;
+            float mt = fmaxf(x0, x1);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            const float m_old = sm_mx[g];
+            const float m_new = fmaxf(m_old, mt);
+            const float p0 = in0 ? expf(x0 - m_new) : 0.0f;
+            const float p1 = in1 ? expf(x1 - m_new) : 0.0f;
+            if (in0) sm_p[g][lane] = p0;
+            if (in1) sm_p[g][lane + 32] = p1;
+            float lt = p0 + p1;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) lt += __shfl_xor_sync(0xffffffffu, lt, o);
+            if (lane == 0) {
+                const float corr = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+                sm_corr[g] = corr;
+                sm_sum[g] = sm_sum[g] * corr + lt;
+                sm_mx[g] = m_new;
+            }
+        }
+        __syncthreads();
+        // 3. Rescale once per tile, then lane groups add weight × V over the tile's tokens.
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g) {
+            const float c = sm_corr[g];
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) acc[g][e] *= c;
+        }
+        for (u32 j = warp * TPW + tok; j < n; j += NWARPS * TPW) {
+            float vr[EPL];
+            load_slice(vc, sm_row[j], first, vr);
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g) {
+                const float p = sm_p[g][j];
+#pragma unroll
+                for (int e = 0; e < EPL; ++e) acc[g][e] += p * vr[e];
+            }
+        }
+        __syncthreads();  // the next tile overwrites sm_p, sm_row and sm_corr
+    }
+
+    // Sum the warp's TPW token groups (lanes with the same slice), then the warps.
+#pragma unroll
+    for (int o = LPT; o < 32; o <<= 1)
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+    __shared__ float sm_acc[NWARPS][GROUP][ROW_PAD];
+    if (tok == 0) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) sm_acc[warp][g][first + e] = acc[g][e];
+    }
+    __syncthreads();
+    for (u32 t = threadIdx.x; t < GROUP * HEAD_DIM; t += blockDim.x) {
+        const u32 g = t / HEAD_DIM, i = t % HEAD_DIM;
+        float a = 0.0f;
+        for (int w = 0; w < NWARPS; ++w) a += sm_acc[w][g][i];
+        const float mm = sm_mx[g], ll = sm_sum[g];
+        const u32 h = kh * GROUP + g;
+        if (nparts == 1) {
+            st(out, ((size_t)s * heads + h) * HEAD_DIM + i, ll > 0.0f ? a / ll : 0.0f);
+        } else {
+            const size_t sp = ((size_t)s * heads + h) * nparts + part;
+            part_acc[sp * HEAD_DIM + i] = a;
+            if (i == 0) {
+                part_ml[2 * sp] = mm;
+                part_ml[2 * sp + 1] = ll;
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void paged_attention_impl(const T* q, const T* kc, const T* vc, const u32* tables,
+                                                     const u32* lens, T* out, float* part_ml, float* part_acc,
+                                                     u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size,
+                                                     float scale) {
+#if CHUNKED
+    paged_attention_chunked(q, kc, vc, tables, lens, out, part_ml, part_acc, heads, kv_heads, max_blocks,
+                            block_size, scale);
+#else
+    paged_attention_online(q, kc, vc, tables, lens, out, part_ml, part_acc, heads, kv_heads, max_blocks,
+                           block_size, scale);
+#endif
 }
 
 // Merges the partitions of one (sequence, query head): grid (H, S), HEAD_DIM threads (rounded up

@@ -59,12 +59,16 @@ fn main() -> anyhow::Result<()> {
     for part in [64, 128, 256, 512] {
         for wide in [false, true] {
             for unroll in [1, 2] {
-                for q_smem in [false, true] {
+                for (q_smem, chunked) in [(false, false), (true, false), (false, true)] {
+                    if chunked && unroll > 1 {
+                        continue; // the chunked kernel does not unroll
+                    }
                     let c = PagedConfig {
                         part,
                         wide,
                         unroll,
                         q_smem,
+                        chunked,
                     };
                     if c != PagedConfig::DEFAULT {
                         splits.push(c);
@@ -143,11 +147,13 @@ fn main() -> anyhow::Result<()> {
                 let med = us[us.len() / 2];
                 println!(
                     "paged_attention {name} B {s} ctx {lo}..{hi} part {:>3} wide {} unroll {} \
-                     q_smem {}: {med:>7.2} us/call {:>6.0} GB/s (rel diff vs default {err:.1e})",
+                     q_smem {} chunked {}: {med:>7.2} us/call {:>6.0} GB/s (rel diff vs default \
+                     {err:.1e})",
                     cfg.part,
                     u8::from(cfg.wide),
                     cfg.unroll,
                     u8::from(cfg.q_smem),
+                    u8::from(cfg.chunked),
                     bytes / med / 1e3,
                 );
             }

@@ -206,6 +206,7 @@ fn flag_splits(q_smem: bool) -> Vec<pa::PagedConfig> {
                     wide,
                     unroll,
                     q_smem,
+                    chunked: false,
                 });
             }
         }
@@ -362,9 +363,65 @@ fn nvrtc_compiles_paged_kernels() {
                 wide,
                 unroll,
                 q_smem,
+                chunked: false,
             };
             nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
                 .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g} {cfg:?}: {e}"));
+        }
+    }
+}
+
+/// The chunked-softmax variant (`chunked`, not yet chosen by default) on the GPU: partitions of
+/// 16 (inside one tile), 128, 512 and 1024 tokens (several tiles), the three GQA groups of the
+/// cases (the case with group 8 at D 128 included).
+#[test]
+fn chunked_softmax_gives_the_same_attention() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        let splits: Vec<_> = [16, 128, 512, 1024]
+            .into_iter()
+            .flat_map(|part| {
+                [false, true].map(|wide| {
+                    Some(pa::PagedConfig {
+                        part,
+                        wide,
+                        chunked: true,
+                        ..pa::PagedConfig::DEFAULT
+                    })
+                })
+            })
+            .collect();
+        for (i, case) in cases().iter().enumerate() {
+            check_splits(case, i, &dev, &[DType::F32, DType::BF16], &splits);
+        }
+    }
+}
+
+/// The chunked kernel compiles for the shapes above and real models' groups.
+#[test]
+fn nvrtc_compiles_the_chunked_kernel() {
+    if !nvrtc::is_available() {
+        eprintln!("skipped: no NVRTC library");
+        return;
+    }
+    let src = pa::source();
+    let text = kernels::cuda::launch::full_source(&src);
+    for (d, g) in [
+        (24, 3),
+        (64, 1),
+        (64, 7),
+        (64, 3),
+        (128, 8),
+        (128, 16),
+        (256, 8),
+    ] {
+        for wide in [false, true] {
+            let cfg = pa::PagedConfig {
+                wide,
+                chunked: true,
+                ..pa::PagedConfig::DEFAULT
+            };
+            nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
+                .unwrap_or_else(|e| panic!("paged_attention.cu chunked D={d} G={g} {cfg:?}: {e}"));
         }
     }
 }
@@ -396,4 +453,11 @@ fn the_split_fills_the_gpu_with_blocks() {
         Some((128, true, 2, false))
     );
     assert_eq!(pa::PagedConfig::parse("128,1,3"), None);
+    assert_eq!(
+        pa::PagedConfig::parse("512,0,1,0,1"),
+        Some(pa::PagedConfig {
+            chunked: true,
+            ..pa::PagedConfig::DEFAULT
+        })
+    );
 }

@@ -15,6 +15,9 @@ const THREADS: u32 = 128;
 /// holds GROUP × 8 query values and accumulators in registers. Real models use 64..1024 (e.g.
 /// 7 × 64).
 const MAX_GROUP_DIM: usize = 2048;
+/// Largest GQA group of the chunked variant: its [group, 64] tile of weights joins the warps'
+/// partial outputs in the 48 KiB of static shared memory.
+const MAX_CHUNKED_GROUP: usize = 16;
 
 /// How the kernel splits the work (compile-time constants of `cu/paged_attention.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +32,10 @@ pub struct PagedConfig {
     /// resident blocks per SM (`QSMEM`, `MINB`). Not yet measured on a GPU: not chosen by
     /// [`choose_split`].
     pub q_smem: bool,
+    /// Tiles of 64 tokens: scores of a tile first (one thread per token, all heads), one softmax
+    /// rescale per tile instead of per token (`CHUNKED`). Not yet measured on a GPU: not chosen
+    /// by [`choose_split`]. Needs a GQA group of at most 16 (shared memory).
+    pub chunked: bool,
 }
 
 impl PagedConfig {
@@ -38,9 +45,10 @@ impl PagedConfig {
         wide: false,
         unroll: 1,
         q_smem: false,
+        chunked: false,
     };
 
-    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem]` (e.g. `128,1,2`): when set, every
+    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem[,chunked]]` (e.g. `128,1,2`): when set, every
     /// call uses that split instead of [`choose_split`]'s (read once; a malformed value is reported
     /// and ignored).
     pub fn forced() -> Option<PagedConfig> {
@@ -58,7 +66,7 @@ impl PagedConfig {
         })
     }
 
-    /// `part,wide,unroll[,q_smem]`, e.g. `128,1,2` or `512,0,1,1`.
+    /// `part,wide,unroll[,q_smem[,chunked]]`, e.g. `128,1,2` or `512,0,1,0,1`.
     pub fn parse(v: &str) -> Option<PagedConfig> {
         let f: Vec<&str> = v.split(',').map(str::trim).collect();
         let flag = |x: &str| match x {
@@ -66,9 +74,10 @@ impl PagedConfig {
             "1" => Some(true),
             _ => None,
         };
-        let (part, wide, unroll, q_smem) = match f[..] {
-            [p, w, u] => (p, w, u, false),
-            [p, w, u, q] => (p, w, u, flag(q)?),
+        let (part, wide, unroll, q_smem, chunked) = match f[..] {
+            [p, w, u] => (p, w, u, false, false),
+            [p, w, u, q] => (p, w, u, flag(q)?, false),
+            [p, w, u, q, c] => (p, w, u, flag(q)?, flag(c)?),
             _ => return None,
         };
         let c = PagedConfig {
@@ -76,6 +85,7 @@ impl PagedConfig {
             wide: flag(wide)?,
             unroll: unroll.parse().ok()?,
             q_smem,
+            chunked,
         };
         (c.part >= 1 && (1..=2).contains(&c.unroll)).then_some(c)
     }
@@ -148,6 +158,7 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
         format!("-DUNROLL={}", cfg.unroll),
         format!("-DQSMEM={}", u8::from(cfg.q_smem)),
         format!("-DMINB={}", if cfg.q_smem { 4 } else { 1 }),
+        format!("-DCHUNKED={}", u8::from(cfg.chunked)),
     ]
 }
 
@@ -210,6 +221,11 @@ pub fn paged_attention_with(
     let group = h / kh;
     if cfg.part == 0 || !(1..=2).contains(&cfg.unroll) {
         return Err(Error::msg(format!("{OP}: bad work split {cfg:?}")));
+    }
+    if cfg.chunked && group > MAX_CHUNKED_GROUP {
+        return Err(Error::msg(format!(
+            "{OP}: the chunked kernel takes a GQA group of at most {MAX_CHUNKED_GROUP}, got {group}"
+        )));
     }
     if group * row_pad(d, cfg.wide) > MAX_GROUP_DIM {
         return Err(Error::msg(format!(
