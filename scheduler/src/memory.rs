@@ -90,10 +90,13 @@ pub fn estimate(cfg: &Config) -> Result<Vec<CallEstimate>> {
         (m.num_key_value_heads * m.head_dim) as u64,
     );
     let weights = p * bytes_per;
-    // Saved per token per layer for the backward: x, xn, q, k, v, att, x2, xn2, gate, up, plus
-    // f32 norm statistics and attention lse.
-    let saved_per_token = l * (bytes_per * (4 * c + 2 * hd + 2 * kd + 2 * f) + 4 * 3);
-    let logits = |tokens: u64| (tokens * v).min(model::llama::LOGITS_CHUNK_ELEMS as u64) * 4 * 2;
+    // Saved per token per layer for the backward: x, xn, q, k, v, att, x2, xn2, gate, up and
+    // their SwiGLU product, plus f32 norm statistics and attention lse.
+    let saved_per_token = l * (bytes_per * (4 * c + 2 * hd + 2 * kd + 3 * f) + 4 * 3);
+    // The LM head keeps its f32 logits from the forward (4 B each, up to LOGITS_CHUNK_ELEMS) and
+    // the backward writes d(logits) in the working dtype next to them.
+    let logits =
+        |tokens: u64| (tokens * v).min(model::llama::LOGITS_CHUNK_ELEMS as u64) * (4 + bytes_per);
     // f32 gradients, and the learner's AdamW state: f32 master weights (kept in f32 runs too)
     // and two f32 moments.
     let optim = p * 4 * 4;
