@@ -3,7 +3,7 @@
 # .gpu/bundle.tar.gz (made here by scripts/gpu_bundle.sh; unpacked into .gpu/run if not yet):
 #   (a) rollout: actor's rollout_bench, Qwen2.5-0.5B shapes, B 256, P 128, N 256, beside HF
 #       `generate` on the same shapes (scripts/peers/hf_generate.py, --iters 1: ~7 s a run, ~50 s
-#       with start-up), the same with CUDA-graph decode steps (--cuda-graphs), and a profiled run
+#       with start-up), op by op (--no-cuda-graphs) and with CUDA-graph decode steps (the default), and a profiled run
 #       (REALIGN_PROFILE=1, N 32); then, if time is left, SmolLM2-135M shapes at B 64 and 256;
 #   (b) training step: learner's train_step_bench (8 × 1024 tokens) beside a plain PyTorch step
 #       (scripts/peers/torch_train_step.py --batch 8 --seq 1024).
@@ -45,7 +45,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$LOG" 2
 
 # (a) rollout (stdout carries the JSON lines, so no --out)
 part rollout_qwen 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
-  --batch 256 --prompt 128 --new 256 --iters 3
+  --batch 256 --prompt 128 --new 256 --iters 3 --no-cuda-graphs
 part hf_generate_qwen 90 python3 scripts/peers/hf_generate.py \
   --batch 256 --prompt 128 --new 256 --iters 1
 part rollout_qwen_graphs 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \

@@ -6,8 +6,9 @@
 //!       --shapes tiny --batch 4 --prompt 8 --new 8                          (CPU smoke run)
 //!
 //! Options: --shapes qwen2.5-0.5b|smollm2-135m|tiny (random weights, seed 0) or --model DIR (real
-//! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --cuda-graphs (decode
-//! steps as CUDA graphs, EngineConfig::cuda_graphs), --out FILE (appends).
+//! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --no-cuda-graphs (decode
+//! op by op; CUDA graphs, EngineConfig::cuda_graphs, are the default; --cuda-graphs is accepted),
+//! --out FILE (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
 //! - tokens/s of new tokens (B·N / median seconds);
@@ -57,7 +58,7 @@ fn parse() -> Result<Args> {
         new: 256,
         iters: 2,
         kv_fraction: 0.8,
-        cuda_graphs: false,
+        cuda_graphs: EngineConfig::default().cuda_graphs,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -77,6 +78,7 @@ fn parse() -> Result<Args> {
             }
             "--out" => a.out = Some(val()?.into()),
             "--cuda-graphs" => a.cuda_graphs = true,
+            "--no-cuda-graphs" => a.cuda_graphs = false,
             other => bail!("unknown argument {other}"),
         }
     }

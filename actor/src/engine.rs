@@ -34,8 +34,9 @@ pub struct EngineConfig {
     pub max_running: usize,
     /// Let the n samples of one prompt share its KV blocks.
     pub share_prefixes: bool,
-    /// Run decode steps on a GPU as CUDA graphs (docs/rollout.md, "Speed"; not yet the default:
-    /// see its state there). `REALIGN_CUDA_GRAPHS=1` / `=0` turns them on / off for every engine.
+    /// Run decode steps on a GPU as CUDA graphs (docs/rollout.md, "Speed"; the default since a
+    /// GPU GRPO run with them, 2026-11-29). `REALIGN_CUDA_GRAPHS=1` / `=0` turns them on / off for
+    /// every engine. Ignored on the CPU.
     pub cuda_graphs: bool,
 }
 
@@ -47,7 +48,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 8192,
             max_running: 256,
             share_prefixes: true,
-            cuda_graphs: false,
+            cuda_graphs: true,
         }
     }
 }

@@ -371,7 +371,7 @@ fn nvrtc_compiles_paged_kernels() {
     }
 }
 
-/// The chunked-softmax variant (`chunked`, not yet chosen by default) on the GPU: partitions of
+/// The chunked-softmax variant (`chunked`, the default where it applies) on the GPU: partitions of
 /// 16 (inside one tile), 128, 512 and 1024 tokens (several tiles), the three GQA groups of the
 /// cases (the case with group 8 at D 128 included).
 #[test]
@@ -427,10 +427,13 @@ fn nvrtc_compiles_the_chunked_kernel() {
 }
 
 /// The split chooser keeps 512-token partitions when the grid fills the GPU and halves them (down
-/// to 128) when it would not: the shapes measured on the H200 (132 SMs).
+/// to 128) when it would not, and takes the chunked softmax with wide lanes where the kernel
+/// allows it: the shapes measured on the H200 (132 SMs).
 #[test]
 fn the_split_fills_the_gpu_with_blocks() {
-    let part = |s, kh, ctx| pa::choose_split(s, kh, ctx, 132).part;
+    // (S, K, group, D, context bound)
+    let split = |s, kh, g, d, ctx| pa::choose_split(s, kh, g, d, ctx, 132);
+    let part = |s, kh, ctx| split(s, kh, 7, 64, ctx).part;
     // Qwen2.5-0.5B (K 2) and SmolLM2-135M (K 3) at B 256 and B 64, a graph's context bound 512.
     assert_eq!(part(256, 2, 512), 512);
     assert_eq!(part(256, 3, 512), 512);
@@ -439,8 +442,13 @@ fn the_split_fills_the_gpu_with_blocks() {
     // Long contexts already give many partitions; a single sequence stops at 128.
     assert_eq!(part(64, 2, 8192), 512);
     assert_eq!(part(1, 1, 100), 128);
-    assert_eq!(pa::choose_split(64, 2, 512, 132).unroll, 1);
-    assert!(!pa::choose_split(64, 2, 512, 132).wide);
+    let qwen = split(256, 2, 7, 64, 512);
+    assert!(qwen.chunked && qwen.wide && qwen.unroll == 1 && !qwen.q_smem);
+    let smol = split(64, 3, 3, 64, 512);
+    assert!(smol.chunked && smol.wide);
+    // A group the chunked kernel cannot hold, or a head dim not tested on a GPU: per-token softmax.
+    assert!(!split(64, 1, 32, 64, 512).chunked);
+    assert!(!split(64, 2, 4, 256, 512).chunked);
     assert_eq!(
         pa::PagedConfig::parse("512,0,1,1"),
         Some(pa::PagedConfig {

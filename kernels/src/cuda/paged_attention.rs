@@ -33,8 +33,8 @@ pub struct PagedConfig {
     /// [`choose_split`].
     pub q_smem: bool,
     /// Tiles of 64 tokens: scores of a tile first (one thread per token, all heads), one softmax
-    /// rescale per tile instead of per token (`CHUNKED`). Not yet measured on a GPU: not chosen
-    /// by [`choose_split`]. Needs a GQA group of at most 16 (shared memory).
+    /// rescale per tile instead of per token (`CHUNKED`). Chosen by [`choose_split`] (with
+    /// `wide`) wherever it applies. Needs a GQA group of at most 16 (shared memory).
     pub chunked: bool,
 }
 
@@ -99,18 +99,31 @@ const MIN_BLOCKS_PER_SM: usize = 3;
 /// The smallest partition [`choose_split`] picks.
 const MIN_PART: usize = 128;
 
-/// The split for S sequences, K kv heads and a context bound of `max_context_len` on a GPU with
-/// `sms` SMs: [`PagedConfig::DEFAULT`] (partitions of 512 tokens), with the partition halved
-/// (down to 128 tokens) while the grid would have fewer than 3 thread blocks per SM. Measured on
-/// the H200 (docs/benchmarks.md, 2026-11-29 paged): at B 256 the default grid (512 blocks for
-/// Qwen2.5-0.5B, 768 for SmolLM2) is the fastest or within 2%; at B 64 (128 / 192 blocks)
-/// 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) and 19.9 to 13.8 µs (SmolLM2).
-/// The wide-lane and unrolled variants were slower at every measured shape.
-pub fn choose_split(s: usize, kv_heads: usize, max_context_len: usize, sms: usize) -> PagedConfig {
+/// The split for S sequences, K kv heads, GQA group `group` and head dim `d`, with a context
+/// bound of `max_context_len`, on a GPU with `sms` SMs: partitions of 512 tokens, halved (down to
+/// 128) while the grid would have fewer than 3 thread blocks per SM; the chunked softmax with
+/// wide lanes where the kernel takes the group (at most 16) and the head dim was tested on a GPU
+/// (at most 128). Measured on the H200 (docs/benchmarks.md, 2026-11-29 lead 15:25, contexts
+/// 128..384): chunked + wide is the fastest variant at every measured shape: Qwen2.5-0.5B B 256
+/// 56.5 -> 29.7 µs a call, B 64 (128-token partitions) 14.6 µs, SmolLM2-135M B 64 11.7 µs (the
+/// per-token softmax variant 13.8). Partition sizes as measured by helper `paged`: at B 64 the
+/// 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) with the per-token softmax.
+pub fn choose_split(
+    s: usize,
+    kv_heads: usize,
+    group: usize,
+    d: usize,
+    max_context_len: usize,
+    sms: usize,
+) -> PagedConfig {
     let mut cfg = PagedConfig::DEFAULT;
     let blocks = |part: usize| max_context_len.div_ceil(part).max(1) * kv_heads * s;
     while cfg.part > MIN_PART && blocks(cfg.part) < MIN_BLOCKS_PER_SM * sms {
         cfg.part /= 2;
+    }
+    if group <= MAX_CHUNKED_GROUP && d <= 128 {
+        cfg.chunked = true;
+        cfg.wide = group * row_pad(d, true) <= MAX_GROUP_DIM;
     }
     cfg
 }
@@ -196,8 +209,16 @@ fn split_for(q: &Tensor, k_cache: &Tensor, max_context_len: usize) -> Result<Pag
         return Ok(c);
     }
     let dev = device_of(q, "paged_attention")?;
-    let (s, kh) = (q.shape()[0], k_cache.shape()[1]);
-    Ok(choose_split(s, kh, max_context_len, sm_count(&dev)))
+    let (s, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    let kh = k_cache.shape()[1];
+    Ok(choose_split(
+        s,
+        kh,
+        h / kh.max(1),
+        d,
+        max_context_len,
+        sm_count(&dev),
+    ))
 }
 
 /// [`paged_attention`] with an explicit work split (for tests and benchmarks of the variants).
