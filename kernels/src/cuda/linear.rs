@@ -86,38 +86,71 @@ pub fn linear_backward(
     const OP: &str = "linear_backward";
     let dev = device_of(x, OP)?;
     let (n, i) = x.dims2(OP)?;
-    let (o, _) = w.dims2(OP)?;
+    let dx = empty(&dev, &[n, i], x.dtype())?;
+    backward_into(OP, dy, x, w, dw, db, &dx, 0.0)?;
+    Ok(dx)
+}
+
+/// `linear_backward` adding dx into `dx_acc` (the GEMM's beta = 1) instead of writing a new dx.
+pub fn linear_backward_acc(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+    dx_acc: &mut Tensor,
+) -> Result<()> {
+    backward_into("linear_backward_acc", dy, x, w, dw, db, dx_acc, 1.0)
+}
+
+/// The backward's two GEMMs and the bias gradient: dx = beta_dx · dx + dy w (in x's dtype),
+/// dw += dyᵀ x (f32), db += column sums of dy.
+#[allow(clippy::too_many_arguments)]
+fn backward_into(
+    op: &'static str,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+    dx: &Tensor,
+    beta_dx: f32,
+) -> Result<()> {
+    let dev = device_of(x, op)?;
+    let (n, i) = x.dims2(op)?;
+    let (o, _) = w.dims2(op)?;
     let dtype = x.dtype();
-    let dx = empty(&dev, &[n, i], dtype)?;
+    // dx(I×N) = beta_dx · dx + w(I×O) · dy(O×N), column-major.
     Gemm {
         trans_a: false,
         trans_b: false,
         m: i,
         n,
         k: o,
-        a: ptr(w, &dev, OP)?,
+        a: ptr(w, &dev, op)?,
         lda: i,
-        b: ptr(dy, &dev, OP)?,
+        b: ptr(dy, &dev, op)?,
         ldb: o,
-        c: ptr(&dx, &dev, OP)?,
+        c: ptr(dx, &dev, op)?,
         ldc: i,
         alpha: 1.0,
-        beta: 0.0,
+        beta: beta_dx,
         ab: dtype,
         c_type: dtype,
     }
     .run(&dev)?;
+    // dw(I×O) += x(I×N) · dyᵀ(N×O), f32 C.
     Gemm {
         trans_a: false,
         trans_b: true,
         m: i,
         n: o,
         k: n,
-        a: ptr(x, &dev, OP)?,
+        a: ptr(x, &dev, op)?,
         lda: i,
-        b: ptr(dy, &dev, OP)?,
+        b: ptr(dy, &dev, op)?,
         ldb: o,
-        c: ptr(dw, &dev, OP)?,
+        c: ptr(dw, &dev, op)?,
         ldc: i,
         alpha: 1.0,
         beta: 1.0,
@@ -140,13 +173,13 @@ pub fn linear_backward(
         };
         let chunk = n.div_ceil(g.grid.1 as usize).max(1);
         let args = Args::new()
-            .ptr(dy, &dev, OP)?
-            .ptr(db, &dev, OP)?
-            .u32(u32_dim(OP, n)?)
-            .u32(u32_dim(OP, o)?)
-            .u32(u32_dim(OP, chunk)?);
-        let func = format!("bias_grad_{}", suffix(dtype, OP)?);
+            .ptr(dy, &dev, op)?
+            .ptr(db, &dev, op)?
+            .u32(u32_dim(op, n)?)
+            .u32(u32_dim(op, o)?)
+            .u32(u32_dim(op, chunk)?);
+        let func = format!("bias_grad_{}", suffix(dtype, op)?);
         run(&dev, &SRC, &[], &func, g, args)?;
     }
-    Ok(dx)
+    Ok(())
 }

@@ -31,7 +31,6 @@ pub mod graph_ops;
 pub mod kv_cache;
 pub mod launch;
 pub mod linear;
-pub mod linear_acc;
 pub mod lm_head;
 pub mod logsoftmax;
 pub mod nvrtc;

@@ -40,6 +40,6 @@ pub fn linear_backward_acc(
             let dx = crate::cpu::linear::linear_backward(dy, x, w, dw, db)?;
             super::add_inplace(dx_acc, &dx)
         }
-        Device::Cuda(_) => crate::cuda::linear_acc::linear_backward_acc(dy, x, w, dw, db, dx_acc),
+        Device::Cuda(_) => crate::cuda::linear::linear_backward_acc(dy, x, w, dw, db, dx_acc),
     }
 }
