@@ -91,9 +91,6 @@ impl PagedConfig {
     }
 }
 
-/// The partition size the kernel is compiled with by default (tokens per thread block).
-pub const PART: usize = PagedConfig::DEFAULT.part;
-
 /// Thread blocks per SM below which [`choose_split`] makes partitions smaller.
 const MIN_BLOCKS_PER_SM: usize = 3;
 /// The smallest partition [`choose_split`] picks.
