@@ -304,7 +304,8 @@ template <typename TO>
 __device__ void lsm_residual_impl(const float* __restrict__ logits, const u32* __restrict__ targets, float inv_temp,
                                   float* __restrict__ logprob, float* __restrict__ entropy, float* __restrict__ lse_out,
                                   TO* __restrict__ resid, u32 n, u32 v, u32 seg) {
-    extern __shared__ float zs[];  // [seg]: this block's segment of the row, z = logits * inv_temp
+    extern __shared__ float4 zs4[];  // [seg / 4]: this block's segment of the row, z = logits * inv_temp
+    float* zs = reinterpret_cast<float*>(zs4);
     __shared__ Stats scratch[32];
     __shared__ StatsSlot part;  // this block's (m, s, t), read by the whole cluster
     const u32 rank = cluster_rank();
@@ -322,11 +323,16 @@ __device__ void lsm_residual_impl(const float* __restrict__ logits, const u32* _
                 ld8(z, (size_t)c * 8, x);
                 if (c2 < n8) ld8(z, (size_t)c2 * 8, y);
 #pragma unroll
-                for (int k = 0; k < 8; ++k) zs[c * 8 + k] = x[k] *= inv_temp;
+                for (int k = 0; k < 8; ++k) x[k] *= inv_temp;
+                // 16-byte shared stores (scalar ones 32 B apart would conflict 8-way).
+                zs4[2 * c] = make_float4(x[0], x[1], x[2], x[3]);
+                zs4[2 * c + 1] = make_float4(x[4], x[5], x[6], x[7]);
                 push8(a, x);
                 if (c2 < n8) {
 #pragma unroll
-                    for (int k = 0; k < 8; ++k) zs[c2 * 8 + k] = y[k] *= inv_temp;
+                    for (int k = 0; k < 8; ++k) y[k] *= inv_temp;
+                    zs4[2 * c2] = make_float4(y[0], y[1], y[2], y[3]);
+                    zs4[2 * c2 + 1] = make_float4(y[4], y[5], y[6], y[7]);
                     push8(a, y);
                 }
             }
@@ -361,8 +367,10 @@ __device__ void lsm_residual_impl(const float* __restrict__ logits, const u32* _
         if (vec) {
             float x[8];
             for (u32 c = threadIdx.x; c < len / 8; c += blockDim.x) {
+                const float4 a0 = zs4[2 * c], a1 = zs4[2 * c + 1];
+                const float zz[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
 #pragma unroll
-                for (int k = 0; k < 8; ++k) x[k] = (c * 8 + k == t_local ? 1.0f : 0.0f) - expf(zs[c * 8 + k] - l);
+                for (int k = 0; k < 8; ++k) x[k] = (c * 8 + k == t_local ? 1.0f : 0.0f) - expf(zz[k] - l);
                 st8(out, (size_t)c * 8, x);
             }
         } else {
