@@ -4,7 +4,9 @@
 //!   cargo run --release -p learner --example train_step_bench -- --device cuda --dtype bf16
 //!   cargo run --release -p learner --example train_step_bench -- --tiny      (CPU smoke run)
 //!
-//! Prints tokens/s and MFU. `--phases` then times one more step phase by phase (the device
+//! Prints tokens/s, MFU and the host's time to queue a step (nothing in a step waits for the
+//! device until all of it is queued, so a queue time well under the step time means the GPU never
+//! waits for the host after the first launches). `--phases` then times one more step phase by phase (the device
 //! synchronised between phases, so the sum is a little above a free-running step): zeroing the
 //! gradients, decoder forward, LM head forward, LM head backward (then both again with the logits
 //! recomputed instead of kept), decoder backward, AdamW (norm, clip, update). FLOPs per token follow the PaLM convention: 6·P (P = parameters
@@ -101,24 +103,31 @@ fn main() -> Result<()> {
     };
     let tokens = (seqs_n * seq_len) as f64;
     let mut times = vec![];
+    let mut queue_times = vec![];
     for s in 0..a.warmup + a.steps {
         let t0 = Instant::now();
-        let m = step.step(&mut params, &cfg, &mut grads, &mut opt, &refs, 1e-5)?;
-        // The loss and grad norm were read on the host; read a weight so the AdamW kernels of
-        // this step have finished too.
+        // Host time to queue the whole step (nothing in it waits for the device), then the wait.
+        let pending = step.queue_step(&mut params, &cfg, &mut grads, &mut opt, &refs, 1e-5)?;
+        let tq = t0.elapsed().as_secs_f64();
+        let m = step.finish_step(&mut params, &mut opt, pending)?;
+        // The loss and grad norm were read on the host after the update was queued; read a
+        // weight so the AdamW kernels of this step have finished too.
         params.final_norm.to_vec_f32()?;
         let dt = t0.elapsed().as_secs_f64();
         println!(
-            "step {s}: {:.3} s, loss {:.4}, grad_norm {:.3}",
+            "step {s}: {:.4} s (host queued it in {:.4} s), loss {:.4}, grad_norm {:.3}",
             dt,
+            tq,
             m.get("sft/loss").unwrap_or(f64::NAN),
             m.get("sft/grad_norm").unwrap_or(f64::NAN)
         );
         if s >= a.warmup {
             times.push(dt);
+            queue_times.push(tq);
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let mean_queue = queue_times.iter().sum::<f64>() / queue_times.len().max(1) as f64;
     let (c, f, v, l) = (
         cfg.hidden_size as f64,
         cfg.intermediate_size as f64,
@@ -144,6 +153,11 @@ fn main() -> Result<()> {
         mean,
         tps,
         100.0 * mfu
+    );
+    println!(
+        "host queue time {:.4} s/step ({:.0}% of the step time; the rest the host waits)",
+        mean_queue,
+        100.0 * mean_queue / mean
     );
     if a.phases {
         phases(&device, &cfg, &mut params, &mut grads, &mut opt, &seqs)?;

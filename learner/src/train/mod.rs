@@ -16,4 +16,4 @@ pub use critic::CriticStep;
 pub use logprobs::response_logprobs;
 pub use ppo::{update_actor, update_critic, Trainee, UpdateMetrics};
 pub use reward_model::{score_sequences, Pair, RewardModelStep};
-pub use sft::SftStep;
+pub use sft::{PendingSftStep, SftStep};
