@@ -10,6 +10,7 @@
 //!   4. the AdamW update of every parameter (PyTorch AdamW semantics), weight decay only where
 //!      the mask says; the kernel writes the bf16 working copy, or the f32 master is copied to an
 //!      f32 working tensor. Steps 3 and 4 are one `adamw_step_many` (one launch on the GPU).
+//!
 //! On one GPU steps 1-4 are queued without waiting: the norm and the clip / skip decision stay in
 //! device memory (`ops::grad_clip`) and the update kernel reads them there; the norm comes back to
 //! the host (for the metric and the step counter) after the update is queued.

@@ -10,7 +10,7 @@ pub mod ppo;
 pub mod reward_model;
 pub mod sft;
 
-pub use actor::ActorStep;
+pub use actor::{ActorStep, PendingActorStep};
 pub use common::zero_grads;
 pub use critic::CriticStep;
 pub use logprobs::response_logprobs;
