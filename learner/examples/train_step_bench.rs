@@ -4,6 +4,8 @@
 //!   cargo run --release -p learner --example train_step_bench -- --device cuda --dtype bf16
 //!   cargo run --release -p learner --example train_step_bench -- --tiny      (CPU smoke run)
 //!
+//! `--actor` also times the PPO actor step (clipped surrogate on the device) on the same tokens.
+//!
 //! Prints tokens/s, MFU and the host's time to queue a step (nothing in a step waits for the
 //! device until all of it is queued, so a queue time well under the step time means the GPU never
 //! waits for the host after the first launches). `--phases` then times one more step phase by phase (the device
@@ -36,6 +38,7 @@ struct Args {
     micro_batch_tokens: usize,
     tiny: bool,
     phases: bool,
+    actor: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -49,6 +52,7 @@ fn parse() -> Result<Args> {
         micro_batch_tokens: 8192,
         tiny: false,
         phases: false,
+        actor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -63,6 +67,7 @@ fn parse() -> Result<Args> {
             "--micro-batch-tokens" => a.micro_batch_tokens = val()?.parse()?,
             "--tiny" => a.tiny = true,
             "--phases" => a.phases = true,
+            "--actor" => a.actor = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -162,7 +167,70 @@ fn main() -> Result<()> {
     if a.phases {
         phases(&device, &cfg, &mut params, &mut grads, &mut opt, &seqs)?;
     }
+    if a.actor {
+        let t = actor_steps(&a, &cfg, &mut params, &mut grads, &mut opt, &seqs)?;
+        println!(
+            "actor (PPO clipped surrogate, every token a response token): {:.4} s/step, {:.0} \
+             tokens/s, MFU {:.1}%",
+            t,
+            tokens / t,
+            100.0 * tokens / t * flops_per_token / 989e12
+        );
+    }
     Ok(())
+}
+
+/// Mean time of `a.steps` PPO actor steps (after `a.warmup`) on the same tokens, all of them
+/// response tokens: π_old = -ln V (about what random weights give), advantages ±1.
+fn actor_steps(
+    a: &Args,
+    cfg: &ModelConfig,
+    params: &mut Params,
+    grads: &mut Params,
+    opt: &mut AdamW,
+    seqs: &[Sequence],
+) -> Result<f64> {
+    use learner::batch::Field;
+    use learner::objectives::PolicyLossConfig;
+    use learner::train::ActorStep;
+    let mut rng = StdRng::seed_from_u64(1);
+    let old = -(cfg.vocab_size as f32).ln();
+    let seqs: Vec<Sequence> = seqs
+        .iter()
+        .map(|s| {
+            let n = s.response_len();
+            let adv = (0..n)
+                .map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 })
+                .collect();
+            s.clone()
+                .with(Field::OldLogprob, vec![old; n])
+                .with(Field::Advantages, adv)
+        })
+        .collect();
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let step = ActorStep {
+        loss: PolicyLossConfig::default(),
+        head: model::llama::LmHead::new(1.0),
+        micro_batch_tokens: a.micro_batch_tokens.max(seqs[0].tokens.len()),
+    };
+    let mut times = vec![];
+    for s in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let pending = step.queue_step(params, cfg, grads, opt, &refs, 1e-5)?;
+        let tq = t0.elapsed().as_secs_f64();
+        let m = step.finish_step(params, opt, pending)?;
+        params.final_norm.to_vec_f32()?;
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "actor step {s}: {dt:.4} s (host queued it in {tq:.4} s), pg_loss {:.4}, clipfrac {:.3}",
+            m.get("actor/pg_loss").unwrap_or(f64::NAN),
+            m.get("actor/pg_clipfrac").unwrap_or(f64::NAN)
+        );
+        if s >= a.warmup {
+            times.push(dt);
+        }
+    }
+    Ok(times.iter().sum::<f64>() / times.len().max(1) as f64)
 }
 
 /// One SFT-like step (d logprob = -1/N at every position) by phases, milliseconds each.
