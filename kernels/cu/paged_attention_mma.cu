@@ -50,9 +50,10 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane / 4, t = lane % 4;  // fragment row and column pair
 
-    // The partition's block-table entries (tokens [start, end) sit in blocks b0 .. b1 - 1).
+    // The block-table entries of the partition's positions [start, start + PART) (those of
+    // tokens [start, end) among them), read without waiting for the context length.
     const u32 b0 = w.start / block_size;
-    const u32 b1 = w.end > w.start ? (w.end - 1) / block_size + 1 : b0;
+    const u32 b1 = max(b0, min(max_blocks, (w.start + PART + block_size - 1) / block_size));
     for (u32 i = threadIdx.x; i < b1 - b0; i += blockDim.x) sm_blocks[i] = w.table[b0 + i];
 
     // This lane's A fragments of the query rows (GROUP heads of kv head kh, zero rows past GROUP),

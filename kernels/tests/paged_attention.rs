@@ -578,7 +578,12 @@ fn the_split_fills_the_gpu_with_blocks() {
     let bf = |s, kh, g, d, ctx| pa::choose_split(s, kh, g, d, DType::BF16, ctx, 132);
     let qwen = bf(256, 2, 7, 64, 512);
     assert_eq!((qwen.part, qwen.mma_stages), (512, pa::MMA_STAGES));
-    assert_eq!(bf(64, 2, 7, 64, 512).part, 128);
+    // Its partitions stay at 512 down to a grid of half an SM's worth of blocks (Qwen B 64: 128
+    // blocks), then halve.
+    assert_eq!(bf(64, 2, 7, 64, 512).part, 512);
+    assert_eq!(bf(64, 3, 3, 64, 512).part, 512);
+    assert_eq!(bf(16, 2, 7, 64, 512).part, 128);
+    assert_eq!(bf(1, 2, 7, 64, 16384).part, 256);
     assert_eq!(bf(4, 1, 16, 128, 512).mma_stages, pa::MMA_STAGES);
     // Other head dims or a larger group: the CUDA-core kernels.
     for (g, d) in [(7, 96), (7, 24), (7, 256), (32, 64)] {

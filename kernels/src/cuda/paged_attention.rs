@@ -124,31 +124,43 @@ impl PagedConfig {
 
 /// Deepest cp.async ring of the tensor-core kernel (4 × 18 KiB of K/V tiles at D 64).
 const MAX_MMA_STAGES: usize = 4;
-/// The ring depth [`choose_split`] gives the tensor-core kernel: two tiles in flight while one is
-/// computed on.
-pub const MMA_STAGES: usize = 3;
+/// The ring depth [`choose_split`] gives the tensor-core kernel: one tile in flight while one is
+/// computed on, 37 KiB of shared memory a block at D 64 (measured fastest, see [`choose_split`]).
+pub const MMA_STAGES: usize = 2;
 /// Tokens per tile of the tensor-core kernel (its `TN`: 16 per warp).
 const MMA_TILE: usize = 64;
 /// Dynamic shared memory a block may ask for on sm_90 (227 KiB), less 1 KiB for the kernel's
 /// static arrays.
 const MAX_SMEM: usize = 226 * 1024;
 
-/// Thread blocks per SM below which [`choose_split`] makes partitions smaller.
+/// Thread blocks per SM below which [`choose_split`] makes the CUDA-core kernels' partitions
+/// smaller.
 const MIN_BLOCKS_PER_SM: usize = 3;
 /// The smallest partition [`choose_split`] picks.
 const MIN_PART: usize = 128;
 
 /// The split for S sequences, K kv heads, GQA group `group`, head dim `d` and dtype `dtype`, with
-/// a context bound of `max_context_len`, on a GPU with `sms` SMs: partitions of 512 tokens, halved
-/// (down to 128) while the grid would have fewer than 3 thread blocks per SM; the tensor-core
-/// kernel ([`MMA_STAGES`] stages) for bf16 at head dims 64 and 128 with a group of at most 16;
-/// elsewhere the chunked softmax with wide lanes where the kernel takes the group (at most 16)
-/// and the head dim was tested on a GPU (at most 128). Deterministic: a function of the shapes
-/// only. Measured on the H200 before the tensor-core kernel (docs/benchmarks.md, 2026-11-29 lead 15:25, contexts
-/// 128..384): chunked + wide is the fastest variant at every measured shape: Qwen2.5-0.5B B 256
-/// 56.5 -> 29.7 µs a call, B 64 (128-token partitions) 14.6 µs, SmolLM2-135M B 64 11.7 µs (the
-/// per-token softmax variant 13.8). Partition sizes as measured by helper `paged`: at B 64 the
-/// 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) with the per-token softmax.
+/// a context bound of `max_context_len`, on a GPU with `sms` SMs. Deterministic: a function of the
+/// shapes only.
+///
+/// - bf16 at head dims 64 and 128 with a group of at most 16: the tensor-core kernel with a ring
+///   of [`MMA_STAGES`] tiles over partitions of 512 tokens, halved (down to 128) only while the
+///   grid would have fewer blocks than half the SMs. Measured on the H200 (docs/benchmarks.md,
+///   2026-11-29 "Paged attention MMA", contexts 128..384 and all 256): 512-token partitions with
+///   a 2-tile ring are the fastest or within 2% at Qwen2.5-0.5B and SmolLM2-135M shapes, B 64 and
+///   256 (Qwen B 256: 14.2 µs a call, 1.74× the bandwidth floor, against 22.8 / 19.6 at 128 /
+///   256-token partitions; B 64 (128 blocks): 9.0 µs against 9.2 at 128): the combine costs more
+///   than more blocks gain. A 3-tile ring ties at B 256 Qwen and is 15-30% slower at SmolLM2
+///   B 256 (55 KiB of shared memory a block: fewer resident blocks). Grids smaller than 64
+///   blocks were not measured.
+/// - elsewhere partitions of 512 tokens, halved (down to 128) while the grid would have fewer
+///   than 3 thread blocks per SM, and the chunked softmax with wide lanes where the kernel takes
+///   the group (at most 16) and the head dim was tested on a GPU (at most 128). Measured on the
+///   H200 (lead 15:25, contexts 128..384): chunked + wide is the fastest CUDA-core variant at
+///   every measured shape: Qwen2.5-0.5B B 256 56.5 -> 29.7 µs a call, B 64 (128-token
+///   partitions) 14.6 µs, SmolLM2-135M B 64 11.7 µs (the per-token softmax variant 13.8); at B 64
+///   the 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) with the per-token softmax
+///   (helper `paged`).
 #[allow(clippy::too_many_arguments)]
 pub fn choose_split(
     s: usize,
@@ -161,10 +173,13 @@ pub fn choose_split(
 ) -> PagedConfig {
     let mut cfg = PagedConfig::DEFAULT;
     let blocks = |part: usize| max_context_len.div_ceil(part).max(1) * kv_heads * s;
-    while cfg.part > MIN_PART && blocks(cfg.part) < MIN_BLOCKS_PER_SM * sms {
+    let mma = dtype == DType::BF16 && (d == 64 || d == 128) && group <= MAX_MMA_GROUP;
+    // Fewest blocks wanted, in half-SMs: the tensor-core kernel half an SM's worth, the others 3.
+    let min_half_sms = if mma { 1 } else { 2 * MIN_BLOCKS_PER_SM };
+    while cfg.part > MIN_PART && 2 * blocks(cfg.part) < min_half_sms * sms {
         cfg.part /= 2;
     }
-    if dtype == DType::BF16 && (d == 64 || d == 128) && group <= MAX_MMA_GROUP {
+    if mma {
         cfg.mma_stages = MMA_STAGES;
     } else if group <= MAX_CHUNKED_GROUP && d <= 128 {
         cfg.chunked = true;
