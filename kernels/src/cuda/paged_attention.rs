@@ -44,8 +44,8 @@ pub struct PagedConfig {
     /// Tokens per lane group whose loads are issued together (1 or 2).
     pub unroll: usize,
     /// Query rows in shared memory instead of registers, with the register use capped for 4
-    /// resident blocks per SM (`QSMEM`, `MINB`). Not yet measured on a GPU: not chosen by
-    /// [`choose_split`].
+    /// resident blocks per SM (`QSMEM`, `MINB`). Slower than `chunked` on the H200 (Qwen2.5-0.5B
+    /// B 256: 43.1 against 29.7 µs, docs/benchmarks.md): not chosen by [`choose_split`].
     pub q_smem: bool,
     /// Tiles of 64 tokens: scores of a tile first (one thread per token, all heads), one softmax
     /// rescale per tile instead of per token (`CHUNKED`). Chosen by [`choose_split`] (with
