@@ -142,11 +142,20 @@ fn bf16_graph_decode_repeats_exactly() {
             let (b, _) = engine(&cfg, kv, true)
                 .generate_with_stats(&params, &reqs)
                 .unwrap();
-            assert!(s.graph_replays > 0, "{name}: no bf16 decode step was replayed");
+            assert!(
+                s.graph_replays > 0,
+                "{name}: no bf16 decode step was replayed"
+            );
             for (x, y) in a.iter().zip(&b) {
                 assert_eq!(x.tokens, y.tokens, "{name} bf16: request {}", x.request);
-                let lp = |c: &Completion| c.logprobs.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
-                assert_eq!(lp(x), lp(y), "{name} bf16: log-probs of request {}", x.request);
+                let lp =
+                    |c: &Completion| c.logprobs.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    lp(x),
+                    lp(y),
+                    "{name} bf16: log-probs of request {}",
+                    x.request
+                );
             }
         }
     }

@@ -85,7 +85,15 @@ struct Shape {
 fn shapes(models: &[String], rows: &[usize]) -> Vec<Shape> {
     // (model, C, H, K, D, F, V)
     let all = [
-        ("qwen", 896usize, 14usize, 2usize, 64usize, 4864usize, 151936usize),
+        (
+            "qwen",
+            896usize,
+            14usize,
+            2usize,
+            64usize,
+            4864usize,
+            151936usize,
+        ),
         ("smol", 576, 9, 3, 64, 1536, 49152),
     ];
     let mut out = Vec::new();
@@ -201,7 +209,11 @@ fn main() -> kernels::Result<()> {
                 heuristic_ms = ms;
             }
             if ms < best.0 {
-                best = (ms, Some(c.algo), format!("{} {}", c.origin, blas::describe(&c.algo)));
+                best = (
+                    ms,
+                    Some(c.algo),
+                    format!("{} {}", c.origin, blas::describe(&c.algo)),
+                );
             }
         }
         println!(

@@ -17,7 +17,11 @@ fn gpu() -> Option<(Device, kernels::cuda::CudaDevice)> {
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.to_vec_f32()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 /// Decode shapes (rows, in, out) like Qwen2.5-0.5B's q/k/v, o and gate/up at small width, plus
@@ -48,10 +52,17 @@ fn decode_products_match_gemm_ex_and_repeat_bit_for_bit() {
             blas::linear_with(&x, &w, &mut want, 0.0, &Choice::Ex).unwrap();
             let got = linear_out(&x, &w, None, out).unwrap();
             let again = linear_out(&x, &w, None, out).unwrap();
-            assert_eq!(bits(&got), bits(&again), "[{n},{k}]x[{o},{k}] {out}: not repeatable");
+            assert_eq!(
+                bits(&got),
+                bits(&again),
+                "[{n},{k}]x[{o},{k}] {out}: not repeatable"
+            );
             let e = rel_err(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap());
             let tol = if out == DType::BF16 { 8e-3 } else { 1e-5 };
-            assert!(e < tol, "[{n},{k}]x[{o},{k}] {out} ({route}): rel err {e} vs cublasGemmEx");
+            assert!(
+                e < tol,
+                "[{n},{k}]x[{o},{k}] {out} ({route}): rel err {e} vs cublasGemmEx"
+            );
         }
     }
 }
@@ -74,7 +85,12 @@ fn every_candidate_computes_the_same_product() {
         let mut y = Tensor::zeros(&[n, o], DType::F32, &dev).unwrap();
         blas::linear_with(&x, &w, &mut y, 0.0, &Choice::Algo(c.algo)).unwrap();
         let e = rel_err(&y.to_vec_f32().unwrap(), &want);
-        assert!(e < 1e-5, "{} ({}): rel err {e}", c.origin, blas::describe(&c.algo));
+        assert!(
+            e < 1e-5,
+            "{} ({}): rel err {e}",
+            c.origin,
+            blas::describe(&c.algo)
+        );
     }
 }
 
@@ -116,7 +132,10 @@ fn a_captured_product_replays_to_the_eager_result() {
     let graph = cuda
         .capture(|| blas::linear_with(&x, &w, &mut y, 0.0, &Choice::Default))
         .unwrap();
-    assert!(y.to_vec_f32().unwrap().iter().all(|&v| v == 0.0), "capture ran the product");
+    assert!(
+        y.to_vec_f32().unwrap().iter().all(|&v| v == 0.0),
+        "capture ran the product"
+    );
     graph.launch().unwrap();
     assert_eq!(bits(&y), bits(&eager));
 }

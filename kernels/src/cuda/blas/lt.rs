@@ -205,8 +205,7 @@ fn parse_table(text: &str, header: &str) -> HashMap<GemmKey, Entry> {
 /// This device's table entries (parsed once per process: all devices of a process share the
 /// header's GPU model in practice; a device with another header gets its own parse).
 fn table(dev: &CudaDevice) -> Result<Arc<HashMap<GemmKey, Entry>>> {
-    static TABLES: OnceLock<Mutex<HashMap<String, Arc<HashMap<GemmKey, Entry>>>>> =
-        OnceLock::new();
+    static TABLES: OnceLock<Mutex<HashMap<String, Arc<HashMap<GemmKey, Entry>>>>> = OnceLock::new();
     let header = table_header(dev)?;
     let mut tables = TABLES
         .get_or_init(|| Mutex::new(HashMap::new()))
@@ -217,7 +216,9 @@ fn table(dev: &CudaDevice) -> Result<Arc<HashMap<GemmKey, Entry>>> {
     }
     let text = match std::env::var("REALIGN_GEMM_TABLE") {
         Ok(path) => std::fs::read_to_string(&path).map_err(|e| {
-            Error::msg(format!("reading the GEMM table REALIGN_GEMM_TABLE={path}: {e}"))
+            Error::msg(format!(
+                "reading the GEMM table REALIGN_GEMM_TABLE={path}: {e}"
+            ))
         })?,
         Err(_) => BUILT_IN.to_string(),
     };
