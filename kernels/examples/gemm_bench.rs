@@ -174,12 +174,28 @@ fn main() -> kernels::Result<()> {
         let route = blas::default_route(&cuda, &key)?;
         let default_ms = time(&Choice::Default, &mut y).unwrap_or(f64::NAN);
         let cands = blas::candidates(&cuda, &key, count)?;
-        let mut best: (f64, Option<blas::Algo>, String) = (ex_ms, None, "cublasGemmEx".into());
+        // Time every candidate, then check the fastest first: output within 1e-2 of
+        // cublasGemmEx's and identical bits on a second run (the first that passes wins).
+        let mut timed: Vec<(f64, &blas::Candidate)> = Vec::new();
         let mut heuristic_ms = f64::NAN;
-        let (mut rejected, mut failed) = (0, 0);
+        let mut failed = 0;
         for c in &cands {
+            match time(&Choice::Algo(c.algo), &mut y) {
+                Some(ms) => {
+                    if c.origin == "heuristic #0" {
+                        heuristic_ms = ms;
+                    }
+                    timed.push((ms, c));
+                }
+                None => failed += 1,
+            }
+        }
+        timed.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut best: (f64, Option<blas::Algo>, String) = (ex_ms, None, "cublasGemmEx".into());
+        let mut rejected = 0;
+        for (ms, c) in timed.iter().take_while(|(ms, _)| *ms < ex_ms) {
             let choice = Choice::Algo(c.algo);
-            let ok = blas::linear_with(&x, &w, &mut y, 0.0, &choice)
+            let valid = blas::linear_with(&x, &w, &mut y, 0.0, &choice)
                 .and_then(|_| y.to_vec_f32())
                 .and_then(|first| {
                     blas::linear_with(&x, &w, &mut y, 0.0, &choice)?;
@@ -189,32 +205,17 @@ fn main() -> kernels::Result<()> {
                         .zip(&again)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
                     Ok(same && rel_err(&first, &want) < 1e-2)
-                });
-            match ok {
-                Ok(true) => {}
-                Ok(false) => {
-                    rejected += 1;
-                    continue;
-                }
-                Err(_) => {
-                    failed += 1;
-                    continue;
-                }
-            }
-            let Some(ms) = time(&choice, &mut y) else {
-                failed += 1;
-                continue;
-            };
-            if c.origin == "heuristic #0" {
-                heuristic_ms = ms;
-            }
-            if ms < best.0 {
+                })
+                .unwrap_or(false);
+            if valid {
                 best = (
-                    ms,
+                    *ms,
                     Some(c.algo),
                     format!("{} {}", c.origin, blas::describe(&c.algo)),
                 );
+                break;
             }
+            rejected += 1;
         }
         println!(
             "bench {:<5} {:<8} N {:>4} [{}x{}] -> {}: ex {:>7.2} us ({:>5.0} TFLOP/s {:>5.0} GB/s) | default ({route}) {:>7.2} us | heuristic#0 {:>7.2} us | best {:>7.2} us ({:>5.0} TFLOP/s {:>5.0} GB/s, {:.2}x ex) of {} candidates ({} rejected, {} failed): {}",

@@ -34,6 +34,9 @@ pub struct Candidate {
     pub origin: String,
 }
 
+/// Tabled shapes of one header.
+type Table = HashMap<GemmKey, Entry>;
+
 /// A table entry: run `cublasGemmEx`, or this algorithm.
 #[derive(Debug, Clone, Copy)]
 enum Entry {
@@ -204,8 +207,8 @@ fn parse_table(text: &str, header: &str) -> HashMap<GemmKey, Entry> {
 
 /// This device's table entries (parsed once per process: all devices of a process share the
 /// header's GPU model in practice; a device with another header gets its own parse).
-fn table(dev: &CudaDevice) -> Result<Arc<HashMap<GemmKey, Entry>>> {
-    static TABLES: OnceLock<Mutex<HashMap<String, Arc<HashMap<GemmKey, Entry>>>>> = OnceLock::new();
+fn table(dev: &CudaDevice) -> Result<Arc<Table>> {
+    static TABLES: OnceLock<Mutex<HashMap<String, Arc<Table>>>> = OnceLock::new();
     let header = table_header(dev)?;
     let mut tables = TABLES
         .get_or_init(|| Mutex::new(HashMap::new()))
@@ -492,7 +495,13 @@ pub fn candidates(dev: &CudaDevice, key: &GemmKey, count: usize) -> Result<Vec<C
     for (i, h) in heur.iter().enumerate() {
         push(h.algo, h.workspaceSize, format!("heuristic #{i}"));
     }
-    for (i, h) in heur.iter().enumerate().take(4) {
+    // Split-k only helps grids too small to fill the GPU (a few hundred 128×128 output tiles).
+    let tiles = key.m.div_ceil(128) * key.n.div_ceil(128);
+    for (i, h) in heur
+        .iter()
+        .enumerate()
+        .take(if tiles < 512 { 4 } else { 0 })
+    {
         if cap_u32(&h.algo, Cap::CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) == 0 {
             continue;
         }
@@ -545,12 +554,12 @@ pub(crate) fn plan(dev: &CudaDevice, g: &Gemm, choice: &Choice) -> Result<Option
     };
     let plan = cached_plan(dev, &key, algo)?;
     // The algorithm's alignment needs, checked per call (addresses differ call to call).
-    let aligned = |p: u64| plan.as_ref().is_some_and(|pl| p % pl.align == 0);
+    let aligned = |p: u64| plan.as_ref().is_some_and(|pl| p.is_multiple_of(pl.align));
     let elem = |d: DType| d.size_in_bytes();
     let lds_ok = plan.as_ref().is_some_and(|pl| {
-        (key.lda * elem(key.ab)) as u64 % pl.align == 0
-            && (key.ldb * elem(key.ab)) as u64 % pl.align == 0
-            && (key.ldc * elem(key.c_type)) as u64 % pl.align == 0
+        ((key.lda * elem(key.ab)) as u64).is_multiple_of(pl.align)
+            && ((key.ldb * elem(key.ab)) as u64).is_multiple_of(pl.align)
+            && ((key.ldc * elem(key.c_type)) as u64).is_multiple_of(pl.align)
     });
     if aligned(g.a) && aligned(g.b) && aligned(g.c) && lds_ok {
         Ok(plan)
@@ -683,7 +692,7 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(matches!(t.get(&key), Some(Entry::Algo(a)) if *a == algo));
         assert!(matches!(t.get(&GemmKey { n: 128, ..key }), Some(Entry::Ex)));
-        assert!(t.get(&GemmKey { n: 64, ..key }).is_none());
+        assert!(!t.contains_key(&GemmKey { n: 64, ..key }));
         assert!(parse_table(&text, "lt 130100 sm_90 114").is_empty());
         assert!(parse_line("1 0 5 6").is_none());
     }
