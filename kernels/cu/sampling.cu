@@ -164,7 +164,7 @@ template <typename T>
 __device__ void draw_by_tiles(const T* __restrict__ x, u32 vocab, const u32* banned, u32 nb, u32 floor, float inv_t,
                               u32 draw, u32* __restrict__ out, float* sm_red, double* sm_scan) {
     extern __shared__ double sample_dyn[];  // [tiles] sums, then [tiles] maxima (floats)
-    __shared__ u32 sm_tile, sm_last_tile;
+    __shared__ u32 sm_tile, sm_last_tile, sm_owner;
     __shared__ double sm_excl;
     const u32 tiles = (vocab + SAMPLE_TILE - 1) / SAMPLE_TILE;
     double* tile_s = sample_dyn;
@@ -174,6 +174,7 @@ __device__ void draw_by_tiles(const T* __restrict__ x, u32 vocab, const u32* ban
     if (threadIdx.x == 0) {
         sm_tile = NO_TOKEN;
         sm_last_tile = 0;
+        sm_owner = NO_TOKEN;
     }
 
     // The pass: tile maxima and sums.
@@ -226,7 +227,11 @@ __device__ void draw_by_tiles(const T* __restrict__ x, u32 vocab, const u32* ban
     const double excl = incl - sum;
     const double total = sm_scan[SAMPLE_WARPS - 1];
     const double target = ((double)draw + 0.5) * (1.0 / 4294967296.0) * total;
-    if (sum > 0.0 && excl <= target && target < incl) {
+    // The lowest thread whose range holds the target owns it (rounding could let two claim it;
+    // the lowest wins so that the draw stays deterministic).
+    if (sum > 0.0 && excl <= target && target < incl) atomicMin(&sm_owner, threadIdx.x);
+    __syncthreads();
+    if (threadIdx.x == sm_owner) {
         double acc = excl;
         u32 pick = NO_TOKEN;
         double pick_excl = 0.0;
