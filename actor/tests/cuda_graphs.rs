@@ -9,7 +9,7 @@ use kernels::testing::test_devices;
 use kernels::DType;
 
 mod common;
-use common::{dir, fixture, Fixture, MODELS};
+use common::{dir, fixture, gpu_lock, Fixture, MODELS};
 
 /// The fixture's prompts greedy, then each again sampled (T 0.8, n 3) with its own seed, then
 /// with top-k 20 and top-p 0.9 (n 2).
@@ -83,6 +83,7 @@ fn same(a: &[Completion], b: &[Completion], what: &str) {
 
 #[test]
 fn graph_decode_equals_op_by_op_decode_and_hf() {
+    let _gpu = gpu_lock();
     for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
         for name in MODELS {
             let fx = fixture(name);
@@ -130,6 +131,7 @@ fn graph_decode_equals_op_by_op_decode_and_hf() {
 /// rollouts give identical tokens and log-probs, and graphs were replayed.
 #[test]
 fn bf16_graph_decode_repeats_exactly() {
+    let _gpu = gpu_lock();
     for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
         for name in MODELS {
             let fx = fixture(name);

@@ -346,19 +346,39 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
         return;
     }
 
-    // Pass 1: online (max, sum, argmax) of y = x / T over the allowed ids.
+    // Pass 1: online (max, sum, argmax) of y = x / T over the allowed ids, read in warp tiles
+    // (16-byte loads); each lane meets its ids in increasing order, so a strict > keeps the lowest
+    // id of a tie, and the merges below prefer the lower id.
     float m = -INFINITY, s = 0.0f;
     u32 a = NO_TOKEN;
-    for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-        if (!allowed(i, sm_banned, nb)) continue;
-        const float y = ld(x, i) * inv_t;
-        if (y == -INFINITY) continue;  // a masked logit: probability 0, as in the reference
-        if (y > m) {
-            s = s * expf(m - y) + 1.0f;  // expf(-inf) = 0 on the first id
-            m = y;
-            a = i;
-        } else {
-            s += expf(y - m);
+    {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const u32 tiles = (vocab + SAMPLE_TILE - 1) / SAMPLE_TILE;
+        const bool vec = vocab % 8 == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+        for (u32 t = warp; t < tiles; t += SAMPLE_WARPS) {
+            float v[16];
+            load_tile(x, vocab, t, vec, v);
+            float tm = -INFINITY;
+            u32 ta = NO_TOKEN;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                const u32 i = t * SAMPLE_TILE + (e / 8) * 256 + lane * 8 + (e % 8);
+                // Masked logits (-inf) and banned ids have probability 0, as in the reference.
+                v[e] = (v[e] != -INFINITY && allowed(i, sm_banned, nb)) ? v[e] * inv_t : -INFINITY;
+                if (v[e] > tm) {
+                    tm = v[e];
+                    ta = i;
+                }
+            }
+            if (tm == -INFINITY) continue;
+            if (tm > m) {
+                s = m == -INFINITY ? 0.0f : s * expf(m - tm);
+                m = tm;
+                a = ta;
+            }
+#pragma unroll
+            for (int e = 0; e < 16; ++e)
+                if (v[e] != -INFINITY) s += expf(v[e] - m);
         }
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -16,6 +16,13 @@ fn gpu() -> Option<(Device, kernels::cuda::CudaDevice)> {
     })
 }
 
+/// Serialises these tests: one of them records a CUDA graph on the device's single stream, which
+/// would also record (or break on) another test thread's work queued meanwhile.
+fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn bits(t: &Tensor) -> Vec<u32> {
     t.to_vec_f32()
         .unwrap()
@@ -36,6 +43,7 @@ const SHAPES: [(usize, usize, usize); 5] = [
 
 #[test]
 fn decode_products_match_gemm_ex_and_repeat_bit_for_bit() {
+    let _gpu = gpu_lock();
     let Some((dev, cuda)) = gpu() else {
         return;
     };
@@ -69,6 +77,7 @@ fn decode_products_match_gemm_ex_and_repeat_bit_for_bit() {
 
 #[test]
 fn every_candidate_computes_the_same_product() {
+    let _gpu = gpu_lock();
     let Some((dev, cuda)) = gpu() else {
         return;
     };
@@ -96,6 +105,7 @@ fn every_candidate_computes_the_same_product() {
 
 #[test]
 fn training_shapes_keep_gemm_ex_and_beta_accumulates() {
+    let _gpu = gpu_lock();
     let Some((dev, cuda)) = gpu() else {
         return;
     };
@@ -120,6 +130,7 @@ fn training_shapes_keep_gemm_ex_and_beta_accumulates() {
 
 #[test]
 fn a_captured_product_replays_to_the_eager_result() {
+    let _gpu = gpu_lock();
     let Some((dev, cuda)) = gpu() else {
         return;
     };
