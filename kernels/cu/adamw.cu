@@ -34,7 +34,10 @@ extern "C" __global__ void adamw_step_f32(float* master, const float* __restrict
 // Many parameters in one launch. `slots` describes each parameter (64 bytes, laid out by
 // cuda/adamw.rs); parameter s owns blocks [block0, next block0), ADAMW_BLOCK_ELEMS elements each,
 // and a block finds its parameter by binary search. With grad_scale != 1 (gradient clipping) the
-// gradient is first multiplied by it and written back, as `scale_inplace` would.
+// gradient is first multiplied by it and written back, as `scale_inplace` would. When `clip` is
+// given ({norm, scale, skip} from `grad_clip_finalize`, cu/sum_squares.cu) the scale comes from
+// there instead, and skip != 0 (a non-finite norm) leaves every buffer untouched: the clip decision
+// never has to travel to the host before the update.
 #define ADAMW_BLOCK_ELEMS 8192
 struct AdamWSlot {
     float* master;
@@ -49,8 +52,13 @@ struct AdamWSlot {
 };
 
 extern "C" __global__ void adamw_step_many(const AdamWSlot* __restrict__ slots, u32 n_slots, float grad_scale,
-                                           float one_minus_beta1, float beta2, float one_minus_beta2,
-                                           float neg_step_size, float bias_correction2_sqrt, float eps) {
+                                           const double* __restrict__ clip, float one_minus_beta1, float beta2,
+                                           float one_minus_beta2, float neg_step_size, float bias_correction2_sqrt,
+                                           float eps) {
+    if (clip) {
+        if (clip[2] != 0.0) return;
+        grad_scale = (float)clip[1];
+    }
     u32 lo = 0, hi = n_slots - 1;
     while (lo < hi) {
         const u32 mid = (lo + hi + 1) / 2;

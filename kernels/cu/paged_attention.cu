@@ -33,6 +33,9 @@
 // long sequence is spread over many SMs instead of serialising on one, and a batch of short ones
 // fills more SMs.
 //
+// MMA selects the tensor-core variant of paged_attention_mma.cu (bf16 only; compiled after this
+// file, with the work split, result store and combine kernel below) instead of these kernels.
+//
 // The number of partitions comes from a host-side bound on the context length: nothing here needs
 // the host to read device data, so a decode step can be captured in a CUDA graph.
 
@@ -59,6 +62,9 @@
 #endif
 #ifndef CHUNKED
 #define CHUNKED 0
+#endif
+#ifndef MMA
+#define MMA 0
 #endif
 #define TILE 64  // tokens per tile of the chunked variant
 #define NWARPS 4
@@ -102,20 +108,61 @@ __device__ __forceinline__ void load_slice(const T* __restrict__ p, size_t row, 
     }
 }
 
+// The work of one thread block: kv head `kh` of sequence `s`, tokens [start, end) of partition
+// `part` of `nparts` (grid (partitions, K, S)).
+struct PagedWork {
+    u32 part, kh, s, nparts, start, end;
+    const u32* table;  // the sequence's block-table row
+};
+__device__ __forceinline__ PagedWork paged_work(const u32* __restrict__ tables, const u32* __restrict__ lens,
+                                                u32 max_blocks) {
+    PagedWork w;
+    w.part = blockIdx.x;
+    w.kh = blockIdx.y;
+    w.s = blockIdx.z;
+    w.nparts = gridDim.x;
+    w.start = w.part * PART;
+    w.end = max(w.start, min(lens[w.s], w.start + PART));
+    w.table = tables + (size_t)w.s * max_blocks;
+    return w;
+}
+
+// Element offset of the K/V row of token `pos` (kv head kh) in the caches.
+__device__ __forceinline__ size_t kv_row(const PagedWork& w, u32 pos, u32 block_size, u32 kv_heads) {
+    const size_t slot = (size_t)w.table[pos / block_size] * block_size + pos % block_size;
+    return (slot * kv_heads + w.kh) * HEAD_DIM;
+}
+
+// Element i of query head h's result from the block's max mm (natural-log units), sum ll and
+// unnormalised accumulator a: the output itself with one partition; else the partition's a (and,
+// at i == 0, mm and ll) for paged_attention_combine_*.
+template <typename T>
+__device__ __forceinline__ void store_result(T* out, float* part_ml, float* part_acc, const PagedWork& w, u32 heads,
+                                             u32 h, u32 i, float mm, float ll, float a) {
+    if (w.nparts == 1) {
+        st(out, ((size_t)w.s * heads + h) * HEAD_DIM + i, ll > 0.0f ? a / ll : 0.0f);
+    } else {
+        const size_t sp = ((size_t)w.s * heads + h) * w.nparts + w.part;
+        part_acc[sp * HEAD_DIM + i] = a;
+        if (i == 0) {
+            part_ml[2 * sp] = mm;
+            part_ml[2 * sp + 1] = ll;
+        }
+    }
+}
+
+#if !MMA
 template <typename T>
 __device__ void paged_attention_online(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                                      const u32* __restrict__ tables, const u32* __restrict__ lens,
                                      T* __restrict__ out, float* __restrict__ part_ml, float* __restrict__ part_acc,
                                      u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size, float scale) {
-    const u32 part = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, nparts = gridDim.x;
+    const PagedWork w = paged_work(tables, lens, max_blocks);
+    const u32 kh = w.kh, s = w.s, start = w.start, end = w.end;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % LPT;  // which slice of the head dim
     const int tok = lane / LPT;  // which of the warp's TPW tokens
     const int first = sub * EPL;
-    const u32 len = lens[s];
-    const u32 start = part * PART;
-    const u32 end = min(len, start + PART);
-    const u32* table = tables + (size_t)s * max_blocks;
 
 #if QSMEM
     // The GROUP query rows, pre-scaled, zero past HEAD_DIM: lane slices read them in the loop.
@@ -159,8 +206,7 @@ __device__ void paged_attention_online(const T* __restrict__ q, const T* __restr
             const u32 pos = base + u * TPW + tok;
             valid[u] = pos < end;
             if (valid[u]) {
-                const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
-                const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
+                const size_t row = kv_row(w, pos, block_size, kv_heads);
                 load_slice(kc, row, first, kr[u]);
                 load_slice(vc, row, first, vr[u]);
             } else {
@@ -228,26 +274,16 @@ __device__ void paged_attention_online(const T* __restrict__ q, const T* __restr
     for (u32 t = threadIdx.x; t < GROUP * HEAD_DIM; t += blockDim.x) {
         const u32 g = t / HEAD_DIM, i = t % HEAD_DIM;
         float mm = -INFINITY;
-        for (int w = 0; w < NWARPS; ++w) mm = fmaxf(mm, sm_m[w][g]);
+        for (int v = 0; v < NWARPS; ++v) mm = fmaxf(mm, sm_m[v][g]);
         float ll = 0.0f, a = 0.0f;
         if (mm != -INFINITY) {
-            for (int w = 0; w < NWARPS; ++w) {
-                const float c = expf(sm_m[w][g] - mm);
-                ll += sm_l[w][g] * c;
-                a += sm_acc[w][g][i] * c;
+            for (int v = 0; v < NWARPS; ++v) {
+                const float c = expf(sm_m[v][g] - mm);
+                ll += sm_l[v][g] * c;
+                a += sm_acc[v][g][i] * c;
             }
         }
-        const u32 h = kh * GROUP + g;
-        if (nparts == 1) {
-            st(out, ((size_t)s * heads + h) * HEAD_DIM + i, ll > 0.0f ? a / ll : 0.0f);
-        } else {
-            const size_t sp = ((size_t)s * heads + h) * nparts + part;
-            part_acc[sp * HEAD_DIM + i] = a;
-            if (i == 0) {
-                part_ml[2 * sp] = mm;
-                part_ml[2 * sp + 1] = ll;
-            }
-        }
+        store_result(out, part_ml, part_acc, w, heads, kh * GROUP + g, i, mm, ll, a);
     }
 }
 
@@ -258,15 +294,12 @@ __device__ void paged_attention_chunked(const T* __restrict__ q, const T* __rest
                                         T* __restrict__ out, float* __restrict__ part_ml,
                                         float* __restrict__ part_acc, u32 heads, u32 kv_heads, u32 max_blocks,
                                         u32 block_size, float scale) {
-    const u32 part = blockIdx.x, kh = blockIdx.y, s = blockIdx.z, nparts = gridDim.x;
+    const PagedWork w = paged_work(tables, lens, max_blocks);
+    const u32 kh = w.kh, s = w.s, start = w.start, end = w.end;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % LPT;  // which slice of the head dim (value phase)
     const int tok = lane / LPT;  // which of the warp's TPW tokens (value phase)
     const int first = sub * EPL;
-    const u32 len = lens[s];
-    const u32 start = part * PART;
-    const u32 end = min(len, start + PART);
-    const u32* table = tables + (size_t)s * max_blocks;
 
     __shared__ __align__(16) float sm_q[GROUP][HEAD_DIM];  // pre-scaled query rows
     __shared__ float sm_p[GROUP][TILE];                     // the tile's scores, then weights
@@ -291,9 +324,7 @@ __device__ void paged_attention_chunked(const T* __restrict__ q, const T* __rest
         const u32 n = min((u32)TILE, end - t0);
         // 1. One thread per token: its row offset and its scores for every head.
         if (threadIdx.x < n) {
-            const u32 pos = t0 + threadIdx.x;
-            const size_t slot = (size_t)table[pos / block_size] * block_size + pos % block_size;
-            const size_t row = (slot * kv_heads + kh) * HEAD_DIM;
+            const size_t row = kv_row(w, t0 + threadIdx.x, block_size, kv_heads);
             sm_row[threadIdx.x] = row;
             float dot[GROUP];
 #pragma unroll
@@ -382,19 +413,9 @@ __device__ void paged_attention_chunked(const T* __restrict__ q, const T* __rest
     for (u32 t = threadIdx.x; t < GROUP * HEAD_DIM; t += blockDim.x) {
         const u32 g = t / HEAD_DIM, i = t % HEAD_DIM;
         float a = 0.0f;
-        for (int w = 0; w < NWARPS; ++w) a += sm_acc[w][g][i];
+        for (int v = 0; v < NWARPS; ++v) a += sm_acc[v][g][i];
         const float mm = sm_mx[g], ll = sm_sum[g];
-        const u32 h = kh * GROUP + g;
-        if (nparts == 1) {
-            st(out, ((size_t)s * heads + h) * HEAD_DIM + i, ll > 0.0f ? a / ll : 0.0f);
-        } else {
-            const size_t sp = ((size_t)s * heads + h) * nparts + part;
-            part_acc[sp * HEAD_DIM + i] = a;
-            if (i == 0) {
-                part_ml[2 * sp] = mm;
-                part_ml[2 * sp + 1] = ll;
-            }
-        }
+        store_result(out, part_ml, part_acc, w, heads, kh * GROUP + g, i, mm, ll, a);
     }
 }
 
@@ -411,6 +432,7 @@ __device__ __forceinline__ void paged_attention_impl(const T* q, const T* kc, co
                            block_size, scale);
 #endif
 }
+#endif  // !MMA
 
 // Merges the partitions of one (sequence, query head): grid (H, S), HEAD_DIM threads (rounded up
 // to a warp multiple).
@@ -435,6 +457,7 @@ __device__ void paged_attention_combine_impl(const float* __restrict__ part_ml, 
     st(out, ((size_t)s * heads + h) * HEAD_DIM + i, ll > 0.0f ? a / ll : 0.0f);
 }
 
+#if !MMA
 extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB)
     paged_attention_f32(const float* q, const float* kc, const float* vc, const u32* tables, const u32* lens,
                         float* out, float* part_ml, float* part_acc, u32 heads, u32 kv_heads, u32 max_blocks,
@@ -449,6 +472,7 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB)
     paged_attention_impl(q, kc, vc, tables, lens, out, part_ml, part_acc, heads, kv_heads, max_blocks, block_size,
                          scale);
 }
+#endif  // !MMA
 extern "C" __global__ void paged_attention_combine_f32(const float* part_ml, const float* part_acc, float* out,
                                                        u32 heads, u32 nparts) {
     paged_attention_combine_impl(part_ml, part_acc, out, heads, nparts);

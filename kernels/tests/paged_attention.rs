@@ -177,22 +177,28 @@ fn paged_attention_equals_packed_causal_attention() {
             // On the GPU the work splits of the kernel too: wide lanes and unrolled loads at
             // partitions of 16 tokens (smaller than a block) and 512, and the partition sizes the
             // chooser picks.
-            let splits: Vec<Option<pa::PagedConfig>> = if dev.is_cuda() {
-                let mut v = vec![None];
-                v.extend(flag_splits(false).into_iter().map(Some));
-                for part in [64, 128, 256] {
-                    v.push(Some(pa::PagedConfig {
-                        part,
-                        ..pa::PagedConfig::DEFAULT
-                    }));
-                }
-                v
+            let splits = if dev.is_cuda() {
+                default_and_cuda_core_splits()
             } else {
                 vec![None]
             };
             check_splits(case, i, &dev, dtypes, &splits);
         }
     }
+}
+
+/// The chooser's split (`None`), every wide / unroll combination of the per-token kernel at
+/// partitions of 16 and 512 tokens, and its partitions of 64, 128, 256.
+fn default_and_cuda_core_splits() -> Vec<Option<pa::PagedConfig>> {
+    let mut v = vec![None];
+    v.extend(flag_splits(false).into_iter().map(Some));
+    for part in [64, 128, 256] {
+        v.push(Some(pa::PagedConfig {
+            part,
+            ..pa::PagedConfig::DEFAULT
+        }));
+    }
+    v
 }
 
 /// Every wide / unroll combination at partitions of 16 and 512 tokens, with `q_smem`.
@@ -207,6 +213,7 @@ fn flag_splits(q_smem: bool) -> Vec<pa::PagedConfig> {
                     unroll,
                     q_smem,
                     chunked: false,
+                    mma_stages: 0,
                 });
             }
         }
@@ -364,6 +371,7 @@ fn nvrtc_compiles_paged_kernels() {
                 unroll,
                 q_smem,
                 chunked: false,
+                mma_stages: 0,
             };
             nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
                 .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g} {cfg:?}: {e}"));
@@ -371,29 +379,145 @@ fn nvrtc_compiles_paged_kernels() {
     }
 }
 
-/// The chunked-softmax variant (`chunked`, the default where it applies) on the GPU: partitions of
-/// 16 (inside one tile), 128, 512 and 1024 tokens (several tiles), the three GQA groups of the
-/// cases (the case with group 8 at D 128 included).
+/// The chunked-softmax variant (`chunked`, the default where the tensor-core kernel does not
+/// apply) on the GPU: partitions of 16 (inside one tile), 128, 512 and 1024 tokens (several
+/// tiles), the three GQA groups of the cases (the case with group 8 at D 128 included).
 #[test]
 fn chunked_softmax_gives_the_same_attention() {
     for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
-        let splits: Vec<_> = [16, 128, 512, 1024]
-            .into_iter()
-            .flat_map(|part| {
-                [false, true].map(|wide| {
-                    Some(pa::PagedConfig {
-                        part,
-                        wide,
-                        chunked: true,
-                        ..pa::PagedConfig::DEFAULT
-                    })
-                })
-            })
-            .collect();
         for (i, case) in cases().iter().enumerate() {
-            check_splits(case, i, &dev, &[DType::F32, DType::BF16], &splits);
+            check_splits(case, i, &dev, &[DType::F32, DType::BF16], &chunked_splits());
         }
     }
+}
+
+fn chunked_splits() -> Vec<Option<pa::PagedConfig>> {
+    [16, 128, 512, 1024]
+        .into_iter()
+        .flat_map(|part| {
+            [false, true].map(|wide| {
+                Some(pa::PagedConfig {
+                    part,
+                    wide,
+                    chunked: true,
+                    ..pa::PagedConfig::DEFAULT
+                })
+            })
+        })
+        .collect()
+}
+
+/// The tensor-core splits the GPU tests run: partitions of 16 tokens (inside one 64-token tile,
+/// several partitions and the combine), 128 (two tiles) and 512 and 1024 (the 513-token context
+/// in one or two partitions, several tiles through the cp.async ring), with rings of 2, 3 and 4
+/// tiles.
+fn mma_splits() -> Vec<Option<pa::PagedConfig>> {
+    [(16, 2), (128, 2), (128, 3), (512, 3), (512, 4), (1024, 2)]
+        .into_iter()
+        .map(|(part, mma_stages)| {
+            Some(pa::PagedConfig {
+                part,
+                mma_stages,
+                ..pa::PagedConfig::DEFAULT
+            })
+        })
+        .collect()
+}
+
+/// The cases the tensor-core kernel takes (bf16, D a multiple of 16): group 1 with a block size
+/// of 6, Qwen2.5's group 7 at D 64 over 513 tokens, group 8 at D 128.
+fn mma_cases() -> impl Iterator<Item = (usize, Case)> {
+    cases()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| c.d % 16 == 0)
+}
+
+/// The tensor-core kernel (the default for bf16 at D 64 and 128) equals packed causal attention
+/// at every split, and refuses what it cannot take (f32, a head dim of 24) with an error.
+#[test]
+fn tensor_core_kernel_gives_the_same_attention() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        for (i, case) in mma_cases() {
+            check_splits(&case, i, &dev, &[DType::BF16], &mma_splits());
+        }
+        let mma = pa::PagedConfig {
+            mma_stages: 2,
+            ..pa::PagedConfig::DEFAULT
+        };
+        let tables = Tensor::from_u32(vec![0], &[1, 1], &dev).unwrap();
+        let lens = Tensor::from_u32(vec![3], &[1], &dev).unwrap();
+        for (dtype, d) in [(DType::F32, 64), (DType::BF16, 24)] {
+            let q = Tensor::zeros(&[1, 2, d], dtype, &dev).unwrap();
+            let kc = Tensor::zeros(&[4, 1, d], dtype, &dev).unwrap();
+            let e = pa::paged_attention_with(&q, &kc, &kc, &tables, &lens, 4, 3, 1.0, &mma)
+                .unwrap_err();
+            assert!(e.to_string().contains("tensor-core"), "{dtype} D {d}: {e}");
+        }
+    }
+}
+
+/// The tensor-core kernel compiles for real models' groups at D 64 and 128 and every ring depth
+/// (and a head dim of 96).
+#[test]
+fn nvrtc_compiles_the_tensor_core_kernel() {
+    if !nvrtc::is_available() {
+        eprintln!("skipped: no NVRTC library");
+        return;
+    }
+    let src = pa::source();
+    let text = kernels::cuda::launch::full_source(&src);
+    for (d, g) in [(64, 7), (64, 3), (64, 1), (128, 8), (128, 16), (96, 4)] {
+        for mma_stages in [2, 3, 4] {
+            let cfg = pa::PagedConfig {
+                mma_stages,
+                ..pa::PagedConfig::DEFAULT
+            };
+            nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
+                .unwrap_or_else(|e| panic!("paged_attention.cu MMA D={d} G={g} {cfg:?}: {e}"));
+        }
+    }
+}
+
+/// Compiles, with NVRTC for sm_90, every kernel variant the GPU tests of this file load (the
+/// chooser's splits for f32 and bf16 at 132 SMs included). Slow; run it before a GPU run with
+/// `REALIGN_KERNEL_CACHE` pointing at the cache the GPU run will use, so the GPU spends no time
+/// compiling (the cache key includes the include path: compile with the GPU machine's
+/// `/usr/local/cuda/include`).
+#[test]
+#[ignore = "slow: compiles ~130 kernel variants (fills the kernel cache for a GPU run)"]
+fn nvrtc_compiles_every_variant_the_gpu_tests_use() {
+    if !nvrtc::is_available() {
+        eprintln!("skipped: no NVRTC library");
+        return;
+    }
+    let src = pa::source();
+    let text = kernels::cuda::launch::full_source(&src);
+    let mut seen = std::collections::HashSet::new();
+    for (i, case) in cases().iter().enumerate() {
+        let (s, g) = (case.lens.len(), case.h / case.k);
+        let max_len = *case.lens.iter().max().unwrap();
+        let mut splits: Vec<pa::PagedConfig> = [DType::F32, DType::BF16]
+            .map(|dt| pa::choose_split(s, case.k, g, case.d, dt, max_len, 132))
+            .to_vec();
+        let lists = [
+            default_and_cuda_core_splits(),
+            flag_splits(true).into_iter().map(Some).collect(),
+            chunked_splits(),
+        ];
+        splits.extend(lists.into_iter().flatten().flatten());
+        if case.d % 16 == 0 {
+            splits.extend(mma_splits().into_iter().flatten());
+        }
+        for cfg in splits {
+            let defs = pa::defines_with(case.d, g, &cfg);
+            if seen.insert(defs.clone()) {
+                nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)
+                    .unwrap_or_else(|e| panic!("case {i} {cfg:?}: {e}"));
+            }
+        }
+    }
+    eprintln!("{} variants compiled", seen.len());
 }
 
 /// The chunked kernel compiles for the shapes above and real models' groups.
@@ -432,7 +556,7 @@ fn nvrtc_compiles_the_chunked_kernel() {
 #[test]
 fn the_split_fills_the_gpu_with_blocks() {
     // (S, K, group, D, context bound)
-    let split = |s, kh, g, d, ctx| pa::choose_split(s, kh, g, d, ctx, 132);
+    let split = |s, kh, g, d, ctx| pa::choose_split(s, kh, g, d, DType::F32, ctx, 132);
     let part = |s, kh, ctx| split(s, kh, 7, 64, ctx).part;
     // Qwen2.5-0.5B (K 2) and SmolLM2-135M (K 3) at B 256 and B 64, a graph's context bound 512.
     assert_eq!(part(256, 2, 512), 512);
@@ -449,6 +573,23 @@ fn the_split_fills_the_gpu_with_blocks() {
     // A group the chunked kernel cannot hold, or a head dim not tested on a GPU: per-token softmax.
     assert!(!split(64, 1, 32, 64, 512).chunked);
     assert!(!split(64, 2, 4, 256, 512).chunked);
+    assert!([qwen, smol].iter().all(|c| c.mma_stages == 0)); // f32: no tensor cores
+                                                             // bf16 at D 64 / 128 with a group of at most 16: the tensor-core kernel, same partitions.
+    let bf = |s, kh, g, d, ctx| pa::choose_split(s, kh, g, d, DType::BF16, ctx, 132);
+    let qwen = bf(256, 2, 7, 64, 512);
+    assert_eq!((qwen.part, qwen.mma_stages), (512, pa::MMA_STAGES));
+    // Its partitions stay at 512 down to a grid of half an SM's worth of blocks (Qwen B 64: 128
+    // blocks), then halve.
+    assert_eq!(bf(64, 2, 7, 64, 512).part, 512);
+    assert_eq!(bf(64, 3, 3, 64, 512).part, 512);
+    assert_eq!(bf(16, 2, 7, 64, 512).part, 128);
+    assert_eq!(bf(1, 2, 7, 64, 16384).part, 256);
+    assert_eq!(bf(4, 1, 16, 128, 512).mma_stages, pa::MMA_STAGES);
+    // Other head dims or a larger group: the CUDA-core kernels.
+    for (g, d) in [(7, 96), (7, 24), (7, 256), (32, 64)] {
+        assert_eq!(bf(64, 2, g, d, 512).mma_stages, 0, "group {g} D {d}");
+    }
+    assert!(bf(64, 2, 7, 96, 512).chunked);
     assert_eq!(
         pa::PagedConfig::parse("512,0,1,1"),
         Some(pa::PagedConfig {
@@ -461,6 +602,17 @@ fn the_split_fills_the_gpu_with_blocks() {
         Some((128, true, 2, false))
     );
     assert_eq!(pa::PagedConfig::parse("128,1,3"), None);
+    assert_eq!(
+        pa::PagedConfig::parse("256,0,1,0,0,3"),
+        Some(pa::PagedConfig {
+            part: 256,
+            mma_stages: 3,
+            ..pa::PagedConfig::DEFAULT
+        })
+    );
+    assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,1"), None);
+    assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,5"), None);
+    assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,2,1"), None);
     assert_eq!(
         pa::PagedConfig::parse("512,0,1,0,1"),
         Some(pa::PagedConfig {

@@ -4,7 +4,11 @@
 //!   cargo run --release -p learner --example train_step_bench -- --device cuda --dtype bf16
 //!   cargo run --release -p learner --example train_step_bench -- --tiny      (CPU smoke run)
 //!
-//! Prints tokens/s and MFU. `--phases` then times one more step phase by phase (the device
+//! `--actor` also times the PPO actor step (clipped surrogate on the device) on the same tokens.
+//!
+//! Prints tokens/s, MFU and the host's time to queue a step (nothing in a step waits for the
+//! device until all of it is queued, so a queue time well under the step time means the GPU never
+//! waits for the host after the first launches). `--phases` then times one more step phase by phase (the device
 //! synchronised between phases, so the sum is a little above a free-running step): zeroing the
 //! gradients, decoder forward, LM head forward, LM head backward (then both again with the logits
 //! recomputed instead of kept), decoder backward, AdamW (norm, clip, update). FLOPs per token follow the PaLM convention: 6·P (P = parameters
@@ -34,6 +38,7 @@ struct Args {
     micro_batch_tokens: usize,
     tiny: bool,
     phases: bool,
+    actor: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -47,6 +52,7 @@ fn parse() -> Result<Args> {
         micro_batch_tokens: 8192,
         tiny: false,
         phases: false,
+        actor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +67,7 @@ fn parse() -> Result<Args> {
             "--micro-batch-tokens" => a.micro_batch_tokens = val()?.parse()?,
             "--tiny" => a.tiny = true,
             "--phases" => a.phases = true,
+            "--actor" => a.actor = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -101,24 +108,31 @@ fn main() -> Result<()> {
     };
     let tokens = (seqs_n * seq_len) as f64;
     let mut times = vec![];
+    let mut queue_times = vec![];
     for s in 0..a.warmup + a.steps {
         let t0 = Instant::now();
-        let m = step.step(&mut params, &cfg, &mut grads, &mut opt, &refs, 1e-5)?;
-        // The loss and grad norm were read on the host; read a weight so the AdamW kernels of
-        // this step have finished too.
+        // Host time to queue the whole step (nothing in it waits for the device), then the wait.
+        let pending = step.queue_step(&mut params, &cfg, &mut grads, &mut opt, &refs, 1e-5)?;
+        let tq = t0.elapsed().as_secs_f64();
+        let m = step.finish_step(&mut params, &mut opt, pending)?;
+        // The loss and grad norm were read on the host after the update was queued; read a
+        // weight so the AdamW kernels of this step have finished too.
         params.final_norm.to_vec_f32()?;
         let dt = t0.elapsed().as_secs_f64();
         println!(
-            "step {s}: {:.3} s, loss {:.4}, grad_norm {:.3}",
+            "step {s}: {:.4} s (host queued it in {:.4} s), loss {:.4}, grad_norm {:.3}",
             dt,
+            tq,
             m.get("sft/loss").unwrap_or(f64::NAN),
             m.get("sft/grad_norm").unwrap_or(f64::NAN)
         );
         if s >= a.warmup {
             times.push(dt);
+            queue_times.push(tq);
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let mean_queue = queue_times.iter().sum::<f64>() / queue_times.len().max(1) as f64;
     let (c, f, v, l) = (
         cfg.hidden_size as f64,
         cfg.intermediate_size as f64,
@@ -145,10 +159,78 @@ fn main() -> Result<()> {
         tps,
         100.0 * mfu
     );
+    println!(
+        "host queue time {:.4} s/step ({:.0}% of the step time; the rest the host waits)",
+        mean_queue,
+        100.0 * mean_queue / mean
+    );
     if a.phases {
         phases(&device, &cfg, &mut params, &mut grads, &mut opt, &seqs)?;
     }
+    if a.actor {
+        let t = actor_steps(&a, &cfg, &mut params, &mut grads, &mut opt, &seqs)?;
+        println!(
+            "actor (PPO clipped surrogate, every token a response token): {:.4} s/step, {:.0} \
+             tokens/s, MFU {:.1}%",
+            t,
+            tokens / t,
+            100.0 * tokens / t * flops_per_token / 989e12
+        );
+    }
     Ok(())
+}
+
+/// Mean time of `a.steps` PPO actor steps (after `a.warmup`) on the same tokens, all of them
+/// response tokens: π_old = -ln V (about what random weights give), advantages ±1.
+fn actor_steps(
+    a: &Args,
+    cfg: &ModelConfig,
+    params: &mut Params,
+    grads: &mut Params,
+    opt: &mut AdamW,
+    seqs: &[Sequence],
+) -> Result<f64> {
+    use learner::batch::Field;
+    use learner::objectives::PolicyLossConfig;
+    use learner::train::ActorStep;
+    let mut rng = StdRng::seed_from_u64(1);
+    let old = -(cfg.vocab_size as f32).ln();
+    let seqs: Vec<Sequence> = seqs
+        .iter()
+        .map(|s| {
+            let n = s.response_len();
+            let adv = (0..n)
+                .map(|_| if rng.random_bool(0.5) { 1.0 } else { -1.0 })
+                .collect();
+            s.clone()
+                .with(Field::OldLogprob, vec![old; n])
+                .with(Field::Advantages, adv)
+        })
+        .collect();
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let step = ActorStep {
+        loss: PolicyLossConfig::default(),
+        head: model::llama::LmHead::new(1.0),
+        micro_batch_tokens: a.micro_batch_tokens.max(seqs[0].tokens.len()),
+    };
+    let mut times = vec![];
+    for s in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let pending = step.queue_step(params, cfg, grads, opt, &refs, 1e-5)?;
+        let tq = t0.elapsed().as_secs_f64();
+        let m = step.finish_step(params, opt, pending)?;
+        params.final_norm.to_vec_f32()?;
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "actor step {s}: {dt:.4} s (host queued it in {tq:.4} s), pg_loss {:.4}, clipfrac {:.3}",
+            m.get("actor/pg_loss").unwrap_or(f64::NAN),
+            m.get("actor/pg_clipfrac").unwrap_or(f64::NAN)
+        );
+        if s >= a.warmup {
+            times.push(dt);
+        }
+    }
+    Ok(times.iter().sum::<f64>() / times.len().max(1) as f64)
 }
 
 /// One SFT-like step (d logprob = -1/N at every position) by phases, milliseconds each.

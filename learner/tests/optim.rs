@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_close, assert_close1, randn, rng};
-use kernels::{DType, Device};
+use kernels::{DType, Device, Tensor};
 use learner::optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind};
 use model::{Arch, ModelConfig, Params};
 
@@ -334,6 +334,63 @@ fn zero1_sharded_optimiser_equals_the_unsharded_one_bit_for_bit() {
     for rep in &replicas {
         for ((n, a), (_, b)) in rep.tensors().iter().zip(full.tensors()) {
             assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "{n}");
+        }
+    }
+}
+
+/// On every device (CPU, and the GPU where the skip is decided on the device): a non-finite step
+/// changes nothing, not even the step counter, so the next finite step equals a fresh optimiser's
+/// first step (same bias corrections).
+#[test]
+fn skipped_step_leaves_the_count_for_the_next_on_every_device() {
+    let cfg = tiny();
+    for dev in kernels::testing::test_devices() {
+        let dtype = if dev.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let mut params = Params::init(&cfg, 6, &dev, dtype).unwrap();
+        let mut fresh_params = Params::init(&cfg, 6, &dev, dtype).unwrap();
+        let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+        let mut fresh = AdamW::new(&fresh_params, AdamWConfig::default()).unwrap();
+        let good = random_grads(
+            &Params::init(&cfg, 6, &Device::Cpu, DType::F32).unwrap(),
+            8,
+            3.0,
+        );
+        let to_dev = |g: &Params| {
+            let mut out = g.zeros_like(DType::F32).unwrap();
+            for ((_, d), (_, s)) in out.tensors_mut().into_iter().zip(g.tensors()) {
+                *d = s.to_device(&dev).unwrap();
+            }
+            out
+        };
+        let mut bad = to_dev(&good);
+        let mut nan = bad.tensors()[1].1.to_vec_f32().unwrap();
+        nan[0] = f32::INFINITY;
+        let shape = bad.tensors()[1].1.shape().to_vec();
+        *bad.tensors_mut()[1].1 = Tensor::from_f32(nan, &shape, &dev).unwrap();
+        let s = opt.step(&mut params, &mut bad, 1e-2).unwrap();
+        assert!(s.skipped && !s.grad_norm.is_finite(), "{dev}: {s:?}");
+        assert_eq!(opt.step, 0, "{dev}");
+        let s = opt.step(&mut params, &mut to_dev(&good), 1e-2).unwrap();
+        let f = fresh
+            .step(&mut fresh_params, &mut to_dev(&good), 1e-2)
+            .unwrap();
+        assert!(
+            !s.skipped && s.clip_coef < 1.0,
+            "{dev}: the test must clip: {s:?}"
+        );
+        assert_eq!(s.grad_norm, f.grad_norm, "{dev}");
+        assert_eq!(opt.step, 1, "{dev}");
+        for name in opt.names() {
+            let (a, b) = (opt.state(name).unwrap(), fresh.state(name).unwrap());
+            assert_eq!(
+                a.master.to_vec_f32().unwrap(),
+                b.master.to_vec_f32().unwrap(),
+                "{dev}: {name}"
+            );
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod linear;
 pub mod lm_head;
 pub mod logsoftmax_gather;
 pub mod paged_attention;
+pub mod policy_grad;
 pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;

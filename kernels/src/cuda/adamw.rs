@@ -2,6 +2,7 @@
 //! parameter per launch, or many parameters in one launch.
 
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::sum_squares::DeviceClip;
 use super::{cuda_err, device_of, ptr};
 use crate::ops::AdamWScalars;
 use crate::{Result, Tensor};
@@ -39,6 +40,13 @@ pub fn adamw_step(
 /// Elements per block of `adamw_step_many` (ADAMW_BLOCK_ELEMS in cu/adamw.cu).
 const BLOCK_ELEMS: usize = 8192;
 
+/// How `adamw_step_many` scales the gradients: by a host factor, or by the clip decision a
+/// [`DeviceClip`] holds on the device (which may also skip the update).
+pub enum GradScale<'a> {
+    Host(f32),
+    Device(&'a DeviceClip),
+}
+
 /// AdamW over many parameters of one GPU in one launch: a table of one 64-byte slot per
 /// parameter (its buffers, length, first block, decay factor) goes to the device, and each block
 /// finds its parameter there. `scalars[i].decay` is parameter i's; the other scalars are shared
@@ -46,7 +54,7 @@ const BLOCK_ELEMS: usize = 8192;
 pub fn adamw_step_many(
     items: &mut [crate::ops::AdamWItem],
     scalars: &[AdamWScalars],
-    grad_scale: f32,
+    scale: GradScale,
 ) -> Result<()> {
     const OP: &str = "adamw_step_many";
     let Some(first) = items.first() else {
@@ -88,10 +96,15 @@ pub fn adamw_step_many(
         table.device_ptr(stream).0
     };
     let s = &scalars[0];
+    let (grad_scale, clip_ptr) = match scale {
+        GradScale::Host(f) => (f, 0),
+        GradScale::Device(c) => (1.0, c.device_ptr()),
+    };
     let args = Args::new()
         .raw(table_ptr)
         .u32(slots as u32)
         .f32(grad_scale)
+        .raw(clip_ptr)
         .f32(s.one_minus_beta1)
         .f32(s.beta2)
         .f32(s.one_minus_beta2)

@@ -52,6 +52,7 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("qkv_rope_cache"),
         kernel_source!("add_rmsnorm"),
         kernel_source!("swiglu_packed"),
+        kernel_source!("policy_grad"),
     ]
 }
 

@@ -35,6 +35,7 @@ pub mod lm_head;
 pub mod logsoftmax;
 pub mod nvrtc;
 pub mod paged_attention;
+pub mod policy_grad;
 pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;

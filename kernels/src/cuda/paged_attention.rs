@@ -1,12 +1,25 @@
-//! Paged decode attention on the GPU (`cu/paged_attention.cu`): a split-K kernel over context
-//! partitions, specialised at compile time for the head dim and the GQA group size, then a merge
-//! of the partitions when there is more than one.
+//! Paged decode attention on the GPU (`cu/paged_attention.cu`, and its tensor-core variant
+//! `cu/paged_attention_mma.cu`): a split-K kernel over context partitions, specialised at compile
+//! time for the head dim and the GQA group size, then a merge of the partitions when there is more
+//! than one.
 
-use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::launch::{run, Args, Grid, KernelSource};
 use super::{device_of, empty, suffix};
 use crate::{DType, Error, Result, Tensor};
 
-const SRC: KernelSource = kernel_source!("paged_attention");
+/// One module text for every variant: the MMA primitives, the CUDA-core kernels with the work
+/// split, result store and combine shared by all, then the tensor-core kernel (each part compiled
+/// only where its defines select it).
+const SRC: KernelSource = KernelSource {
+    name: "paged_attention",
+    src: concat!(
+        include_str!("../../cu/mma.cuh"),
+        "#line 1 \"paged_attention.cu\"\n",
+        include_str!("../../cu/paged_attention.cu"),
+        "#line 1 \"paged_attention_mma.cu\"\n",
+        include_str!("../../cu/paged_attention_mma.cu"),
+    ),
+};
 
 /// Threads per block of the main kernel (`NWARPS` warps).
 const THREADS: u32 = 128;
@@ -18,6 +31,8 @@ const MAX_GROUP_DIM: usize = 2048;
 /// Largest GQA group of the chunked variant: its [group, 64] tile of weights joins the warps'
 /// partial outputs in the 48 KiB of static shared memory.
 const MAX_CHUNKED_GROUP: usize = 16;
+/// Largest GQA group of the tensor-core kernel: the heads are the rows of one m16 MMA tile.
+const MAX_MMA_GROUP: usize = 16;
 
 /// How the kernel splits the work (compile-time constants of `cu/paged_attention.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,13 +44,19 @@ pub struct PagedConfig {
     /// Tokens per lane group whose loads are issued together (1 or 2).
     pub unroll: usize,
     /// Query rows in shared memory instead of registers, with the register use capped for 4
-    /// resident blocks per SM (`QSMEM`, `MINB`). Not yet measured on a GPU: not chosen by
-    /// [`choose_split`].
+    /// resident blocks per SM (`QSMEM`, `MINB`). Slower than `chunked` on the H200 (Qwen2.5-0.5B
+    /// B 256: 43.1 against 29.7 µs, docs/benchmarks.md): not chosen by [`choose_split`].
     pub q_smem: bool,
     /// Tiles of 64 tokens: scores of a tile first (one thread per token, all heads), one softmax
     /// rescale per tile instead of per token (`CHUNKED`). Chosen by [`choose_split`] (with
-    /// `wide`) wherever it applies. Needs a GQA group of at most 16 (shared memory).
+    /// `wide`) where the tensor-core kernel does not apply. Needs a GQA group of at most 16
+    /// (shared memory).
     pub chunked: bool,
+    /// 0: the CUDA-core kernels above. 2..=4: the tensor-core kernel (`cu/paged_attention_mma.cu`,
+    /// `MMA`) with a cp.async ring of that many 64-token K/V tiles (`STAGES`); `wide`, `unroll`,
+    /// `q_smem` and `chunked` do not apply to it. Needs bf16, a head dim that is a multiple of 16
+    /// up to 128 and a GQA group of at most 16.
+    pub mma_stages: usize,
 }
 
 impl PagedConfig {
@@ -46,11 +67,13 @@ impl PagedConfig {
         unroll: 1,
         q_smem: false,
         chunked: false,
+        mma_stages: 0,
     };
 
-    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem[,chunked]]` (e.g. `128,1,2`): when set, every
-    /// call uses that split instead of [`choose_split`]'s (read once; a malformed value is reported
-    /// and ignored).
+    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem[,chunked[,mma_stages]]]`
+    /// (e.g. `128,1,2` or `256,0,1,0,0,3`): when set, every call uses that split instead of
+    /// [`choose_split`]'s (read once; a malformed value is reported and ignored). A forced
+    /// tensor-core split falls back to [`choose_split`]'s on calls it cannot take (f32).
     pub fn forced() -> Option<PagedConfig> {
         static SPLIT: std::sync::OnceLock<Option<PagedConfig>> = std::sync::OnceLock::new();
         *SPLIT.get_or_init(|| {
@@ -58,15 +81,17 @@ impl PagedConfig {
             let c = PagedConfig::parse(&v);
             if c.is_none() {
                 tracing::warn!(
-                    "REALIGN_PAGED_SPLIT={v:?} is not part,wide,unroll (e.g. 128,1,2) with \
-                     part >= 1, wide 0/1, unroll 1/2; choosing the split per call"
+                    "REALIGN_PAGED_SPLIT={v:?} is not part,wide,unroll[,q_smem[,chunked[,mma_stages]]] \
+                     (e.g. 128,1,2) with part >= 1, wide 0/1, unroll 1/2, mma_stages 0 or 2..4; \
+                     choosing the split per call"
                 );
             }
             c
         })
     }
 
-    /// `part,wide,unroll[,q_smem[,chunked]]`, e.g. `128,1,2` or `512,0,1,0,1`.
+    /// `part,wide,unroll[,q_smem[,chunked[,mma_stages]]]`, e.g. `128,1,2`, `512,0,1,0,1` or
+    /// `512,0,1,0,0,3`.
     pub fn parse(v: &str) -> Option<PagedConfig> {
         let f: Vec<&str> = v.split(',').map(str::trim).collect();
         let flag = |x: &str| match x {
@@ -74,51 +99,89 @@ impl PagedConfig {
             "1" => Some(true),
             _ => None,
         };
-        let (part, wide, unroll, q_smem, chunked) = match f[..] {
-            [p, w, u] => (p, w, u, false, false),
-            [p, w, u, q] => (p, w, u, flag(q)?, false),
-            [p, w, u, q, c] => (p, w, u, flag(q)?, flag(c)?),
+        let (part, wide, unroll) = match f[..] {
+            [p, w, u, ..] if f.len() <= 6 => (p, w, u),
             _ => return None,
         };
         let c = PagedConfig {
             part: part.parse().ok()?,
             wide: flag(wide)?,
             unroll: unroll.parse().ok()?,
-            q_smem,
-            chunked,
+            q_smem: f.get(3).map_or(Some(false), |x| flag(x))?,
+            chunked: f.get(4).map_or(Some(false), |x| flag(x))?,
+            mma_stages: f.get(5).map_or(Some(0), |x| x.parse().ok())?,
         };
-        (c.part >= 1 && (1..=2).contains(&c.unroll)).then_some(c)
+        c.is_valid().then_some(c)
+    }
+
+    /// Whether the kernel can be built with this split at all.
+    fn is_valid(&self) -> bool {
+        self.part >= 1
+            && (1..=2).contains(&self.unroll)
+            && (self.mma_stages == 0 || (2..=MAX_MMA_STAGES).contains(&self.mma_stages))
     }
 }
 
-/// Thread blocks per SM below which [`choose_split`] makes partitions smaller.
+/// Deepest cp.async ring of the tensor-core kernel (4 × 18 KiB of K/V tiles at D 64).
+const MAX_MMA_STAGES: usize = 4;
+/// The ring depth [`choose_split`] gives the tensor-core kernel: one tile in flight while one is
+/// computed on, 37 KiB of shared memory a block at D 64 (measured fastest, see [`choose_split`]).
+pub const MMA_STAGES: usize = 2;
+/// Tokens per tile of the tensor-core kernel (its `TN`: 16 per warp).
+const MMA_TILE: usize = 64;
+/// Dynamic shared memory a block may ask for on sm_90 (227 KiB), less 1 KiB for the kernel's
+/// static arrays.
+const MAX_SMEM: usize = 226 * 1024;
+
+/// Thread blocks per SM below which [`choose_split`] makes the CUDA-core kernels' partitions
+/// smaller.
 const MIN_BLOCKS_PER_SM: usize = 3;
 /// The smallest partition [`choose_split`] picks.
 const MIN_PART: usize = 128;
 
-/// The split for S sequences, K kv heads, GQA group `group` and head dim `d`, with a context
-/// bound of `max_context_len`, on a GPU with `sms` SMs: partitions of 512 tokens, halved (down to
-/// 128) while the grid would have fewer than 3 thread blocks per SM; the chunked softmax with
-/// wide lanes where the kernel takes the group (at most 16) and the head dim was tested on a GPU
-/// (at most 128). Measured on the H200 (docs/benchmarks.md, 2026-11-29 lead 15:25, contexts
-/// 128..384): chunked + wide is the fastest variant at every measured shape: Qwen2.5-0.5B B 256
-/// 56.5 -> 29.7 µs a call, B 64 (128-token partitions) 14.6 µs, SmolLM2-135M B 64 11.7 µs (the
-/// per-token softmax variant 13.8). Partition sizes as measured by helper `paged`: at B 64 the
-/// 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) with the per-token softmax.
+/// The split for S sequences, K kv heads, GQA group `group`, head dim `d` and dtype `dtype`, with
+/// a context bound of `max_context_len`, on a GPU with `sms` SMs. Deterministic: a function of the
+/// shapes only.
+///
+/// - bf16 at head dims 64 and 128 with a group of at most 16: the tensor-core kernel with a ring
+///   of [`MMA_STAGES`] tiles over partitions of 512 tokens, halved (down to 128) only while the
+///   grid would have fewer blocks than half the SMs. Measured on the H200 (docs/benchmarks.md,
+///   2026-11-29 "Paged attention MMA", contexts 128..384 and all 256): 512-token partitions with
+///   a 2-tile ring are the fastest or within 2% at Qwen2.5-0.5B and SmolLM2-135M shapes, B 64 and
+///   256 (Qwen B 256: 14.2 µs a call, 1.74× the bandwidth floor, against 22.8 / 19.6 at 128 /
+///   256-token partitions; B 64 (128 blocks): 9.0 µs against 9.2 at 128): the combine costs more
+///   than more blocks gain. A 3-tile ring ties at B 256 Qwen and is 15-30% slower at SmolLM2
+///   B 256 (55 KiB of shared memory a block: fewer resident blocks). Grids smaller than 64
+///   blocks were not measured.
+/// - elsewhere partitions of 512 tokens, halved (down to 128) while the grid would have fewer
+///   than 3 thread blocks per SM, and the chunked softmax with wide lanes where the kernel takes
+///   the group (at most 16) and the head dim was tested on a GPU (at most 128). Measured on the
+///   H200 (lead 15:25, contexts 128..384): chunked + wide is the fastest CUDA-core variant at
+///   every measured shape: Qwen2.5-0.5B B 256 56.5 -> 29.7 µs a call, B 64 (128-token
+///   partitions) 14.6 µs, SmolLM2-135M B 64 11.7 µs (the per-token softmax variant 13.8); at B 64
+///   the 128-token partitions cut a call from 31.0 to 19.4 µs (Qwen) with the per-token softmax
+///   (helper `paged`).
+#[allow(clippy::too_many_arguments)]
 pub fn choose_split(
     s: usize,
     kv_heads: usize,
     group: usize,
     d: usize,
+    dtype: DType,
     max_context_len: usize,
     sms: usize,
 ) -> PagedConfig {
     let mut cfg = PagedConfig::DEFAULT;
     let blocks = |part: usize| max_context_len.div_ceil(part).max(1) * kv_heads * s;
-    while cfg.part > MIN_PART && blocks(cfg.part) < MIN_BLOCKS_PER_SM * sms {
+    let mma = dtype == DType::BF16 && (d == 64 || d == 128) && group <= MAX_MMA_GROUP;
+    // Fewest blocks wanted, in half-SMs: the tensor-core kernel half an SM's worth, the others 3.
+    let min_half_sms = if mma { 1 } else { 2 * MIN_BLOCKS_PER_SM };
+    while cfg.part > MIN_PART && 2 * blocks(cfg.part) < min_half_sms * sms {
         cfg.part /= 2;
     }
-    if group <= MAX_CHUNKED_GROUP && d <= 128 {
+    if mma {
+        cfg.mma_stages = MMA_STAGES;
+    } else if group <= MAX_CHUNKED_GROUP && d <= 128 {
         cfg.chunked = true;
         cfg.wide = group * row_pad(d, true) <= MAX_GROUP_DIM;
     }
@@ -150,7 +213,10 @@ fn row_pad(d: usize, wide: bool) -> usize {
 
 /// The kernel source, for compile tests.
 pub fn source() -> KernelSource {
-    kernel_source!("paged_attention")
+    KernelSource {
+        name: SRC.name,
+        src: SRC.src,
+    }
 }
 
 /// The NVRTC defines of the kernel for head dim `d` and group size `group` (default split).
@@ -169,7 +235,15 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
         format!("-DQSMEM={}", u8::from(cfg.q_smem)),
         format!("-DMINB={}", if cfg.q_smem { 4 } else { 1 }),
         format!("-DCHUNKED={}", u8::from(cfg.chunked)),
+        format!("-DMMA={}", u8::from(cfg.mma_stages > 0)),
+        format!("-DSTAGES={}", cfg.mma_stages.max(2)),
     ]
+}
+
+/// Dynamic shared memory of the tensor-core kernel: the K and V rings (`stages` tiles of 64 rows
+/// of d + 8 bf16) and the partition's block-table entries (ceil(part / block_size) + 1 u32).
+pub fn mma_smem_bytes(d: usize, cfg: &PagedConfig, block_size: usize) -> usize {
+    2 * cfg.mma_stages * MMA_TILE * (d + 8) * 2 + (cfg.part.div_ceil(block_size.max(1)) + 1) * 4
 }
 
 fn u32_of(op: &'static str, v: usize) -> Result<u32> {
@@ -200,10 +274,13 @@ pub fn paged_attention(
     )
 }
 
-/// The split a call uses: the forced one (`REALIGN_PAGED_SPLIT`) or [`choose_split`]'s.
+/// The split a call uses: the forced one (`REALIGN_PAGED_SPLIT`, unless it is a tensor-core split
+/// and the call is not bf16) or [`choose_split`]'s.
 fn split_for(q: &Tensor, k_cache: &Tensor, max_context_len: usize) -> Result<PagedConfig> {
     if let Some(c) = PagedConfig::forced() {
-        return Ok(c);
+        if c.mma_stages == 0 || q.dtype() == DType::BF16 {
+            return Ok(c);
+        }
     }
     let dev = device_of(q, "paged_attention")?;
     let (s, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
@@ -213,6 +290,7 @@ fn split_for(q: &Tensor, k_cache: &Tensor, max_context_len: usize) -> Result<Pag
         kh,
         h / kh.max(1),
         d,
+        q.dtype(),
         max_context_len,
         sm_count(&dev),
     ))
@@ -237,18 +315,34 @@ pub fn paged_attention_with(
     let (s, h, d) = q.dims3(OP)?;
     let kh = k_cache.shape()[1];
     let group = h / kh;
-    if cfg.part == 0 || !(1..=2).contains(&cfg.unroll) {
+    if !cfg.is_valid() {
         return Err(Error::msg(format!("{OP}: bad work split {cfg:?}")));
     }
-    if cfg.chunked && group > MAX_CHUNKED_GROUP {
+    let mma = cfg.mma_stages > 0;
+    if mma && (q.dtype() != DType::BF16 || d % 16 != 0 || d > 128 || group > MAX_MMA_GROUP) {
+        return Err(Error::msg(format!(
+            "{OP}: the tensor-core kernel takes bf16, a head dim that is a multiple of 16 up to \
+             128 and a GQA group of at most {MAX_MMA_GROUP}; got {:?}, D {d}, group {group}",
+            q.dtype()
+        )));
+    }
+    if !mma && cfg.chunked && group > MAX_CHUNKED_GROUP {
         return Err(Error::msg(format!(
             "{OP}: the chunked kernel takes a GQA group of at most {MAX_CHUNKED_GROUP}, got {group}"
         )));
     }
-    if group * row_pad(d, cfg.wide) > MAX_GROUP_DIM {
+    if !mma && group * row_pad(d, cfg.wide) > MAX_GROUP_DIM {
         return Err(Error::msg(format!(
             "{OP}: GQA group {group} × head dim {d} exceeds the CUDA kernel's limit of \
              {MAX_GROUP_DIM}"
+        )));
+    }
+    if mma && mma_smem_bytes(d, cfg, block_size) > MAX_SMEM {
+        return Err(Error::msg(format!(
+            "{OP}: the tensor-core kernel's tiles and block-table entries for partitions of {} \
+             tokens in blocks of {block_size} need {} bytes of shared memory, more than {MAX_SMEM}",
+            cfg.part,
+            mma_smem_bytes(d, cfg, block_size)
         )));
     }
     let m = block_tables.shape()[1];
@@ -286,7 +380,11 @@ pub fn paged_attention_with(
     let grid = Grid {
         grid: (u32_of(OP, nparts)?, u32_of(OP, kh)?, u32_of(OP, s)?),
         block: (THREADS, 1, 1),
-        smem: 0,
+        smem: if mma {
+            u32_of(OP, mma_smem_bytes(d, cfg, block_size))?
+        } else {
+            0
+        },
     };
     run(
         &dev,

@@ -11,6 +11,7 @@
 //! in f64 on the host, as PyTorch does with Python floats, and enter the per-element f32 arithmetic
 //! as the scalars of [`AdamWScalars`]; every backend applies exactly those.
 
+use super::grad_norm::GradClip;
 use super::{check_dtype, check_shape};
 use crate::{DType, Device, Error, Result, Tensor};
 
@@ -121,6 +122,26 @@ pub fn adamw_step_many(
     params: &AdamWParams,
     grad_scale: f32,
 ) -> Result<()> {
+    step_many(items, params, Scale::Host(grad_scale))
+}
+
+/// [`adamw_step_many`] with the gradient scale of a [`GradClip`] (`ops::grad_clip`): its scale,
+/// or no update at all when it skips the step (non-finite norm). On one GPU the decision is read
+/// from device memory by the update kernel, so nothing waits for the host.
+pub fn adamw_step_many_clipped(
+    items: &mut [AdamWItem],
+    params: &AdamWParams,
+    clip: &GradClip,
+) -> Result<()> {
+    step_many(items, params, Scale::Clip(clip))
+}
+
+enum Scale<'a> {
+    Host(f32),
+    Clip(&'a GradClip),
+}
+
+fn step_many(items: &mut [AdamWItem], params: &AdamWParams, scale: Scale) -> Result<()> {
     const OP: &str = "adamw_step_many";
     let mut scalars = Vec::with_capacity(items.len());
     for it in items.iter() {
@@ -152,8 +173,24 @@ pub fn adamw_step_many(
         Some(d @ Device::Cuda(_)) => items.iter().all(|it| it.master.device().same(d)),
         _ => false,
     };
+    use crate::cuda::adamw::GradScale;
+    let grad_scale = match scale {
+        Scale::Host(f) => f,
+        Scale::Clip(c) => match c.device() {
+            Some(d) if on_one_gpu => {
+                return crate::cuda::adamw::adamw_step_many(items, &scalars, GradScale::Device(d))
+            }
+            _ => {
+                let d = c.read()?;
+                if d.skipped {
+                    return Ok(());
+                }
+                d.scale as f32
+            }
+        },
+    };
     if on_one_gpu {
-        return crate::cuda::adamw::adamw_step_many(items, &scalars, grad_scale);
+        return crate::cuda::adamw::adamw_step_many(items, &scalars, GradScale::Host(grad_scale));
     }
     for (it, s) in items.iter_mut().zip(&scalars) {
         if grad_scale != 1.0 {

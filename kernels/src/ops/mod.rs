@@ -20,6 +20,7 @@ pub mod linear_acc;
 pub mod lm_head;
 pub mod logsoftmax_gather;
 pub mod paged_attention;
+pub mod policy_grad;
 pub mod qkv_rope_cache;
 pub mod rmsnorm;
 pub mod rope;
@@ -27,19 +28,24 @@ pub mod sampling;
 pub mod swiglu;
 pub mod swiglu_packed;
 
-pub use adamw::{adamw_step, adamw_step_many, AdamWItem, AdamWParams, AdamWScalars};
+pub use adamw::{
+    adamw_step, adamw_step_many, adamw_step_many_clipped, AdamWItem, AdamWParams, AdamWScalars,
+};
 pub use add_rmsnorm::{add_rmsnorm, AddNorm};
 pub use attention::{attention, attention_backward};
 pub use cast::{bias_cast, cast};
 pub use concat::concat_rows;
 pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};
-pub use embedding::{gather_rows, scatter_add_rows};
-pub use grad_norm::{sum_squares, sum_squares_each};
+pub use embedding::{
+    gather_rows, gather_rows_host_ids, scatter_add_rows, scatter_add_rows_host_ids,
+};
+pub use grad_norm::{grad_clip, sum_squares, sum_squares_each, ClipDecision, GradClip};
 pub use kv_cache::{kv_cache_copy_blocks, kv_cache_write};
 pub use linear::{linear, linear_backward};
 pub use linear_acc::linear_backward_acc;
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;
+pub use policy_grad::{policy_logprob_grad, KlGrad, PolicyGradInputs, PolicyGradSpec};
 pub use qkv_rope_cache::{qkv_rope_cache, Qkv};
 pub use rmsnorm::{rmsnorm, rmsnorm_backward, rmsnorm_backward_acc};
 pub use rope::{rope, rope_backward};

@@ -13,5 +13,5 @@ pub use aggregation::{token_weights, LossAgg, Normaliser};
 pub use kl::KlEstimator;
 pub use policy::{policy_loss, KlLoss, PolicyBatch, PolicyLossConfig, PolicyLossOutput};
 pub use reward_model::{bradley_terry_loss, RewardModelOutput};
-pub use sft::{sft_loss, SftOutput};
+pub use sft::{sft_grad_logprob, sft_loss, SftOutput};
 pub use value::{value_loss, ValueBatch, ValueLossConfig, ValueLossOutput};

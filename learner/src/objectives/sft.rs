@@ -21,6 +21,20 @@ pub struct SftOutput<T> {
     pub metrics: Metrics,
 }
 
+/// ∂loss/∂logp_t = -w_t of [`sft_loss`], without the log-probs: the gradient does not depend on
+/// them, so a training step can queue the LM-head backward before any log-prob is read back.
+pub fn sft_grad_logprob<T: Real>(
+    mask: &[T],
+    cu_seqlens: &[usize],
+    agg: LossAgg,
+    norm: &Normaliser,
+) -> Result<Vec<T>> {
+    Ok(token_weights(mask, cu_seqlens, agg, norm)?
+        .into_iter()
+        .map(|w| -w)
+        .collect())
+}
+
 /// Masked NLL of packed sequences. `logprob[N]` are the log-probs of the target tokens,
 /// `mask[N]` marks the tokens that count, `cu_seqlens[S+1]` the sequences.
 pub fn sft_loss<T: Real>(
@@ -50,4 +64,23 @@ pub fn sft_loss<T: Real>(
         grad_logprob,
         metrics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradient_without_logprobs_is_the_loss_gradient() {
+        let mask = [0.0f32, 1.0, 1.0, 0.0, 1.0];
+        let lp = [-0.5f32, -1.25, -0.75, -2.0, -0.1];
+        let cu = [0usize, 3, 5];
+        let norm = Normaliser::count(&mask, &cu).unwrap();
+        for agg in [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean] {
+            let with = sft_loss(&lp, &mask, &cu, agg, &norm).unwrap().grad_logprob;
+            let without = sft_grad_logprob(&mask, &cu, agg, &norm).unwrap();
+            assert_eq!(with, without, "{agg:?}");
+            assert!(without.iter().any(|&g| g != 0.0));
+        }
+    }
 }

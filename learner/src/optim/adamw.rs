@@ -3,7 +3,7 @@
 //! The working weights (what forward/backward read) may be bf16 on the GPU or f32 on the CPU;
 //! the optimiser owns an f32 master copy and the two moments of every parameter, addressable by
 //! HF name so that a ZeRO layout can later keep only its shard of each. One step:
-//!   1. global grad norm ‖g‖ = sqrt(Σ_params sum_squares(g)) (kernels, f64 on the host);
+//!   1. global grad norm ‖g‖ = sqrt(Σ_params sum_squares(g)) (kernels, accumulated in f64);
 //!   2. if ‖g‖ is not finite: skip the update (report it) — a NaN must not reach the weights;
 //!   3. clip: if ‖g‖ > max_norm, g ← g · max_norm / (‖g‖ + 1e-6) (PyTorch's `clip_grad_norm_`
 //!      rule), in place;
@@ -11,13 +11,20 @@
 //!      the mask says; the kernel writes the bf16 working copy, or the f32 master is copied to an
 //!      f32 working tensor. Steps 3 and 4 are one `adamw_step_many` (one launch on the GPU).
 //!
+//! On one GPU steps 1-4 are queued without waiting: the norm and the clip / skip decision stay in
+//! device memory (`ops::grad_clip`) and the update kernel reads them there; the norm comes back to
+//! the host (for the metric and the step counter) after the update is queued.
+//!
 //! Weight-decay mask: no decay on rank-1 tensors, which in these models are exactly the RMSNorm
 //! weights and the q/k/v biases.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::{adamw_step_many, sum_squares_each, AdamWItem, AdamWParams};
+use kernels::ops::{
+    adamw_step_many, adamw_step_many_clipped, grad_clip, sum_squares_each, AdamWItem, AdamWParams,
+    ClipDecision, GradClip,
+};
 use kernels::{DType, Tensor};
 use model::Params;
 use serde::{Deserialize, Serialize};
@@ -77,6 +84,20 @@ fn sum_of_sum_squares(tensors: Vec<(String, &Tensor)>) -> Result<f64> {
         format!("gradient norm of {}", names.join(", "))
     })?;
     Ok(sums.iter().sum())
+}
+
+/// A step [`AdamW::queue_step`] queued and [`AdamW::finish_step`] completes.
+#[must_use = "finish the step with AdamW::finish_step"]
+pub struct PendingStep {
+    clip: GradClip,
+    lr: f64,
+}
+
+/// How an update scales the gradients: a factor known on the host (ZeRO), or the decision
+/// `ops::grad_clip` left on the device.
+enum Scale<'a> {
+    Host(f32),
+    Clip(&'a GradClip),
 }
 
 /// The default weight-decay mask: decay matrices, not norms and biases (rank-1 tensors).
@@ -160,10 +181,68 @@ impl AdamW {
     }
 
     /// One update of `params` (working weights) from `grads` (f32, same structure) at `lr`.
-    /// `grads` is clipped in place.
+    /// `grads` is clipped in place. [`AdamW::queue_step`] then [`AdamW::finish_step`].
     pub fn step(&mut self, params: &mut Params, grads: &mut Params, lr: f64) -> Result<StepStats> {
-        let norm = AdamW::grad_norm(grads)?;
-        self.step_with_norm(params, grads, lr, norm)
+        let pending = self.queue_step(params, grads, lr)?;
+        self.finish_step(params, pending)
+    }
+
+    /// Queues a step without waiting for the device: on one GPU the norm, the clip factor and the
+    /// skip decision stay in device memory (`ops::grad_clip`) and the update kernel reads them
+    /// there. The step counter advances now (the update's bias corrections use it); hand the
+    /// result to [`AdamW::finish_step`] before the next step, which reads the norm back and takes
+    /// the count back if the device skipped the update, so that a skipped step leaves the
+    /// optimiser as it was.
+    pub fn queue_step(
+        &mut self,
+        params: &mut Params,
+        grads: &mut Params,
+        lr: f64,
+    ) -> Result<PendingStep> {
+        let clip = {
+            let named = grads.tensors();
+            let refs: Vec<&Tensor> = named.iter().map(|(_, g)| *g).collect();
+            grad_clip(&refs, self.cfg.max_grad_norm).with_context(|| {
+                let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+                format!("gradient norm of {}", names.join(", "))
+            })?
+        };
+        self.step += 1;
+        if let Err(e) = self.update(params, grads, lr, Scale::Clip(&clip)) {
+            self.step -= 1;
+            return Err(e);
+        }
+        Ok(PendingStep { clip, lr })
+    }
+
+    /// Completes a queued step: reads the norm back (waits for the device), settles the step
+    /// counter, and copies f32 working weights from the masters.
+    pub fn finish_step(&mut self, params: &mut Params, pending: PendingStep) -> Result<StepStats> {
+        let lr = pending.lr;
+        let d = pending
+            .clip
+            .read()
+            .context("reading the gradient norm back")?;
+        if d.skipped {
+            self.step -= 1;
+            tracing::warn!(
+                grad_norm = d.norm,
+                "non-finite gradient norm: update skipped"
+            );
+            return Ok(StepStats {
+                grad_norm: d.norm,
+                clip_coef: 0.0,
+                lr,
+                skipped: true,
+            });
+        }
+        self.copy_f32_working(params)?;
+        Ok(StepStats {
+            grad_norm: d.norm,
+            clip_coef: d.scale,
+            lr,
+            skipped: false,
+        })
     }
 
     /// [`AdamW::step`] with the global gradient norm given (ZeRO: the square root of the
@@ -175,7 +254,8 @@ impl AdamW {
         lr: f64,
         norm: f64,
     ) -> Result<StepStats> {
-        if !norm.is_finite() {
+        let d = ClipDecision::from_norm(norm, self.cfg.max_grad_norm);
+        if d.skipped {
             tracing::warn!(grad_norm = norm, "non-finite gradient norm: update skipped");
             return Ok(StepStats {
                 grad_norm: norm,
@@ -184,14 +264,30 @@ impl AdamW {
                 skipped: true,
             });
         }
-        let mut clip_coef = 1.0;
-        if let Some(max) = self.cfg.max_grad_norm {
-            let c = max / (norm + 1e-6);
-            if c < 1.0 {
-                clip_coef = c;
-            }
-        }
         self.step += 1;
+        if let Err(e) = self.update(params, grads, lr, Scale::Host(d.scale as f32)) {
+            self.step -= 1;
+            return Err(e);
+        }
+        self.copy_f32_working(params)?;
+        Ok(StepStats {
+            grad_norm: norm,
+            clip_coef: d.scale,
+            lr,
+            skipped: false,
+        })
+    }
+
+    /// Queues the AdamW update (step number `self.step`) of every owned parameter, the gradients
+    /// scaled as `scale` says: one `adamw_step_many` (one launch on the GPU). bf16 working weights
+    /// are written by the update; f32 ones by [`AdamW::copy_f32_working`] afterwards.
+    fn update(
+        &mut self,
+        params: &mut Params,
+        grads: &mut Params,
+        lr: f64,
+        scale: Scale,
+    ) -> Result<()> {
         let mut grads_by_name: BTreeMap<String, &mut Tensor> =
             grads.tensors_mut().into_iter().collect();
         if let Some(name) = self
@@ -203,10 +299,7 @@ impl AdamW {
         }
         let mut params_by_name: BTreeMap<String, &mut Tensor> =
             params.tensors_mut().into_iter().collect();
-        // One update over all owned parameters (one launch on the GPU); the clip factor is
-        // applied to the gradients in place on the way, as `scale_inplace` would.
         let mut items = Vec::with_capacity(self.states.len());
-        let mut f32_working = vec![];
         for (name, st) in self.states.iter_mut() {
             let Some(w) = params_by_name.remove(name) else {
                 continue; // as before: state without a parameter of that name is left alone
@@ -216,10 +309,7 @@ impl AdamW {
                 .with_context(|| format!("no gradient for parameter {name}"))?;
             let working = match w.dtype() {
                 DType::BF16 => Some(w),
-                DType::F32 => {
-                    f32_working.push((name.clone(), w));
-                    None
-                }
+                DType::F32 => None,
                 DType::U32 => bail!("parameter {name} has dtype u32"),
             };
             items.push(AdamWItem {
@@ -239,22 +329,28 @@ impl AdamW {
             weight_decay: self.cfg.weight_decay,
             step: self.step,
         };
-        adamw_step_many(&mut items, &hp, clip_coef as f32)
-            .with_context(|| format!("AdamW step over {} parameters", items.len()))?;
-        drop(items);
-        // f32 working weights are the master weights themselves.
-        for (name, w) in f32_working {
-            *w = self.states[&name]
-                .master
-                .try_clone()
-                .with_context(|| format!("AdamW step of {name}"))?;
+        let n = items.len();
+        match scale {
+            Scale::Host(f) => adamw_step_many(&mut items, &hp, f),
+            Scale::Clip(c) => adamw_step_many_clipped(&mut items, &hp, c),
         }
-        Ok(StepStats {
-            grad_norm: norm,
-            clip_coef,
-            lr,
-            skipped: false,
-        })
+        .with_context(|| format!("AdamW step over {n} parameters"))
+    }
+
+    /// f32 working weights are the master weights themselves: copy them over after an update.
+    fn copy_f32_working(&self, params: &mut Params) -> Result<()> {
+        for (name, w) in params.tensors_mut() {
+            if w.dtype() != DType::F32 {
+                continue;
+            }
+            if let Some(st) = self.states.get(&name) {
+                *w = st
+                    .master
+                    .try_clone()
+                    .with_context(|| format!("AdamW step of {name}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the state (master, moments per parameter, step, config) to one safetensors file:

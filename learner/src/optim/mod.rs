@@ -5,6 +5,6 @@ pub mod adamw;
 pub mod schedule;
 pub mod zero;
 
-pub use adamw::{decays, AdamW, AdamWConfig, ParamState, StepStats};
+pub use adamw::{decays, AdamW, AdamWConfig, ParamState, PendingStep, StepStats};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use zero::shard_by_numel;

@@ -10,7 +10,7 @@ use model::Params;
 use crate::batch::{pack, PackedBatch, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::Normaliser;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, StepStats};
 
 /// Loss normaliser that counts only `seqs` (used when the caller gives no mini-batch-wide counts).
 pub fn normaliser_of(seqs: &[&Sequence]) -> Result<Normaliser> {
@@ -56,10 +56,16 @@ pub fn optimiser_step(
     metrics: &mut Metrics,
 ) -> Result<()> {
     let s = opt.step(params, grads, lr)?;
+    record_step(prefix, &s, metrics);
+    Ok(())
+}
+
+/// Records what an optimiser step did: `{prefix}/grad_norm`, `{prefix}/lr` (and a skipped-step
+/// flag).
+pub fn record_step(prefix: &str, s: &StepStats, metrics: &mut Metrics) {
     metrics.set(&format!("{prefix}/grad_norm"), s.grad_norm);
     metrics.set(&format!("{prefix}/lr"), s.lr);
     if s.skipped {
         metrics.set(&format!("{prefix}/skipped_steps"), 1.0);
     }
-    Ok(())
 }

@@ -10,10 +10,10 @@ pub mod ppo;
 pub mod reward_model;
 pub mod sft;
 
-pub use actor::ActorStep;
+pub use actor::{ActorStep, PendingActorStep};
 pub use common::zero_grads;
 pub use critic::CriticStep;
 pub use logprobs::response_logprobs;
 pub use ppo::{update_actor, update_critic, Trainee, UpdateMetrics};
 pub use reward_model::{score_sequences, Pair, RewardModelStep};
-pub use sft::SftStep;
+pub use sft::{PendingSftStep, SftStep};

@@ -1,20 +1,40 @@
 //! The SFT step: masked NLL of the response tokens (prompt tokens carry no loss), over
 //! micro-batches with gradient accumulation, then clip + AdamW.
+//!
+//! Nothing in the step waits for the GPU until all of it is queued: ∂loss/∂logp = -w_t does not
+//! depend on the log-probs (built on the host from the mask), the token ids are checked on the host,
+//! and the clip decision stays on the device. The log-probs come back for the loss metric once,
+//! after the optimiser update is queued.
 
 use anyhow::{Context, Result};
+use kernels::Tensor;
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, optimiser_step, upload, zero_grads};
+use super::common::{model_batch, record_step, upload, zero_grads};
 use crate::batch::{pack, split_by_token_budget, Sequence};
 use crate::metrics::Metrics;
-use crate::objectives::{sft_loss, LossAgg, Normaliser};
-use crate::optim::AdamW;
+use crate::objectives::{sft_grad_logprob, sft_loss, LossAgg, Normaliser};
+use crate::optim::{AdamW, PendingStep};
 
 #[derive(Clone, Copy, Debug)]
 pub struct SftStep {
     pub agg: LossAgg,
     pub micro_batch_tokens: usize,
+}
+
+/// A queued micro-batch: its log-probs on the device (read back later, for the metrics) and the
+/// host inputs of its loss.
+struct Queued {
+    logprobs: Tensor,
+    mask: Vec<f32>,
+    cu_seqlens: Vec<usize>,
+}
+
+/// The queued micro-batches of a mini-batch and its normaliser.
+struct QueuedBatch {
+    parts: Vec<Queued>,
+    norm: Normaliser,
 }
 
 impl SftStep {
@@ -23,15 +43,28 @@ impl SftStep {
         &self,
         params: &Params,
         cfg: &ModelConfig,
-        mut grads: Option<&mut Params>,
+        grads: Option<&mut Params>,
         seqs: &[&Sequence],
     ) -> Result<Metrics> {
+        let queued = self.queue(params, cfg, grads, seqs)?;
+        self.metrics(&queued)
+    }
+
+    /// Queues forward, LM head and (with `grads`) backward of every micro-batch without reading
+    /// anything back from the device.
+    fn queue(
+        &self,
+        params: &Params,
+        cfg: &ModelConfig,
+        mut grads: Option<&mut Params>,
+        seqs: &[&Sequence],
+    ) -> Result<QueuedBatch> {
         let device = params.embed.device().clone();
         let head = LmHead::new(1.0);
         let whole = pack(seqs)?;
         let norm = Normaliser::count(&whole.loss_mask, &whole.cu_seqlens)?;
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
-        let mut metrics = Metrics::new();
+        let mut parts = vec![];
         for micro in split_by_token_budget(&lens, self.micro_batch_tokens)? {
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
@@ -43,15 +76,31 @@ impl SftStep {
             };
             let acts = forward(params, cfg, &batch, keep).context("SFT forward")?;
             let head_out = head.forward(params, &acts.hidden, &p.targets)?;
-            let lp = head_out.logprobs.to_vec_f32()?;
-            let out = sft_loss(&lp, &p.loss_mask, &p.cu_seqlens, self.agg, &norm)?;
-            metrics.merge(&out.metrics);
             if let Some(g) = grads.as_deref_mut() {
-                let d_lp = upload(out.grad_logprob, &device)?;
+                let d_lp = sft_grad_logprob(&p.loss_mask, &p.cu_seqlens, self.agg, &norm)?;
+                let d_lp = upload(d_lp, &device)?;
                 let d_hidden =
                     head.backward(params, &acts.hidden, &p.targets, &head_out, &d_lp, None, g)?;
                 backward(params, cfg, &batch, acts, &d_hidden, g).context("SFT backward")?;
             }
+            // Only the [N] log-probs outlive the micro-batch (the logits are freed here).
+            parts.push(Queued {
+                logprobs: head_out.logprobs,
+                mask: p.loss_mask,
+                cu_seqlens: p.cu_seqlens,
+            });
+        }
+        Ok(QueuedBatch { parts, norm })
+    }
+
+    /// Reads the log-probs of the queued micro-batches back (waits for the device) and turns them
+    /// into the step's loss metrics.
+    fn metrics(&self, q: &QueuedBatch) -> Result<Metrics> {
+        let mut metrics = Metrics::new();
+        for part in &q.parts {
+            let lp = part.logprobs.to_vec_f32()?;
+            let out = sft_loss(&lp, &part.mask, &part.cu_seqlens, self.agg, &q.norm)?;
+            metrics.merge(&out.metrics);
         }
         Ok(metrics)
     }
@@ -65,9 +114,45 @@ impl SftStep {
         seqs: &[&Sequence],
         lr: f64,
     ) -> Result<Metrics> {
+        let pending = self.queue_step(params, cfg, grads, opt, seqs, lr)?;
+        self.finish_step(params, opt, pending)
+    }
+
+    /// Queues a whole step (zero the gradients, every micro-batch's forward and backward, clip +
+    /// AdamW) without waiting for the device; [`SftStep::finish_step`] reads its metrics.
+    pub fn queue_step(
+        &self,
+        params: &mut Params,
+        cfg: &ModelConfig,
+        grads: &mut Params,
+        opt: &mut AdamW,
+        seqs: &[&Sequence],
+        lr: f64,
+    ) -> Result<PendingSftStep> {
         zero_grads(grads)?;
-        let mut m = self.accumulate(params, cfg, Some(grads), seqs)?;
-        optimiser_step("sft", params, grads, opt, lr, &mut m)?;
+        let queued = self.queue(params, cfg, Some(grads), seqs)?;
+        let opt = opt.queue_step(params, grads, lr)?;
+        Ok(PendingSftStep { queued, opt })
+    }
+
+    /// Completes a queued step: the norm and the log-probs come back (the step's one wait for
+    /// the device) and become the metrics.
+    pub fn finish_step(
+        &self,
+        params: &mut Params,
+        opt: &mut AdamW,
+        pending: PendingSftStep,
+    ) -> Result<Metrics> {
+        let s = opt.finish_step(params, pending.opt)?;
+        let mut m = self.metrics(&pending.queued)?;
+        record_step("sft", &s, &mut m);
         Ok(m)
     }
+}
+
+/// A step [`SftStep::queue_step`] queued and [`SftStep::finish_step`] completes.
+#[must_use = "finish the step with SftStep::finish_step"]
+pub struct PendingSftStep {
+    queued: QueuedBatch,
+    opt: PendingStep,
 }

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
     add_inplace, attention_backward, linear_backward, linear_backward_acc, rmsnorm_backward,
-    rmsnorm_backward_acc, rope_backward, scatter_add_rows, swiglu_backward,
+    rmsnorm_backward_acc, rope_backward, scatter_add_rows_host_ids, swiglu_backward,
 };
 use kernels::{DType, Tensor};
 
@@ -69,7 +69,9 @@ pub fn backward(
     }
 
     // The embedding rows of the batch's tokens receive d(layer-0 input); repeated ids add up.
-    scatter_add_rows(&mut grads.embed, &batch.tokens, &dx).context("embedding backward")?;
+    // (Ids checked on the host: no device read-back before the launch.)
+    scatter_add_rows_host_ids(&mut grads.embed, &batch.tokens, batch.host_tokens(), &dx)
+        .context("embedding backward")?;
     Ok(())
 }
 

@@ -6,7 +6,9 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::linear::linear_out;
-use kernels::ops::{add_rmsnorm, attention, bias_cast, gather_rows, linear, rmsnorm, rope, swiglu};
+use kernels::ops::{
+    add_rmsnorm, attention, bias_cast, gather_rows_host_ids, linear, rmsnorm, rope, swiglu,
+};
 use kernels::{DType, Tensor};
 
 use super::activations::{Activations, LayerActs};
@@ -35,8 +37,9 @@ pub fn forward(
     check_inputs(params, cfg, batch)?;
     let eps = cfg.rms_norm_eps as f32;
 
-    // [N] ids -> [N,C]
-    let mut x = gather_rows(&params.embed, &batch.tokens).context("embedding lookup")?;
+    // [N] ids -> [N,C]; the ids are checked against the table on the host (no device read-back).
+    let mut x = gather_rows_host_ids(&params.embed, &batch.tokens, batch.host_tokens())
+        .context("embedding lookup")?;
     // Each norm after the first is fused with the residual add before it (`add_rmsnorm`, the
     // op the rollout engine's decode layer uses too):
     // a layer hands the next one its input x and that input's normalised rows.

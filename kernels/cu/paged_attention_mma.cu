@@ -1,0 +1,216 @@
+// Paged decode attention on tensor cores (MMA = 1; bf16; HEAD_DIM a multiple of 16, at most 128;
+// GROUP at most 16). Compiled after paged_attention.cu (same module: its work split, result store
+// and combine kernel) and mma.cuh.
+//
+// A thread block takes kv head `kh` of sequence `s` over one partition of its context (grid
+// (partitions, K, S), as the other variants) and treats the GROUP query heads that share the kv
+// head as the 16 rows of an m16n8k16 A operand (rows past GROUP are zero): each K/V row is read
+// from memory once for the whole group, and the scores S = Q·Kᵀ and the output P·V are MMAs
+// instead of per-lane dot products.
+//
+// The partition streams through shared memory in tiles of TN = 64 tokens (16 per warp) with
+// cp.async into a ring of STAGES buffers, STAGES - 1 tiles in flight while one is computed on. The
+// token -> slot map of the partition (its block-table entries) is staged in shared memory first,
+// so no copy waits on a table read. Each warp keeps its own online softmax (base 2, running max
+// and sum per row) over its 16 tokens of every tile, with the probabilities passed from the score
+// fragments to the P·V A operand in registers; at the end the four warps merge through shared
+// memory and the block stores its GROUP output rows, or its partition's (max, sum, accumulator)
+// for paged_attention_combine_*.
+
+#if MMA
+
+#if HEAD_DIM % 16 != 0 || HEAD_DIM > 128
+#error "the MMA variant needs HEAD_DIM a multiple of 16, at most 128"
+#endif
+#if GROUP > 16
+#error "the MMA variant needs GROUP <= 16 (one m16 tile of query heads)"
+#endif
+#ifndef STAGES
+#define STAGES 2
+#endif
+#define TN (16 * NWARPS)         // tokens per tile, 16 per warp
+#define LDS (HEAD_DIM + 8)       // smem row stride in bf16: ldmatrix rows hit 8 bank groups
+#define NT_D (HEAD_DIM / 8)      // 8-column tiles over the head dim
+#define KS_D (HEAD_DIM / 16)     // k-steps over the head dim
+
+// Dynamic shared memory: K ring [STAGES][TN][LDS], V ring [STAGES][TN][LDS] (bf16), then the
+// partition's block-table entries (u32; the host sizes this part: ceil(PART / block_size) + 1).
+extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+    paged_attention_bf16(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc,
+                         const __nv_bfloat16* __restrict__ vc, const u32* __restrict__ tables,
+                         const u32* __restrict__ lens, __nv_bfloat16* __restrict__ out, float* __restrict__ part_ml,
+                         float* __restrict__ part_acc, u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size,
+                         float scale) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+    __nv_bfloat16* sv = sk + STAGES * TN * LDS;
+    u32* sm_blocks = reinterpret_cast<u32*>(sv + STAGES * TN * LDS);
+
+    const PagedWork w = paged_work(tables, lens, max_blocks);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane / 4, t = lane % 4;  // fragment row and column pair
+
+    // The block-table entries of the partition's positions [start, start + PART) (those of
+    // tokens [start, end) among them), read without waiting for the context length.
+    const u32 b0 = w.start / block_size;
+    const u32 b1 = max(b0, min(max_blocks, (w.start + PART + block_size - 1) / block_size));
+    for (u32 i = threadIdx.x; i < b1 - b0; i += blockDim.x) sm_blocks[i] = w.table[b0 + i];
+
+    // This lane's A fragments of the query rows (GROUP heads of kv head kh, zero rows past GROUP),
+    // straight from global memory: pairs of consecutive head-dim elements.
+    u32 qa[KS_D][4];
+    {
+        const u32* qrow = reinterpret_cast<const u32*>(q + ((size_t)w.s * heads + w.kh * GROUP) * HEAD_DIM);
+#pragma unroll
+        for (int kk = 0; kk < KS_D; ++kk) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int row = g + (r & 1) * 8, col = kk * 16 + (r >> 1) * 8 + 2 * t;
+                qa[kk][r] = row < GROUP ? qrow[(row * HEAD_DIM + col) / 2] : 0u;
+            }
+        }
+    }
+    __syncthreads();  // sm_blocks
+
+    const u32 ntiles = (w.end - w.start + TN - 1) / TN;
+    // Tile `tile` of the partition into ring buffer `stage`: TN rows of K and V, zeros past `end`.
+    auto load_tile = [&](u32 tile, u32 stage) {
+        const u32 t0 = w.start + tile * TN;
+        for (u32 idx = threadIdx.x; idx < TN * (HEAD_DIM / 8); idx += blockDim.x) {
+            const u32 r = idx / (HEAD_DIM / 8), c = (idx % (HEAD_DIM / 8)) * 8;
+            const u32 pos = t0 + r;
+            const bool ok = pos < w.end;
+            const size_t slot = ok ? (size_t)sm_blocks[pos / block_size - b0] * block_size + pos % block_size : 0;
+            const size_t row = (slot * kv_heads + w.kh) * HEAD_DIM + c;
+            const u32 at = (stage * TN + r) * LDS + c;
+            cp_async16(sk + at, kc + row, ok);
+            cp_async16(sv + at, vc + row, ok);
+        }
+    };
+#pragma unroll
+    for (u32 st = 0; st < STAGES - 1; ++st) {
+        if (st < ntiles) load_tile(st, st);
+        cp_async_commit();
+    }
+
+    const float sl2 = scale * MMA_LOG2E;  // scores in base 2
+    float m[2] = {-INFINITY, -INFINITY};  // running max of rows g and g + 8 (base-2 units)
+    float l[2] = {0.0f, 0.0f};            // this lane's share of the running sums
+    float o[NT_D][4];
+#pragma unroll
+    for (int n = 0; n < NT_D; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    for (u32 tile = 0; tile < ntiles; ++tile) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile's copies visible to all; the buffer refilled below is free
+        if (tile + STAGES - 1 < ntiles) load_tile(tile + STAGES - 1, (tile + STAGES - 1) % STAGES);
+        cp_async_commit();
+
+        const u32 stage = tile % STAGES;
+        const __nv_bfloat16* kt = sk + (stage * TN + warp * 16) * LDS;  // this warp's 16 tokens
+        const __nv_bfloat16* vt = sv + (stage * TN + warp * 16) * LDS;
+        // S [16 heads, 16 tokens] = Q · Kᵀ: two 8-token tiles.
+        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int kk = 0; kk < KS_D; ++kk) {
+            u32 b[4];
+            mma_frag_b_nk(b, kt, LDS, 0, kk * 16, lane);
+            mma_16816(sc[0], qa[kk], b[0], b[1]);
+            mma_16816(sc[1], qa[kk], b[2], b[3]);
+        }
+        // Scale, mask tokens past the end, and the online softmax of rows g (i = 0) and g + 8.
+        const u32 p0 = w.start + tile * TN + warp * 16 + 2 * t;  // position of sc[0][0]
+        float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const bool ok = p0 + n * 8 + (e & 1) < w.end;
+                sc[n][e] = ok ? sc[n][e] * sl2 : -INFINITY;
+                mt[e >> 1] = fmaxf(mt[e >> 1], sc[n][e]);
+            }
+        }
+        float corr[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mt[i] = fmaxf(mt[i], __shfl_xor_sync(0xffffffffu, mt[i], 1));
+            mt[i] = fmaxf(mt[i], __shfl_xor_sync(0xffffffffu, mt[i], 2));
+            const float m_new = fmaxf(m[i], mt[i]);
+            const float base = m_new == -INFINITY ? 0.0f : m_new;  // no token yet: keep zeros
+            corr[i] = mma_ex2(m[i] - base);
+            m[i] = m_new;
+            mt[i] = base;
+        }
+        float ls[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                sc[n][e] = mma_ex2(sc[n][e] - mt[e >> 1]);
+                ls[e >> 1] += sc[n][e];
+            }
+        }
+        l[0] = l[0] * corr[0] + ls[0];
+        l[1] = l[1] * corr[1] + ls[1];
+#pragma unroll
+        for (int n = 0; n < NT_D; ++n) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+        }
+        // O [16 heads, D] += P [16, 16 tokens] · V [16 tokens, D].
+        u32 pa[4] = {mma_pack2(sc[0][0], sc[0][1]), mma_pack2(sc[0][2], sc[0][3]), mma_pack2(sc[1][0], sc[1][1]),
+                     mma_pack2(sc[1][2], sc[1][3])};
+#pragma unroll
+        for (int n = 0; n < NT_D; n += 2) {
+            u32 b[4];
+            mma_frag_b_kn(b, vt, LDS, 0, n * 8, lane);
+            mma_16816(o[n], pa, b[0], b[1]);
+            mma_16816(o[n + 1], pa, b[2], b[3]);
+        }
+    }
+
+    // Merge the warps in shared memory (the K ring, free once every copy has landed).
+    cp_async_wait<0>();
+    __syncthreads();
+    float* sm_o = reinterpret_cast<float*>(smem);  // [NWARPS][16][HEAD_DIM]
+    __shared__ float sm_m[NWARPS][16], sm_l[NWARPS][16];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        if (t == 0) {
+            sm_m[warp][g + 8 * i] = m[i];
+            sm_l[warp][g + 8 * i] = l[i];
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < NT_D; ++n) {
+        float* r0 = sm_o + ((size_t)warp * 16 + g) * HEAD_DIM + n * 8 + 2 * t;
+        r0[0] = o[n][0];
+        r0[1] = o[n][1];
+        r0[8 * HEAD_DIM] = o[n][2];
+        r0[8 * HEAD_DIM + 1] = o[n][3];
+    }
+    __syncthreads();
+    for (u32 idx = threadIdx.x; idx < GROUP * HEAD_DIM; idx += blockDim.x) {
+        const u32 r = idx / HEAD_DIM, i = idx % HEAD_DIM;
+        float mm = -INFINITY;
+#pragma unroll
+        for (int v = 0; v < NWARPS; ++v) mm = fmaxf(mm, sm_m[v][r]);
+        float ll = 0.0f, a = 0.0f;
+        if (mm != -INFINITY) {
+#pragma unroll
+            for (int v = 0; v < NWARPS; ++v) {
+                const float c = mma_ex2(sm_m[v][r] - mm);
+                ll += sm_l[v][r] * c;
+                a += sm_o[((size_t)v * 16 + r) * HEAD_DIM + i] * c;
+            }
+        }
+        // The combine works in natural-log units.
+        store_result(out, part_ml, part_acc, w, heads, w.kh * GROUP + r, i, mm * MMA_LN2, ll, a);
+    }
+}
+
+#endif  // MMA
