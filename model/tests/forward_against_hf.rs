@@ -539,3 +539,66 @@ fn errors_instead_of_panics() {
     let acts = forward(&params, &fx.cfg, &batch, Keep::OutputOnly).unwrap();
     assert!(values(&params, &acts.hidden).is_err());
 }
+
+/// The factorised LM head (R = onehot − p kept, row scalings around the GEMMs) against the
+/// default one (logits kept) on the tied Qwen2 fixture at temperature T: the same log-probs and
+/// the same gradients with d(logprob) only; with a d(entropy) as well it recomputes the logits
+/// and still gives the default's gradients.
+#[test]
+fn qwen2_factorised_head_matches_default_head() {
+    let fx = load("qwen2_tied");
+    for device in test_devices() {
+        for dtype in dtypes(&device) {
+            let params = fx.params(&device, dtype);
+            let batch = fx.batch_on(&device);
+            let targets = batch.next_token_targets();
+            let acts = forward(&params, &fx.cfg, &batch, Keep::ForBackward).unwrap();
+            let d_lp = f32_tensor(fx.batch.pg_logprob_weights.clone(), &device);
+            let d_ent = f32_tensor(fx.batch.pg_entropy_weights.clone(), &device);
+            let run = |factorised: bool, d_ent: Option<&Tensor>| {
+                let mut head = LmHead::new(fx.batch.temperature);
+                head.factorised = factorised;
+                let out = head.forward(&params, &acts.hidden, &targets).unwrap();
+                if !factorised {
+                    assert!(out.residual.is_none(), "R kept by the default head");
+                } else if device.is_cpu() {
+                    assert!(out.residual.is_some(), "the CPU keeps R");
+                }
+                let mut grads = params.zeros_like(DType::F32).unwrap();
+                let dh = head
+                    .backward(
+                        &params,
+                        &acts.hidden,
+                        &targets,
+                        &out,
+                        &d_lp,
+                        d_ent,
+                        &mut grads,
+                    )
+                    .unwrap();
+                let lp = out.logprobs.to_vec_f32().unwrap();
+                (
+                    lp,
+                    dh.to_vec_f32().unwrap(),
+                    grads.embed.to_vec_f32().unwrap(),
+                )
+            };
+            // f32: the same sums in another order; bf16: R and d(logits) are rounded at
+            // different places (one rounding each).
+            let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+            for d_ent in [None, Some(&d_ent)] {
+                let want = run(false, d_ent);
+                let got = run(true, d_ent);
+                assert_eq!(got.0, want.0, "logprobs on {device} {dtype}");
+                for (name, g, w) in [("d_hidden", &got.1, &want.1), ("d_embed", &got.2, &want.2)] {
+                    let e = rel_err(g, w);
+                    eprintln!(
+                        "factorised {name} on {device} {dtype} entropy {}: rel_err {e:.3e}",
+                        d_ent.is_some()
+                    );
+                    assert!(e <= tol, "factorised {name} on {device} {dtype}: {e:.3e}");
+                }
+            }
+        }
+    }
+}

@@ -8,12 +8,21 @@
 //!   (2 B for bf16), then dx = d(logits) · W and dW += d(logits)ᵀ · hidden read them (2 + 2 B).
 //!
 //! Without kept logits the backward recomputes each chunk's logits first (one more GEMM, 4 B more
-//! written per logit). Row-major [R, C] is column-major C×R, as in `linear.rs`.
+//! written per logit).
+//!
+//! Factorised ([`LmHeadGrad::LogprobOnly`], sm_90, all rows kept): the forward's GEMM writes f32
+//! logits chunk by chunk into a scratch, and `logsoftmax_residual` (a cluster of blocks per row,
+//! the row in their shared memory) reads them once (4 B) and writes R = onehot − p in the GEMM
+//! dtype (2 B); the backward is the two GEMMs on R plus row scalings of [N,C] tensors. Per logit:
+//! 4 + 4 + 2 B in the forward and 2 + 2 B in the backward, against 4 + 4 and 4 + 2 + 2 + 2 above
+//! (the [N,V] pass of the backward is gone).
+//!
+//! Row-major [R, C] is column-major C×R, as in `linear.rs`.
 
 use super::blas::Gemm;
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, ptr, suffix, CudaDevice};
-use crate::ops::lm_head::{chunk_rows, LmHeadRows, LmHeadSaved};
+use crate::ops::lm_head::{chunk_rows, LmHeadGrad, LmHeadRows, LmHeadSaved};
 use crate::{DType, Error, Result, Tensor};
 
 const SRC: KernelSource = kernel_source!("logsoftmax");
@@ -57,12 +66,26 @@ fn logits_gemm(
     .run(dev)
 }
 
+/// Blocks per row of `logsoftmax_residual` (RES_CLUSTER in logsoftmax.cu).
+const RES_CLUSTER: usize = 8;
+/// Most shared memory a residual block may use for its segment of the row (of 227 KiB on sm_90).
+const RES_MAX_SMEM: usize = 200 << 10;
+
+/// Floats of the row each residual block holds (a multiple of 8 for the 16-byte path), or None
+/// when the device has no thread-block clusters (before sm_90) or the row does not fit.
+fn residual_segment(dev: &CudaDevice, v: usize) -> Option<usize> {
+    let sm: u32 = dev.arch().trim_start_matches("sm_").parse().ok()?;
+    let seg = v.div_ceil(RES_CLUSTER).next_multiple_of(8);
+    (sm >= 90 && seg * 4 <= RES_MAX_SMEM).then_some(seg)
+}
+
 pub fn lm_head_logprobs(
     hidden: &Tensor,
     w: &Tensor,
     targets: &[u32],
     inv_temp: f32,
     max_logits: usize,
+    grad: LmHeadGrad,
 ) -> Result<LmHeadRows> {
     const OP: &str = "lm_head_logprobs";
     let dev = device_of(hidden, OP)?;
@@ -70,18 +93,35 @@ pub fn lm_head_logprobs(
     let (v, _) = w.dims2(OP)?;
     let rows = chunk_rows(v, max_logits);
     let keep = n <= rows;
+    let seg = match grad {
+        LmHeadGrad::LogprobOnly if keep => residual_segment(&dev, v),
+        _ => None,
+    };
     let t = Tensor::from_u32(targets.to_vec(), &[n], hidden.device())?;
     let logprob = empty(&dev, &[n], DType::F32)?;
     let entropy = empty(&dev, &[n], DType::F32)?;
     let lse = empty(&dev, &[n], DType::F32)?;
-    // One buffer for every chunk: all N rows when they are kept.
-    let logits = empty(&dev, &[rows.min(n), v], DType::F32)?;
     let (t_p, lp_p, ent_p, lse_p) = (
         ptr(&t, &dev, OP)?,
         ptr(&logprob, &dev, OP)?,
         ptr(&entropy, &dev, OP)?,
         ptr(&lse, &dev, OP)?,
     );
+    // The residual R [N,V] (hidden's dtype) counts against `max_logits`; the f32 logits then go
+    // through a scratch of at most a quarter of it, split evenly over the rows.
+    let residual = match seg {
+        Some(_) => Some(empty(&dev, &[n, v], hidden.dtype())?),
+        None => None,
+    };
+    let rows = match seg {
+        Some(_) => {
+            let chunks = n.div_ceil(chunk_rows(v, max_logits / 4));
+            n.div_ceil(chunks.max(1)).max(1)
+        }
+        None => rows,
+    };
+    // One buffer for every chunk: all N rows when they are kept.
+    let logits = empty(&dev, &[rows.min(n), v], DType::F32)?;
     let z = ptr(&logits, &dev, OP)?;
     for r0 in (0..n).step_by(rows) {
         let m = rows.min(n - r0);
@@ -93,18 +133,133 @@ pub fn lm_head_logprobs(
             .f32(inv_temp)
             .raw(lp_p + off)
             .raw(ent_p + off)
-            .raw(lse_p + off)
-            .u32(u32_dim(OP, m)?)
-            .u32(u32_dim(OP, v)?);
-        let g = Grid::d1(m.min(65535 * 4) as u32, THREADS);
-        run(&dev, &SRC, &[], "logsoftmax_gather_f32", g, args)?;
+            .raw(lse_p + off);
+        match (seg, &residual) {
+            (Some(seg), Some(res)) => {
+                let es = res.dtype().size_in_bytes();
+                let args = args
+                    .raw(ptr(res, &dev, OP)? + (r0 * v * es) as u64)
+                    .u32(u32_dim(OP, m)?)
+                    .u32(u32_dim(OP, v)?)
+                    .u32(u32_dim(OP, seg)?);
+                // RES_CLUSTER blocks (one cluster) per row, clusters grid-stride over rows.
+                let blocks = m.min(65535) * RES_CLUSTER;
+                let g = Grid::d1(blocks as u32, THREADS).with_smem((seg * 4) as u32);
+                let func = format!("logsoftmax_residual_f32_{}", suffix(res.dtype(), OP)?);
+                run(&dev, &SRC, &[], &func, g, args)?;
+            }
+            _ => {
+                let args = args.u32(u32_dim(OP, m)?).u32(u32_dim(OP, v)?);
+                let g = Grid::d1(m.min(65535 * 4) as u32, THREADS);
+                run(&dev, &SRC, &[], "logsoftmax_gather_f32", g, args)?;
+            }
+        }
     }
     Ok(LmHeadRows {
         logprob,
         entropy,
         lse,
-        logits: keep.then_some(logits),
+        logits: (keep && residual.is_none()).then_some(logits),
+        residual,
     })
+}
+
+/// out[N,C] in `out_dtype` = diag(s) x[N,C], s_r = inv_temp · dlogprob_r (0 without a target).
+#[allow(clippy::too_many_arguments)]
+fn scale_rows(
+    dev: &CudaDevice,
+    x: &Tensor,
+    dlogprob: &Tensor,
+    targets: &Tensor,
+    inv_temp: f32,
+    out_dtype: DType,
+    op: &'static str,
+) -> Result<Tensor> {
+    let (n, c) = x.dims2(op)?;
+    let out = empty(dev, &[n, c], out_dtype)?;
+    let func = format!(
+        "lm_head_scale_rows_{}_{}",
+        suffix(x.dtype(), op)?,
+        suffix(out_dtype, op)?
+    );
+    let args = Args::new()
+        .ptr(x, dev, op)?
+        .ptr(dlogprob, dev, op)?
+        .ptr(targets, dev, op)?
+        .f32(inv_temp)
+        .ptr(&out, dev, op)?
+        .u32(u32_dim(op, n)?)
+        .u32(u32_dim(op, c)?);
+    let items = if c.is_multiple_of(8) {
+        (n * c).div_ceil(8)
+    } else {
+        n * c
+    };
+    if items > 0 {
+        run(dev, &SRC, &[], &func, Grid::cover(items, 256), args)?;
+    }
+    Ok(out)
+}
+
+/// The factorised backward from the kept residual R [N,V]: dW += Rᵀ · diag(s) hidden, then
+/// d(hidden) = diag(s) (R · W) (f32 GEMM output, scaled and rounded once).
+#[allow(clippy::too_many_arguments)]
+fn backward_factorised(
+    dev: &CudaDevice,
+    dlogprob: &Tensor,
+    hidden: &Tensor,
+    w: &Tensor,
+    t: &Tensor,
+    residual: &Tensor,
+    inv_temp: f32,
+    dw: &mut Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "lm_head_logprobs_backward";
+    let (n, c) = hidden.dims2(OP)?;
+    let (v, _) = w.dims2(OP)?;
+    let dtype = hidden.dtype();
+    let r_p = ptr(residual, dev, OP)?;
+    let hs = scale_rows(dev, hidden, dlogprob, t, inv_temp, dtype, OP)?; // diag(s) hidden [N,C]
+                                                                         // dw [V,C] += Rᵀ [V,N] · diag(s) hidden [N,C]
+    Gemm {
+        trans_a: false,
+        trans_b: true,
+        m: c,
+        n: v,
+        k: n,
+        a: ptr(&hs, dev, OP)?,
+        lda: c,
+        b: r_p,
+        ldb: v,
+        c: ptr(dw, dev, OP)?,
+        ldc: c,
+        alpha: 1.0,
+        beta: 1.0,
+        ab: dtype,
+        c_type: DType::F32,
+    }
+    .run(dev)?;
+    // R · W [N,C] = R [N,V] · w [V,C], in f32 until the row scaling
+    let rw = empty(dev, &[n, c], DType::F32)?;
+    Gemm {
+        trans_a: false,
+        trans_b: false,
+        m: c,
+        n,
+        k: v,
+        a: ptr(w, dev, OP)?,
+        lda: c,
+        b: r_p,
+        ldb: v,
+        c: ptr(&rw, dev, OP)?,
+        ldc: c,
+        alpha: 1.0,
+        beta: 0.0,
+        ab: dtype,
+        c_type: DType::F32,
+    }
+    .run(dev)?;
+    scale_rows(dev, &rw, dlogprob, t, inv_temp, dtype, OP)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -131,6 +286,9 @@ pub fn lm_head_logprobs_backward(
         chunk_rows(v, max_logits)
     };
     let t = Tensor::from_u32(targets.to_vec(), &[n], hidden.device())?;
+    if let Some(res) = fwd.residual {
+        return backward_factorised(&dev, dlogprob, hidden, w, &t, res, inv_temp, dw);
+    }
     let d_hidden = empty(&dev, &[n, c], dtype)?;
     // Recomputed logits (when not kept) and d(logits) of one chunk, reused by every chunk.
     let scratch = match fwd.logits {

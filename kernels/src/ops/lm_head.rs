@@ -12,6 +12,13 @@
 //! ([`LmHeadRows::logits`]) and the backward reads them instead of recomputing (one GEMM fewer);
 //! otherwise rows go in chunks and the backward recomputes each chunk's logits.
 //!
+//! Factorised backward: with d(logprob) only (no entropy term), d(logits)_i = s_i (onehot(t_i) − p_i)
+//! with s_i = inv_temp · dlogprob_i is row-scaled. Asked for [`LmHeadGrad::LogprobOnly`], a backend
+//! may keep R = onehot − p in the hidden dtype ([`LmHeadRows::residual`], written by the forward
+//! while it has the logits) instead of the f32 logits; the backward is then
+//! d(hidden) = diag(s) (R · W) and dW += Rᵀ · (diag(s) hidden), the scaling on [N,C] rows: no pass
+//! over [N,V] besides the two GEMMs. R rounded to bf16 has the same relative error as s·R rounded.
+//!
 //! Arithmetic: the same as `linear_out(.., F32)` followed by `logsoftmax_gather` /
 //! `logsoftmax_gather_backward`, except that the CUDA backward takes E[z] = lse − entropy from the
 //! forward instead of summing it again, and writes d(logits) in the hidden states' dtype for the
@@ -29,28 +36,44 @@ pub struct LmHeadRows {
     pub entropy: Tensor,
     /// log Σ_v e^z_v.
     pub lse: Tensor,
-    /// The f32 logits [N,V] (unscaled), kept for the backward when N·V ≤ `max_logits`.
+    /// The f32 logits [N,V] (unscaled), kept for the backward when N·V ≤ `max_logits` and no
+    /// residual was kept.
     pub logits: Option<Tensor>,
+    /// R = onehot(target) − softmax(z) [N,V] in hidden's dtype (a row of −p where the target is
+    /// [`NO_TARGET`]), kept instead of the logits for [`LmHeadGrad::LogprobOnly`] when N·V ≤
+    /// `max_logits` and the backend supports it.
+    pub residual: Option<Tensor>,
+}
+
+/// Which gradients the backward of a forward will be given; decides what the forward keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LmHeadGrad {
+    /// d(logprob) and d(entropy): the backward needs the logits (kept, or recomputed).
+    WithEntropy,
+    /// d(logprob) only: d(logits) is row-scaled, so the forward may keep R = onehot − p.
+    LogprobOnly,
 }
 
 /// hidden[N,C], w[V,C] (same float dtype), host targets[N] -> per-row logprob, entropy, lse of
 /// z = (hidden · wᵀ) · inv_temp, with at most `max_logits` logits materialised at once (one row
-/// at least). Targets ≥ V other than [`NO_TARGET`] are an error.
+/// at least). Targets ≥ V other than [`NO_TARGET`] are an error. `grad` says which gradients the
+/// backward will get (see [`LmHeadGrad`]).
 pub fn lm_head_logprobs(
     hidden: &Tensor,
     w: &Tensor,
     targets: &[u32],
     inv_temp: f32,
     max_logits: usize,
+    grad: LmHeadGrad,
 ) -> Result<LmHeadRows> {
     const OP: &str = "lm_head_logprobs";
     check_inputs(OP, hidden, w, targets, inv_temp)?;
     match hidden.device() {
         Device::Cpu => {
-            crate::cpu::lm_head::lm_head_logprobs(hidden, w, targets, inv_temp, max_logits)
+            crate::cpu::lm_head::lm_head_logprobs(hidden, w, targets, inv_temp, max_logits, grad)
         }
         Device::Cuda(_) => {
-            crate::cuda::lm_head::lm_head_logprobs(hidden, w, targets, inv_temp, max_logits)
+            crate::cuda::lm_head::lm_head_logprobs(hidden, w, targets, inv_temp, max_logits, grad)
         }
     }
 }
@@ -61,6 +84,7 @@ pub struct LmHeadSaved<'a> {
     pub lse: &'a Tensor,
     pub entropy: &'a Tensor,
     pub logits: Option<&'a Tensor>,
+    pub residual: Option<&'a Tensor>,
 }
 
 impl LmHeadRows {
@@ -69,13 +93,15 @@ impl LmHeadRows {
             lse: &self.lse,
             entropy: &self.entropy,
             logits: self.logits.as_ref(),
+            residual: self.residual.as_ref(),
         }
     }
 }
 
 /// Backward of [`lm_head_logprobs`] (same hidden, w, targets, inv_temp, max_logits, and what its
 /// output saved): dlogprob[N] f32 and optional dentropy[N] f32 -> d(hidden)[N,C] in hidden's
-/// dtype; the head weight's gradient is accumulated into dw[V,C] f32 (+=).
+/// dtype; the head weight's gradient is accumulated into dw[V,C] f32 (+=). With a kept residual
+/// (factorised backward) `dentropy` must be None.
 #[allow(clippy::too_many_arguments)]
 pub fn lm_head_logprobs_backward(
     dlogprob: &Tensor,
@@ -107,6 +133,17 @@ pub fn lm_head_logprobs_backward(
         check_dtype(OP, l, DType::F32)?;
         hidden.check_same_device(l, OP)?;
         check_shape(OP, "kept logits", l, &[n, w.shape()[0]])?;
+    }
+    if let Some(r) = fwd.residual {
+        check_dtype(OP, r, hidden.dtype())?;
+        hidden.check_same_device(r, OP)?;
+        check_shape(OP, "kept residual", r, &[n, w.shape()[0]])?;
+        if dentropy.is_some() {
+            return Err(Error::msg(format!(
+                "{OP}: the forward kept onehot - p for a d(logprob)-only backward, but a \
+                 d(entropy) was given (run the forward with LmHeadGrad::WithEntropy)"
+            )));
+        }
     }
     check_dtype(OP, dw, DType::F32)?;
     hidden.check_same_device(dw, OP)?;

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::linear::linear_out;
+use kernels::ops::rope::rope_bias;
 use kernels::ops::{
     add_rmsnorm, attention, bias_cast, gather_rows_host_ids, linear, rmsnorm, rope, swiglu,
 };
@@ -105,11 +106,9 @@ fn layer_forward(
     let scale = 1.0 / (d as f32).sqrt();
 
     // Attention block (xn = rmsnorm(x) by attn_norm, computed by the previous step).
-    let q = linear_biased(&xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
-    let kk = linear_biased(&xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    let q = linear_rope(&xn, &lp.q, lp.q_bias.as_ref(), batch, theta, h, d)?; // [N,H,D]
+    let kk = linear_rope(&xn, &lp.k, lp.k_bias.as_ref(), batch, theta, k, d)?; // [N,K,D]
     let v = linear_biased(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
-    let q = rope(&q, &batch.positions, theta)?;
-    let kk = rope(&kk, &batch.positions, theta)?;
     let (att, lse) = attention(&q, &kk, &v, &batch.cu_seqlens, scale)?; // [N,H,D], [N,H]
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let o = linear(&att, &lp.o, None)?; // [N,C], o_proj output
@@ -161,6 +160,31 @@ fn linear_biased(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             bias_cast(&y, b, DType::BF16)?
         }
         _ => linear(x, w, b)?,
+    })
+}
+
+/// rope(x · wᵀ + b) as [N,heads,D]. With bf16 inputs and a bias: the GEMM writes f32 and
+/// `rope_bias` adds the bias, rotates and rounds once (one pass for `bias_cast` + `rope`).
+#[allow(clippy::too_many_arguments)]
+fn linear_rope(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    batch: &Batch,
+    theta: f32,
+    heads: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let n = batch.num_tokens();
+    Ok(match b {
+        Some(b) if x.dtype() == DType::BF16 => {
+            let y = linear_out(x, w, None, DType::F32)?.reshape(&[n, heads, d])?; // [N,heads*D] -> [N,heads,D], f32
+            rope_bias(&y, b, &batch.positions, theta, DType::BF16)?
+        }
+        _ => {
+            let y = linear_biased(x, w, b)?.reshape(&[n, heads, d])?; // [N,heads*D] -> [N,heads,D]
+            rope(&y, &batch.positions, theta)?
+        }
     })
 }
 

@@ -15,15 +15,27 @@
 //! the bf16 log-prob error at temperature 1 by 3-9% on the test fixtures). d(logits) is written in
 //! the weights' dtype for the two backward GEMMs, whose operands share one dtype.
 //!
+//! Factorised backward (opt-in, [`LmHead::factorised`]): without an entropy gradient
+//! d(logits) = inv_temp · d(logprob)_i · (onehot − p) is row-scaled, so the forward can keep
+//! R = onehot − p in the hidden dtype instead of the f32 logits (where the backend supports it:
+//! the CPU, and CUDA from sm_90) and the backward scales [N,C] rows around the two GEMMs instead of
+//! writing an [N,V] d(logits) (kernels::ops::lm_head). A backward that is given a d(entropy)
+//! after such a forward recomputes the logits (correct, one GEMM more). Off by default: measured
+//! on the H200 at 8 × 1024 tokens of Qwen2.5-0.5B (docs/benchmarks.md, head helper), the backward
+//! gets 1.7 ms faster but the forward 2.7 ms slower (R's kernel reaches 2.1 TB/s, and the logits
+//! GEMM in four row chunks loses 0.5 ms).
+//!
 //! Memory: the forward holds at most `max_logits` f32 logits (kept until the output is dropped
 //! when they are all of them); the backward adds d(logits) in the hidden dtype for the same rows
-//! (and, when nothing was kept, a chunk of recomputed f32 logits).
+//! (and, when nothing was kept, a chunk of recomputed f32 logits). R takes N·V elements of the
+//! hidden dtype (half the f32 logits in bf16) plus, during the forward, an f32 logits scratch of
+//! at most `max_logits / 4`.
 //!
 //! With tied embeddings the head weight is `model.embed_tokens.weight`, so its gradient lands in the
 //! embedding's gradient buffer next to the lookup's contribution.
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::lm_head::{lm_head_logprobs, lm_head_logprobs_backward, LmHeadSaved};
+use kernels::ops::lm_head::{lm_head_logprobs, lm_head_logprobs_backward, LmHeadGrad, LmHeadSaved};
 use kernels::{DType, Tensor};
 
 use super::backward::check_grads;
@@ -43,6 +55,9 @@ pub struct LmHeadOutput {
     pub lse: Tensor,
     /// The [N,V] f32 logits when they all fitted in `max_logits` (read by the backward).
     pub logits: Option<Tensor>,
+    /// R = onehot(target) − p [N,V] in the hidden dtype, kept instead of the logits for the
+    /// factorised backward (no entropy gradient).
+    pub residual: Option<Tensor>,
 }
 
 /// The LM head with its settings: the temperature the distribution is scaled by, and how many
@@ -53,6 +68,9 @@ pub struct LmHead {
     pub inv_temp: f32,
     /// Most logits materialised at once; rows are processed in chunks below this.
     pub max_logits: usize,
+    /// Keep R = onehot − p for the factorised backward instead of the f32 logits; only for
+    /// losses without an entropy term (a d(entropy) makes the backward recompute the logits).
+    pub factorised: bool,
 }
 
 impl LmHead {
@@ -61,6 +79,7 @@ impl LmHead {
         LmHead {
             inv_temp: 1.0 / temperature,
             max_logits: LOGITS_CHUNK_ELEMS,
+            factorised: false,
         }
     }
 
@@ -75,13 +94,19 @@ impl LmHead {
     ) -> Result<LmHeadOutput> {
         let w = head_weight(params)?;
         check_targets(targets, hidden.dims2("lm_head_forward")?.0, w.shape()[0])?;
-        let rows = lm_head_logprobs(hidden, w, targets, self.inv_temp, self.max_logits)
+        let grad = if self.factorised {
+            LmHeadGrad::LogprobOnly
+        } else {
+            LmHeadGrad::WithEntropy
+        };
+        let rows = lm_head_logprobs(hidden, w, targets, self.inv_temp, self.max_logits, grad)
             .context("LM head forward")?;
         Ok(LmHeadOutput {
             logprobs: rows.logprob,
             entropy: rows.entropy,
             lse: rows.lse,
             logits: rows.logits,
+            residual: rows.residual,
         })
     }
 
@@ -122,11 +147,20 @@ impl LmHead {
         } else {
             &mut grads.embed
         };
-        let saved = LmHeadSaved {
+        let mut saved = LmHeadSaved {
             lse: &out.lse,
             entropy: &out.entropy,
             logits: out.logits.as_ref(),
+            residual: out.residual.as_ref(),
         };
+        if saved.residual.is_some() && d_entropy.is_some() {
+            // R cannot give the entropy term's z − E[z]: recompute the logits instead.
+            tracing::warn!(
+                "LM head backward with d(entropy) after a factorised forward: recomputing the \
+                 logits (LmHead::factorised is for losses without an entropy term)"
+            );
+            saved.residual = None;
+        }
         lm_head_logprobs_backward(
             d_logprob,
             d_entropy,
