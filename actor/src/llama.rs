@@ -25,6 +25,7 @@ use std::time::Instant;
 use kernels::cuda::graph_ops::gather_rows_trusted;
 use kernels::cuda::staging::Staging;
 use kernels::ops::linear::linear_out;
+use kernels::ops::qkv_rope_cache::{qkv_rope_cache_table, RopeTable};
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
     add_rmsnorm, attention, concat_rows, gather_rows, kv_cache_copy_blocks, linear,
@@ -37,6 +38,10 @@ use model::{LayerParams, ModelConfig, Params};
 use crate::block_manager::BlockCopy;
 use crate::profile::Stopwatch;
 use crate::step_model::{DecodeBatch, DecodeTimes, PrefillBatch, StepModel};
+
+/// Positions the RoPE table covers at most (a token beyond it gets its cos/sin computed by
+/// `qkv_rope_cache` itself, with the same values).
+const ROPE_TABLE_MAX: usize = 1 << 17;
 
 /// One layer's cache: [P, K, D] each, P = blocks × block size.
 struct LayerCache {
@@ -98,6 +103,9 @@ pub struct LlamaRunner<'a> {
     device: Device,
     dtype: DType,
     cache: Vec<LayerCache>,
+    /// cos/sin of the RoPE angles per position, built with the cache (positions below the
+    /// rollout's longest possible context).
+    rope: Option<RopeTable>,
     block_size: usize,
     /// Decode-step time per op kind, with `REALIGN_PROFILE=1` (each op then ends with a sync).
     sw: Stopwatch,
@@ -151,6 +159,7 @@ impl<'a> LlamaRunner<'a> {
             device: params.embed.device().clone(),
             dtype: params.embed.dtype(),
             cache: Vec::new(),
+            rope: None,
             block_size: 0,
             sw: Stopwatch::new(),
             graphs: HashMap::new(),
@@ -214,6 +223,7 @@ impl<'a> LlamaRunner<'a> {
                 next_norm,
                 self.cfg,
                 &mut self.cache[l],
+                self.rope.as_ref(),
                 positions,
                 slots,
                 attend,
@@ -259,6 +269,7 @@ fn layer(
     next_norm: &Tensor,
     cfg: &ModelConfig,
     cache: &mut LayerCache,
+    rope: Option<&RopeTable>,
     positions: &Tensor,
     slots: &Tensor,
     attend: &Attend,
@@ -274,16 +285,11 @@ fn layer(
     // [N,C] -> [N,(H+2K)·D] f32 accumulators; the bias is added before the one rounding.
     let acc = linear_out(xn, &fl.qkv, None, DType::F32)?;
     sw.mark(dev, "d:qkv_linear");
-    let qkv = qkv_rope_cache(
-        &acc,
-        fl.qkv_bias.as_ref(),
-        positions,
-        slots,
-        &mut cache.k,
-        &mut cache.v,
-        h,
-        theta,
-    )?; // q [N,H,D], k, v [N,K,D], k, v also in the cache
+    let (bias, (kc, vc)) = (fl.qkv_bias.as_ref(), (&mut cache.k, &mut cache.v));
+    let qkv = match rope {
+        Some(table) => qkv_rope_cache_table(&acc, bias, positions, slots, kc, vc, h, table)?,
+        None => qkv_rope_cache(&acc, bias, positions, slots, kc, vc, h, theta)?,
+    }; // q [N,H,D], k, v [N,K,D], k, v also in the cache
     drop(acc);
     sw.mark(dev, "d:qkv_rope_cache");
     let att = match attend {
@@ -358,12 +364,26 @@ impl StepModel for LlamaRunner<'_> {
             });
         }
         self.block_size = block_size;
+        // No context is longer than the pool or the model's window.
+        let positions = (num_blocks * block_size)
+            .min(self.max_context())
+            .clamp(1, ROPE_TABLE_MAX);
+        self.rope = Some(
+            RopeTable::new(
+                positions,
+                self.cfg.head_dim,
+                self.cfg.rope_theta as f32,
+                &self.device,
+            )
+            .context("building the RoPE table")?,
+        );
         Ok(())
     }
 
     fn free_cache(&mut self) {
         self.graphs.clear();
         self.cache = Vec::new();
+        self.rope = None;
     }
 
     fn copy_blocks(&mut self, copies: &[BlockCopy]) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use kernels::testing::test_devices;
 use kernels::DType;
 
 mod common;
-use common::{dir, fixture, Fixture, MODELS};
+use common::{dir, fixture, gpu_lock, Fixture, MODELS};
 
 /// The fixture's prompts greedy, then each again sampled (T 0.8, n 3) with its own seed, then
 /// with top-k 20 and top-p 0.9 (n 2).
@@ -83,6 +83,7 @@ fn same(a: &[Completion], b: &[Completion], what: &str) {
 
 #[test]
 fn graph_decode_equals_op_by_op_decode_and_hf() {
+    let _gpu = gpu_lock();
     for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
         for name in MODELS {
             let fx = fixture(name);
@@ -119,6 +120,43 @@ fn graph_decode_equals_op_by_op_decode_and_hf() {
                 assert_eq!(
                     tight[i].tokens, c.greedy,
                     "{name}: preempted prompt {i} vs HF"
+                );
+            }
+        }
+    }
+}
+
+/// bf16 weights (the rollout's dtype on a GPU; its decode products take the cuBLASLt route of
+/// `kernels::cuda::blas` with fixed algorithms, also inside the captured graphs): two graphed
+/// rollouts give identical tokens and log-probs, and graphs were replayed.
+#[test]
+fn bf16_graph_decode_repeats_exactly() {
+    let _gpu = gpu_lock();
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        for name in MODELS {
+            let fx = fixture(name);
+            let (cfg, params) = model::io::load_model(&dir(name), &dev, DType::BF16).unwrap();
+            let reqs = requests(&fx);
+            let kv = KvBudget::Bytes(1 << 24);
+            let (a, s) = engine(&cfg, kv, true)
+                .generate_with_stats(&params, &reqs)
+                .unwrap();
+            let (b, _) = engine(&cfg, kv, true)
+                .generate_with_stats(&params, &reqs)
+                .unwrap();
+            assert!(
+                s.graph_replays > 0,
+                "{name}: no bf16 decode step was replayed"
+            );
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.tokens, y.tokens, "{name} bf16: request {}", x.request);
+                let lp =
+                    |c: &Completion| c.logprobs.iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    lp(x),
+                    lp(y),
+                    "{name} bf16: log-probs of request {}",
+                    x.request
                 );
             }
         }

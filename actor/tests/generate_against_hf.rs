@@ -8,7 +8,7 @@ use kernels::testing::test_devices;
 use kernels::{DType, Device};
 
 mod common;
-use common::{dir, fixture, Fixture, MODELS};
+use common::{dir, fixture, gpu_lock, Fixture, MODELS};
 
 fn greedy_requests(fx: &Fixture) -> Vec<Request> {
     fx.cases
@@ -61,6 +61,7 @@ fn engine(cfg: &model::ModelConfig, kv: KvBudget, share: bool) -> Engine {
 
 #[test]
 fn greedy_batched_equals_hf_generate() {
+    let _gpu = gpu_lock();
     for dev in test_devices() {
         for name in MODELS {
             let fx = fixture(name);
@@ -87,6 +88,7 @@ fn greedy_batched_equals_hf_generate() {
 
 #[test]
 fn greedy_with_a_tiny_kv_pool_preempts_and_still_equals_hf() {
+    let _gpu = gpu_lock();
     for dev in test_devices() {
         for name in MODELS {
             let fx = fixture(name);
@@ -111,6 +113,7 @@ fn greedy_with_a_tiny_kv_pool_preempts_and_still_equals_hf() {
 
 #[test]
 fn sampled_groups_share_prefixes_and_equal_unshared() {
+    let _gpu = gpu_lock();
     // CPU only: on the GPU, cuBLAS may pick another algorithm for another batch size, so sampled
     // tokens could legitimately differ in the last bits of the logits.
     let dev = Device::Cpu;

@@ -1,12 +1,7 @@
 // Tensor-core (mma.sync m16n8k16, bf16 in, f32 accumulate) flash attention for bf16 inputs:
 // causal GQA over packed sequences, same contract and layout as attention.cu, whose CUDA-core
 // kernels remain the f32 path and the fallback for head dims that are not a multiple of 16.
-//
-// Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4; pairs hold consecutive k, the
-// lower k in the low 16 bits):
-//   A 16x16: a0 (row g, k 2t..2t+1), a1 (row g+8, same k), a2 (row g, k 2t+8..), a3 (row g+8, k 2t+8..)
-//   B 16x8:  b0 (k 2t..2t+1, col g),  b1 (k 2t+8.., col g)
-//   C 16x8:  c0,c1 (row g, cols 2t, 2t+1),  c2,c3 (row g+8, same cols)
+// The mma / ldmatrix / cp.async primitives and the fragment layouts are in mma.cuh (prepended).
 // A C fragment of S = Q K^T over 16 keys is, pair for pair, the A fragment of P for P V: the
 // probabilities never leave registers. Operands reach registers through ldmatrix (.trans for the
 // B operands whose k runs along shared-memory rows); tiles stream in with cp.async through a ring
@@ -81,67 +76,32 @@ static_assert(STAGES >= 2 && STAGES <= 4, "2 to 4 pipeline stages");
 #define LDST (BQ + 8)                 // row stride of the backward's dS^T tile [key][query]
 #define NT_D (D / 8)                  // n-tiles over the head dim
 #define KS_D (D / 16)                 // k-steps over the head dim
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
 
 typedef __nv_bfloat16 bf16;
 
 // ---------------------------------------------------------------------------------------------
 // Register-level primitives.
 
-__device__ __forceinline__ u32 pack2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<u32*>(&v);
-}
-
-// 2^x in one MUFU instruction (flushes denormal results to zero; 2^-inf = 0).
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
 // Four 8x8 b16 matrices; lane l gives the row address of matrix l / 8, row l % 8.
 __device__ __forceinline__ void ldsm4(u32* r, const bf16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
+                 : "r"(mma_smem_addr(p)));
 }
 __device__ __forceinline__ void ldsm4t(u32* r, const bf16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
+                 : "r"(mma_smem_addr(p)));
 }
 __device__ __forceinline__ void ldsm2t(u32* r, const bf16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                  : "=r"(r[0]), "=r"(r[1])
-                 : "r"(smem_u32(p)));
+                 : "r"(mma_smem_addr(p)));
 }
 
 // A fragment (16x16, rows r0.., k c0..) of a row-major smem tile with row stride ld.
 __device__ __forceinline__ void frag_a(u32* a, const bf16* s, u32 ld, u32 r0, u32 c0, u32 lane) {
     ldsm4(a, s + (r0 + lane % 16) * ld + c0 + (lane / 16) * 8);
-}
-// B fragments of two n-tiles (n0.., n0+8..) at k-step k0 from a tile stored [n][k] (row = n):
-// b[0..1] for n-tile n0, b[2..3] for n0 + 8.
-__device__ __forceinline__ void frag_b_nk(u32* b, const bf16* s, u32 ld, u32 n0, u32 k0, u32 lane) {
-    const u32 mi = lane / 8;
-    ldsm4(b, s + (n0 + (mi / 2) * 8 + lane % 8) * ld + k0 + (mi % 2) * 8);
-}
-// B fragments of two n-tiles from a tile stored [k][n] (row = k), transposed on load.
-__device__ __forceinline__ void frag_b_kn(u32* b, const bf16* s, u32 ld, u32 k0, u32 n0, u32 lane) {
-    const u32 mi = lane / 8;
-    ldsm4t(b, s + (k0 + (mi % 2) * 8 + lane % 8) * ld + n0 + (mi / 2) * 8);
 }
 // One n-tile's B fragment from a tile stored [k][n].
 __device__ __forceinline__ void frag_b_kn1(u32* b, const bf16* s, u32 ld, u32 k0, u32 n0, u32 lane) {
@@ -151,22 +111,15 @@ __device__ __forceinline__ void frag_b_kn1(u32* b, const bf16* s, u32 ld, u32 k0
 // The A operand (P or dS, 16 rows x 16 columns 16·c16..) packed to bf16 from C fragments s[j]
 // (8 columns each).
 __device__ __forceinline__ void c_to_a(u32* a, const float (*s)[4], int c16) {
-    a[0] = pack2(s[2 * c16][0], s[2 * c16][1]);
-    a[1] = pack2(s[2 * c16][2], s[2 * c16][3]);
-    a[2] = pack2(s[2 * c16 + 1][0], s[2 * c16 + 1][1]);
-    a[3] = pack2(s[2 * c16 + 1][2], s[2 * c16 + 1][3]);
+    a[0] = mma_pack2(s[2 * c16][0], s[2 * c16][1]);
+    a[1] = mma_pack2(s[2 * c16][2], s[2 * c16][3]);
+    a[2] = mma_pack2(s[2 * c16 + 1][0], s[2 * c16 + 1][1]);
+    a[3] = mma_pack2(s[2 * c16 + 1][2], s[2 * c16 + 1][3]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Global -> shared.
 
-// 16 bytes global -> shared without passing through registers; zero-fill when !valid.
-__device__ __forceinline__ void cp16(bf16* dst, const bf16* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-                 "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // `rows` rows of D bf16 (token stride `stride` elements, head offset `hoff`) from token row0 on
 // into tile[rows][LDS], asynchronously, zeros past `valid` rows; the caller commits and waits.
@@ -178,7 +131,7 @@ __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* x, u32 r
     for (u32 idx = threadIdx.x; idx < rows * chunks; idx += NTHREADS) {
         const u32 r = idx / chunks, c = (idx % chunks) * 8;
         const bool ok = r < valid;
-        cp16(tile + r * LDS + c, ok ? x + (size_t)(row0 + r) * stride + hoff + c : x, ok);
+        cp_async16(tile + r * LDS + c, ok ? x + (size_t)(row0 + r) * stride + hoff + c : x, ok);
     }
 }
 
@@ -293,7 +246,7 @@ struct KvRing {
             load_tile_async<NTHREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
             load_tile_async<NTHREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
         }
-        cp_commit();
+        cp_async_commit();
     }
     __device__ __forceinline__ const bf16* keys(u32 kt) const { return Ks + (kt % STAGES) * BN * LDS; }
     __device__ __forceinline__ const bf16* values(u32 kt) const { return Vs + (kt % STAGES) * BN * LDS; }
@@ -317,7 +270,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     const u32 h = tile.h, start = tile.start, len = tile.len, q0 = tile.q0, qn = tile.qn;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const size_t qs = (size_t)H * D;
-    const float sl2 = scale * LOG2E;
+    const float sl2 = scale * MMA_LOG2E;
     const u32 n_kt = (q0 + qn + BN - 1) / BN;
     const KvRing<FWD_THREADS> ring{Ks, Vs, k, v, start, len, n_kt, (size_t)KH * D, (size_t)tile.kvh * D};
 
@@ -343,7 +296,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
         const u32 k0 = kt * BN;
         const bf16* Kc = ring.keys(kt);
         const bf16* Vc = ring.values(kt);
-        cp_wait<STAGES - 2>();  // tile kt (and Q) landed
+        cp_async_wait<STAGES - 2>();  // tile kt (and Q) landed
         __syncthreads();        // ... for every thread; and the slot of tile kt - 1 is free
         ring.stage(kt + STAGES - 1);
         if (kt == 0) {
@@ -364,11 +317,11 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 #pragma unroll
                 for (int jp = 0; jp < BN / 16; ++jp) {
                     u32 b[4];
-                    frag_b_nk(b, Kc, LDS, jp * 16, kk * 16, lane);
+                    mma_frag_b_nk(b, Kc, LDS, jp * 16, kk * 16, lane);
 #pragma unroll
                     for (int mt = 0; mt < FWD_MT; ++mt) {
-                        mma(s[mt][2 * jp], qa[mt][kk], b[0], b[1]);
-                        mma(s[mt][2 * jp + 1], qa[mt][kk], b[2], b[3]);
+                        mma_16816(s[mt][2 * jp], qa[mt][kk], b[0], b[1]);
+                        mma_16816(s[mt][2 * jp + 1], qa[mt][kk], b[2], b[3]);
                     }
                 }
 
@@ -396,7 +349,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
                     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
                     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
                     const float mn = fmaxf(m[mt][r], mx[r]);
-                    alpha[r] = mn == -INFINITY ? 1.0f : ex2(m[mt][r] - mn);
+                    alpha[r] = mn == -INFINITY ? 1.0f : mma_ex2(m[mt][r] - mn);
                     mx[r] = mn == -INFINITY ? 0.0f : mn;  // subtrahend: 2^(-inf - 0) = 0 for dead rows
                     m[mt][r] = mn;
                 }
@@ -404,7 +357,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
                 for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const float p = ex2(s[mt][j][e] - mx[e >> 1]);
+                        const float p = mma_ex2(s[mt][j][e] - mx[e >> 1]);
                         s[mt][j][e] = p;
                         rs[e >> 1] += p;
                     }
@@ -428,11 +381,11 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 #pragma unroll
                 for (int np = 0; np < NT_D / 2; ++np) {
                     u32 b[4];
-                    frag_b_kn(b, Vc, LDS, ks16 * 16, np * 16, lane);
+                    mma_frag_b_kn(b, Vc, LDS, ks16 * 16, np * 16, lane);
 #pragma unroll
                     for (int mt = 0; mt < FWD_MT; ++mt) {
-                        mma(o[mt][2 * np], a[mt], b[0], b[1]);
-                        mma(o[mt][2 * np + 1], a[mt], b[2], b[3]);
+                        mma_16816(o[mt][2 * np], a[mt], b[0], b[1]);
+                        mma_16816(o[mt][2 * np + 1], a[mt], b[2], b[3]);
                     }
                 }
             }
@@ -453,8 +406,8 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 #pragma unroll
                 for (int n = 0; n < NT_D; ++n)
                     *reinterpret_cast<u32*>(out + base + n * 8 + 2 * t) =
-                        pack2(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
-                if (t == 0) lse[(size_t)(start + q0 + row) * H + h] = (m[mt][r] + log2f(lr)) * LN2;
+                        mma_pack2(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv);
+                if (t == 0) lse[(size_t)(start + q0 + row) * H + h] = (m[mt][r] + log2f(lr)) * MMA_LN2;
             }
         }
 }
@@ -515,7 +468,7 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const u32 kn = min((u32)BK, len - k0);
     const size_t qs = (size_t)H * D, ks = (size_t)KH * D;
-    const float sl2 = scale * LOG2E;
+    const float sl2 = scale * MMA_LOG2E;
 
     const u32 qt0 = k0 / BQ, n_qt = (len + BQ - 1) / BQ;
     // Query tile qt into ring slot (qt - qt0) % STAGES (async for Q, dO; plain for lse, delta);
@@ -528,11 +481,11 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
             load_tile_async<BWD_THREADS>(dOs + b * BQ * LDS, dout, start + q0, BQ, qn, qs, (size_t)h * D);
             for (u32 r = threadIdx.x; r < BQ; r += BWD_THREADS) {
                 const size_t row = (size_t)(start + q0 + r) * H + h;
-                lse_s[b * BQ + r] = r < qn ? lse[row] * LOG2E : INFINITY;
+                lse_s[b * BQ + r] = r < qn ? lse[row] * MMA_LOG2E : INFINITY;
                 delta_s[b * BQ + r] = r < qn ? delta[row] : 0.0f;
             }
         }
-        cp_commit();
+        cp_async_commit();
     };
     load_tile_async<BWD_THREADS>(Ks, k, start + k0, BK, kn, ks, (size_t)kvh * D);
     load_tile_async<BWD_THREADS>(Vs, v, start + k0, BK, kn, ks, (size_t)kvh * D);
@@ -555,7 +508,7 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
     for (u32 qt = qt0; qt < n_qt; ++qt) {
         const u32 b = (qt - qt0) % STAGES;
         const u32 q0 = qt * BQ, qn = min((u32)BQ, len - q0);
-        cp_wait<STAGES - 2>();  // tile qt (and K, V) landed
+        cp_async_wait<STAGES - 2>();  // tile qt (and K, V) landed
         __syncthreads();        // ... for every thread (lse, delta too); tile qt - 1's slot and dS^T are free
         stage(qt + STAGES - 1);
         const bf16* Qc = Qs + b * BQ * LDS;
@@ -577,12 +530,12 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
 #pragma unroll
                 for (int jp = 0; jp < BQ / 16; ++jp) {
                     u32 bq[4], bo[4];
-                    frag_b_nk(bq, Qc, LDS, jp * 16, kk * 16, lane);
-                    frag_b_nk(bo, dOc, LDS, jp * 16, kk * 16, lane);
-                    mma(st[2 * jp], ka, bq[0], bq[1]);
-                    mma(st[2 * jp + 1], ka, bq[2], bq[3]);
-                    mma(dpt[2 * jp], va, bo[0], bo[1]);
-                    mma(dpt[2 * jp + 1], va, bo[2], bo[3]);
+                    mma_frag_b_nk(bq, Qc, LDS, jp * 16, kk * 16, lane);
+                    mma_frag_b_nk(bo, dOc, LDS, jp * 16, kk * 16, lane);
+                    mma_16816(st[2 * jp], ka, bq[0], bq[1]);
+                    mma_16816(st[2 * jp + 1], ka, bq[2], bq[3]);
+                    mma_16816(dpt[2 * jp], va, bo[0], bo[1]);
+                    mma_16816(dpt[2 * jp + 1], va, bo[2], bo[3]);
                 }
             }
             const bool edge = q0 < kw0 + 16 || q0 + BQ > len || kw0 + 16 > len;
@@ -591,7 +544,7 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const u32 qi = j * 8 + 2 * t + (e & 1);
-                    float p = ex2(st[j][e] * sl2 - lse_c[qi]);
+                    float p = mma_ex2(st[j][e] * sl2 - lse_c[qi]);
                     if (edge) {
                         const u32 qp = q0 + qi, key = kpos[e >> 1];
                         if (!(key <= qp && qp < len && key < len)) p = 0.0f;
@@ -603,7 +556,7 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
 #pragma unroll
                 for (int r = 0; r < 2; ++r)
                     *reinterpret_cast<u32*>(dSt + (kr0 + 8 * r) * LDST + j * 8 + 2 * t) =
-                        pack2(dpt[j][2 * r], dpt[j][2 * r + 1]);
+                        mma_pack2(dpt[j][2 * r], dpt[j][2 * r + 1]);
 #endif
             }
 
@@ -616,12 +569,12 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
 #pragma unroll
                 for (int np = 0; np < NT_D / 2; ++np) {
                     u32 bo[4], bq[4];
-                    frag_b_kn(bo, dOc, LDS, s16 * 16, np * 16, lane);
-                    frag_b_kn(bq, Qc, LDS, s16 * 16, np * 16, lane);
-                    mma(dv_acc[2 * np], pa, bo[0], bo[1]);
-                    mma(dv_acc[2 * np + 1], pa, bo[2], bo[3]);
-                    mma(dk_acc[2 * np], sa, bq[0], bq[1]);
-                    mma(dk_acc[2 * np + 1], sa, bq[2], bq[3]);
+                    mma_frag_b_kn(bo, dOc, LDS, s16 * 16, np * 16, lane);
+                    mma_frag_b_kn(bq, Qc, LDS, s16 * 16, np * 16, lane);
+                    mma_16816(dv_acc[2 * np], pa, bo[0], bo[1]);
+                    mma_16816(dv_acc[2 * np + 1], pa, bo[2], bo[3]);
+                    mma_16816(dk_acc[2 * np], sa, bq[0], bq[1]);
+                    mma_16816(dk_acc[2 * np + 1], sa, bq[2], bq[3]);
                 }
             }
         }
@@ -655,13 +608,13 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
                 const u32 d0 = (dq_n0 + n) * 8;
                 if (n + 1 < DQ_NTW) {
                     u32 bk[4];
-                    frag_b_kn(bk, Ks, LDS, s16 * 16, d0, lane);
-                    mma(dq[n], a, bk[0], bk[1]);
-                    mma(dq[n + 1], a, bk[2], bk[3]);
+                    mma_frag_b_kn(bk, Ks, LDS, s16 * 16, d0, lane);
+                    mma_16816(dq[n], a, bk[0], bk[1]);
+                    mma_16816(dq[n + 1], a, bk[2], bk[3]);
                 } else {
                     u32 bk[2];
                     frag_b_kn1(bk, Ks, LDS, s16 * 16, d0, lane);
-                    mma(dq[n], a, bk[0], bk[1]);
+                    mma_16816(dq[n], a, bk[0], bk[1]);
                 }
             }
         }
@@ -723,7 +676,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     const u32 h = tile.h, start = tile.start, len = tile.len, q0 = tile.q0, qn = tile.qn;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const size_t qs = (size_t)H * D;
-    const float sl2 = scale * LOG2E;
+    const float sl2 = scale * MMA_LOG2E;
     const u32 n_kt = (q0 + qn + BN - 1) / BN;
     const KvRing<DQ_THREADS> ring{Ks, Vs, k, v, start, len, n_kt, (size_t)KH * D, (size_t)tile.kvh * D};
 
@@ -740,7 +693,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     for (int r = 0; r < 2; ++r) {
         const u32 row = wr0 + g + 8 * r;
         const size_t idx = (size_t)(start + q0 + row) * H + h;
-        lse2[r] = row < qn ? lse[idx] * LOG2E : INFINITY;
+        lse2[r] = row < qn ? lse[idx] * MMA_LOG2E : INFINITY;
         dl[r] = row < qn ? delta[idx] : 0.0f;
     }
     u32 qa[KS_D][4], ga[KS_D][4];
@@ -752,7 +705,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
         const u32 k0 = kt * BN;
         const bf16* Kc = ring.keys(kt);
         const bf16* Vc = ring.values(kt);
-        cp_wait<STAGES - 2>();  // tile kt (and Q, dO) landed
+        cp_async_wait<STAGES - 2>();  // tile kt (and Q, dO) landed
         __syncthreads();        // ... for every thread; and the slot of tile kt - 1 is free
         ring.stage(kt + STAGES - 1);
         if (kt == 0) {
@@ -774,12 +727,12 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 #pragma unroll
                 for (int jp = 0; jp < BN / 16; ++jp) {
                     u32 bk[4], bv[4];
-                    frag_b_nk(bk, Kc, LDS, jp * 16, kk * 16, lane);
-                    frag_b_nk(bv, Vc, LDS, jp * 16, kk * 16, lane);
-                    mma(s[2 * jp], qa[kk], bk[0], bk[1]);
-                    mma(s[2 * jp + 1], qa[kk], bk[2], bk[3]);
-                    mma(dp[2 * jp], ga[kk], bv[0], bv[1]);
-                    mma(dp[2 * jp + 1], ga[kk], bv[2], bv[3]);
+                    mma_frag_b_nk(bk, Kc, LDS, jp * 16, kk * 16, lane);
+                    mma_frag_b_nk(bv, Vc, LDS, jp * 16, kk * 16, lane);
+                    mma_16816(s[2 * jp], qa[kk], bk[0], bk[1]);
+                    mma_16816(s[2 * jp + 1], qa[kk], bk[2], bk[3]);
+                    mma_16816(dp[2 * jp], ga[kk], bv[0], bv[1]);
+                    mma_16816(dp[2 * jp + 1], ga[kk], bv[2], bv[3]);
                 }
             const bool edge = k0 + BN > q0 + wr0 || k0 + BN > len || q0 + wr0 + 16 > len;
 #pragma unroll
@@ -787,7 +740,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int r = e >> 1;
-                    float p = ex2(s[j][e] * sl2 - lse2[r]);
+                    float p = mma_ex2(s[j][e] * sl2 - lse2[r]);
                     if (edge) {
                         const u32 key = k0 + j * 8 + 2 * t + (e & 1), qp = q0 + wr0 + g + 8 * r;
                         if (!(key <= qp && key < len && qp < len)) p = 0.0f;
@@ -802,9 +755,9 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 #pragma unroll
                 for (int np = 0; np < NT_D / 2; ++np) {
                     u32 b[4];
-                    frag_b_kn(b, Kc, LDS, ks16 * 16, np * 16, lane);
-                    mma(dq[2 * np], a, b[0], b[1]);
-                    mma(dq[2 * np + 1], a, b[2], b[3]);
+                    mma_frag_b_kn(b, Kc, LDS, ks16 * 16, np * 16, lane);
+                    mma_16816(dq[2 * np], a, b[0], b[1]);
+                    mma_16816(dq[2 * np + 1], a, b[2], b[3]);
                 }
             }
         }
@@ -818,7 +771,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 #pragma unroll
             for (int n = 0; n < NT_D; ++n)
                 *reinterpret_cast<u32*>(dq_out + base + n * 8 + 2 * t) =
-                    pack2(dq[n][2 * r] * scale, dq[n][2 * r + 1] * scale);
+                    mma_pack2(dq[n][2 * r] * scale, dq[n][2 * r + 1] * scale);
         }
     }
 }

@@ -1,6 +1,7 @@
 // Tensor-core and async-copy primitives (sm_80+): mma.sync m16n8k16 (bf16 in, f32 accumulate),
 // ldmatrix fragment loads from shared memory, cp.async 16-byte copies. Prepended to the kernels
-// that use them (see kernels/src/cuda/paged_attention.rs); attention_mma.cu still carries its own.
+// that use them: attention_mma.cu (kernels/src/cuda/attention.rs) and the paged decode kernels
+// (kernels/src/cuda/paged_attention.rs).
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4; pairs hold consecutive k, the
 // lower k in the low 16 bits):

@@ -6,6 +6,8 @@
 //      the f32 angle evaluated in f64 and rounded to f32, one rounding to T of the result);
 //   3. writes q[N,H,D], k[N,K,D], v[N,K,D] and k, v into their paged-cache slots (kc, vc [P,K,D];
 //      a slot >= P, e.g. u32::MAX for an idle row, is skipped, as in kv_cache_write).
+// cos/sin come from a per-position table (rope_tab[P, D], built once per rollout by `rope_table`
+// with the same arithmetic) when given and the position is inside it, else are computed per token.
 // Layout as rope.cu: one block per `tpb` (1 to 8) consecutive tokens (grid-stride), their cos/sin
 // tables in shared memory, threads over (token, head, pair); 8 consecutive pairs per thread when
 // D/2 is a multiple of 8 (16-byte accesses). The host picks tpb so that a decode batch of a few
@@ -85,25 +87,38 @@ __device__ __forceinline__ void qkv_item(const float* __restrict__ acc, const T*
     stv<V>(out, row * d + i + half, x2);
 }
 
+// cos and sin of pair i's angle at position p, as `rope`: a = p * (1 / theta^(2i/D)) in f32, then
+// cos a, sin a evaluated in f64 and rounded to f32.
+__device__ __forceinline__ void rope_cos_sin(u32 p, u32 i, u32 d, float theta, float* c, float* s) {
+    const float expo = (float)(2 * i) / (float)d;
+    const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
+    const float a = (float)p * inv_freq;
+    double sd, cd;
+    sincos((double)a, &sd, &cd);
+    *c = (float)cd;
+    *s = (float)sd;
+}
+
 template <typename T>
 __device__ void qkv_rope_cache_impl(const float* __restrict__ acc, const T* __restrict__ bias,
                                     const u32* __restrict__ pos, const u32* __restrict__ slots, T* __restrict__ q,
                                     T* __restrict__ k, T* __restrict__ v, T* __restrict__ kc, T* __restrict__ vc,
-                                    u32 n, u32 heads, u32 kv_heads, u32 d, u32 num_slots, float theta, u32 tpb) {
+                                    u32 n, u32 heads, u32 kv_heads, u32 d, u32 num_slots, float theta, u32 tpb,
+                                    const float* __restrict__ rope_tab, u32 rope_rows) {
     extern __shared__ float tab[];  // [tpb][D]: cos in [0, D/2), sin in [D/2, D)
     const u32 half = d / 2, all = heads + 2 * kv_heads;
     for (u32 tok0 = blockIdx.x * tpb; tok0 < n; tok0 += gridDim.x * tpb) {
         const u32 nt = min(tpb, n - tok0);
         __syncthreads();  // the previous tokens' table is no longer read
         for (u32 idx = threadIdx.x; idx < nt * half; idx += blockDim.x) {
-            const u32 tk = idx / half, i = idx % half;
-            const float expo = (float)(2 * i) / (float)d;
-            const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
-            const float a = (float)pos[tok0 + tk] * inv_freq;
-            double sd, cd;
-            sincos((double)a, &sd, &cd);
-            tab[tk * d + i] = (float)cd;
-            tab[tk * d + half + i] = (float)sd;
+            const u32 tk = idx / half, i = idx % half, p = pos[tok0 + tk];
+            if (rope_tab != nullptr && p < rope_rows) {
+                // The per-position table (rope_table below: the same arithmetic, done once).
+                tab[tk * d + i] = rope_tab[(size_t)p * d + i];
+                tab[tk * d + half + i] = rope_tab[(size_t)p * d + half + i];
+            } else {
+                rope_cos_sin(p, i, d, theta, &tab[tk * d + i], &tab[tk * d + half + i]);
+            }
         }
         __syncthreads();
         if (half % 8 == 0) {
@@ -127,9 +142,21 @@ __device__ void qkv_rope_cache_impl(const float* __restrict__ acc, const T* __re
 #define QKV_ROPE_CACHE(S, T)                                                                                        \
     extern "C" __global__ void qkv_rope_cache_##S(const float* acc, const T* bias, const u32* pos, const u32* slots, \
                                                   T* q, T* k, T* v, T* kc, T* vc, u32 n, u32 heads, u32 kv_heads,    \
-                                                  u32 d, u32 num_slots, float theta, u32 tpb) {                      \
-        qkv_rope_cache_impl(acc, bias, pos, slots, q, k, v, kc, vc, n, heads, kv_heads, d, num_slots, theta, tpb);   \
+                                                  u32 d, u32 num_slots, float theta, u32 tpb, const float* rope_tab, \
+                                                  u32 rope_rows) {                                                   \
+        qkv_rope_cache_impl(acc, bias, pos, slots, q, k, v, kc, vc, n, heads, kv_heads, d, num_slots, theta, tpb,    \
+                            rope_tab, rope_rows);                                                                    \
     }
 
 QKV_ROPE_CACHE(f32, float)
 QKV_ROPE_CACHE(bf16, __nv_bfloat16)
+
+// The per-position table tab[P, D] (cos | sin of each pair's angle), one thread per (p, i).
+extern "C" __global__ void rope_table(float* tab, u32 rows, u32 d, float theta) {
+    const u32 half = d / 2;
+    const u64 total = (u64)rows * half, stride = (u64)gridDim.x * blockDim.x;
+    for (u64 t = blockIdx.x * (u64)blockDim.x + threadIdx.x; t < total; t += stride) {
+        const u32 p = (u32)(t / half), i = (u32)(t % half);
+        rope_cos_sin(p, i, d, theta, &tab[(size_t)p * d + i], &tab[(size_t)p * d + half + i]);
+    }
+}

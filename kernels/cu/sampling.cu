@@ -19,10 +19,11 @@
 // goal becomes the next byte. Four passes over the row per filter; the integer sums are exact in
 // any order, so the threshold equals the CPU reference's.
 //
-// Sampling: pass 1 finds the max of the allowed logits; pass 2 gives each thread one contiguous
-// chunk of ids and sums the weights of the kept ids w_i = exp((x_i - max) / T) in double; an
-// exclusive scan of the chunk sums places target = u * Z in exactly one chunk, whose thread walks
-// it in id order to the first id whose running sum exceeds the target. Log-prob = ln(w / Z).
+// Sampling (`draw_by_tiles`): one pass over the row in warp tiles of 512 ids, each recording its
+// max and its sum of exp(x / T - tile max) (f64); the tile sums rescaled to the row max give Z and,
+// by a scan, the tile that holds target = u * Z; one warp re-reads that tile and walks it in id
+// order to the first id whose running sum exceeds the target. Log-prob = ln(w / Z). Rows without
+// top-k / top-p need no other pass (filtered rows first find the max, then their thresholds).
 // Everything is a function of the row, the parameters and the draw, so a sequence's token does not
 // depend on the batch.
 
@@ -126,6 +127,193 @@ __device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banne
     return prefix;
 }
 
+// Ids [t * SAMPLE_TILE, (t + 1) * SAMPLE_TILE) form tile t; a warp reads one tile as two groups
+// of 8 consecutive ids per lane (16-byte loads where the row allows): lane l, group g holds ids
+// t * SAMPLE_TILE + g * 256 + l * 8 + e, e < 8.
+#define SAMPLE_TILE 512
+
+// The 16 values of tile `t` this lane holds (-inf past the vocabulary).
+template <typename T>
+__device__ __forceinline__ void load_tile(const T* __restrict__ x, u32 vocab, u32 t, bool vec, float* v) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+        const u32 i0 = t * SAMPLE_TILE + g * 256 + lane * 8;
+        if (vec && i0 + 8 <= vocab) {
+            ld8(x, i0, v + 8 * g);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[8 * g + e] = i0 + e < vocab ? ld(x, i0 + e) : -INFINITY;
+        }
+    }
+}
+
+// Whether id i with logit xi is kept (allowed, finite, at or above the top-k/top-p floor).
+__device__ __forceinline__ bool kept(u32 i, float xi, const u32* banned, u32 nb, u32 floor) {
+    return xi != -INFINITY && order_key(xi) >= floor && allowed(i, banned, nb);
+}
+
+// The draw by inverse CDF in id order over the kept ids, in one pass over the row: each warp tile
+// records its max m_t of y = x / T and s_t = sum of exp(y - m_t) (f32 weights, f64 sum) in shared
+// memory; then the block rescales the tile sums to the row max M (s_t * exp(m_t - M), in f64),
+// scans them to place target = u * Z in one tile, and one warp re-reads that tile (SAMPLE_TILE ids)
+// to walk it in id order. The weights are those of the CPU reference, exp(y - M), up to f32
+// rounding (as before: the CPU sums exact f64 weights), so the tokens agree unless a draw falls
+// within rounding of a CDF boundary. Writes (token, log-prob bits) to out[0..2].
+template <typename T>
+__device__ void draw_by_tiles(const T* __restrict__ x, u32 vocab, const u32* banned, u32 nb, u32 floor, float inv_t,
+                              u32 draw, u32* __restrict__ out, float* sm_red, double* sm_scan) {
+    extern __shared__ double sample_dyn[];  // [tiles] sums, then [tiles] maxima (floats)
+    __shared__ u32 sm_tile, sm_last_tile, sm_owner;
+    __shared__ double sm_excl;
+    const u32 tiles = (vocab + SAMPLE_TILE - 1) / SAMPLE_TILE;
+    double* tile_s = sample_dyn;
+    float* tile_m = reinterpret_cast<float*>(sample_dyn + tiles);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const bool vec = vocab % 8 == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+    if (threadIdx.x == 0) {
+        sm_tile = NO_TOKEN;
+        sm_last_tile = 0;
+        sm_owner = NO_TOKEN;
+    }
+
+    // The pass: tile maxima and sums.
+    for (u32 t = warp; t < tiles; t += SAMPLE_WARPS) {
+        float v[16];
+        load_tile(x, vocab, t, vec, v);
+        float m = -INFINITY;
+#pragma unroll
+        for (int e = 0; e < 16; ++e) {
+            const u32 i = t * SAMPLE_TILE + (e / 8) * 256 + lane * 8 + (e % 8);
+            const bool k = kept(i, v[e], banned, nb, floor);
+            v[e] = k ? v[e] * inv_t : -INFINITY;
+            m = fmaxf(m, v[e]);
+        }
+        m = warp_max(m);
+        double s = 0.0;
+        if (m != -INFINITY) {
+#pragma unroll
+            for (int e = 0; e < 16; ++e)
+                if (v[e] != -INFINITY) s += (double)expf(v[e] - m);
+        }
+        s = warp_sum_d(s);
+        if (lane == 0) {
+            tile_m[t] = m;
+            tile_s[t] = s;
+        }
+    }
+    __syncthreads();
+
+    // The row max M over the tile maxima.
+    float mx = -INFINITY;
+    for (u32 t = threadIdx.x; t < tiles; t += SAMPLE_THREADS) mx = fmaxf(mx, tile_m[t]);
+    mx = warp_max(mx);
+    if (lane == 0) sm_red[warp] = mx;
+    __syncthreads();
+    mx = lane < SAMPLE_WARPS ? sm_red[lane] : -INFINITY;
+    const float row_max = warp_max(mx);
+
+    // Each thread a contiguous range of tiles: rescaled sums, a block scan, the tile of the target.
+    const u32 per = (tiles + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
+    const u32 lo = min(tiles, threadIdx.x * per), hi = min(tiles, lo + per);
+    double sum = 0.0;
+    for (u32 t = lo; t < hi; ++t) {
+        if (tile_s[t] > 0.0) {
+            sum += tile_s[t] * exp((double)tile_m[t] - (double)row_max);
+            atomicMax(&sm_last_tile, t);
+        }
+    }
+    const double incl = block_inclusive_scan(sum, sm_scan);  // syncs: sm_tile is initialised
+    const double excl = incl - sum;
+    const double total = sm_scan[SAMPLE_WARPS - 1];
+    const double target = ((double)draw + 0.5) * (1.0 / 4294967296.0) * total;
+    // The lowest thread whose range holds the target owns it (rounding could let two claim it;
+    // the lowest wins so that the draw stays deterministic).
+    if (sum > 0.0 && excl <= target && target < incl) atomicMin(&sm_owner, threadIdx.x);
+    __syncthreads();
+    if (threadIdx.x == sm_owner) {
+        double acc = excl;
+        u32 pick = NO_TOKEN;
+        double pick_excl = 0.0;
+        for (u32 t = lo; t < hi; ++t) {
+            if (!(tile_s[t] > 0.0)) continue;
+            const double st = tile_s[t] * exp((double)tile_m[t] - (double)row_max);
+            pick = t;  // the last positive tile of the range if rounding keeps acc below target
+            pick_excl = acc;
+            if (acc + st > target) break;
+            acc += st;
+        }
+        sm_tile = pick;
+        sm_excl = pick_excl;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+
+    // Walk the target's tile (target >= Z by rounding: the last positive tile, to its last id).
+    const bool found_tile = sm_tile != NO_TOKEN;
+    const u32 t = found_tile ? sm_tile : sm_last_tile;
+    double carry = found_tile ? sm_excl : target;
+    const float m_t = tile_m[t];
+    const double scale = exp((double)m_t - (double)row_max);
+    float v[16];
+    load_tile(x, vocab, t, vec, v);
+    u32 pick = NO_TOKEN, last = 0;
+    bool has_last = false;
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+        double w[8], lane_sum = 0.0;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const u32 i = t * SAMPLE_TILE + g * 256 + lane * 8 + e;
+            const bool k = kept(i, v[8 * g + e], banned, nb, floor);
+            const float we = k ? expf(v[8 * g + e] * inv_t - m_t) : 0.0f;
+            w[e] = (double)we * scale;
+            lane_sum += w[e];
+            if (we > 0.0f) {
+                last = i;
+                has_last = true;
+            }
+        }
+        double lane_incl = lane_sum;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const double n = __shfl_up_sync(0xffffffffu, lane_incl, o);
+            if (lane >= o) lane_incl += n;
+        }
+        const double group_total = __shfl_sync(0xffffffffu, lane_incl, 31);
+        const unsigned crosses = __ballot_sync(0xffffffffu, found_tile && carry + lane_incl > target);
+        if (crosses != 0u) {
+            const int first = __ffs(crosses) - 1;
+            if (lane == first) {
+                double acc = carry + lane_incl - lane_sum;
+                for (int e = 0; e < 8; ++e) {
+                    acc += w[e];
+                    if (w[e] > 0.0 && acc > target) {
+                        pick = t * SAMPLE_TILE + g * 256 + lane * 8 + e;
+                        break;
+                    }
+                }
+                if (pick == NO_TOKEN) pick = last;  // rounding inside the lane: its last positive id
+            }
+            pick = __shfl_sync(0xffffffffu, pick, first);
+            break;
+        }
+        carry += group_total;
+    }
+    if (pick == NO_TOKEN) {
+        // The walk stayed below the target by rounding: the tile's last id with a positive weight.
+        u32 cand = has_last ? last : 0u;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) cand = max(cand, __shfl_xor_sync(0xffffffffu, cand, o));
+        pick = cand;
+    }
+    if (lane == 0) {
+        const float w = expf(ld(x, pick) * inv_t - m_t);
+        out[0] = pick;
+        out[1] = __float_as_uint((float)log((double)w * scale / total));
+    }
+}
+
 template <typename T>
 __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict__ spec, u32* __restrict__ out,
                             u32 vocab, u32 cols) {
@@ -133,7 +321,6 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
     __shared__ u32 sm_a[SAMPLE_WARPS];
     __shared__ double sm_scan[SAMPLE_WARPS];
     __shared__ u32 sm_banned[16];
-    __shared__ u32 sm_pick, sm_last;
     __shared__ unsigned long long sm_hist[256];
     __shared__ u32 sm_sel;
     __shared__ double sm_above;
@@ -153,20 +340,45 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
     const T* x = logits + (size_t)row * vocab;
     const bool greedy = temp == 0.0f;
     const float inv_t = greedy ? 1.0f : 1.0f / temp;
+    if (!greedy && top_k == 0 && !(top_p < 1.0f)) {
+        // Plain temperature sampling: no max pass first, the tiles carry their own maxima.
+        draw_by_tiles(x, vocab, sm_banned, nb, 0u, inv_t, draw, out + 2 * j, sm_m, sm_scan);
+        return;
+    }
 
-    // Pass 1: online (max, sum, argmax) of y = x / T over the allowed ids.
+    // Pass 1: online (max, sum, argmax) of y = x / T over the allowed ids, read in warp tiles
+    // (16-byte loads); each lane meets its ids in increasing order, so a strict > keeps the lowest
+    // id of a tie, and the merges below prefer the lower id.
     float m = -INFINITY, s = 0.0f;
     u32 a = NO_TOKEN;
-    for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-        if (!allowed(i, sm_banned, nb)) continue;
-        const float y = ld(x, i) * inv_t;
-        if (y == -INFINITY) continue;  // a masked logit: probability 0, as in the reference
-        if (y > m) {
-            s = s * expf(m - y) + 1.0f;  // expf(-inf) = 0 on the first id
-            m = y;
-            a = i;
-        } else {
-            s += expf(y - m);
+    {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const u32 tiles = (vocab + SAMPLE_TILE - 1) / SAMPLE_TILE;
+        const bool vec = vocab % 8 == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+        for (u32 t = warp; t < tiles; t += SAMPLE_WARPS) {
+            float v[16];
+            load_tile(x, vocab, t, vec, v);
+            float tm = -INFINITY;
+            u32 ta = NO_TOKEN;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                const u32 i = t * SAMPLE_TILE + (e / 8) * 256 + lane * 8 + (e % 8);
+                // Masked logits (-inf) and banned ids have probability 0, as in the reference.
+                v[e] = (v[e] != -INFINITY && allowed(i, sm_banned, nb)) ? v[e] * inv_t : -INFINITY;
+                if (v[e] > tm) {
+                    tm = v[e];
+                    ta = i;
+                }
+            }
+            if (tm == -INFINITY) continue;
+            if (tm > m) {
+                s = m == -INFINITY ? 0.0f : s * expf(m - tm);
+                m = tm;
+                a = ta;
+            }
+#pragma unroll
+            for (int e = 0; e < 16; ++e)
+                if (v[e] != -INFINITY) s += expf(v[e] - m);
         }
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -219,47 +431,7 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
     if (top_p < 1.0f)
         floor = radix_select(x, vocab, sm_banned, nb, floor, true, inv_t, ymax, (double)top_p, sm_hist, sm_scan,
                              &sm_sel, &sm_above);
-
-    // Pass 2: contiguous chunks in id order, weight sums in double.
-    const u32 chunk = (vocab + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-    const u32 lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
-    double sum = 0.0;
-    u32 last = NO_TOKEN;  // last id of the chunk with a positive weight
-    for (u32 i = lo; i < hi; ++i) {
-        if (!allowed(i, sm_banned, nb) || order_key(ld(x, i)) < floor) continue;
-        const float w = expf(ld(x, i) * inv_t - ymax);
-        sum += (double)w;
-        if (w > 0.0f) last = i;
-    }
-    if (threadIdx.x == 0) {
-        sm_pick = NO_TOKEN;
-        sm_last = 0;
-    }
-    const double incl = block_inclusive_scan(sum, sm_scan);
-    const double excl = incl - sum;
-    const double total = sm_scan[SAMPLE_WARPS - 1];
-    if (last != NO_TOKEN) atomicMax(&sm_last, last);
-    const double target = ((double)draw + 0.5) * (1.0 / 4294967296.0) * total;
-    if (sum > 0.0 && excl <= target && target < incl) {
-        double acc = excl;
-        u32 pick = last;  // if rounding keeps the walk below the target
-        for (u32 i = lo; i < hi; ++i) {
-            if (!allowed(i, sm_banned, nb) || order_key(ld(x, i)) < floor) continue;
-            acc += (double)expf(ld(x, i) * inv_t - ymax);
-            if (acc > target) {
-                pick = i;
-                break;
-            }
-        }
-        sm_pick = pick;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const u32 pick = sm_pick != NO_TOKEN ? sm_pick : sm_last;  // target >= Z by rounding
-        const float w = expf(ld(x, pick) * inv_t - ymax);
-        out[2 * j] = pick;
-        out[2 * j + 1] = __float_as_uint((float)log((double)w / total));
-    }
+    draw_by_tiles(x, vocab, sm_banned, nb, floor, inv_t, draw, out + 2 * j, sm_m, sm_scan);
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)

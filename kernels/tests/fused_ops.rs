@@ -204,6 +204,58 @@ fn qkv_rope_cache_equals_linear_rope_and_cache_write() {
     }
 }
 
+/// cos/sin from a `RopeTable` give the same bits as computing them per token, for positions
+/// inside the table and (computed, as without one) beyond it.
+#[test]
+fn qkv_rope_cache_with_a_rope_table_gives_the_same_bits() {
+    use kernels::ops::qkv_rope_cache::{qkv_rope_cache_table, RopeTable};
+    for dev in test_devices() {
+        for dtype in dtypes(&dev) {
+            for (si, dm) in qkv_shapes().iter().enumerate() {
+                let cs = qkv_case(dm, 30 + si as u64);
+                let width = (dm.h + 2 * dm.k) * dm.d;
+                let acc = float_tensor(
+                    randn_vec(dm.n * width, 40 + si as u64),
+                    &[dm.n, width],
+                    &dev,
+                    DType::F32,
+                );
+                let (pos, slots) = (u32s(&cs.pos, &dev), u32s(&cs.slots, &dev));
+                // Positions go up to 4000: the table covers about half of them.
+                let table = RopeTable::new(2000, dm.d, 1e6, &dev).unwrap();
+                let mut outs = Vec::new();
+                for with_table in [false, true] {
+                    let mut kc = Tensor::zeros(&[dm.p, dm.k, dm.d], dtype, &dev).unwrap();
+                    let mut vc = Tensor::zeros(&[dm.p, dm.k, dm.d], dtype, &dev).unwrap();
+                    let o = if with_table {
+                        qkv_rope_cache_table(
+                            &acc, None, &pos, &slots, &mut kc, &mut vc, dm.h, &table,
+                        )
+                    } else {
+                        ops::qkv_rope_cache(&acc, None, &pos, &slots, &mut kc, &mut vc, dm.h, 1e6)
+                    }
+                    .unwrap();
+                    let bits = |t: &Tensor| host(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    outs.push([bits(&o.q), bits(&o.k), bits(&o.v), bits(&kc), bits(&vc)]);
+                }
+                assert!(cs.pos.iter().any(|&p| p >= 2000) && cs.pos.iter().any(|&p| p < 2000));
+                for (i, name) in NAMES.iter().enumerate() {
+                    assert_eq!(outs[0][i], outs[1][i], "{dev} {dtype} D={}: {name}", dm.d);
+                }
+            }
+        }
+    }
+    let bad = RopeTable::new(8, 64, 1e4, &Device::Cpu).unwrap();
+    let acc = Tensor::zeros(&[1, 3 * 6], DType::F32, &Device::Cpu).unwrap();
+    let (pos, slots) = (u32s(&[0], &Device::Cpu), u32s(&[0], &Device::Cpu));
+    let mut kc = Tensor::zeros(&[4, 1, 6], DType::F32, &Device::Cpu).unwrap();
+    let mut vc = Tensor::zeros(&[4, 1, 6], DType::F32, &Device::Cpu).unwrap();
+    let Err(e) = qkv_rope_cache_table(&acc, None, &pos, &slots, &mut kc, &mut vc, 1, &bad) else {
+        panic!("a table of another head dim was accepted");
+    };
+    assert!(e.to_string().contains("head dim 64"), "{e}");
+}
+
 #[test]
 fn qkv_rope_cache_on_the_gpu_matches_the_cpu() {
     let Some(gpu) = test_devices().into_iter().find(|d| d.is_cuda()) else {

@@ -40,3 +40,12 @@ pub fn fixture(name: &str) -> Fixture {
     let text = std::fs::read_to_string(dir(name).join("greedy.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// Serialises the tests of one binary: every realign op queues on the device's single stream, and
+/// a decode step that one test thread records into a CUDA graph would also record (or break on)
+/// whatever another test thread queues on that stream meanwhile. Seen on the H200: concurrent
+/// graphed rollouts failed with CUDA_ERROR_INVALID_VALUE reported in an unrelated op.
+pub fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -15,6 +15,7 @@ pub fn qkv_rope_cache(
     v_cache: &mut Tensor,
     heads: usize,
     theta: f32,
+    table: Option<&Tensor>,
 ) -> Result<Qkv> {
     const OP: &str = "qkv_rope_cache";
     let (p, kh, d) = k_cache.dims3(OP)?;
@@ -28,6 +29,8 @@ pub fn qkv_rope_cache(
     }
     let half = d / 2;
     let freqs = super::rope::inv_freq(theta, d);
+    let tab = table.map(|t| f32s(OP, t)).transpose()?; // [P_tab, D]
+    let tab_rows = table.map_or(0, |t| t.shape()[0]);
     let (mut q, mut k, mut v) = (
         vec![0.0f32; n * heads * d],
         vec![0.0f32; n * kh * d],
@@ -41,11 +44,15 @@ pub fn qkv_rope_cache(
         if let Some(b) = bs {
             row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
         }
-        // The angle in f32, then cos / sin of that f32 angle, as the `rope` reference.
-        for i in 0..half {
-            let a = ps[t] as f32 * freqs[i];
-            cos[i] = a.cos();
-            sin[i] = a.sin();
+        // The angle in f32, then cos / sin of that f32 angle, as the `rope` reference (or the
+        // same values from the table).
+        match tab {
+            Some(tab) if (ps[t] as usize) < tab_rows => {
+                let r = &tab[ps[t] as usize * d..(ps[t] as usize + 1) * d];
+                cos.copy_from_slice(&r[..half]);
+                sin.copy_from_slice(&r[half..]);
+            }
+            _ => angles(ps[t], &freqs, &mut cos, &mut sin),
         }
         // q and k heads (the first H + K of the row) rotate in place; v heads stay.
         for head in row.chunks_exact_mut(d).take(heads + kh) {
@@ -74,4 +81,25 @@ pub fn qkv_rope_cache(
         k: super::tensor(k, &[n, kh, d])?,
         v: super::tensor(v, &[n, kh, d])?,
     })
+}
+
+/// cos / sin of position `p`'s angles: a = p · inv_freq (f32), then cos a, sin a in f32.
+fn angles(p: u32, freqs: &[f32], cos: &mut [f32], sin: &mut [f32]) {
+    for (i, f) in freqs.iter().enumerate() {
+        let a = p as f32 * f;
+        cos[i] = a.cos();
+        sin[i] = a.sin();
+    }
+}
+
+/// `ops::qkv_rope_cache::RopeTable` on the CPU: [P, D] rows of cos | sin.
+pub fn rope_table(positions: usize, d: usize, theta: f32) -> Result<Tensor> {
+    let half = d / 2;
+    let freqs = super::rope::inv_freq(theta, d);
+    let mut out = vec![0.0f32; positions * d];
+    for (p, row) in out.chunks_exact_mut(d).enumerate() {
+        let (c, s) = row.split_at_mut(half);
+        angles(p as u32, &freqs, c, s);
+    }
+    super::tensor(out, &[positions, d])
 }

@@ -16,7 +16,15 @@ use crate::{DType, Error, Result, Tensor};
 use std::sync::OnceLock;
 
 const SRC: KernelSource = kernel_source!("attention");
-const MMA: KernelSource = kernel_source!("attention_mma");
+/// The tensor-core kernels with the shared MMA primitives (`cu/mma.cuh`) in front.
+pub(crate) const MMA: KernelSource = KernelSource {
+    name: "attention_mma",
+    src: concat!(
+        include_str!("../../cu/mma.cuh"),
+        "#line 1 \"attention_mma.cu\"\n",
+        include_str!("../../cu/attention_mma.cu"),
+    ),
+};
 const THREADS: u32 = 128;
 /// Shared memory one block may use on sm_90 (227 KiB).
 const MAX_SMEM: usize = 227 * 1024;

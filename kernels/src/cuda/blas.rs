@@ -3,6 +3,16 @@
 //! A row-major [R, C] buffer is the column-major C×R matrix, so every product below is written for
 //! the transposes. bf16 operands accumulate in f32 (`CUBLAS_COMPUTE_32F`); f32 operands use the
 //! plain IEEE f32 path (`CUBLAS_COMPUTE_32F` under the default math mode never uses TF32).
+//!
+//! Two ways to run one: `cublasGemmEx` (cuBLAS picks the kernel), or `cublasLtMatmul` with an
+//! algorithm fixed per shape (`lt`): from a table measured on the GPU (`blas/decode_gemms.txt`,
+//! written by `kernels/examples/gemm_bench.rs`), else cuBLASLt's heuristic for a decode-sized
+//! forward product (bf16, at most [`HEURISTIC_MAX_ROWS`] rows). Neither choice is made by timing
+//! in the process, so a shape always runs the same kernel and gives the same bits run to run
+//! (cuBLAS's reproducibility contract: same library, same GPU model, one stream). Everything else
+//! (training shapes, f32) runs `cublasGemmEx` as before. `REALIGN_GEMM=ex` forces `cublasGemmEx`
+//! everywhere, `REALIGN_GEMM=heuristic` skips the table, `REALIGN_GEMM_TABLE=FILE` reads the table
+//! from FILE instead of the built-in one.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -11,7 +21,15 @@ use cudarc::cublas::{result as cublas, sys, CudaBlas};
 use cudarc::driver::CudaStream;
 
 use super::{cuda_err, CudaDevice};
-use crate::{DType, Error, Result};
+use crate::{DType, Error, Result, Tensor};
+
+mod lt;
+
+pub use lt::{candidates, describe, table_header, table_line, Algo, Candidate};
+
+/// Forward products with at most this many rows (the decode batch buckets up to 256) take
+/// cuBLASLt's heuristic algorithm when the table has no entry for them.
+pub const HEURISTIC_MAX_ROWS: usize = 256;
 
 pub(crate) fn new_handle(stream: &Arc<CudaStream>) -> Result<CudaBlas> {
     let blas = CudaBlas::new(stream.clone()).map_err(cuda_err)?;
@@ -54,16 +72,99 @@ pub(crate) struct Gemm {
     pub c_type: DType,
 }
 
+/// What a GEMM's algorithm depends on: its shape, layout, dtypes and whether C is read. The key
+/// of the tuned table and of the per-process plan cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemmKey {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub ab: DType,
+    pub c_type: DType,
+    /// beta ≠ 0: C is read (a bias seeded into it, or an accumulation).
+    pub reads_c: bool,
+}
+
+impl GemmKey {
+    /// The GEMM of `linear`'s forward y[N,O] = x[N,I] · w[O,I]ᵀ (+ y when `reads_c`), y in
+    /// `out` (column-major: y(O×N) = wᵀ-op · x).
+    pub fn linear(n: usize, i: usize, o: usize, ab: DType, out: DType, reads_c: bool) -> GemmKey {
+        GemmKey {
+            trans_a: true,
+            trans_b: false,
+            m: o,
+            n,
+            k: i,
+            lda: i,
+            ldb: i,
+            ldc: o,
+            ab,
+            c_type: out,
+            reads_c,
+        }
+    }
+
+    /// A decode-sized forward product of bf16 operands: the heuristic may choose its algorithm.
+    fn heuristic_eligible(&self) -> bool {
+        self.trans_a && !self.trans_b && self.ab == DType::BF16 && self.n <= HEURISTIC_MAX_ROWS
+    }
+}
+
+/// How to run one product (benchmarks and tests; the ops use [`Choice::Default`]).
+#[derive(Debug, Clone)]
+pub enum Choice {
+    /// `cublasGemmEx`.
+    Ex,
+    /// What the ops run: the table, else the heuristic where eligible, else `cublasGemmEx`.
+    Default,
+    /// cuBLASLt's first heuristic algorithm (any shape).
+    Heuristic,
+    /// This cuBLASLt algorithm.
+    Algo(Algo),
+}
+
 fn dim(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| Error::msg(format!("gemm: {what} = {v} exceeds cuBLAS's i32 range")))
 }
 
 impl Gemm {
+    pub(crate) fn key(&self) -> GemmKey {
+        GemmKey {
+            trans_a: self.trans_a,
+            trans_b: self.trans_b,
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            lda: self.lda,
+            ldb: self.ldb,
+            ldc: self.ldc,
+            ab: self.ab,
+            c_type: self.c_type,
+            reads_c: self.beta != 0.0,
+        }
+    }
+
     pub(crate) fn run(&self, dev: &CudaDevice) -> Result<()> {
+        self.run_as(dev, &Choice::Default)
+    }
+
+    pub(crate) fn run_as(&self, dev: &CudaDevice, choice: &Choice) -> Result<()> {
         if self.m == 0 || self.n == 0 {
             return Ok(());
         }
+        match lt::plan(dev, self, choice)? {
+            Some(plan) => lt::run(dev, self, &plan),
+            None => self.run_ex(dev),
+        }
+    }
+
+    fn run_ex(&self, dev: &CudaDevice) -> Result<()> {
         let op = |t: bool| {
             if t {
                 sys::cublasOperation_t::CUBLAS_OP_T
@@ -106,4 +207,53 @@ impl Gemm {
             ))
         })
     }
+}
+
+/// y[N,O] = x[N,I] · w[O,I]ᵀ + beta · y, run as `choice` says: for benchmarks and tests that
+/// compare the ways of running one product (`linear` always runs [`Choice::Default`]).
+pub fn linear_with(
+    x: &Tensor,
+    w: &Tensor,
+    y: &mut Tensor,
+    beta: f32,
+    choice: &Choice,
+) -> Result<()> {
+    const OP: &str = "linear_with";
+    let dev = super::device_of(x, OP)?;
+    let (n, i) = x.dims2(OP)?;
+    let (o, wi) = w.dims2(OP)?;
+    let (yn, yo) = y.dims2(OP)?;
+    if wi != i || yn != n || yo != o || w.dtype() != x.dtype() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "x [{n},{i}] {}, w [{o},{wi}] {}, y [{yn},{yo}]: want w [O,{i}] of x's dtype, y [{n},O]",
+                x.dtype(),
+                w.dtype()
+            ),
+        ));
+    }
+    Gemm {
+        trans_a: true,
+        trans_b: false,
+        m: o,
+        n,
+        k: i,
+        a: super::ptr(w, &dev, OP)?,
+        lda: i,
+        b: super::ptr(x, &dev, OP)?,
+        ldb: i,
+        c: super::ptr(y, &dev, OP)?,
+        ldc: o,
+        alpha: 1.0,
+        beta,
+        ab: x.dtype(),
+        c_type: y.dtype(),
+    }
+    .run_as(&dev, choice)
+}
+
+/// Which way [`Choice::Default`] runs `key` on `dev`: "table", "table-ex", "heuristic" or "ex".
+pub fn default_route(dev: &CudaDevice, key: &GemmKey) -> Result<&'static str> {
+    lt::route(dev, key)
 }

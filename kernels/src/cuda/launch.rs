@@ -44,7 +44,7 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("rope"),
         kernel_source!("swiglu"),
         kernel_source!("attention"),
-        kernel_source!("attention_mma"),
+        super::attention::MMA,
         kernel_source!("logsoftmax"),
         kernel_source!("sum_squares"),
         kernel_source!("adamw"),

@@ -22,7 +22,7 @@ use crate::{DType, Error, Result, Storage, Tensor};
 pub mod adamw;
 pub mod add_rmsnorm;
 pub mod attention;
-mod blas;
+pub mod blas;
 pub mod cast;
 pub mod concat;
 pub mod elementwise;
@@ -78,8 +78,8 @@ struct Inner {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     /// cuBLAS's workspace, ours so that GEMMs can be captured in a CUDA graph (cuBLAS must not
-    /// allocate during a capture).
-    _blas_workspace: CudaSlice<u8>,
+    /// allocate during a capture). cuBLASLt GEMMs (`blas`) use it too: same stream, one at a time.
+    blas_workspace: CudaSlice<u8>,
     /// `sm_XY` of this GPU, the NVRTC target.
     arch: String,
     /// Loaded kernels by (module name, compile defines, function name).
@@ -123,7 +123,7 @@ impl CudaDevice {
                 ctx,
                 stream,
                 blas,
-                _blas_workspace: blas_workspace,
+                blas_workspace,
                 arch: format!("sm_{major}{minor}"),
                 functions: Mutex::new(HashMap::new()),
             }),
@@ -152,6 +152,12 @@ impl CudaDevice {
 
     pub(crate) fn blas(&self) -> &CudaBlas {
         &self.inner.blas
+    }
+
+    /// The cuBLAS workspace: (device address, bytes).
+    pub(crate) fn blas_workspace(&self) -> (u64, usize) {
+        let ws = &self.inner.blas_workspace;
+        (ws.device_ptr(&self.inner.stream).0, BLAS_WORKSPACE)
     }
 
     /// Waits for the stream, then returns the default pool's unused memory to the driver, so that

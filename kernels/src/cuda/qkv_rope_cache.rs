@@ -1,9 +1,9 @@
 //! The fused q/k/v epilogue on the GPU (`cu/qkv_rope_cache.cu`): one launch per layer and step.
 
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
-use super::{device_of, empty, suffix};
+use super::{device_of, empty, suffix, CudaDevice};
 use crate::ops::qkv_rope_cache::Qkv;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 const SRC: KernelSource = kernel_source!("qkv_rope_cache");
 
@@ -21,6 +21,7 @@ pub fn qkv_rope_cache(
     v_cache: &mut Tensor,
     heads: usize,
     theta: f32,
+    table: Option<&Tensor>,
 ) -> Result<Qkv> {
     const OP: &str = "qkv_rope_cache";
     let dev = device_of(acc, OP)?;
@@ -54,9 +55,32 @@ pub fn qkv_rope_cache(
     let per_thread = if (d / 2).is_multiple_of(8) { 8 } else { 1 };
     let items = tpb * (heads + 2 * kh) * (d / 2) / per_thread;
     let threads = items.next_multiple_of(32).clamp(32, 256) as u32;
-    let args = args.u32(tpb as u32);
+    let args = args
+        .u32(tpb as u32)
+        .opt_ptr(table, &dev, OP)?
+        .u32(u32_dim(OP, table.map_or(0, |t| t.shape()[0]))?);
     let g = Grid::d1(n.div_ceil(tpb).clamp(1, 65535 * 4) as u32, threads)
         .with_smem((tpb * d * 4) as u32);
     run(&dev, &SRC, &[], &func, g, args)?;
     Ok(Qkv { q, k, v })
+}
+
+/// `ops::qkv_rope_cache::RopeTable` on the GPU: [P, D] f32 rows of cos | sin.
+pub fn rope_table(dev: &CudaDevice, positions: usize, d: usize, theta: f32) -> Result<Tensor> {
+    const OP: &str = "rope_table";
+    let tab = empty(dev, &[positions, d], DType::F32)?;
+    let args = Args::new()
+        .ptr(&tab, dev, OP)?
+        .u32(u32_dim(OP, positions)?)
+        .u32(u32_dim(OP, d)?)
+        .f32(theta);
+    run(
+        dev,
+        &SRC,
+        &[],
+        "rope_table",
+        Grid::cover(positions * d / 2, 256),
+        args,
+    )?;
+    Ok(tab)
 }

@@ -6,6 +6,10 @@
 //! Numerics are those of the unfused ops: q = rope(T(acc_q + b_q)) with `linear`'s one rounding of
 //! bias + product and `rope`'s arithmetic (the rotation in f32 of the rounded value, rounded once),
 //! likewise k; v = T(acc_v + b_v).
+//!
+//! The cos/sin of a token's angles can come from a [`RopeTable`] built once per rollout (one row
+//! per position, the same values the op would compute), instead of being evaluated per token
+//! (f64 `pow` and `sincos` on the GPU, the slowest part of the op at decode).
 
 use super::{check_dtype, check_float, check_same, check_shape};
 use crate::{DType, Device, Error, Result, Tensor};
@@ -34,6 +38,100 @@ pub fn qkv_rope_cache(
     v_cache: &mut Tensor,
     heads: usize,
     theta: f32,
+) -> Result<Qkv> {
+    run(acc, bias, pos, slots, k_cache, v_cache, heads, theta, None)
+}
+
+/// cos and sin of the RoPE angles of positions [0, P) for head dim D and base theta: [P, D] f32
+/// rows (cos of pair i at column i, sin at D/2 + i), computed once with `qkv_rope_cache`'s own
+/// arithmetic on the table's device, so a lookup gives the bits the op would compute.
+pub struct RopeTable {
+    cos_sin: Tensor,
+    theta: f32,
+}
+
+impl RopeTable {
+    pub fn new(positions: usize, d: usize, theta: f32, device: &Device) -> Result<RopeTable> {
+        const OP: &str = "rope_table";
+        if d == 0 || !d.is_multiple_of(2) || positions == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{positions} positions of head dim {d}: need positions > 0 and an even D > 0"
+                ),
+            ));
+        }
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(Error::msg(format!(
+                "{OP}: theta must be a positive number, got {theta}"
+            )));
+        }
+        let cos_sin = match device {
+            Device::Cpu => crate::cpu::qkv_rope_cache::rope_table(positions, d, theta)?,
+            Device::Cuda(dev) => crate::cuda::qkv_rope_cache::rope_table(dev, positions, d, theta)?,
+        }; // [P, D]
+        Ok(RopeTable { cos_sin, theta })
+    }
+
+    /// Positions covered (larger positions are computed by the op as without a table).
+    pub fn positions(&self) -> usize {
+        self.cos_sin.shape()[0]
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.cos_sin.shape()[1]
+    }
+}
+
+/// [`qkv_rope_cache`] with cos/sin read from `table` (built for the caches' head dim; its theta
+/// is the RoPE base) for positions below `table.positions()`.
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_cache_table(
+    acc: &Tensor,
+    bias: Option<&Tensor>,
+    pos: &Tensor,
+    slots: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
+    heads: usize,
+    table: &RopeTable,
+) -> Result<Qkv> {
+    let d = k_cache.shape().last().copied().unwrap_or(0);
+    if table.head_dim() != d {
+        return Err(Error::shape(
+            "qkv_rope_cache",
+            format!(
+                "the RoPE table is for head dim {}, the caches have {d}",
+                table.head_dim()
+            ),
+        ));
+    }
+    acc.check_same_device(&table.cos_sin, "qkv_rope_cache")?;
+    let theta = table.theta;
+    run(
+        acc,
+        bias,
+        pos,
+        slots,
+        k_cache,
+        v_cache,
+        heads,
+        theta,
+        Some(&table.cos_sin),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    acc: &Tensor,
+    bias: Option<&Tensor>,
+    pos: &Tensor,
+    slots: &Tensor,
+    k_cache: &mut Tensor,
+    v_cache: &mut Tensor,
+    heads: usize,
+    theta: f32,
+    table: Option<&Tensor>,
 ) -> Result<Qkv> {
     const OP: &str = "qkv_rope_cache";
     check_dtype(OP, acc, DType::F32)?;
@@ -78,10 +176,10 @@ pub fn qkv_rope_cache(
     }
     match acc.device() {
         Device::Cpu => crate::cpu::qkv_rope_cache::qkv_rope_cache(
-            acc, bias, pos, slots, k_cache, v_cache, heads, theta,
+            acc, bias, pos, slots, k_cache, v_cache, heads, theta, table,
         ),
         Device::Cuda(_) => crate::cuda::qkv_rope_cache::qkv_rope_cache(
-            acc, bias, pos, slots, k_cache, v_cache, heads, theta,
+            acc, bias, pos, slots, k_cache, v_cache, heads, theta, table,
         ),
     }
 }
