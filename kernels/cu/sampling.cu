@@ -96,6 +96,12 @@ __device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banne
         for (u32 t = threadIdx.x; t < 256; t += SAMPLE_THREADS) hist[t] = 0ull;
         if (threadIdx.x == 0) *sm_sel = NO_TOKEN;
         __syncthreads();
+        // A thread adds runs of equal digits locally and flushes a run when the digit changes:
+        // logits of one row mostly share their top key byte, so one shared atomic per element
+        // would serialise the whole row on one or two bins (4.2 ms a step at B 256, V 151936).
+        // The sums are integers, so the histogram is the same in any order.
+        u32 run_bin = NO_TOKEN;
+        unsigned long long run_w = 0ull;
         for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
             if (!allowed(i, banned, nb)) continue;
             const float xi = ld(x, i);
@@ -105,8 +111,16 @@ __device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banne
             // Truncation as in ops::sampling::weight_fixed.
             const unsigned long long w =
                 mass ? (unsigned long long)(expf(xi * inv_t - ymax) * 4294967296.0f) : 1ull;
-            if (w != 0ull) atomicAdd(&hist[(key >> shift) & 255u], w);
+            if (w == 0ull) continue;
+            const u32 bin = (key >> shift) & 255u;
+            if (bin != run_bin) {
+                if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
+                run_bin = bin;
+                run_w = 0ull;
+            }
+            run_w += w;
         }
+        if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
         __syncthreads();
         // Bins from the top (digit 255 first); totals are integers below 2^53, exact in double.
         const double v = threadIdx.x < 256 ? (double)hist[255 - threadIdx.x] : 0.0;
