@@ -268,7 +268,8 @@ extern "C" __global__ void logsoftmax_backward_fused_f32_bf16(const float* dlogp
 // (8 B + 2 B written per logit). Here a cluster of RES_CLUSTER blocks owns a row: each block loads
 // its segment of z = logits * inv_temp into shared memory once (V = 152k: 76 KB a block), the blocks
 // exchange their (m, s, t) through distributed shared memory, and each writes R for its segment
-// from shared memory: 4 B read + 2 B written per logit. sm_90 (clusters) only; the host takes the
+// from shared memory: 4 B read + 2 B written per logit. The segment is loaded by cp.async, all of
+// it in flight at once. sm_90 (clusters) only; the host takes the
 // kept-logits path elsewhere.
 
 #define RES_CLUSTER 8
@@ -316,25 +317,25 @@ __device__ void lsm_residual_impl(const float* __restrict__ logits, const u32* _
         TO* out = resid + (size_t)row * v + lo;
         Stats a = {-INFINITY, 0.0f, 0.0f};
         if (vec) {
-            float x[8], y[8];
-            const u32 n8 = len / 8;
-            for (u32 c = threadIdx.x; c < n8; c += 2 * blockDim.x) {
-                const u32 c2 = c + blockDim.x;
-                ld8(z, (size_t)c * 8, x);
-                if (c2 < n8) ld8(z, (size_t)c2 * 8, y);
-#pragma unroll
-                for (int k = 0; k < 8; ++k) x[k] *= inv_temp;
-                // 16-byte shared stores (scalar ones 32 B apart would conflict 8-way).
+            // The whole segment in flight at once: every thread issues all its 16-byte
+            // global -> shared copies (cp.async) before waiting, instead of two dependent loads
+            // per thread per round trip (measured 2.1 TB/s that way). Then z = logits * inv_temp
+            // in place and the statistics from shared memory.
+            for (u32 c = threadIdx.x; c < len / 4; c += blockDim.x) {
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((u32)__cvta_generic_to_shared(&zs4[c])),
+                             "l"(z + (size_t)c * 4));
+            }
+            asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;\n" ::: "memory");
+            __syncthreads();
+            float x[8];
+            for (u32 c = threadIdx.x; c < len / 8; c += blockDim.x) {
+                const float4 a0 = zs4[2 * c], a1 = zs4[2 * c + 1];
+                x[0] = a0.x * inv_temp; x[1] = a0.y * inv_temp; x[2] = a0.z * inv_temp; x[3] = a0.w * inv_temp;
+                x[4] = a1.x * inv_temp; x[5] = a1.y * inv_temp; x[6] = a1.z * inv_temp; x[7] = a1.w * inv_temp;
+                // 16-byte shared accesses (scalar ones 32 B apart would conflict 8-way).
                 zs4[2 * c] = make_float4(x[0], x[1], x[2], x[3]);
                 zs4[2 * c + 1] = make_float4(x[4], x[5], x[6], x[7]);
                 push8(a, x);
-                if (c2 < n8) {
-#pragma unroll
-                    for (int k = 0; k < 8; ++k) y[k] *= inv_temp;
-                    zs4[2 * c2] = make_float4(y[0], y[1], y[2], y[3]);
-                    zs4[2 * c2 + 1] = make_float4(y[4], y[5], y[6], y[7]);
-                    push8(a, y);
-                }
             }
         } else {
             for (u32 j = threadIdx.x; j < len; j += blockDim.x) {

@@ -310,7 +310,7 @@ fn cuda_factorised_matches_logits_path() {
         false,
     );
     for dtype in [DType::F32, DType::BF16] {
-        // All rows kept; and a limit whose quarter holds 2 rows (the f32 scratch goes in chunks).
+        // All rows kept; and a limit whose half holds 4 rows (the f32 scratch goes in chunks).
         for max in [k.n * k.v, 9 * k.v] {
             let logits = run_op(&k, &dev, dtype, max, LmHeadGrad::WithEntropy, false);
             let fact = run_op(&k, &dev, dtype, max, LmHeadGrad::LogprobOnly, false);

@@ -29,7 +29,7 @@
 //! when they are all of them); the backward adds d(logits) in the hidden dtype for the same rows
 //! (and, when nothing was kept, a chunk of recomputed f32 logits). R takes N·V elements of the
 //! hidden dtype (half the f32 logits in bf16) plus, during the forward, an f32 logits scratch of
-//! at most `max_logits / 4`.
+//! at most `max_logits / 2`.
 //!
 //! With tied embeddings the head weight is `model.embed_tokens.weight`, so its gradient lands in the
 //! embedding's gradient buffer next to the lookup's contribution.
