@@ -73,13 +73,29 @@ pub struct LmHead {
     pub factorised: bool,
 }
 
+/// `REALIGN_LM_HEAD=factorised` (read once): the factorised backward for every head built by
+/// [`LmHead::new`].
+fn factorised_from_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("REALIGN_LM_HEAD").is_ok_and(|v| v == "factorised");
+        if on {
+            tracing::info!(
+                "REALIGN_LM_HEAD=factorised: the LM head keeps onehot - p, not the logits"
+            );
+        }
+        on
+    })
+}
+
 impl LmHead {
-    /// A head at `temperature` with the default chunk size.
+    /// A head at `temperature` with the default chunk size. `REALIGN_LM_HEAD=factorised` turns
+    /// the factorised backward on (for measuring it; off by default).
     pub fn new(temperature: f32) -> LmHead {
         LmHead {
             inv_temp: 1.0 / temperature,
             max_logits: LOGITS_CHUNK_ELEMS,
-            factorised: false,
+            factorised: factorised_from_env(),
         }
     }
 
