@@ -34,7 +34,7 @@ extern "C" __global__ void adamw_step_f32(float* master, const float* __restrict
 // Many parameters in one launch. `slots` describes each parameter (64 bytes, laid out by
 // cuda/adamw.rs); parameter s owns blocks [block0, next block0), ADAMW_BLOCK_ELEMS elements each,
 // and a block finds its parameter by binary search. With grad_scale != 1 (gradient clipping) the
-// gradient is first multiplied by it and written back, as `scale_inplace` would. When `clip` is
+// gradient is multiplied by it in registers; the gradient buffers are only read. When `clip` is
 // given ({norm, scale, skip} from `grad_clip_finalize`, cu/sum_squares.cu) the scale comes from
 // there instead, and skip != 0 (a non-finite norm) leaves every buffer untouched: the clip decision
 // never has to travel to the host before the update.
@@ -77,7 +77,6 @@ extern "C" __global__ void adamw_step_many(const AdamWSlot* __restrict__ slots, 
             float4 g4 = *reinterpret_cast<const float4*>(s.grad + i);
             if (grad_scale != 1.0f) {
                 g4.x *= grad_scale; g4.y *= grad_scale; g4.z *= grad_scale; g4.w *= grad_scale;
-                *reinterpret_cast<float4*>(s.grad + i) = g4;
             }
             float4 p4 = *reinterpret_cast<const float4*>(s.master + i);
             float4 m4 = *reinterpret_cast<const float4*>(s.m + i);
@@ -102,10 +101,7 @@ extern "C" __global__ void adamw_step_many(const AdamWSlot* __restrict__ slots, 
         } else {
             for (u64 j = i; j < end; ++j) {
                 float g = s.grad[j];
-                if (grad_scale != 1.0f) {
-                    g *= grad_scale;
-                    s.grad[j] = g;
-                }
+                if (grad_scale != 1.0f) g *= grad_scale;
                 adamw_elem(s.master, g, s.m, s.v, s.working, j, s.decay, one_minus_beta1, beta2, one_minus_beta2,
                            neg_step_size, bias_correction2_sqrt, eps);
             }

@@ -145,7 +145,7 @@ const HP: AdamWParams = AdamWParams {
 };
 
 /// `adamw_step_many_clipped` with the device's decision = the host's factor through
-/// `adamw_step_many` (CPU reference), gradients clipped in place included.
+/// `adamw_step_many` (CPU reference), the gradients left untouched by both included.
 #[test]
 fn clipped_update_equals_host_scaled_update() {
     let data = grads_data(20, 0.5);
@@ -164,6 +164,13 @@ fn clipped_update_equals_host_scaled_update() {
             ops::grad_clip(&refs, Some(1.0)).unwrap()
         };
         ops::adamw_step_many_clipped(&mut items(&mut s), &HP, &clip).unwrap();
+        for (k, g) in s.grad.iter().enumerate() {
+            assert_eq!(
+                host(g),
+                data[k],
+                "{dev}: gradient {k} was modified by the update"
+            );
+        }
         let got = all(&s);
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
             let rel = rel_err(g, w);

@@ -151,8 +151,8 @@ fn bf16_gpu_step_agrees_with_cpu_f32_step() {
     // π_old and advantages fixed from the CPU f32 model, so both devices see the same inputs.
     let seqs = on_policy(&cpu, &cfg, &step().head, 17);
     let (g_cpu, m_cpu) = grads_of(&cpu, &cfg, &seqs);
-    // The CPU f32 step's AdamW update: the reference the GPU's update is compared with. The step
-    // clips the gradients it is given in place, so it gets a copy.
+    // The CPU f32 step's AdamW update: the reference the GPU's update is compared with (on copies
+    // of the gradients).
     let lr = 1e-3;
     let cpu_update = {
         let mut params = cpu.to_device(&Device::Cpu).unwrap();

@@ -6,7 +6,7 @@
 //!   1. global grad norm ‖g‖ = sqrt(Σ_params sum_squares(g)) (kernels, accumulated in f64);
 //!   2. if ‖g‖ is not finite: skip the update (report it) — a NaN must not reach the weights;
 //!   3. clip: if ‖g‖ > max_norm, g ← g · max_norm / (‖g‖ + 1e-6) (PyTorch's `clip_grad_norm_`
-//!      rule), in place;
+//!      rule), applied inside the update: the gradient buffers are read, not rewritten;
 //!   4. the AdamW update of every parameter (PyTorch AdamW semantics), weight decay only where
 //!      the mask says; the kernel writes the bf16 working copy, or the f32 master is copied to an
 //!      f32 working tensor. Steps 3 and 4 are one `adamw_step_many` (one launch on the GPU).
@@ -181,7 +181,8 @@ impl AdamW {
     }
 
     /// One update of `params` (working weights) from `grads` (f32, same structure) at `lr`.
-    /// `grads` is clipped in place. [`AdamW::queue_step`] then [`AdamW::finish_step`].
+    /// `grads` is only read (the clip factor is applied inside the update). [`AdamW::queue_step`]
+    /// then [`AdamW::finish_step`].
     pub fn step(&mut self, params: &mut Params, grads: &mut Params, lr: f64) -> Result<StepStats> {
         let pending = self.queue_step(params, grads, lr)?;
         self.finish_step(params, pending)
