@@ -589,7 +589,14 @@ fn qwen2_factorised_head_matches_default_head() {
             for d_ent in [None, Some(&d_ent)] {
                 let want = run(false, d_ent);
                 let got = run(true, d_ent);
-                assert_eq!(got.0, want.0, "logprobs on {device} {dtype}");
+                // The factorised forward takes the log-sum-exp in its own kernel (on the GPU a
+                // cluster of blocks per row): equal on the CPU, within rounding on the GPU (the
+                // H200 gave rel_err 5e-8, 1 ulp here and there, in f32).
+                let e = rel_err(&got.0, &want.0);
+                assert!(e <= 1e-6, "logprobs on {device} {dtype}: rel_err {e:.3e}");
+                if device.is_cpu() {
+                    assert_eq!(got.0, want.0, "logprobs on {device} {dtype}");
+                }
                 for (name, g, w) in [("d_hidden", &got.1, &want.1), ("d_embed", &got.2, &want.2)] {
                     let e = rel_err(g, w);
                     eprintln!(
