@@ -81,66 +81,6 @@ __device__ __forceinline__ u32 order_key(float x) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// The largest key v such that the candidates (allowed ids with key >= floor) with key >= v reach
-// the goal: a count of k (mass = false), or top_p of their total fixed-point weight (mass = true).
-// Returns `floor` when the candidates never reach the goal (top-k with k >= their number). All
-// threads of the block must call it.
-template <typename T>
-__device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banned, u32 nb, u32 floor, bool mass,
-                            float inv_t, float ymax, double k_or_p, unsigned long long* hist, double* scan,
-                            u32* sm_sel, double* sm_above) {
-    u32 prefix = 0;
-    double above = 0.0, goal = k_or_p;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        const u32 hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        for (u32 t = threadIdx.x; t < 256; t += SAMPLE_THREADS) hist[t] = 0ull;
-        if (threadIdx.x == 0) *sm_sel = NO_TOKEN;
-        __syncthreads();
-        // A thread adds runs of equal digits locally and flushes a run when the digit changes:
-        // logits of one row mostly share their top key byte, so one shared atomic per element
-        // would serialise the whole row on one or two bins (4.2 ms a step at B 256, V 151936).
-        // The sums are integers, so the histogram is the same in any order.
-        u32 run_bin = NO_TOKEN;
-        unsigned long long run_w = 0ull;
-        for (u32 i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-            if (!allowed(i, banned, nb)) continue;
-            const float xi = ld(x, i);
-            if (xi == -INFINITY) continue;
-            const u32 key = order_key(xi);
-            if (key < floor || (key & hi_mask) != prefix) continue;
-            // Truncation as in ops::sampling::weight_fixed.
-            const unsigned long long w =
-                mass ? (unsigned long long)(expf(xi * inv_t - ymax) * 4294967296.0f) : 1ull;
-            if (w == 0ull) continue;
-            const u32 bin = (key >> shift) & 255u;
-            if (bin != run_bin) {
-                if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
-                run_bin = bin;
-                run_w = 0ull;
-            }
-            run_w += w;
-        }
-        if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
-        __syncthreads();
-        // Bins from the top (digit 255 first); totals are integers below 2^53, exact in double.
-        const double v = threadIdx.x < 256 ? (double)hist[255 - threadIdx.x] : 0.0;
-        const double incl = block_inclusive_scan(v, scan);
-        if (mass && shift == 24) goal = k_or_p * scan[SAMPLE_WARPS - 1];
-        if (v > 0.0 && above + (incl - v) < goal && goal <= above + incl) {
-            *sm_sel = 255 - threadIdx.x;
-            *sm_above = above + (incl - v);
-        }
-        __syncthreads();
-        const u32 sel = *sm_sel;
-        const double above_sel = *sm_above;
-        __syncthreads();  // everyone has read them before they (or the scan's totals) are reused
-        if (sel == NO_TOKEN) return floor;  // the same for every thread
-        prefix |= sel << shift;
-        above = above_sel;
-    }
-    return prefix;
-}
-
 // Ids [t * SAMPLE_TILE, (t + 1) * SAMPLE_TILE) form tile t; a warp reads one tile as two groups
 // of 8 consecutive ids per lane (16-byte loads where the row allows): lane l, group g holds ids
 // t * SAMPLE_TILE + g * 256 + l * 8 + e, e < 8.
@@ -165,6 +105,76 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ x, u32 vocab, u3
 // Whether id i with logit xi is kept (allowed, finite, at or above the top-k/top-p floor).
 __device__ __forceinline__ bool kept(u32 i, float xi, const u32* banned, u32 nb, u32 floor) {
     return xi != -INFINITY && order_key(xi) >= floor && allowed(i, banned, nb);
+}
+
+// The largest key v such that the candidates (allowed ids with key >= floor) with key >= v reach
+// the goal: a count of k (mass = false), or top_p of their total fixed-point weight (mass = true).
+// Returns `floor` when the candidates never reach the goal (top-k with k >= their number). All
+// threads of the block must call it.
+template <typename T>
+__device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banned, u32 nb, u32 floor, bool mass,
+                            float inv_t, float ymax, double k_or_p, unsigned long long* hist, double* scan,
+                            u32* sm_sel, double* sm_above) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 tiles = (vocab + SAMPLE_TILE - 1) / SAMPLE_TILE;
+    const bool vec = vocab % 8 == 0 && (reinterpret_cast<size_t>(x) & 15) == 0;
+    u32 prefix = 0;
+    double above = 0.0, goal = k_or_p;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        const u32 hi_mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+        for (u32 t = threadIdx.x; t < 256; t += SAMPLE_THREADS) hist[t] = 0ull;
+        if (threadIdx.x == 0) *sm_sel = NO_TOKEN;
+        __syncthreads();
+        // A lane adds runs of equal digits locally and flushes a run when the digit changes:
+        // logits of one row mostly share their top key byte, so one shared atomic per element
+        // would serialise the whole row on one or two bins. The sums are integers, so the
+        // histogram is the same in any order.
+        u32 run_bin = NO_TOKEN;
+        unsigned long long run_w = 0ull;
+        // Warp tiles with 16-byte loads (as the max pass): one scalar 2-byte load per thread at a
+        // time left too few bytes in flight (3.2 ms for top-k + top-p at B 256, V 151936).
+        for (u32 t = warp; t < tiles; t += SAMPLE_WARPS) {
+            float v[16];
+            load_tile(x, vocab, t, vec, v);
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                const u32 i = t * SAMPLE_TILE + (e / 8) * 256 + lane * 8 + (e % 8);
+                const float xi = v[e];
+                if (xi == -INFINITY) continue;  // also every id past the vocabulary
+                const u32 key = order_key(xi);
+                if (key < floor || (key & hi_mask) != prefix || !allowed(i, banned, nb)) continue;
+                // Truncation as in ops::sampling::weight_fixed.
+                const unsigned long long w =
+                    mass ? (unsigned long long)(expf(xi * inv_t - ymax) * 4294967296.0f) : 1ull;
+                if (w == 0ull) continue;
+                const u32 bin = (key >> shift) & 255u;
+                if (bin != run_bin) {
+                    if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
+                    run_bin = bin;
+                    run_w = 0ull;
+                }
+                run_w += w;
+            }
+        }
+        if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
+        __syncthreads();
+        // Bins from the top (digit 255 first); totals are integers below 2^53, exact in double.
+        const double v = threadIdx.x < 256 ? (double)hist[255 - threadIdx.x] : 0.0;
+        const double incl = block_inclusive_scan(v, scan);
+        if (mass && shift == 24) goal = k_or_p * scan[SAMPLE_WARPS - 1];
+        if (v > 0.0 && above + (incl - v) < goal && goal <= above + incl) {
+            *sm_sel = 255 - threadIdx.x;
+            *sm_above = above + (incl - v);
+        }
+        __syncthreads();
+        const u32 sel = *sm_sel;
+        const double above_sel = *sm_above;
+        __syncthreads();  // everyone has read them before they (or the scan's totals) are reused
+        if (sel == NO_TOKEN) return floor;  // the same for every thread
+        prefix |= sel << shift;
+        above = above_sel;
+    }
+    return prefix;
 }
 
 // The draw by inverse CDF in id order over the kept ids, in one pass over the row: each warp tile
