@@ -125,38 +125,37 @@ __device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banne
         for (u32 t = threadIdx.x; t < 256; t += SAMPLE_THREADS) hist[t] = 0ull;
         if (threadIdx.x == 0) *sm_sel = NO_TOKEN;
         __syncthreads();
-        // A lane adds runs of equal digits locally and flushes a run when the digit changes:
-        // logits of one row mostly share their top key byte, so one shared atomic per element
-        // would serialise the whole row on one or two bins. The sums are integers, so the
-        // histogram is the same in any order.
-        u32 run_bin = NO_TOKEN;
-        unsigned long long run_w = 0ull;
-        // Warp tiles with 16-byte loads (as the max pass): one scalar 2-byte load per thread at a
-        // time left too few bytes in flight (3.2 ms for top-k + top-p at B 256, V 151936).
+        // Warp tiles with 16-byte loads (as the max pass). A row's keys fall in a handful of bins
+        // per byte (sign and exponent bits first), so one shared atomic per element serialised the
+        // whole row on them (3 ms for top-k + top-p at B 256, V 151936): the lanes of a warp that
+        // share a bin add their weights with __reduce_add_sync (as 16-bit halves: w <= 2^32) and one
+        // of them adds the sum. The sums are integers, so the histogram is the same in any order.
+        // Every lane of the warp runs the same tiles and elements, so the full mask is right.
         for (u32 t = warp; t < tiles; t += SAMPLE_WARPS) {
             float v[16];
             load_tile(x, vocab, t, vec, v);
 #pragma unroll
             for (int e = 0; e < 16; ++e) {
                 const u32 i = t * SAMPLE_TILE + (e / 8) * 256 + lane * 8 + (e % 8);
-                const float xi = v[e];
-                if (xi == -INFINITY) continue;  // also every id past the vocabulary
-                const u32 key = order_key(xi);
-                if (key < floor || (key & hi_mask) != prefix || !allowed(i, banned, nb)) continue;
-                // Truncation as in ops::sampling::weight_fixed.
-                const unsigned long long w =
-                    mass ? (unsigned long long)(expf(xi * inv_t - ymax) * 4294967296.0f) : 1ull;
-                if (w == 0ull) continue;
-                const u32 bin = (key >> shift) & 255u;
-                if (bin != run_bin) {
-                    if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
-                    run_bin = bin;
-                    run_w = 0ull;
+                const float xi = v[e];  // -inf past the vocabulary
+                u32 bin = NO_TOKEN;
+                unsigned long long w = 0ull;
+                if (xi != -INFINITY) {
+                    const u32 key = order_key(xi);
+                    if (key >= floor && (key & hi_mask) == prefix && allowed(i, banned, nb)) {
+                        // Truncation as in ops::sampling::weight_fixed.
+                        w = mass ? (unsigned long long)(expf(xi * inv_t - ymax) * 4294967296.0f) : 1ull;
+                        if (w != 0ull) bin = (key >> shift) & 255u;
+                    }
                 }
-                run_w += w;
+                const u32 peers = __match_any_sync(0xffffffffu, bin);
+                if (bin != NO_TOKEN) {
+                    const u32 lo = __reduce_add_sync(peers, (u32)(w & 0xffffull));
+                    const u32 hi = __reduce_add_sync(peers, (u32)(w >> 16));
+                    if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], ((unsigned long long)hi << 16) + lo);
+                }
             }
         }
-        if (run_w != 0ull) atomicAdd(&hist[run_bin], run_w);
         __syncthreads();
         // Bins from the top (digit 255 first); totals are integers below 2^53, exact in double.
         const double v = threadIdx.x < 256 ? (double)hist[255 - threadIdx.x] : 0.0;
