@@ -148,6 +148,8 @@ __device__ u32 radix_select(const T* __restrict__ x, u32 vocab, const u32* banne
                         if (w != 0ull) bin = (key >> shift) & 255u;
                     }
                 }
+                // Most elements of the later passes match no lane's prefix: skip the match then.
+                if (__ballot_sync(0xffffffffu, bin != NO_TOKEN) == 0u) continue;
                 const u32 peers = __match_any_sync(0xffffffffu, bin);
                 if (bin != NO_TOKEN) {
                     const u32 lo = __reduce_add_sync(peers, (u32)(w & 0xffffull));
