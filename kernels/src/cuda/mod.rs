@@ -177,7 +177,10 @@ impl CudaDevice {
     /// Records everything `f` queues on this device's stream into a CUDA graph instead of running
     /// it, and returns the instantiated graph. `f` must not synchronise or copy to/from pageable
     /// host memory; temporaries it allocates must be freed before it returns (their memory then
-    /// belongs to the graph). The capture is ended even when `f` fails.
+    /// belongs to the graph). The capture is ended even when `f` fails. All threads share this
+    /// device's one stream, so anything another thread queues on the device during a capture is
+    /// recorded into the graph instead of run (and a synchronise from another thread fails): use
+    /// a device from one thread while capturing (the GPU tests that capture take a lock).
     pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
         use cudarc::driver::sys;
         let s = &self.inner.stream;
