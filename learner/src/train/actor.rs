@@ -18,13 +18,15 @@ use kernels::{Device, Tensor};
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, normaliser_of, record_step, upload, zero_grads};
+use super::common::{
+    finish_update, model_batch, normaliser_of, queue_update, upload, QueuedUpdate,
+};
 use crate::batch::{pack, split_by_token_budget, Field, PackedBatch, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{
     policy_loss, token_weights, KlEstimator, Normaliser, PolicyBatch, PolicyLossConfig,
 };
-use crate::optim::{AdamW, PendingStep};
+use crate::optim::AdamW;
 use crate::real::Real;
 
 /// Settings of the actor update.
@@ -51,10 +53,7 @@ struct QueuedBatch {
 
 /// A step [`ActorStep::queue_step`] queued and [`ActorStep::finish_step`] completes.
 #[must_use = "finish the step with ActorStep::finish_step"]
-pub struct PendingActorStep {
-    queued: QueuedBatch,
-    opt: PendingStep,
-}
+pub struct PendingActorStep(QueuedUpdate<QueuedBatch>);
 
 impl ActorStep {
     /// Forward and backward of a mini-batch, gradients accumulated into `grads` (not zeroed
@@ -250,10 +249,10 @@ impl ActorStep {
         seqs: &[&Sequence],
         lr: f64,
     ) -> Result<PendingActorStep> {
-        zero_grads(grads)?;
-        let queued = self.queue(params, cfg, grads, seqs, None)?;
-        let opt = opt.queue_step(params, grads, lr)?;
-        Ok(PendingActorStep { queued, opt })
+        let q = queue_update(params, grads, opt, lr, |p, g| {
+            self.queue(p, cfg, g, seqs, None)
+        })?;
+        Ok(PendingActorStep(q))
     }
 
     /// Completes a queued step: the norm, log-probs and entropies come back (the step's one wait
@@ -264,9 +263,6 @@ impl ActorStep {
         opt: &mut AdamW,
         pending: PendingActorStep,
     ) -> Result<Metrics> {
-        let s = opt.finish_step(params, pending.opt)?;
-        let mut m = self.metrics(&pending.queued)?;
-        record_step("actor", &s, &mut m);
-        Ok(m)
+        finish_update("actor", params, opt, pending.0, |q| self.metrics(q))
     }
 }

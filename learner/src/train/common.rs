@@ -10,7 +10,7 @@ use model::Params;
 use crate::batch::{pack, PackedBatch, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::Normaliser;
-use crate::optim::{AdamW, StepStats};
+use crate::optim::{AdamW, PendingStep, StepStats};
 
 /// Loss normaliser that counts only `seqs` (used when the caller gives no mini-batch-wide counts).
 pub fn normaliser_of(seqs: &[&Sequence]) -> Result<Normaliser> {
@@ -68,4 +68,41 @@ pub fn record_step(prefix: &str, s: &StepStats, metrics: &mut Metrics) {
     if s.skipped {
         metrics.set(&format!("{prefix}/skipped_steps"), 1.0);
     }
+}
+
+/// A step queued without waiting for the device: what the mini-batch left there (`batch`, read
+/// back for the metrics) and the optimiser's pending update.
+pub(crate) struct QueuedUpdate<Q> {
+    batch: Q,
+    opt: PendingStep,
+}
+
+/// Zeroes the gradients, queues the mini-batch's forward and backward (`queue`), then clip +
+/// AdamW: the whole step is on the device's queue when this returns.
+pub(crate) fn queue_update<Q>(
+    params: &mut Params,
+    grads: &mut Params,
+    opt: &mut AdamW,
+    lr: f64,
+    queue: impl FnOnce(&Params, &mut Params) -> Result<Q>,
+) -> Result<QueuedUpdate<Q>> {
+    zero_grads(grads)?;
+    let batch = queue(params, grads)?;
+    let opt = opt.queue_step(params, grads, lr)?;
+    Ok(QueuedUpdate { batch, opt })
+}
+
+/// Completes a [`queue_update`]: the step's one wait for the device (the grad norm), then the
+/// mini-batch's metrics (`metrics`) with `{prefix}/grad_norm`, `{prefix}/lr`.
+pub(crate) fn finish_update<Q>(
+    prefix: &str,
+    params: &mut Params,
+    opt: &mut AdamW,
+    queued: QueuedUpdate<Q>,
+    metrics: impl FnOnce(&Q) -> Result<Metrics>,
+) -> Result<Metrics> {
+    let s = opt.finish_step(params, queued.opt)?;
+    let mut m = metrics(&queued.batch)?;
+    record_step(prefix, &s, &mut m);
+    Ok(m)
 }

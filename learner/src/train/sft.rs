@@ -11,11 +11,11 @@ use kernels::Tensor;
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, record_step, upload, zero_grads};
+use super::common::{finish_update, model_batch, queue_update, upload, QueuedUpdate};
 use crate::batch::{pack, split_by_token_budget, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{sft_grad_logprob, sft_loss, LossAgg, Normaliser};
-use crate::optim::{AdamW, PendingStep};
+use crate::optim::AdamW;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SftStep {
@@ -129,10 +129,10 @@ impl SftStep {
         seqs: &[&Sequence],
         lr: f64,
     ) -> Result<PendingSftStep> {
-        zero_grads(grads)?;
-        let queued = self.queue(params, cfg, Some(grads), seqs)?;
-        let opt = opt.queue_step(params, grads, lr)?;
-        Ok(PendingSftStep { queued, opt })
+        let q = queue_update(params, grads, opt, lr, |p, g| {
+            self.queue(p, cfg, Some(g), seqs)
+        })?;
+        Ok(PendingSftStep(q))
     }
 
     /// Completes a queued step: the norm and the log-probs come back (the step's one wait for
@@ -143,16 +143,10 @@ impl SftStep {
         opt: &mut AdamW,
         pending: PendingSftStep,
     ) -> Result<Metrics> {
-        let s = opt.finish_step(params, pending.opt)?;
-        let mut m = self.metrics(&pending.queued)?;
-        record_step("sft", &s, &mut m);
-        Ok(m)
+        finish_update("sft", params, opt, pending.0, |q| self.metrics(q))
     }
 }
 
 /// A step [`SftStep::queue_step`] queued and [`SftStep::finish_step`] completes.
 #[must_use = "finish the step with SftStep::finish_step"]
-pub struct PendingSftStep {
-    queued: QueuedBatch,
-    opt: PendingStep,
-}
+pub struct PendingSftStep(QueuedUpdate<QueuedBatch>);
