@@ -6,9 +6,12 @@ use super::{f32s, f32s_mut};
 use crate::ops::AdamWScalars;
 use crate::{Error, Result, Storage, Tensor};
 
+/// `grad_scale` multiplies each gradient element as it is read (gradient clipping; 1 for none):
+/// the same f32 product `scale_inplace` would store, without writing the gradients.
 pub fn adamw_step(
     master: &mut Tensor,
     grad: &Tensor,
+    grad_scale: f32,
     m: &mut Tensor,
     v: &mut Tensor,
     s: &AdamWScalars,
@@ -18,7 +21,12 @@ pub fn adamw_step(
     let g = f32s(OP, grad)?;
     let (p, m, v) = (f32s_mut(OP, master)?, f32s_mut(OP, m)?, f32s_mut(OP, v)?);
     for k in 0..p.len() {
-        (p[k], m[k], v[k]) = update(p[k], g[k], m[k], v[k], s);
+        let gk = if grad_scale != 1.0 {
+            g[k] * grad_scale
+        } else {
+            g[k]
+        };
+        (p[k], m[k], v[k]) = update(p[k], gk, m[k], v[k], s);
     }
     if let Some(w) = working {
         match w.storage_mut() {

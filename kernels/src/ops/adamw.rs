@@ -97,7 +97,7 @@ pub fn adamw_step(
     }
     let scalars = params.scalars()?;
     match master.device() {
-        Device::Cpu => crate::cpu::adamw::adamw_step(master, grad, m, v, &scalars, working),
+        Device::Cpu => crate::cpu::adamw::adamw_step(master, grad, 1.0, m, v, &scalars, working),
         Device::Cuda(_) => crate::cuda::adamw::adamw_step(master, grad, m, v, &scalars, working),
     }
 }
@@ -194,20 +194,23 @@ fn step_many(items: &mut [AdamWItem], params: &AdamWParams, scale: Scale) -> Res
         return crate::cuda::adamw::adamw_step_many(items, &scalars, GradScale::Host(grad_scale));
     }
     for (it, s) in items.iter_mut().zip(&scalars) {
-        // The gradients stay as they are (see above): scale a copy.
-        let scaled;
-        let grad: &Tensor = if grad_scale != 1.0 {
-            let mut g = it.grad.try_clone()?;
-            super::scale_inplace(&mut g, grad_scale)?;
-            scaled = g;
-            &scaled
-        } else {
-            it.grad
-        };
         let working = it.working.as_deref_mut();
         match it.master.device() {
-            Device::Cpu => crate::cpu::adamw::adamw_step(it.master, grad, it.m, it.v, s, working)?,
+            Device::Cpu => crate::cpu::adamw::adamw_step(
+                it.master, it.grad, grad_scale, it.m, it.v, s, working,
+            )?,
+            // Parameters spread over several GPUs (not one launch): the gradients stay as they
+            // are (see above), so the single-tensor kernel gets a scaled copy.
             Device::Cuda(_) => {
+                let scaled;
+                let grad: &Tensor = if grad_scale != 1.0 {
+                    let mut g = it.grad.try_clone()?;
+                    super::scale_inplace(&mut g, grad_scale)?;
+                    scaled = g;
+                    &scaled
+                } else {
+                    it.grad
+                };
                 crate::cuda::adamw::adamw_step(it.master, grad, it.m, it.v, s, working)?
             }
         }
