@@ -38,6 +38,10 @@ pub struct EngineConfig {
     /// GPU GRPO run with them, 2026-11-29). `REALIGN_CUDA_GRAPHS=1` / `=0` turns them on / off for
     /// every engine. Ignored on the CPU.
     pub cuda_graphs: bool,
+    /// Overlap the host's preparation of each decode step with the device's previous step
+    /// (`RolloutConfig::overlap`; same completions either way). `REALIGN_OVERLAP=1` / `=0` turns it
+    /// on / off for every engine.
+    pub overlap: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,7 @@ impl Default for EngineConfig {
             max_running: 256,
             share_prefixes: true,
             cuda_graphs: true,
+            overlap: true,
         }
     }
 }
@@ -112,6 +117,7 @@ impl Engine {
             max_batch_tokens: self.cfg.max_batch_tokens,
             max_running: self.cfg.max_running,
             share_prefixes: self.cfg.share_prefixes,
+            overlap: overlap_env().unwrap_or(self.cfg.overlap),
         };
         tracing::debug!(num_blocks, block_size = cfg.block_size, "KV pool");
         run_rollout(&mut runner, requests, &cfg)
@@ -145,6 +151,17 @@ impl Engine {
         );
         Ok(blocks)
     }
+}
+
+/// `REALIGN_OVERLAP=1` / `=0`: overlapped decode loop on / off whatever the engine config says;
+/// unset or any other value: the config decides.
+pub fn overlap_env() -> Option<bool> {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("REALIGN_OVERLAP").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    })
 }
 
 /// Free memory of `device` in bytes: the driver's figure on a GPU, `MemAvailable` on the CPU.

@@ -22,14 +22,14 @@ use anyhow::Context;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use kernels::cuda::graph_ops::gather_rows_trusted;
-use kernels::cuda::staging::Staging;
+use kernels::cuda::graph_ops::{copy_u32_prefix, gather_rows_trusted, resolve_tokens, FROM_PREV};
+use kernels::cuda::staging::{Readback, Staging};
 use kernels::ops::linear::linear_out;
 use kernels::ops::qkv_rope_cache::{qkv_rope_cache_table, RopeTable};
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
     add_rmsnorm, attention, concat_rows, gather_rows, kv_cache_copy_blocks, linear,
-    paged_attention, qkv_rope_cache, read_samples, rmsnorm, sample_tokens_into, swiglu_packed,
+    paged_attention, qkv_rope_cache, rmsnorm, sample_tokens, sample_tokens_into, swiglu_packed,
     SampleSpec,
 };
 use kernels::{DType, Device, Tensor};
@@ -37,7 +37,9 @@ use model::{LayerParams, ModelConfig, Params};
 
 use crate::block_manager::BlockCopy;
 use crate::profile::Stopwatch;
-use crate::step_model::{DecodeBatch, DecodeTimes, PrefillBatch, StepModel};
+use crate::step_model::{
+    submit_at_once, DecodeBatch, DecodeTimes, PrefillBatch, StepModel, Submitted, NO_PREV,
+};
 
 /// Positions the RoPE table covers at most (a token beyond it gets its cos/sin computed by
 /// `qkv_rope_cache` itself, with the same values).
@@ -120,6 +122,18 @@ pub struct LlamaRunner<'a> {
     graph_replays: usize,
     /// Decode-call times since the last `take_decode_times`.
     times: DecodeTimes,
+    /// [R, 2] U32 on the GPU: the samples (token, log-prob bits) of the last queued decode step,
+    /// left there by the step itself; the next step's `from_prev` rows read their tokens from it
+    /// (`resolve_tokens`). Its address is captured by the graphs: grown (graphs dropped) when a
+    /// bucket outgrows it.
+    feed: Option<Tensor>,
+    /// Pinned buffers the queued steps' samples come back through: step k uses buffer k % 2 (at
+    /// most two steps are unread: the one just queued and the one before it).
+    readbacks: Vec<Readback>,
+    /// Per readback buffer, the step whose samples it receives and that step's rows.
+    readback_steps: [Option<(u64, usize)>; 2],
+    /// Decode steps queued on the GPU so far.
+    queued: u64,
 }
 
 /// How a layer's attention reads K/V.
@@ -167,6 +181,10 @@ impl<'a> LlamaRunner<'a> {
             graphs_failed: false,
             graph_replays: 0,
             times: DecodeTimes::default(),
+            feed: None,
+            readbacks: Vec::new(),
+            readback_steps: [None; 2],
+            queued: 0,
         })
     }
 
@@ -384,6 +402,8 @@ impl StepModel for LlamaRunner<'_> {
         self.graphs.clear();
         self.cache = Vec::new();
         self.rope = None;
+        self.feed = None;
+        self.readback_steps = [None; 2];
     }
 
     fn copy_blocks(&mut self, copies: &[BlockCopy]) -> anyhow::Result<()> {
@@ -404,22 +424,92 @@ impl StepModel for LlamaRunner<'_> {
         Ok(self.decode_logits(batch)?.to_vec_f32()?)
     }
 
-    fn decode_sample(
+    fn decode_submit(
         &mut self,
         batch: &DecodeBatch,
         specs: &[SampleSpec],
-    ) -> anyhow::Result<Vec<(u32, f32)>> {
-        // Profiling times each op with a sync, which a graph cannot contain.
-        if self.device.is_cuda() && self.use_graphs && !self.sw.on() && !self.graphs_failed {
-            return self.decode_sample_graph(batch, specs);
+        prev: Option<&Submitted>,
+    ) -> anyhow::Result<Submitted> {
+        if !self.device.is_cuda() {
+            return submit_at_once(self, batch, specs, prev);
         }
-        let logits = self.decode_logits(batch)?;
-        let spec = SampleSpec::pack(specs, logits.device())?;
-        let drawn = kernels::ops::sample_tokens(&logits, &spec)?;
+        let s = batch.num_seqs();
+        // The input tokens: a `from_prev` row's is tagged for `resolve_tokens` when the previous
+        // step is queued (its samples are in `feed`), looked up here when they are on the host.
+        let tokens: Vec<u32> = match prev {
+            Some(&Submitted::Queued { step, rows }) if batch.reads_prev() => {
+                anyhow::ensure!(
+                    step + 1 == self.queued,
+                    "internal error: a decode step reads step {step}, but {} was queued last",
+                    self.queued.wrapping_sub(1)
+                );
+                batch
+                    .tokens
+                    .iter()
+                    .zip(&batch.from_prev)
+                    .map(|(&t, &r)| match r {
+                        NO_PREV => Ok(t),
+                        r if (r as usize) < rows => Ok(FROM_PREV | r),
+                        r => anyhow::bail!(
+                            "internal error: decode row reads row {r} of a step of {rows}"
+                        ),
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+            Some(Submitted::Ready(v)) => batch.resolved(Some(v))?.tokens.clone(),
+            _ => batch.resolved(None)?.tokens.clone(),
+        };
+        let b = bucket_of(s);
+        self.ensure_feed(b)?;
+        let step = self.queued;
+        let slot = (step % 2) as usize;
+        anyhow::ensure!(
+            self.readback_steps[slot].is_none(),
+            "internal error: decode step {step} queued while step {} is unread",
+            step.wrapping_sub(2)
+        );
+        // [B, 2] samples per buffer (pinned host memory is slow to allocate: done rarely).
+        while self.readbacks.len() < 2 {
+            self.readbacks
+                .push(Readback::new(&self.cuda()?, 2 * b.max(256))?);
+        }
+        if self.readbacks[slot].capacity() < 2 * b {
+            self.readbacks[slot] = Readback::new(&self.cuda()?, 2 * b)?;
+        }
+        // Profiling times each op with a sync, which a graph cannot contain.
+        if self.use_graphs && !self.sw.on() && !self.graphs_failed {
+            self.submit_graph(batch, &tokens, specs, slot)?;
+        } else {
+            self.submit_eager(batch, &tokens, specs, slot)?;
+        }
+        self.readback_steps[slot] = Some((step, s));
+        self.queued += 1;
+        Ok(Submitted::Queued { step, rows: s })
+    }
+
+    fn decode_wait(&mut self, step: Submitted) -> anyhow::Result<Vec<(u32, f32)>> {
+        let (step, rows) = match step {
+            Submitted::Ready(v) => return Ok(v),
+            Submitted::Queued { step, rows } => (step, rows),
+        };
+        let slot = (step % 2) as usize;
+        anyhow::ensure!(
+            self.readback_steps[slot] == Some((step, rows)),
+            "internal error: decode step {step} is not queued"
+        );
         let t_wait = Instant::now();
-        let out = read_samples(&drawn)?;
+        let out = self.readbacks[slot].wait();
         self.times.wait_s += t_wait.elapsed().as_secs_f64();
-        Ok(out)
+        self.readback_steps[slot] = None;
+        let out = out?;
+        anyhow::ensure!(
+            out.len() >= 2 * rows,
+            "internal error: short decode read-back"
+        );
+        Ok(out[..2 * rows]
+            .chunks_exact(2)
+            .map(|p| (p[0], f32::from_bits(p[1])))
+            .collect())
     }
 
     fn take_decode_times(&mut self) -> DecodeTimes {
@@ -458,9 +548,20 @@ impl StepModel for LlamaRunner<'_> {
     }
 
     fn decode_logits(&mut self, batch: &DecodeBatch) -> anyhow::Result<Tensor> {
+        anyhow::ensure!(
+            !batch.reads_prev(),
+            "internal error: an unresolved decode batch"
+        );
+        let tokens = self.u32s(&batch.tokens)?;
+        self.decode_logits_of(&tokens, batch)
+    }
+}
+
+impl LlamaRunner<'_> {
+    /// The decode forward of `batch` with its input tokens [S] already on the device.
+    fn decode_logits_of(&mut self, tokens: &Tensor, batch: &DecodeBatch) -> anyhow::Result<Tensor> {
         let s = batch.num_seqs();
         self.sw.reset();
-        let tokens = self.u32s(&batch.tokens)?;
         let positions = self.u32s(&batch.positions)?;
         let slots = self.u32s(&batch.slots)?;
         let block_tables = Tensor::from_u32(
@@ -476,8 +577,53 @@ impl StepModel for LlamaRunner<'_> {
             block_size: self.block_size,
             max_context_len,
         };
-        let x = self.layers(&tokens, &positions, &slots, &attend, true, false)?;
+        let x = self.layers(tokens, &positions, &slots, &attend, true, false)?;
         self.logits(&x, None, true)
+    }
+
+    fn cuda(&self) -> anyhow::Result<kernels::cuda::CudaDevice> {
+        match &self.device {
+            Device::Cuda(d) => Ok(d.clone()),
+            Device::Cpu => anyhow::bail!("internal error: a GPU decode path on the CPU"),
+        }
+    }
+
+    /// Makes `feed` hold at least `rows` rows, keeping what it holds (the last step's samples,
+    /// which the next step may read). Growing moves it, so the captured graphs (which hold its
+    /// address) are dropped, after the device has finished any that is running.
+    fn ensure_feed(&mut self, rows: usize) -> anyhow::Result<()> {
+        let have = self.feed.as_ref().map_or(0, |f| f.shape()[0]);
+        if have >= rows {
+            return Ok(());
+        }
+        let mut feed = Tensor::zeros(&[rows.max(512), 2], DType::U32, &self.device)?; // [R,2]
+        if let Some(old) = &self.feed {
+            copy_u32_prefix(old, &mut feed)?;
+            self.device.synchronize()?;
+            self.graphs.clear();
+        }
+        self.feed = Some(feed);
+        Ok(())
+    }
+
+    /// A decode step op by op on the GPU (graphs off, profiling, or a failed capture), queued:
+    /// tokens resolved from `feed`, forward, sampling, samples left in `feed` and copied back
+    /// into readback buffer `slot`.
+    fn submit_eager(
+        &mut self,
+        batch: &DecodeBatch,
+        tokens: &[u32],
+        specs: &[SampleSpec],
+        slot: usize,
+    ) -> anyhow::Result<()> {
+        let mut tokens = self.u32s(tokens)?; // [S]
+        resolve_tokens(&mut tokens, self.feed.as_ref().expect("ensure_feed"))?;
+        let logits = self.decode_logits_of(&tokens, batch)?; // [S,V]
+        let spec = SampleSpec::pack(specs, &self.device)?;
+        let out = sample_tokens(&logits, &spec)?; // [S,2]
+        copy_u32_prefix(&out, self.feed.as_mut().expect("ensure_feed"))?;
+        self.readbacks[slot].fetch(&out)?;
+        Ok(())
     }
 }
 
@@ -510,7 +656,9 @@ const TABLE_ROUND: usize = 32;
 
 /// One captured decode step (forward + sampling) for a bucket, with the fixed device buffers its
 /// kernels read and write; each step packs its inputs into `staging`, uploads them in one copy and
-/// replays the graph, whose first nodes scatter the upload into the buffers below.
+/// replays the graph, whose first nodes scatter the upload into the buffers below and take the
+/// tagged tokens from the runner's `feed` (the previous step's samples); its last node copies its
+/// samples into `feed` for the next step.
 struct DecodeGraph {
     graph: Option<kernels::cuda::Graph>,
     /// The step's inputs packed as [tokens S | positions S | slots S | lens S | spec S·cols |
@@ -560,6 +708,7 @@ impl DecodeGraph {
         &mut self,
         key: GraphKey,
         batch: &DecodeBatch,
+        tokens: &[u32],
         specs: &[SampleSpec],
     ) -> anyhow::Result<()> {
         let (b, m, cols) = key;
@@ -570,7 +719,7 @@ impl DecodeGraph {
             dst[..src.len()].copy_from_slice(src);
             dst[src.len()..].fill(fill);
         };
-        pad(&mut buf[..o_pos], &batch.tokens, 0);
+        pad(&mut buf[..o_pos], tokens, 0);
         pad(&mut buf[o_pos..o_slot], &batch.positions, 0);
         pad(&mut buf[o_slot..o_len], &batch.slots, u32::MAX);
         pad(&mut buf[o_len..o_spec], &batch.context_lens, 1);
@@ -608,24 +757,24 @@ impl DecodeGraph {
 }
 
 impl LlamaRunner<'_> {
-    /// One decode step with sampling on the GPU as a CUDA graph: packs the batch, padded to its
-    /// bucket, into one upload and replays; the first step of a bucket runs eagerly and captures
-    /// the graph for the next ones.
-    fn decode_sample_graph(
+    /// One decode step with sampling on the GPU as a CUDA graph, queued: packs the batch, padded
+    /// to its bucket, into one upload and replays; the first step of a bucket runs eagerly and
+    /// captures the graph for the next ones. The samples are copied back into readback buffer
+    /// `slot` behind the step.
+    fn submit_graph(
         &mut self,
         batch: &DecodeBatch,
+        tokens: &[u32],
         specs: &[SampleSpec],
-    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        slot: usize,
+    ) -> anyhow::Result<()> {
         let s = batch.num_seqs();
         let b = bucket_of(s);
         let m = batch.max_blocks.max(1).next_multiple_of(TABLE_ROUND);
         let nb = specs.iter().map(|x| x.banned.len()).max().unwrap_or(0);
         let key: GraphKey = (b, m, SPEC_HEAD + nb);
         let dev = self.device.clone();
-        let cuda = match &dev {
-            Device::Cuda(d) => d.clone(),
-            Device::Cpu => anyhow::bail!("internal error: decode graph on the CPU"),
-        };
+        let cuda = self.cuda()?;
         let max_ctx = m * self.block_size;
         let mut g = match self.graphs.remove(&key) {
             Some(g) => g,
@@ -633,7 +782,7 @@ impl LlamaRunner<'_> {
         };
         let t_pack = Instant::now();
         let result = g
-            .pack(key, batch, specs)
+            .pack(key, batch, tokens, specs)
             .and_then(|_| Ok(g.staging.send()?));
         self.times.pack_s += t_pack.elapsed().as_secs_f64();
         let result = result.and_then(|_| match &g.graph {
@@ -667,11 +816,9 @@ impl LlamaRunner<'_> {
                 eager
             }
         });
-        let t_wait = Instant::now();
-        let out = result.and_then(|_| Ok(read_samples(&g.out)?));
-        self.times.wait_s += t_wait.elapsed().as_secs_f64();
+        let result = result.and_then(|_| Ok(self.readbacks[slot].fetch(&g.out)?));
         self.graphs.insert(key, g);
-        Ok(out?[..s].to_vec())
+        result
     }
 
     /// The decode step (forward, LM head, sampling) from a graph's buffers into its output.
@@ -687,9 +834,12 @@ impl LlamaRunner<'_> {
             block_size: self.block_size,
             max_context_len,
         };
+        let feed = self.feed.as_ref().expect("ensure_feed");
+        resolve_tokens(&mut g.tokens, feed)?; // tagged rows: the previous step's samples
         let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?; // [S,C]
         let logits = self.logits(&x, None, false)?; // [S,V]
-        sample_tokens_into(&logits, &g.spec, &mut g.out)?;
+        sample_tokens_into(&logits, &g.spec, &mut g.out)?; // [S,2]
+        copy_u32_prefix(&g.out, self.feed.as_mut().expect("ensure_feed"))?;
         Ok(())
     }
 }

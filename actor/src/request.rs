@@ -75,15 +75,23 @@ pub struct RolloutStats {
     pub profile: Vec<(&'static str, f64)>,
     /// Decode steps that replayed a captured CUDA graph.
     pub graph_replays: usize,
+    /// Overlapped loop: tokens computed for sequences that had finished in the step before
+    /// (stops are seen one step late), discarded.
+    pub discarded_tokens: usize,
+    /// Overlapped loop: times the in-flight step was applied before scheduling the next one
+    /// because that step might preempt (or at the end).
+    pub drains: usize,
     /// Where the rollout loop's wall time went, always measured (clock reads only, no syncs).
     pub host_time: HostTime,
 }
 
 /// Wall seconds of the rollout loop by phase, measured with clock reads only (no device syncs), so
-/// that CUDA graphs stay on. The host and the device take turns: a decode step's inputs depend on
-/// the tokens the previous step sampled, so every second of host work here is a second the GPU
-/// idles. `decode_wait_s` is the time blocked on a decode step's results (the device running it);
-/// the rest of `decode_s` is host work (packing and uploading inputs, launching).
+/// that CUDA graphs stay on. In the serial loop (`RolloutConfig::overlap` off) the host and the
+/// device take turns: a decode step's inputs depend on the tokens the previous step sampled, so
+/// every second of host work here is a second the GPU idles. Overlapped, the host's work for step
+/// t+1 runs while the device computes step t, and `decode_wait_s` is what is left of the device's
+/// step after it. `decode_wait_s` is the time blocked on a decode step's results; the rest of
+/// `decode_s` is host work (packing and uploading inputs, launching).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostTime {
     /// The whole loop.
@@ -92,7 +100,7 @@ pub struct HostTime {
     pub schedule_s: f64,
     /// Prefill steps: forward, block copies and sampling (device time included).
     pub prefill_s: f64,
-    /// Decode steps from the call into the model to its sampled tokens on the host.
+    /// Decode steps: submitting them to the model, and waiting for their sampled tokens.
     pub decode_s: f64,
     /// Part of `decode_s` spent waiting for the device's results.
     pub decode_wait_s: f64,

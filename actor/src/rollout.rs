@@ -14,7 +14,7 @@ use crate::profile::Stopwatch;
 use crate::request::{Completion, HostTime, Request, RolloutStats};
 use crate::sampling::{sample, sample_key};
 use crate::scheduler::{Scheduler, SchedulerLimits};
-use crate::step_model::StepModel;
+use crate::step_model::{StepModel, Submitted};
 
 /// Shape of the KV pool and of each step.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +26,12 @@ pub struct RolloutConfig {
     /// Let the n samples of a prompt share its KV blocks (one prefill). Off: each sample prefills
     /// its own copy (the reference the sharing is tested against).
     pub share_prefixes: bool,
+    /// Overlap the host's work for step t+1 with the device's step t: step t+1 is scheduled and
+    /// submitted before step t's tokens are read (they go from step t's output to step t+1's
+    /// input on the device), stops are applied one step late and a finished sequence's extra
+    /// token is discarded (docs/rollout.md, "Speed"). Off: each step's tokens are applied before
+    /// the next step is scheduled. Both give the same completions.
+    pub overlap: bool,
 }
 
 /// Generates every sample of every request. Completions come back ordered by request, then sample.
@@ -109,14 +115,34 @@ fn generate_all(
     // Clock reads only (no syncs): where the loop's wall time goes, graphs on or off.
     let loop_start = Instant::now();
     let mut ht = HostTime::default();
-    while sched.has_work() {
+    // The decode step submitted last whose tokens the host has not applied yet (overlap only:
+    // the serial loop applies each step at once).
+    let mut in_flight: Option<InFlight> = None;
+    while sched.has_work() || in_flight.is_some() {
         sw.reset();
+        // Apply the in-flight step first when nothing else is left to run, or when this step
+        // may preempt: a preempted sequence is recomputed from its tokens, so it needs them all.
+        if in_flight.is_some() && (!sched.has_work() || sched.must_drain()) {
+            let f = in_flight.take().expect("checked");
+            apply(model, &mut sched, f, &mut stats, &mut ht)?;
+            let t = Instant::now();
+            sched.update_running(&[]);
+            ht.bookkeeping_s += t.elapsed().as_secs_f64();
+            stats.drains += 1;
+            continue;
+        }
         let t0 = Instant::now();
         let plan = sched.schedule();
         stats.preemptions += plan.preempted;
         ht.schedule_s += t0.elapsed().as_secs_f64();
         phase(&mut sw, model, "schedule");
         if plan.is_empty() {
+            // Every running sequence awaits its last token, which is in flight.
+            if let Some(f) = in_flight.take() {
+                apply(model, &mut sched, f, &mut stats, &mut ht)?;
+                sched.update_running(&[]);
+                continue;
+            }
             anyhow::ensure!(
                 !sched.has_work() || !plan.finished.is_empty(),
                 "internal error: the scheduler made no progress"
@@ -152,6 +178,7 @@ fn generate_all(
             phase(&mut sw, model, "prefill_sample");
         }
         ht.prefill_s += t_prefill.elapsed().as_secs_f64();
+        let mut submitted = None;
         if !plan.decode_seqs.is_empty() {
             stats.decode_tokens += plan.decode_seqs.len();
             ht.decode_steps += 1;
@@ -162,36 +189,49 @@ fn generate_all(
                 .enumerate()
                 .map(|(row, &id)| (id, row as u32))
                 .collect();
-            let drawn = match device_specs(&sched, &outputs) {
-                // Every row samples on the device: one fused step (a CUDA graph on a GPU).
+            let step = match device_specs(&sched, &outputs) {
+                // Every row samples on the device: one fused step (a CUDA graph on a GPU),
+                // queued; its tokens are read after the next step is queued.
                 Some(specs) => {
-                    let d = model
-                        .decode_sample(&plan.decode, &specs)
+                    let prev = in_flight.as_ref().map(|f| &f.step);
+                    let s = model
+                        .decode_submit(&plan.decode, &specs, prev)
                         .context("decode step")?;
                     phase(&mut sw, model, "decode_step");
-                    d
+                    s
                 }
                 None => {
-                    let logits = model.decode_logits(&plan.decode).context("decode step")?;
+                    // Some row samples on the host, which needs the previous step's tokens now.
+                    let prev = match in_flight.as_mut() {
+                        Some(f) => Some(f.samples(model)?),
+                        None => None,
+                    };
+                    let batch = plan.decode.resolved(prev)?;
+                    let logits = model.decode_logits(&batch).context("decode step")?;
                     phase(&mut sw, model, "decode_forward");
                     let d = sample_outputs(&sched, &logits, &outputs, vocab)?;
                     phase(&mut sw, model, "decode_sample");
-                    d
+                    Submitted::Ready(d)
                 }
             };
+            sched.submitted(&plan.decode_seqs);
             ht.decode_s += t_decode.elapsed().as_secs_f64();
-            let dt = model.take_decode_times();
-            ht.decode_wait_s += dt.wait_s;
-            ht.decode_pack_s += dt.pack_s;
-            ht.decode_launch_s += dt.launch_s;
-            let t_append = Instant::now();
-            anyhow::ensure!(drawn.len() == outputs.len());
-            for (&(id, _), (token, logprob)) in outputs.iter().zip(drawn) {
-                sched.append_token(id, token, logprob);
-            }
-            ht.bookkeeping_s += t_append.elapsed().as_secs_f64();
-            phase(&mut sw, model, "append");
+            submitted = Some(InFlight {
+                seqs: plan.decode_seqs,
+                step,
+            });
         }
+        // The previous step's tokens, read while the device runs the step just queued.
+        if let Some(f) = in_flight.take() {
+            apply(model, &mut sched, f, &mut stats, &mut ht)?;
+        }
+        in_flight = submitted;
+        if !cfg.overlap {
+            if let Some(f) = in_flight.take() {
+                apply(model, &mut sched, f, &mut stats, &mut ht)?;
+            }
+        }
+        phase(&mut sw, model, "append");
         let t_update = Instant::now();
         sched.update_running(&prefilled);
         ht.bookkeeping_s += t_update.elapsed().as_secs_f64();
@@ -231,6 +271,62 @@ fn generate_all(
         })
         .collect();
     Ok((completions, stats))
+}
+
+/// A submitted decode step whose tokens the host has not applied yet.
+struct InFlight {
+    /// Row i's sequence.
+    seqs: Vec<SeqId>,
+    step: Submitted,
+}
+
+impl InFlight {
+    /// The step's samples on the host, waiting for them if needed (they stay in the step).
+    fn samples(&mut self, model: &mut dyn StepModel) -> anyhow::Result<&[(u32, f32)]> {
+        if let Submitted::Queued { .. } = self.step {
+            let step = std::mem::replace(&mut self.step, Submitted::Ready(Vec::new()));
+            self.step = Submitted::Ready(model.decode_wait(step).context("decode step")?);
+        }
+        match &self.step {
+            Submitted::Ready(v) => Ok(v),
+            Submitted::Queued { .. } => unreachable!("waited for above"),
+        }
+    }
+}
+
+/// Appends the tokens of a decode step to their sequences (waiting for them first when they are
+/// still on the device); a token of a sequence that finished meanwhile is discarded.
+fn apply(
+    model: &mut dyn StepModel,
+    sched: &mut Scheduler,
+    mut f: InFlight,
+    stats: &mut RolloutStats,
+    ht: &mut HostTime,
+) -> anyhow::Result<()> {
+    let t_wait = Instant::now();
+    f.samples(model)?;
+    ht.decode_s += t_wait.elapsed().as_secs_f64();
+    let dt = model.take_decode_times();
+    ht.decode_wait_s += dt.wait_s;
+    ht.decode_pack_s += dt.pack_s;
+    ht.decode_launch_s += dt.launch_s;
+    let t_append = Instant::now();
+    let Submitted::Ready(drawn) = f.step else {
+        unreachable!("samples() leaves the step ready")
+    };
+    anyhow::ensure!(
+        drawn.len() == f.seqs.len(),
+        "internal error: a decode step returned {} samples for {} rows",
+        drawn.len(),
+        f.seqs.len()
+    );
+    for (&id, (token, logprob)) in f.seqs.iter().zip(drawn) {
+        if !sched.receive(id, token, logprob) {
+            stats.discarded_tokens += 1;
+        }
+    }
+    ht.bookkeeping_s += t_append.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// The device sampling specs of `outputs`, or None when some row needs the host (more banned ids

@@ -3,13 +3,25 @@
 //! When the pool runs dry, the youngest running sequence is preempted: its blocks are freed and it
 //! goes back to the front of the queue to be recomputed (prompt + what it generated) later. Nothing
 //! here fails for lack of memory.
+//!
+//! Overlapped decoding (`RolloutConfig::overlap`): the rollout loop schedules and submits step t+1
+//! before it has read step t's tokens. A sequence then has a token "in flight" (sampled on the
+//! device, not yet appended here): step t+1 decodes it at the next position, in a slot reserved
+//! for it (the block manager counts slots, not known tokens), with the draw of that position, and
+//! the model takes the token from step t's output row (`DecodeBatch::from_prev`). Stops are seen
+//! one step late: a sequence that emitted a stop token at step t also ran in step t+1, whose
+//! token is discarded ([`Scheduler::receive`]); its blocks are freed when the stop is seen (the
+//! device runs its steps in order, so a later step reusing them writes after step t+1). Length
+//! limits are known ahead: a sequence whose in-flight token is its last is not scheduled again.
+//! Preemption needs a sequence's every token (it is recomputed from them), so the loop applies
+//! the in-flight step first whenever a step may preempt ([`Scheduler::must_drain`]).
 
 use std::collections::VecDeque;
 
 use crate::block_manager::{BlockCopy, BlockManager, SeqId, SeqMap};
 use crate::request::FinishReason;
 use crate::sampling::{draw, SamplingParams};
-use crate::step_model::{DecodeBatch, PrefillBatch};
+use crate::step_model::{DecodeBatch, PrefillBatch, NO_PREV};
 
 /// Limits of one engine step.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +47,11 @@ pub struct Seq {
     /// Random key of this sample (`sampling::sample_key`); its t-th token uses `draw(key, t)`.
     pub key: u64,
     pub finish: Option<FinishReason>,
+    /// Tokens sampled by submitted decode steps and not appended yet (0 in the serial loop; at
+    /// most 1 when a step is scheduled, 2 between submitting a step and applying the one before).
+    pub in_flight: usize,
+    /// This sequence's row in the last decode step it was submitted in.
+    pub row: u32,
 }
 
 impl Seq {
@@ -122,6 +139,8 @@ impl Scheduler {
                     logprobs: Vec::new(),
                     key,
                     finish: None,
+                    in_flight: 0,
+                    row: 0,
                 },
             );
             group.seqs.push(id);
@@ -152,40 +171,84 @@ impl Scheduler {
     /// Frees the youngest running sequence's blocks and queues it for recompute.
     fn preempt_youngest(&mut self) -> SeqId {
         let victim = self.running.pop().expect("preempt with nothing running");
+        assert_eq!(
+            self.seqs[&victim].in_flight, 0,
+            "preempting a sequence with a token in flight (the loop must drain first)"
+        );
         self.blocks.free(victim);
         self.waiting.push_front(Group { seqs: vec![victim] });
         victim
     }
 
+    /// True when `id`'s in-flight token is its last by length (`max_new_tokens` or the context):
+    /// it gets no more decode steps, only that token.
+    fn awaits_last_token(&self, id: SeqId) -> bool {
+        let seq = &self.seqs[&id];
+        if seq.in_flight == 0 {
+            return false;
+        }
+        let params = &self.params[seq.request];
+        seq.generated() + seq.in_flight >= params.max_new_tokens
+            || seq.tokens.len() + seq.in_flight >= self.limits.max_context
+    }
+
+    /// True when the next [`Scheduler::schedule`] might preempt (or end a sequence `cache_full`):
+    /// the decode slots may need more blocks than are free. The loop then applies the in-flight
+    /// step first, so that no sequence has a token in flight. Conservative: a copy-on-write block
+    /// is counted for every sharer of a partial block, though the last one writes in place.
+    pub fn must_drain(&self) -> bool {
+        let free = self.blocks.num_free();
+        // Each decode slot takes at most one block.
+        if free >= self.running.len() {
+            return false;
+        }
+        let need: usize = self
+            .running
+            .iter()
+            .filter(|&&id| !self.awaits_last_token(id))
+            .map(|&id| self.blocks.blocks_to_append(id))
+            .sum();
+        need > free
+    }
+
     /// Decides the next step: decode slots first (preempting on shortage), then new prompts.
     pub fn schedule(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
-        // 1. One decode slot per running sequence, oldest first.
+        // 1. One decode slot per running sequence, oldest first, but none for a sequence whose
+        // in-flight token is its last.
+        let mut decoding: Vec<SeqId> = Vec::with_capacity(self.running.len());
         let mut i = 0;
         while i < self.running.len() {
             let id = self.running[i];
+            if self.awaits_last_token(id) {
+                i += 1;
+                continue;
+            }
             match self.blocks.append_slot(id) {
                 Ok(copy) => {
                     plan.copies.extend(copy);
+                    decoding.push(id);
                     i += 1;
                 }
                 Err(_) if self.running.len() > 1 => {
-                    // The youngest goes (possibly `id` itself, then the loop ends).
+                    // The youngest goes (possibly `id` itself, then the loop ends); it is behind
+                    // `i`, so not in `decoding`.
                     self.preempt_youngest();
                     plan.preempted += 1;
                 }
                 Err(_) => {
                     // Alone and still no room: the pool is smaller than this sequence.
+                    assert_eq!(
+                        self.seqs[&id].in_flight, 0,
+                        "cache_full with a token in flight"
+                    );
                     self.running.remove(i);
                     self.finish(id, FinishReason::CacheFull);
                     plan.finished.push(id);
                 }
             }
         }
-        let mut budget = self
-            .limits
-            .max_batch_tokens
-            .saturating_sub(self.running.len());
+        let mut budget = self.limits.max_batch_tokens.saturating_sub(decoding.len());
         // 2. Admit waiting groups (not while preempting: the pool is under pressure).
         let mut admitted: Vec<Vec<SeqId>> = Vec::new();
         let mut n_running = self.running.len();
@@ -242,8 +305,7 @@ impl Scheduler {
         }
         plan.prefill = pf;
         plan.prefill_groups = admitted;
-        let max_blocks = self
-            .running
+        let max_blocks = decoding
             .iter()
             .map(|&id| self.blocks.table(id).len())
             .max()
@@ -252,10 +314,22 @@ impl Scheduler {
             max_blocks,
             ..Default::default()
         };
-        for &id in &self.running {
+        let overlapped = decoding.iter().any(|id| self.seqs[id].in_flight > 0);
+        for &id in &decoding {
             let seq = &self.seqs[&id];
-            let pos = seq.tokens.len() - 1;
-            dec.tokens.push(seq.tokens[pos]);
+            // The newest token: known here, or in flight (one position further, sampled by the
+            // previous step's row `seq.row`).
+            debug_assert!(seq.in_flight <= 1);
+            let pos = seq.tokens.len() - 1 + seq.in_flight;
+            if seq.in_flight == 0 {
+                dec.tokens.push(seq.tokens[pos]);
+                if overlapped {
+                    dec.from_prev.push(NO_PREV);
+                }
+            } else {
+                dec.tokens.push(0);
+                dec.from_prev.push(seq.row);
+            }
             dec.positions.push(pos as u32);
             dec.slots.push(self.blocks.slot(id, pos));
             dec.context_lens.push(pos as u32 + 1);
@@ -265,8 +339,35 @@ impl Scheduler {
                 .extend(std::iter::repeat_n(0, max_blocks - table.len()));
         }
         plan.decode = dec;
-        plan.decode_seqs = self.running.clone();
+        plan.decode_seqs = decoding;
         plan
+    }
+
+    /// The decode step of `decode_seqs` (row i = `decode_seqs[i]`) went to the model: each of
+    /// them has one more token in flight, sampled in that row.
+    pub fn submitted(&mut self, decode_seqs: &[SeqId]) {
+        for (row, id) in decode_seqs.iter().enumerate() {
+            let seq = self.seqs.get_mut(id).unwrap();
+            seq.in_flight += 1;
+            seq.row = row as u32;
+        }
+    }
+
+    /// A decode step's token for `id`: appended as [`Scheduler::append_token`] does, unless the
+    /// sequence finished meanwhile (a stop seen one step late), when it is discarded. Returns
+    /// whether it was kept.
+    pub fn receive(&mut self, id: SeqId, token: u32, logprob: f32) -> bool {
+        let seq = self.seqs.get_mut(&id).unwrap();
+        assert!(
+            seq.in_flight > 0,
+            "a token for seq {id} that was not in flight"
+        );
+        seq.in_flight -= 1;
+        if seq.finish.is_some() {
+            return false;
+        }
+        self.append_token(id, token, logprob);
+        true
     }
 
     /// Records a sampled token of `id`; returns true when the sequence finished (its blocks are
@@ -309,16 +410,18 @@ impl Scheduler {
     }
 
     /// What drawing the next token of `id` needs: its sampling parameters, the ids banned now (stop
-    /// ids before `min_new_tokens`) and its 32-bit draw.
+    /// ids before `min_new_tokens`) and its 32-bit draw. The next token's index counts the tokens in
+    /// flight, so a draw does not depend on whether the loop overlaps.
     pub fn next_draw(&self, id: SeqId) -> (&SamplingParams, &[u32], u32) {
         let seq = &self.seqs[&id];
         let params = &self.params[seq.request];
-        let banned: &[u32] = if seq.generated() < params.min_new_tokens {
+        let index = seq.generated() + seq.in_flight;
+        let banned: &[u32] = if index < params.min_new_tokens {
             &params.stop_token_ids
         } else {
             &[]
         };
-        (params, banned, draw(seq.key, seq.generated()))
+        (params, banned, draw(seq.key, index))
     }
 
     /// Tokens generated so far and finished-or-not, for the sequence `id`.

@@ -2,10 +2,16 @@
 //! of sequences into next-token logits. The Llama decoder implements it (`crate::llama`); so does a
 //! small fake used to test the scheduler (`crate::fake_model`).
 
+use std::borrow::Cow;
+
+use kernels::cuda::graph_ops::{resolve_tokens_host, FROM_PREV};
 use kernels::ops::{read_samples, sample_tokens, SampleSpec};
 use kernels::{Device, Tensor};
 
 use crate::block_manager::BlockCopy;
+
+/// `DecodeBatch::from_prev` of a row whose input token is in `DecodeBatch::tokens`.
+pub const NO_PREV: u32 = u32::MAX;
 
 /// Whole prompts (or whole recomputed sequences after preemption), packed back to back.
 #[derive(Debug, Clone, Default)]
@@ -40,12 +46,57 @@ pub struct DecodeBatch {
     pub max_blocks: usize,
     /// [S] tokens each sequence attends to, the new one included (position + 1).
     pub context_lens: Vec<u32>,
+    /// [S] or empty (= all [`NO_PREV`]): for a sequence whose newest token the previous decode
+    /// step sampled and the host has not seen yet (the overlapped loop), that step's row; the
+    /// model takes the token from there and `tokens` holds 0.
+    pub from_prev: Vec<u32>,
 }
 
 impl DecodeBatch {
     pub fn num_seqs(&self) -> usize {
         self.tokens.len()
     }
+
+    /// True when some row's token comes from the previous step's samples.
+    pub fn reads_prev(&self) -> bool {
+        self.from_prev.iter().any(|&r| r != NO_PREV)
+    }
+
+    /// The batch with every token in `tokens`, those of `from_prev` rows looked up in `prev`, the
+    /// previous step's samples (the host's copy of what the device does with
+    /// `kernels::cuda::graph_ops::resolve_tokens`).
+    pub fn resolved(&self, prev: Option<&[(u32, f32)]>) -> anyhow::Result<Cow<'_, DecodeBatch>> {
+        if !self.reads_prev() {
+            return Ok(Cow::Borrowed(self));
+        }
+        let prev = prev.ok_or_else(|| {
+            anyhow::anyhow!("internal error: a decode row reads a previous step that is not given")
+        })?;
+        let mut b = self.clone();
+        for (t, &r) in b.tokens.iter_mut().zip(&self.from_prev) {
+            if r != NO_PREV {
+                anyhow::ensure!(
+                    (r as usize) < prev.len(),
+                    "internal error: decode row reads row {r} of a previous step of {}",
+                    prev.len()
+                );
+                *t = FROM_PREV | r;
+            }
+        }
+        resolve_tokens_host(&mut b.tokens, prev);
+        b.from_prev.clear();
+        Ok(Cow::Owned(b))
+    }
+}
+
+/// A decode step handed to the model ([`StepModel::decode_submit`]) whose samples the caller
+/// collects with [`StepModel::decode_wait`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Already on the host: (token, log-prob) per row.
+    Ready(Vec<(u32, f32)>),
+    /// Queued on the device: the model's `step`-th submission, of `rows` rows.
+    Queued { step: u64, rows: usize },
 }
 
 /// Seconds a model's decode calls spent, by kind (clock reads only).
@@ -101,18 +152,32 @@ pub trait StepModel {
         )?)
     }
 
-    /// One decode step with sampling, for steps where every row can be sampled by
-    /// `kernels::ops::sample_tokens` (no top-k / top-p): `specs[i]` draws from row i. Returns
-    /// (token, log-prob) per sequence. The default runs [`StepModel::decode_logits`] then the op; a
-    /// GPU model may replay the whole step as a CUDA graph.
-    fn decode_sample(
+    /// Queues one decode step with sampling, for steps where every row can be sampled by
+    /// `kernels::ops::sample_tokens` (at most `MAX_BANNED` banned ids): `specs[i]` draws from row
+    /// i. Returns without waiting for the samples where the model can (a GPU model queues the
+    /// step, a CUDA graph where possible), so that the host prepares the next step meanwhile;
+    /// [`StepModel::decode_wait`] returns them. Row i with `batch.from_prev[i] = r` takes as its
+    /// input token the one row r of `prev` sampled: `prev` is the step submitted just before this
+    /// one, possibly not waited for yet. The default runs the step at once, op by op, with those
+    /// tokens looked up in `prev`'s samples on the host.
+    fn decode_submit(
         &mut self,
         batch: &DecodeBatch,
         specs: &[SampleSpec],
-    ) -> anyhow::Result<Vec<(u32, f32)>> {
-        let logits = self.decode_logits(batch)?;
-        let spec = SampleSpec::pack(specs, logits.device())?;
-        Ok(read_samples(&sample_tokens(&logits, &spec)?)?)
+        prev: Option<&Submitted>,
+    ) -> anyhow::Result<Submitted> {
+        submit_at_once(self, batch, specs, prev)
+    }
+
+    /// The samples of a submitted step, (token, log-prob) per row: blocks until they are on the
+    /// host.
+    fn decode_wait(&mut self, step: Submitted) -> anyhow::Result<Vec<(u32, f32)>> {
+        match step {
+            Submitted::Ready(v) => Ok(v),
+            Submitted::Queued { .. } => {
+                anyhow::bail!("internal error: this model queues no decode steps")
+            }
+        }
     }
 
     /// Waits for queued device work (for timing phases with `REALIGN_PROFILE=1`).
@@ -135,4 +200,39 @@ pub trait StepModel {
     fn profile(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
+}
+
+/// One decode step with sampling, op by op and at once: [`StepModel::decode_logits`], then
+/// `sample_tokens` where the logits are; `batch` must not read a previous step.
+pub fn decode_sample_now<M: StepModel + ?Sized>(
+    model: &mut M,
+    batch: &DecodeBatch,
+    specs: &[SampleSpec],
+) -> anyhow::Result<Vec<(u32, f32)>> {
+    anyhow::ensure!(
+        !batch.reads_prev(),
+        "internal error: an unresolved decode batch"
+    );
+    let logits = model.decode_logits(batch)?;
+    let spec = SampleSpec::pack(specs, logits.device())?;
+    Ok(read_samples(&sample_tokens(&logits, &spec)?)?)
+}
+
+/// [`StepModel::decode_submit`] run at once (its default): `batch`'s `from_prev` tokens looked up in
+/// `prev`'s samples, which must be on the host, then [`decode_sample_now`].
+pub fn submit_at_once<M: StepModel + ?Sized>(
+    model: &mut M,
+    batch: &DecodeBatch,
+    specs: &[SampleSpec],
+    prev: Option<&Submitted>,
+) -> anyhow::Result<Submitted> {
+    let prev = match prev {
+        Some(Submitted::Ready(v)) => Some(v.as_slice()),
+        Some(Submitted::Queued { .. }) => {
+            anyhow::bail!("internal error: a decode step run at once follows a queued one")
+        }
+        None => None,
+    };
+    let batch = batch.resolved(prev)?;
+    Ok(Submitted::Ready(decode_sample_now(model, &batch, specs)?))
 }

@@ -1,7 +1,9 @@
 //! CUDA-graph decode steps (`EngineConfig::cuda_graphs`) give what op-by-op decoding gives: greedy
 //! tokens equal to transformers' `generate` on the tiny fixture models, sampled groups equal to the
 //! op-by-op run, greedy still equal to HF when a tiny KV pool forces preemption — and the graphs
-//! were really replayed.
+//! were really replayed. The overlapped loop (the default: each step's input tokens taken from the
+//! previous step's samples on the device, read back one step late) equals the serial loop, graphed
+//! and op by op.
 //! GPU only (f32 weights); on a machine without a GPU the test has nothing to run.
 
 use actor::{Completion, Engine, EngineConfig, KvBudget, Request, SamplingParams};
@@ -53,6 +55,11 @@ fn requests(fx: &Fixture) -> Vec<Request> {
 }
 
 fn engine(cfg: &model::ModelConfig, kv: KvBudget, graphs: bool) -> Engine {
+    engine_with(cfg, kv, graphs, true)
+}
+
+/// `overlap`: the overlapped decode loop (the default) or the serial one.
+fn engine_with(cfg: &model::ModelConfig, kv: KvBudget, graphs: bool, overlap: bool) -> Engine {
     Engine::new(
         cfg.clone(),
         EngineConfig {
@@ -62,6 +69,7 @@ fn engine(cfg: &model::ModelConfig, kv: KvBudget, graphs: bool) -> Engine {
             max_running: 16,
             share_prefixes: true,
             cuda_graphs: graphs,
+            overlap,
         },
     )
     .unwrap()
@@ -102,6 +110,18 @@ fn graph_decode_equals_op_by_op_decode_and_hf() {
                 "{name}: no decode step was replayed from a graph"
             );
             same(&graphed, &plain, &format!("{name} graphs vs op by op"));
+            // The serial loop, graphed and op by op, gives the same completions.
+            for graphs in [true, false] {
+                let (serial, st) = engine_with(&cfg, kv, graphs, false)
+                    .generate_with_stats(&params, &reqs)
+                    .unwrap();
+                assert_eq!(st.discarded_tokens, 0);
+                let what = format!("{name} overlapped vs serial (graphs {graphs})");
+                same(if graphs { &graphed } else { &plain }, &serial, &what);
+                for (x, y) in graphed.iter().zip(&serial) {
+                    assert_eq!(x.finish_reason, y.finish_reason, "{what}");
+                }
+            }
             for (i, c) in fx.cases.iter().enumerate() {
                 assert_eq!(
                     graphed[i].tokens, c.greedy,

@@ -13,6 +13,7 @@ fn cfg(num_blocks: usize, block_size: usize) -> RolloutConfig {
         max_batch_tokens: 64,
         max_running: 16,
         share_prefixes: true,
+        overlap: true,
     }
 }
 
@@ -29,8 +30,8 @@ fn mixed_requests() -> Vec<Request> {
                 top_k: if i % 4 == 1 { 10 } else { 0 },
                 top_p: if i % 4 == 2 { 0.8 } else { 1.0 },
                 max_new_tokens: 3 + (i * 5) % 19,
+                min_new_tokens: if i % 4 == 2 { 2 } else { 0 },
                 stop_token_ids: if i % 2 == 0 { vec![7] } else { vec![] },
-                ..Default::default()
             };
             Request {
                 tokens,
@@ -239,4 +240,119 @@ fn sampled_first_tokens_follow_the_model_softmax() {
         })
         .sum();
     assert!(chi2 < CHI2_999_DF7, "chi2 {chi2}, counts {counts:?}");
+}
+
+/// The mixed requests plus two that exercise the host-sampling path (more stop ids than the
+/// device sampler bans, while `min_new_tokens` holds them back) and a greedy group with a common
+/// stop token, so that stops land mid-step.
+fn overlap_requests() -> Vec<Request> {
+    let mut reqs = mixed_requests();
+    let many_stops: Vec<u32> = (20..40).collect();
+    for (i, temperature) in [(0usize, 0.0f32), (1, 1.0)] {
+        reqs.push(Request {
+            tokens: vec![5, 9, 2, i as u32],
+            sampling: SamplingParams {
+                temperature,
+                max_new_tokens: 12,
+                min_new_tokens: 4,
+                stop_token_ids: many_stops.clone(),
+                ..Default::default()
+            },
+            n: 2,
+            seed: 900 + i as u64,
+        });
+    }
+    reqs.push(Request {
+        tokens: vec![11, 3],
+        sampling: SamplingParams {
+            temperature: 1.3,
+            max_new_tokens: 20,
+            stop_token_ids: vec![1, 2, 3, 4, 5],
+            ..Default::default()
+        },
+        n: 4,
+        seed: 77,
+    });
+    reqs
+}
+
+#[test]
+fn overlapped_loop_equals_serial_loop() {
+    let reqs = overlap_requests();
+    let serial = |c: RolloutConfig| RolloutConfig {
+        overlap: false,
+        ..c
+    };
+    let unshared = |c: RolloutConfig| RolloutConfig {
+        share_prefixes: false,
+        ..c
+    };
+    let mut discarded = 0;
+    let mut drains = 0;
+    // Roomy pool, shared and unshared; a pool so tight that it preempts.
+    for c in [
+        cfg(256, 4),
+        unshared(cfg(256, 4)),
+        cfg(14, 4),
+        unshared(cfg(14, 4)),
+    ] {
+        let (a, sa) = run(&reqs, &serial(c));
+        let (b, sb) = run(&reqs, &c);
+        assert_eq!(b, a, "overlapped vs serial ({c:?})");
+        assert_eq!(sa.discarded_tokens, 0);
+        assert_eq!(sa.drains, 0);
+        assert_eq!(sb.preemptions > 0, c.num_blocks == 14);
+        discarded += sb.discarded_tokens;
+        drains += sb.drains;
+    }
+    assert!(discarded > 0, "no stop was seen one step late");
+    assert!(drains > 0, "the tight pool never made the loop drain");
+    // Each request alone, overlapped, gives the same as in the batch.
+    let (batched, _) = run(&reqs, &cfg(256, 4));
+    for (i, r) in reqs.iter().enumerate() {
+        let (alone, _) = run(std::slice::from_ref(r), &cfg(256, 4));
+        let mine: Vec<_> = batched.iter().filter(|c| c.request == i).cloned().collect();
+        let alone: Vec<_> = alone
+            .into_iter()
+            .map(|c| Completion { request: i, ..c })
+            .collect();
+        assert_eq!(mine, alone, "request {i}");
+    }
+}
+
+#[test]
+fn overlapped_loop_respects_every_limit() {
+    // Lengths: max_new_tokens and the model's context end a sequence without an extra step; a
+    // stop token ends it with the stop kept; the host-sampled rows never emit a banned stop.
+    let reqs = overlap_requests();
+    let (c, _) = run(&reqs, &cfg(256, 4));
+    for comp in &c {
+        let r = &reqs[comp.request];
+        let s = &r.sampling;
+        assert_eq!(comp.tokens.len(), comp.logprobs.len());
+        assert!(comp.tokens.len() <= s.max_new_tokens);
+        let stops = |t: &u32| s.stop_token_ids.contains(t);
+        let early = comp.tokens.len().saturating_sub(1);
+        assert!(!comp.tokens[..early].iter().any(stops), "{comp:?}");
+        let head = s.min_new_tokens.min(comp.tokens.len());
+        assert!(!comp.tokens[..head].iter().any(stops), "{comp:?}");
+        match comp.finish_reason {
+            FinishReason::Stop => assert!(stops(comp.tokens.last().unwrap())),
+            FinishReason::Length => assert_eq!(comp.tokens.len(), s.max_new_tokens),
+            FinishReason::CacheFull => panic!("the pool is roomy"),
+        }
+    }
+    let mut short = FakeModel::new(VOCAB, 6);
+    let req = Request {
+        tokens: vec![1, 2, 3],
+        sampling: SamplingParams::greedy(50),
+        n: 3,
+        seed: 0,
+    };
+    let (c, stats) = run_rollout(&mut short, &[req], &cfg(64, 4)).unwrap();
+    for comp in &c {
+        assert_eq!(comp.tokens.len(), 3);
+        assert_eq!(comp.finish_reason, FinishReason::Length);
+    }
+    assert_eq!(stats.discarded_tokens, 0, "length limits are known ahead");
 }

@@ -58,3 +58,18 @@ extern "C" __global__ void scatter_add_rows_bounded_bf16(float* dst, const u32* 
                                                          u32 c, u32 rows) {
     scatter_add_impl(dst, idx, src, n, c, rows);
 }
+
+// The rollout engine's overlapped decode loop (actor/src/rollout.rs): a step's input tokens taken
+// from the step before it on the device, so they need not travel through the host. tokens[i] with
+// the top bit set names row (tokens[i] & 0x7fffffff) of the previous step's [R, 2] sample output
+// (token, log-prob bits): it becomes that row's token. Other ids are kept. A row >= R gives token
+// 0 instead of reading out of bounds. CPU reference: graph_ops::resolve_tokens_host.
+extern "C" __global__ void resolve_tokens(u32* tokens, const u32* __restrict__ prev, u32 n, u32 r) {
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const u32 t = tokens[i];
+        if (t & 0x80000000u) {
+            const u32 row = t & 0x7fffffffu;
+            tokens[i] = row < r ? prev[2 * (size_t)row] : 0u;
+        }
+    }
+}

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 
 use super::{cuda_err, CudaDevice, CudaStorage};
 use crate::{Error, Result, Storage, Tensor};
@@ -74,5 +74,75 @@ impl Staging {
             }
             _ => Err(Error::msg("staging: the target is not a CUDA U32 tensor")),
         }
+    }
+}
+
+/// The way back: a pinned host buffer that receives a small U32 tensor (a decode step's sampled
+/// tokens and log-probs) with an async copy queued behind the work that computes it, so the host
+/// can queue more work before it waits for these values. Not write-combined: the host reads it.
+pub struct Readback {
+    host: PinnedHostSlice<u32>,
+    stream: Arc<CudaStream>,
+    /// Recorded behind each fetch. The pinned buffer's own event blocks the thread in the OS
+    /// when waited on; this one waits as a stream synchronise does (spinning while there are
+    /// idle cores), so a wait costs no scheduler wake-up.
+    done: CudaEvent,
+    /// Values the last fetch copies.
+    len: usize,
+}
+
+impl Readback {
+    /// Room for `cap` u32 values.
+    pub fn new(device: &CudaDevice, cap: usize) -> Result<Readback> {
+        // SAFETY: u32 is valid for any bits; only the part a fetch wrote is read.
+        let host = unsafe {
+            device
+                .context()
+                .alloc_pinned_with_flags::<u32>(cap.max(1), 0)
+        }
+        .map_err(cuda_err)?;
+        let done = device.context().new_event(None).map_err(cuda_err)?;
+        Ok(Readback {
+            host,
+            stream: device.stream().clone(),
+            done,
+            len: 0,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.host.len()
+    }
+
+    /// Queues the copy of `src` (a CUDA U32 tensor of at most `capacity` values) on the stream;
+    /// [`Readback::wait`] returns it. Returns at once; the values of an earlier fetch are gone.
+    pub fn fetch(&mut self, src: &Tensor) -> Result<()> {
+        let n = src.numel();
+        if n > self.host.len() {
+            return Err(Error::msg(format!(
+                "readback: {n} values do not fit a buffer of {}",
+                self.host.len()
+            )));
+        }
+        self.len = n;
+        if n == 0 {
+            return Ok(());
+        }
+        match src.storage() {
+            Storage::Cuda(CudaStorage::U32(s)) => {
+                self.stream
+                    .memcpy_dtoh(s, &mut self.host)
+                    .map_err(cuda_err)?;
+                self.done.record(&self.stream).map_err(cuda_err)
+            }
+            _ => Err(Error::msg("readback: the source is not a CUDA U32 tensor")),
+        }
+    }
+
+    /// Blocks until the last fetch's copy has landed (that work and everything queued before
+    /// it, not what was queued after) and returns its values.
+    pub fn wait(&self) -> Result<&[u32]> {
+        self.done.synchronize().map_err(cuda_err)?;
+        Ok(&self.host.as_slice().map_err(cuda_err)?[..self.len])
     }
 }
