@@ -8,6 +8,7 @@
 //! Options: --shapes qwen2.5-0.5b|smollm2-135m|tiny (random weights, seed 0) or --model DIR (real
 //! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --no-cuda-graphs (decode
 //! op by op; CUDA graphs, EngineConfig::cuda_graphs, are the default; --cuda-graphs is accepted),
+//! --serial (the serial decode loop; the overlapped one, EngineConfig::overlap, is the default),
 //! --out FILE (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
@@ -44,6 +45,7 @@ struct Args {
     iters: usize,
     kv_fraction: f64,
     cuda_graphs: bool,
+    overlap: bool,
     out: Option<PathBuf>,
 }
 
@@ -59,6 +61,7 @@ fn parse() -> Result<Args> {
         iters: 2,
         kv_fraction: 0.8,
         cuda_graphs: EngineConfig::default().cuda_graphs,
+        overlap: EngineConfig::default().overlap,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -79,6 +82,8 @@ fn parse() -> Result<Args> {
             "--out" => a.out = Some(val()?.into()),
             "--cuda-graphs" => a.cuda_graphs = true,
             "--no-cuda-graphs" => a.cuda_graphs = false,
+            "--serial" => a.overlap = false,
+            "--overlap" => a.overlap = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -210,6 +215,7 @@ fn main() -> Result<()> {
             kv_budget: KvBudget::FreeFraction(a.kv_fraction),
             max_running: a.batch.max(1),
             cuda_graphs: a.cuda_graphs,
+            overlap: a.overlap,
             ..EngineConfig::default()
         },
     )?;
@@ -262,8 +268,14 @@ fn main() -> Result<()> {
     let floor_step_s = (weight_bytes as f64 + kv_bytes) / HBM_BYTES_PER_S;
 
     eprintln!(
-        "{name}, {:?} on {}: B {} × P {} + N {}: {seconds:.3} s, {tokens_per_s:.0} new tokens/s",
-        a.dtype, a.device, a.batch, a.prompt, a.new
+        "{name}, {:?} on {}, {} loop: B {} × P {} + N {}: {seconds:.3} s, {tokens_per_s:.0} new \
+         tokens/s",
+        a.dtype,
+        a.device,
+        if a.overlap { "overlapped" } else { "serial" },
+        a.batch,
+        a.prompt,
+        a.new
     );
     eprintln!(
         "decode step {:.3} ms (total / N, includes prefill) | floor {:.3} ms \
@@ -288,7 +300,8 @@ fn main() -> Result<()> {
     eprintln!(
         "loop (last timed rollout, clock reads only): {:.3} s, {} decode steps | per decode step: \
          schedule {:.3} ms, decode call {:.3} ms (pack + upload {:.3}, graph launch {:.3}, device \
-         wait {:.3}), bookkeeping {:.3} ms -> host {:.3} ms | prefill steps {:.3} s",
+         wait {:.3}), bookkeeping {:.3} ms -> host {:.3} ms | prefill steps {:.3} s | {} drains, \
+         {} discarded tokens",
         ht.total_s,
         ht.decode_steps,
         per_step(ht.schedule_s),
@@ -298,7 +311,9 @@ fn main() -> Result<()> {
         per_step(ht.decode_wait_s),
         per_step(ht.bookkeeping_s),
         1e3 * ht.host_per_decode_step_s(),
-        ht.prefill_s
+        ht.prefill_s,
+        last.drains,
+        last.discarded_tokens
     );
 
     if !last.profile.is_empty() {
@@ -340,6 +355,9 @@ fn main() -> Result<()> {
         "peak_kv_bytes": last.peak_kv_bytes,
         "kv_blocks": last.kv_blocks,
         "cuda_graphs": a.cuda_graphs,
+        "overlap": a.overlap,
+        "drains": last.drains,
+        "discarded_tokens": last.discarded_tokens,
         "graph_replays": last.graph_replays,
         "host_time": &last.host_time,
         "host_per_decode_step_s": last.host_time.host_per_decode_step_s(),
