@@ -8,7 +8,8 @@
 //! Options: --shapes qwen2.5-0.5b|smollm2-135m|tiny (random weights, seed 0) or --model DIR (real
 //! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --no-cuda-graphs (decode
 //! op by op; CUDA graphs, EngineConfig::cuda_graphs, are the default; --cuda-graphs is accepted),
-//! --serial (the serial decode loop; the overlapped one, EngineConfig::overlap, is the default),
+//! --overlap / --serial (the overlapped decode loop, EngineConfig::overlap, or the serial one, the
+//! default; REALIGN_OVERLAP=1 / =0 overrides both),
 //! --out FILE (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
@@ -220,6 +221,8 @@ fn main() -> Result<()> {
         },
     )?;
 
+    // What the engine runs (REALIGN_OVERLAP overrides the flag).
+    let overlap = actor::engine::overlap_env().unwrap_or(a.overlap);
     let (warm_s, _) = timed_rollout(&engine, &params, &device, &requests)?;
     eprintln!("warm-up: {warm_s:.3} s");
     let mut times = vec![];
@@ -272,7 +275,7 @@ fn main() -> Result<()> {
          tokens/s",
         a.dtype,
         a.device,
-        if a.overlap { "overlapped" } else { "serial" },
+        if overlap { "overlapped" } else { "serial" },
         a.batch,
         a.prompt,
         a.new
@@ -355,7 +358,7 @@ fn main() -> Result<()> {
         "peak_kv_bytes": last.peak_kv_bytes,
         "kv_blocks": last.kv_blocks,
         "cuda_graphs": a.cuda_graphs,
-        "overlap": a.overlap,
+        "overlap": overlap,
         "drains": last.drains,
         "discarded_tokens": last.discarded_tokens,
         "graph_replays": last.graph_replays,

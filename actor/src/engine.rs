@@ -39,8 +39,9 @@ pub struct EngineConfig {
     /// every engine. Ignored on the CPU.
     pub cuda_graphs: bool,
     /// Overlap the host's preparation of each decode step with the device's previous step
-    /// (`RolloutConfig::overlap`; same completions either way). `REALIGN_OVERLAP=1` / `=0` turns it
-    /// on / off for every engine.
+    /// (`RolloutConfig::overlap`; same completions either way; docs/rollout.md). Off by default
+    /// until its GPU path has run on a GPU (the CPU tests cover the loop). `REALIGN_OVERLAP=1` /
+    /// `=0` turns it on / off for every engine.
     pub overlap: bool,
 }
 
@@ -53,7 +54,7 @@ impl Default for EngineConfig {
             max_running: 256,
             share_prefixes: true,
             cuda_graphs: true,
-            overlap: true,
+            overlap: false,
         }
     }
 }
@@ -110,6 +111,8 @@ impl Engine {
     ) -> anyhow::Result<(Vec<Completion>, RolloutStats)> {
         let mut runner = LlamaRunner::new(params, &self.model)?;
         runner.use_cuda_graphs(crate::llama::graphs_env().unwrap_or(self.cfg.cuda_graphs));
+        let overlap = overlap_env().unwrap_or(self.cfg.overlap);
+        runner.use_overlap(overlap);
         let num_blocks = self.num_blocks(&runner, params.embed.device(), requests)?;
         let cfg = RolloutConfig {
             block_size: self.cfg.block_size,
@@ -117,7 +120,7 @@ impl Engine {
             max_batch_tokens: self.cfg.max_batch_tokens,
             max_running: self.cfg.max_running,
             share_prefixes: self.cfg.share_prefixes,
-            overlap: overlap_env().unwrap_or(self.cfg.overlap),
+            overlap,
         };
         tracing::debug!(num_blocks, block_size = cfg.block_size, "KV pool");
         run_rollout(&mut runner, requests, &cfg)

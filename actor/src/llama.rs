@@ -29,8 +29,8 @@ use kernels::ops::qkv_rope_cache::{qkv_rope_cache_table, RopeTable};
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
     add_rmsnorm, attention, concat_rows, gather_rows, kv_cache_copy_blocks, linear,
-    paged_attention, qkv_rope_cache, rmsnorm, sample_tokens, sample_tokens_into, swiglu_packed,
-    SampleSpec,
+    paged_attention, qkv_rope_cache, read_samples, rmsnorm, sample_tokens, sample_tokens_into,
+    swiglu_packed, SampleSpec,
 };
 use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
@@ -134,6 +134,10 @@ pub struct LlamaRunner<'a> {
     readback_steps: [Option<(u64, usize)>; 2],
     /// Decode steps queued on the GPU so far.
     queued: u64,
+    /// Queue decode steps and feed their tokens on the device (the overlapped loop). Off, a GPU
+    /// step's samples are read at once, as before that loop existed, and its graphs hold no feed
+    /// nodes.
+    overlap: bool,
 }
 
 /// How a layer's attention reads K/V.
@@ -185,12 +189,21 @@ impl<'a> LlamaRunner<'a> {
             readbacks: Vec::new(),
             readback_steps: [None; 2],
             queued: 0,
+            overlap: false,
         })
     }
 
     /// Turns CUDA-graph decode steps on or off (they are used only on a GPU).
     pub fn use_cuda_graphs(&mut self, on: bool) {
         self.use_graphs = on;
+    }
+
+    /// Queues GPU decode steps for the overlapped loop (`RolloutConfig::overlap`): their tokens
+    /// feed the next step on the device and their samples come back later. Off (the default),
+    /// each GPU step's samples are read at once. Either works with either loop (a step whose
+    /// samples are on the host feeds the next one through the host); overlapping needs both on.
+    pub fn use_overlap(&mut self, on: bool) {
+        self.overlap = on;
     }
 
     fn u32s(&self, v: &[u32]) -> anyhow::Result<Tensor> {
@@ -434,6 +447,28 @@ impl StepModel for LlamaRunner<'_> {
             return submit_at_once(self, batch, specs, prev);
         }
         let s = batch.num_seqs();
+        if !self.overlap {
+            // The step runs and its samples are read at once (the serial loop's GPU path).
+            let prev = match prev {
+                Some(Submitted::Ready(v)) => Some(v.as_slice()),
+                Some(Submitted::Queued { .. }) => {
+                    anyhow::bail!("internal error: a queued decode step without overlap")
+                }
+                None => None,
+            };
+            let batch = batch.resolved(prev)?;
+            if self.use_graphs && !self.sw.on() && !self.graphs_failed {
+                let out = self.submit_graph(&batch, &batch.tokens, specs, None)?;
+                return Ok(Submitted::Ready(out.expect("read at once")));
+            }
+            let logits = self.decode_logits(&batch)?;
+            let spec = SampleSpec::pack(specs, logits.device())?;
+            let drawn = sample_tokens(&logits, &spec)?;
+            let t_wait = Instant::now();
+            let out = read_samples(&drawn)?;
+            self.times.wait_s += t_wait.elapsed().as_secs_f64();
+            return Ok(Submitted::Ready(out));
+        }
         // The input tokens: a `from_prev` row's is tagged for `resolve_tokens` when the previous
         // step is queued (its samples are in `feed`), looked up here when they are on the host.
         let tokens: Vec<u32> = match prev {
@@ -478,7 +513,7 @@ impl StepModel for LlamaRunner<'_> {
         }
         // Profiling times each op with a sync, which a graph cannot contain.
         if self.use_graphs && !self.sw.on() && !self.graphs_failed {
-            self.submit_graph(batch, &tokens, specs, slot)?;
+            self.submit_graph(batch, &tokens, specs, Some(slot))?;
         } else {
             self.submit_eager(batch, &tokens, specs, slot)?;
         }
@@ -757,17 +792,17 @@ impl DecodeGraph {
 }
 
 impl LlamaRunner<'_> {
-    /// One decode step with sampling on the GPU as a CUDA graph, queued: packs the batch, padded
-    /// to its bucket, into one upload and replays; the first step of a bucket runs eagerly and
-    /// captures the graph for the next ones. The samples are copied back into readback buffer
-    /// `slot` behind the step.
+    /// One decode step with sampling on the GPU as a CUDA graph: packs the batch, padded to its
+    /// bucket, into one upload and replays; the first step of a bucket runs eagerly and captures
+    /// the graph for the next ones. With a readback `slot` (overlap) the samples are copied back
+    /// into that buffer behind the step and None is returned; without, they are read at once.
     fn submit_graph(
         &mut self,
         batch: &DecodeBatch,
         tokens: &[u32],
         specs: &[SampleSpec],
-        slot: usize,
-    ) -> anyhow::Result<()> {
+        slot: Option<usize>,
+    ) -> anyhow::Result<Option<Vec<(u32, f32)>>> {
         let s = batch.num_seqs();
         let b = bucket_of(s);
         let m = batch.max_blocks.max(1).next_multiple_of(TABLE_ROUND);
@@ -816,7 +851,17 @@ impl LlamaRunner<'_> {
                 eager
             }
         });
-        let result = result.and_then(|_| Ok(self.readbacks[slot].fetch(&g.out)?));
+        let result = match slot {
+            Some(slot) => result
+                .and_then(|_| Ok(self.readbacks[slot].fetch(&g.out)?))
+                .map(|_| None),
+            None => {
+                let t_wait = Instant::now();
+                let out = result.and_then(|_| Ok(read_samples(&g.out)?));
+                self.times.wait_s += t_wait.elapsed().as_secs_f64();
+                out.map(|v| Some(v[..s].to_vec()))
+            }
+        };
         self.graphs.insert(key, g);
         result
     }
@@ -834,12 +879,16 @@ impl LlamaRunner<'_> {
             block_size: self.block_size,
             max_context_len,
         };
-        let feed = self.feed.as_ref().expect("ensure_feed");
-        resolve_tokens(&mut g.tokens, feed)?; // tagged rows: the previous step's samples
+        if self.overlap {
+            let feed = self.feed.as_ref().expect("ensure_feed");
+            resolve_tokens(&mut g.tokens, feed)?; // tagged rows: the previous step's samples
+        }
         let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?; // [S,C]
         let logits = self.logits(&x, None, false)?; // [S,V]
         sample_tokens_into(&logits, &g.spec, &mut g.out)?; // [S,2]
-        copy_u32_prefix(&g.out, self.feed.as_mut().expect("ensure_feed"))?;
+        if self.overlap {
+            copy_u32_prefix(&g.out, self.feed.as_mut().expect("ensure_feed"))?;
+        }
         Ok(())
     }
 }

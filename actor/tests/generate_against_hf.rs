@@ -45,6 +45,11 @@ fn check_against_hf(name: &str, fx: &Fixture, out: &[Completion], what: &str) {
 }
 
 fn engine(cfg: &model::ModelConfig, kv: KvBudget, share: bool) -> Engine {
+    engine_with(cfg, kv, share, false)
+}
+
+/// `overlap`: the overlapped decode loop (`EngineConfig::overlap`) instead of the serial one.
+fn engine_with(cfg: &model::ModelConfig, kv: KvBudget, share: bool, overlap: bool) -> Engine {
     Engine::new(
         cfg.clone(),
         EngineConfig {
@@ -53,6 +58,7 @@ fn engine(cfg: &model::ModelConfig, kv: KvBudget, share: bool) -> Engine {
             max_batch_tokens: 64,
             max_running: 8,
             share_prefixes: share,
+            overlap,
             ..Default::default()
         },
     )
@@ -67,13 +73,18 @@ fn greedy_batched_equals_hf_generate() {
             let fx = fixture(name);
             let (cfg, params) = model::io::load_model(&dir(name), &dev, DType::F32).unwrap();
             // All prompts at once: mixed prompt lengths, continuous batching (the token budget of
-            // 64 admits them over several steps).
+            // 64 admits them over several steps); the overlapped loop too.
+            for overlap in [true, false] {
+                let eng = engine_with(&cfg, KvBudget::Bytes(1 << 24), true, overlap);
+                let (out, stats) = eng
+                    .generate_with_stats(&params, &greedy_requests(&fx))
+                    .unwrap();
+                let what = format!("batched on {dev}, overlap {overlap}");
+                check_against_hf(name, &fx, &out, &what);
+                assert_eq!(stats.preemptions, 0);
+            }
             let eng = engine(&cfg, KvBudget::Bytes(1 << 24), true);
-            let (out, stats) = eng
-                .generate_with_stats(&params, &greedy_requests(&fx))
-                .unwrap();
-            check_against_hf(name, &fx, &out, &format!("batched on {dev}"));
-            assert_eq!(stats.preemptions, 0);
+            let out = eng.generate(&params, greedy_requests(&fx)).unwrap();
             // Each prompt alone gives the same.
             for (i, r) in greedy_requests(&fx).into_iter().enumerate() {
                 let alone = eng.generate(&params, vec![r]).unwrap();
@@ -96,17 +107,20 @@ fn greedy_with_a_tiny_kv_pool_preempts_and_still_equals_hf() {
             // 18 blocks of 4 tokens: the longest sequence (40 + 24 = 64 tokens) needs 16.
             let per_block =
                 2 * cfg.num_hidden_layers * 4 * cfg.num_key_value_heads * cfg.head_dim * 4;
-            let eng = engine(&cfg, KvBudget::Bytes(18 * per_block), true);
-            let (out, stats) = eng
-                .generate_with_stats(&params, &greedy_requests(&fx))
-                .unwrap();
-            assert!(
-                stats.preemptions > 0,
-                "{name}: the pool was meant to run out"
-            );
-            assert_eq!(stats.kv_blocks, 18);
-            assert!(stats.peak_kv_blocks <= 18);
-            check_against_hf(name, &fx, &out, &format!("preempted on {dev}"));
+            for overlap in [true, false] {
+                let eng = engine_with(&cfg, KvBudget::Bytes(18 * per_block), true, overlap);
+                let (out, stats) = eng
+                    .generate_with_stats(&params, &greedy_requests(&fx))
+                    .unwrap();
+                assert!(
+                    stats.preemptions > 0,
+                    "{name}: the pool was meant to run out"
+                );
+                assert_eq!(stats.kv_blocks, 18);
+                assert!(stats.peak_kv_blocks <= 18);
+                let what = format!("preempted on {dev}, overlap {overlap}");
+                check_against_hf(name, &fx, &out, &what);
+            }
         }
     }
 }
@@ -149,4 +163,9 @@ fn sampled_groups_share_prefixes_and_equal_unshared() {
     // Same seed, same tokens.
     let again = shared.generate(&params, reqs.clone()).unwrap();
     assert_eq!(a, again);
+    // The overlapped loop gives the same samples (the draw of a token does not depend on it).
+    for share in [true, false] {
+        let eng = engine_with(&cfg, KvBudget::Bytes(1 << 24), share, true);
+        assert_eq!(eng.generate(&params, reqs.clone()).unwrap(), a);
+    }
 }
