@@ -4,7 +4,9 @@
 #   (a) rollout: actor's rollout_bench, Qwen2.5-0.5B shapes, B 256, P 128, N 256, beside HF
 #       `generate` on the same shapes (scripts/peers/hf_generate.py, --iters 1: ~7 s a run, ~50 s
 #       with start-up), op by op (--no-cuda-graphs) and with CUDA-graph decode steps (the default), and a profiled run
-#       (REALIGN_PROFILE=1, N 32); then, if time is left, SmolLM2-135M shapes at B 64 and 256;
+#       (REALIGN_PROFILE=1, N 32), the overlapped decode loop (--overlap) beside the serial graphed
+#       run; then, if time is left, SmolLM2-135M shapes at B 64 and 256 and Qwen at B 64 serial /
+#       overlapped;
 #   (b) training step: learner's train_step_bench (8 × 1024 tokens) beside a plain PyTorch step
 #       (scripts/peers/torch_train_step.py --batch 8 --seq 1024).
 # JSON result lines go to $OUT/bench.jsonl, all output to $OUT/bench.log. Every part runs under
@@ -50,6 +52,10 @@ part hf_generate_qwen 90 python3 scripts/peers/hf_generate.py \
   --batch 256 --prompt 128 --new 256 --iters 1
 part rollout_qwen_graphs 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
   --batch 256 --prompt 128 --new 256 --iters 3 --cuda-graphs
+# The overlapped decode loop (EngineConfig::overlap, off by default until measured here) against
+# the serial graphed run just above.
+part rollout_qwen_overlap 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
+  --batch 256 --prompt 128 --new 256 --iters 3 --cuda-graphs --overlap
 REALIGN_PROFILE=1 part rollout_qwen_profile 40 "$BIN/rollout_bench" --device cuda --dtype bf16 \
   --shapes qwen2.5-0.5b --batch 256 --prompt 128 --new 32 --iters 1
 
@@ -71,5 +77,10 @@ part torch_train_step 90 python3 scripts/peers/torch_train_step.py --batch 8 --s
 for b in 64 256; do
   part "rollout_smollm2_b$b" 40 "$BIN/rollout_bench" --device cuda --dtype bf16 \
     --shapes smollm2-135m --batch "$b" --prompt 128 --new 256 --iters 3
+done
+# (d) if time is left: Qwen shapes at B 64, serial then overlapped.
+for mode in --serial --overlap; do
+  part "rollout_qwen_b64$mode" 30 "$BIN/rollout_bench" --device cuda --dtype bf16 \
+    --shapes qwen2.5-0.5b --batch 64 --prompt 128 --new 256 --iters 3 "$mode"
 done
 echo "===== done in ${SECONDS}s" | tee -a "$LOG"
