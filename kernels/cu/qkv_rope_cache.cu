@@ -87,18 +87,6 @@ __device__ __forceinline__ void qkv_item(const float* __restrict__ acc, const T*
     stv<V>(out, row * d + i + half, x2);
 }
 
-// cos and sin of pair i's angle at position p, as `rope`: a = p * (1 / theta^(2i/D)) in f32, then
-// cos a, sin a evaluated in f64 and rounded to f32.
-__device__ __forceinline__ void rope_cos_sin(u32 p, u32 i, u32 d, float theta, float* c, float* s) {
-    const float expo = (float)(2 * i) / (float)d;
-    const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
-    const float a = (float)p * inv_freq;
-    double sd, cd;
-    sincos((double)a, &sd, &cd);
-    *c = (float)cd;
-    *s = (float)sd;
-}
-
 template <typename T>
 __device__ void qkv_rope_cache_impl(const float* __restrict__ acc, const T* __restrict__ bias,
                                     const u32* __restrict__ pos, const u32* __restrict__ slots, T* __restrict__ q,

@@ -32,7 +32,7 @@ pub use adamw::{
     adamw_step, adamw_step_many, adamw_step_many_clipped, AdamWItem, AdamWParams, AdamWScalars,
 };
 pub use add_rmsnorm::{add_rmsnorm, AddNorm};
-pub use attention::{attention, attention_backward};
+pub use attention::{attention, attention_backward, attention_backward_rope};
 pub use cast::{bias_cast, cast};
 pub use concat::concat_rows;
 pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};

@@ -8,8 +8,8 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
-    add_inplace, attention_backward, linear_backward, linear_backward_acc, rmsnorm_backward,
-    rmsnorm_backward_acc, rope_backward, scatter_add_rows_host_ids, swiglu_backward,
+    add_inplace, attention_backward_rope, linear_backward, linear_backward_acc, rmsnorm_backward,
+    rmsnorm_backward_acc, scatter_add_rows_host_ids, swiglu_backward,
 };
 use kernels::{DType, Tensor};
 
@@ -119,7 +119,9 @@ fn layer_backward(
     let d_att = linear_backward(&d_x2, &att, &lp.o, &mut g.o, None)?; // [N,H*D]
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
-    let (dq, dk, dv) = attention_backward(
+                                            // dq, dk come back already rotated by RoPE's −a (the gradients of the unrotated q, k): the
+                                            // inverse rotation is fused into the attention backward's stores.
+    let (dq, dk, dv) = attention_backward_rope(
         &d_att,
         &s.q,
         &s.k,
@@ -128,10 +130,12 @@ fn layer_backward(
         &s.lse,
         &batch.cu_seqlens,
         scale,
+        &batch.positions,
+        theta,
     )?;
     drop((d_att, att, s.q, s.k, s.v, s.lse));
-    let dq = rope_backward(&dq, &batch.positions, theta)?.reshape(&[n, h * d])?; // -> [N,H*D]
-    let dk = rope_backward(&dk, &batch.positions, theta)?.reshape(&[n, k * d])?; // -> [N,K*D]
+    let dq = dq.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
+    let dk = dk.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut())?; // [N,C]
     linear_backward_acc(&dk, &s.xn, &lp.k, &mut g.k, g.k_bias.as_mut(), &mut d_xn)?; // d_xn +=
