@@ -253,7 +253,7 @@ fn main() -> kernels::Result<()> {
     let dy = t(&[n, f], 7, &dev, bf);
     let mut dw = Tensor::zeros(&[f, c], DType::F32, &dev)?;
     let ms = time(cuda, || {
-        ops::linear_backward(&dy, &x, &w, &mut dw, None).unwrap();
+        ops::linear_backward(&dy, &x, &w, &mut dw, None, ops::GradStore::Add).unwrap();
     });
     report("linear bwd (dx + dw f32 +=) bf16", ms, 2.0 * lin_flops, 0.0);
 

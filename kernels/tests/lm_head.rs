@@ -113,6 +113,7 @@ fn run_op(
         k.inv_temp,
         max_logits,
         &mut dw,
+        ops::GradStore::Add,
     )
     .unwrap();
     let f = |x: &Tensor| x.to_vec_f32().unwrap();
@@ -137,7 +138,7 @@ fn reference(k: &Case, with_entropy: bool) -> [Vec<f32>; 5] {
     let dz = ops::logsoftmax_gather_backward(&dlp, dent.as_ref(), &logits, &tg, &lse, k.inv_temp)
         .unwrap();
     let mut dw = Tensor::zeros(&[k.v, k.c], DType::F32, &CPU).unwrap();
-    let dh = ops::linear_backward(&dz, &h, &w, &mut dw, None).unwrap();
+    let dh = ops::linear_backward(&dz, &h, &w, &mut dw, None, ops::GradStore::Add).unwrap();
     let f = |x: &Tensor| x.to_vec_f32().unwrap();
     [f(&lp), f(&ent), f(&lse), f(&dh), f(&dw)]
 }
@@ -227,6 +228,7 @@ fn bad_inputs_are_errors() {
         1.0,
         100,
         &mut dw,
+        ops::GradStore::Add,
     )
     .unwrap_err();
     assert!(err.to_string().contains("d(entropy)"), "{err}");

@@ -231,7 +231,15 @@ fn linear_backward_matches_finite_differences() {
     // dw and db start non-zero: the op must add into them.
     let (dw0, db0) = (draw(o * i, 24), draw(o, 25));
     let (mut tdw, mut tdb) = (f32_tensor(&dw0, &[o, i]), f32_tensor(&db0, &[o]));
-    let dx = ops::linear_backward(&tdy, &tx, &tw, &mut tdw, Some(&mut tdb)).unwrap();
+    let dx = ops::linear_backward(
+        &tdy,
+        &tx,
+        &tw,
+        &mut tdw,
+        Some(&mut tdb),
+        ops::GradStore::Add,
+    )
+    .unwrap();
     assert_eq!(dx.shape(), &[n, i]);
 
     let want_dx = fd_grad(&x, |x| dot(&dy, &linear_ref(x, &w, Some(&b), n, i, o)));
@@ -253,9 +261,9 @@ fn linear_backward_matches_finite_differences() {
 
     // Without db; dw must be F32 and of shape [O,I].
     let mut bad_dw = f32_tensor(&dw0[..o * 12], &[o, 12]);
-    assert!(ops::linear_backward(&tdy, &tx, &tw, &mut bad_dw, None).is_err());
+    assert!(ops::linear_backward(&tdy, &tx, &tw, &mut bad_dw, None, ops::GradStore::Add).is_err());
     let mut bf_dw = ops::cast(&tdw, DType::BF16).unwrap();
-    assert!(ops::linear_backward(&tdy, &tx, &tw, &mut bf_dw, None).is_err());
+    assert!(ops::linear_backward(&tdy, &tx, &tw, &mut bf_dw, None, ops::GradStore::Add).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -864,7 +872,8 @@ fn ops_accept_zero_tokens() {
     let (x, w) = (z(&[0, 13]), z(&[11, 13]));
     assert_eq!(ops::linear(&x, &w, None).unwrap().shape(), &[0, 11]);
     let mut dw = z(&[11, 13]);
-    let dx = ops::linear_backward(&z(&[0, 11]), &x, &w, &mut dw, None).unwrap();
+    let dx =
+        ops::linear_backward(&z(&[0, 11]), &x, &w, &mut dw, None, ops::GradStore::Add).unwrap();
     assert_eq!(dx.shape(), &[0, 13]);
     assert!(host(&dw).iter().all(|&g| g == 0.0));
     assert_eq!(ops::gather_rows(&w, &no_ids).unwrap().shape(), &[0, 13]);

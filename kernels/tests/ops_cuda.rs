@@ -258,6 +258,7 @@ fn cuda_linear_forward_and_backward_match_cpu() {
                 &gw,
                 &mut gdw,
                 bias.then_some(&mut gdb),
+                ops::GradStore::Add,
             )
             .unwrap();
             let cdx = ops::linear_backward(
@@ -266,6 +267,7 @@ fn cuda_linear_forward_and_backward_match_cpu() {
                 &cw,
                 &mut cdw,
                 bias.then_some(&mut cdb),
+                ops::GradStore::Add,
             )
             .unwrap();
             check(&format!("{name} dx"), dtype, &gdx, &cdx, tol(dtype, true));
@@ -696,7 +698,15 @@ fn cuda_ops_accept_zero_tokens() {
         let (x, w) = (z(&[0, 13], dtype), z(&[11, 13], dtype));
         assert_eq!(ops::linear(&x, &w, None).unwrap().shape(), &[0, 11]);
         let mut dw = Tensor::from_f32(vec![1.0; 11 * 13], &[11, 13], &dev).unwrap();
-        let dx = ops::linear_backward(&z(&[0, 11], dtype), &x, &w, &mut dw, None).unwrap();
+        let dx = ops::linear_backward(
+            &z(&[0, 11], dtype),
+            &x,
+            &w,
+            &mut dw,
+            None,
+            ops::GradStore::Add,
+        )
+        .unwrap();
         assert_eq!(dx.shape(), &[0, 13]);
         assert!(
             host(&dw).iter().all(|&g| g == 1.0),

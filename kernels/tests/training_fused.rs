@@ -111,7 +111,16 @@ fn linear_acc(dev: &Device, dtype: DType, n: usize, i: usize, o: usize) -> [Vec<
     let mut acc = t(&bf16_exact(randn_vec(n * i, seed + 3)), &[n, i], dev, dtype);
     let mut dw = Tensor::from_f32(randn_vec(o * i, seed + 4), &[o, i], dev).unwrap();
     let mut db = Tensor::from_f32(randn_vec(o, seed + 5), &[o], dev).unwrap();
-    ops::linear_backward_acc(&dy, &x, &w, &mut dw, Some(&mut db), &mut acc).unwrap();
+    ops::linear_backward_acc(
+        &dy,
+        &x,
+        &w,
+        &mut dw,
+        Some(&mut db),
+        ops::GradStore::Add,
+        &mut acc,
+    )
+    .unwrap();
     [acc, dw, db].map(|t| t.to_vec_f32().unwrap())
 }
 
@@ -124,7 +133,8 @@ fn linear_reference(n: usize, i: usize, o: usize) -> [Vec<f32>; 3] {
     let mut acc = t(&bf16_exact(randn_vec(n * i, seed + 3)), &[n, i], &CPU, f);
     let mut dw = Tensor::from_f32(randn_vec(o * i, seed + 4), &[o, i], &CPU).unwrap();
     let mut db = Tensor::from_f32(randn_vec(o, seed + 5), &[o], &CPU).unwrap();
-    let dx = ops::linear_backward(&dy, &x, &w, &mut dw, Some(&mut db)).unwrap();
+    let dx =
+        ops::linear_backward(&dy, &x, &w, &mut dw, Some(&mut db), ops::GradStore::Add).unwrap();
     ops::add_inplace(&mut acc, &dx).unwrap();
     [acc, dw, db].map(|t| t.to_vec_f32().unwrap())
 }

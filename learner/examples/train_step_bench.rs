@@ -8,17 +8,21 @@
 //!
 //! Prints tokens/s, MFU and the host's time to queue a step (nothing in a step waits for the
 //! device until all of it is queued, so a queue time well under the step time means the GPU never
-//! waits for the host after the first launches). `--phases` then times one more step phase by phase (the device
-//! synchronised between phases, so the sum is a little above a free-running step): zeroing the
-//! gradients, decoder forward, LM head forward, LM head backward (then both again with the logits
-//! recomputed instead of kept), decoder backward, AdamW (norm, clip, update). FLOPs per token follow the PaLM convention: 6·P (P = parameters
-//! touched per token: all matrices, counting the LM head once even when tied, not the embedding
-//! lookup) + 6·L·H·D·T for causal attention (forward 2·2·H·D·T/2 per token, backward twice that),
+//! waits for the host after the first launches). `--phases` then times one more step phase by
+//! phase (the device synchronised between phases, so the sum is a little above a free-running
+//! step): zeroing the gradients (for reference only: a step skips it, its first micro-batch
+//! writes them), decoder forward, LM head forward, LM head backward (then both again with the
+//! logits recomputed instead of kept), decoder backward, AdamW (norm, clip, update).
+//!
+//! FLOPs per token follow the PaLM convention: 6·P (P = parameters touched per token: all
+//! matrices, counting the LM head once even when tied, not the embedding lookup) + 6·L·H·D·T for
+//! causal attention (forward 2·2·H·D·T/2 per token, backward twice that),
 //! T = sequence length. Peak: 989 TFLOP/s (H200 dense bf16).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use kernels::ops::GradStore;
 use kernels::{DType, Device};
 use learner::batch::Sequence;
 use learner::objectives::LossAgg;
@@ -260,14 +264,24 @@ fn phases(
     };
     device.synchronize()?;
     lap("start")?;
+    // What zeroing every gradient would cost; a step does not (its first micro-batch overwrites).
     learner::train::zero_grads(grads)?;
-    lap("zero_grads")?;
+    lap("(zero_grads)")?;
     let acts = forward(params, cfg, &batch, Keep::ForBackward)?;
     lap("forward")?;
     let out = head.forward(params, &acts.hidden, &targets)?;
     lap("head_forward")?;
     let d_lp = kernels::Tensor::from_f32(vec![-1.0 / n as f32; n], &[n], device)?;
-    let d_hidden = head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
+    let d_hidden = head.backward(
+        params,
+        &acts.hidden,
+        &targets,
+        &out,
+        &d_lp,
+        None,
+        grads,
+        GradStore::Overwrite,
+    )?;
     lap("head_backward")?;
     // The LM head with its logits recomputed in the backward (row chunks of 256 Mi logits, none
     // kept), against the default above that keeps all N·V f32 logits from the forward.
@@ -277,9 +291,26 @@ fn phases(
     };
     let out = head.forward(params, &acts.hidden, &targets)?;
     lap("head_fwd_recompute")?;
-    head.backward(params, &acts.hidden, &targets, &out, &d_lp, None, grads)?;
+    head.backward(
+        params,
+        &acts.hidden,
+        &targets,
+        &out,
+        &d_lp,
+        None,
+        grads,
+        GradStore::Overwrite,
+    )?;
     lap("head_bwd_recompute")?;
-    backward(params, cfg, &batch, acts, &d_hidden, grads)?;
+    backward(
+        params,
+        cfg,
+        &batch,
+        acts,
+        &d_hidden,
+        grads,
+        GradStore::Overwrite,
+    )?;
     lap("backward")?;
     let st = opt.step(params, grads, 1e-5)?;
     lap("adamw")?;

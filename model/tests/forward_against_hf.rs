@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kernels::ops::GradStore;
 use kernels::testing::{max_abs_diff, rel_err, test_devices};
 use kernels::{DType, Device, Tensor};
 use model::llama::{
@@ -335,9 +336,19 @@ fn check_causal_lm(name: &str) {
                     &d_lp,
                     None,
                     &mut grads,
+                    GradStore::Add,
                 )
                 .unwrap();
-            backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+            backward(
+                &params,
+                &fx.cfg,
+                &batch,
+                acts,
+                &d_hidden,
+                &mut grads,
+                GradStore::Add,
+            )
+            .unwrap();
             check_grads(&fx, &grads, "grad", dtype);
             assert!(
                 failures.is_empty(),
@@ -424,9 +435,19 @@ fn qwen2_logprob_and_entropy_backward_at_temperature_in_chunks() {
                     &d_lp,
                     Some(&d_ent),
                     &mut grads,
+                    GradStore::Add,
                 )
                 .unwrap();
-            backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+            backward(
+                &params,
+                &fx.cfg,
+                &batch,
+                acts,
+                &d_hidden,
+                &mut grads,
+                GradStore::Add,
+            )
+            .unwrap();
             check_grads(&fx, &grads, "pg_grad", dtype);
             assert!(
                 failures.is_empty(),
@@ -466,9 +487,19 @@ fn micro_batches_accumulate_to_the_full_batch_gradient() {
                 &d_lp,
                 None,
                 &mut grads,
+                GradStore::Add,
             )
             .unwrap();
-        backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+        backward(
+            &params,
+            &fx.cfg,
+            &batch,
+            acts,
+            &d_hidden,
+            &mut grads,
+            GradStore::Add,
+        )
+        .unwrap();
     }
     check_grads(&fx, &grads, "grad", DType::F32);
 }
@@ -509,7 +540,16 @@ fn llama_seqcls_scalar_head_matches_transformers() {
             let mut grads = params.zeros_like(DType::F32).unwrap();
             let w = f32_tensor(fx.batch.value_weights.clone(), &device);
             let d_hidden = values_backward(&params, &acts.hidden, &w, &mut grads).unwrap();
-            backward(&params, &fx.cfg, &batch, acts, &d_hidden, &mut grads).unwrap();
+            backward(
+                &params,
+                &fx.cfg,
+                &batch,
+                acts,
+                &d_hidden,
+                &mut grads,
+                GradStore::Add,
+            )
+            .unwrap();
             check_grads(&fx, &grads, "value_grad", dtype);
         }
     }
@@ -530,9 +570,17 @@ fn errors_instead_of_panics() {
     let acts = forward(&params, &fx.cfg, &batch, Keep::OutputOnly).unwrap();
     let d = Tensor::zeros(acts.hidden.shape(), DType::F32, &Device::Cpu).unwrap();
     let mut grads = params.zeros_like(DType::F32).unwrap();
-    let e = backward(&params, &fx.cfg, &batch, acts, &d, &mut grads)
-        .err()
-        .unwrap();
+    let e = backward(
+        &params,
+        &fx.cfg,
+        &batch,
+        acts,
+        &d,
+        &mut grads,
+        GradStore::Add,
+    )
+    .err()
+    .unwrap();
     assert!(format!("{e:#}").contains("Keep::ForBackward"), "{e:#}");
 
     // A causal LM has no score head.
@@ -574,6 +622,7 @@ fn qwen2_factorised_head_matches_default_head() {
                         &d_lp,
                         d_ent,
                         &mut grads,
+                        GradStore::Add,
                     )
                     .unwrap();
                 let lp = out.logprobs.to_vec_f32().unwrap();

@@ -4,6 +4,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::{f32s, f32s_mut};
+use crate::ops::GradStore;
 use crate::{Error, Result, Tensor};
 
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -22,6 +23,7 @@ pub fn linear_backward(
     w: &Tensor,
     dw: &mut Tensor,
     db: Option<&mut Tensor>,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "linear_backward";
     let (n, i) = x.dims2(OP)?;
@@ -29,7 +31,7 @@ pub fn linear_backward(
     let (dy, x, w) = (f32s(OP, dy)?, f32s(OP, x)?, f32s(OP, w)?);
     let mut dx = vec![0.0f32; n * i];
     let db = db.map(|db| f32s_mut(OP, db)).transpose()?;
-    linear_backward_slices(dy, x, w, &mut dx, f32s_mut(OP, dw)?, db, n, i, o)?;
+    linear_backward_slices(dy, x, w, &mut dx, f32s_mut(OP, dw)?, store, db, n, i, o)?;
     super::tensor(dx, &[n, i])
 }
 
@@ -63,7 +65,8 @@ pub fn linear_forward(
     Ok(())
 }
 
-/// dx[N,I] = dy[N,O] · w[O,I];  dw[O,I] += dy[N,O]ᵀ · x[N,I];  db[O] += Σ_n dy[n,:].
+/// dx[N,I] = dy[N,O] · w[O,I];  dw[O,I] (+)= dy[N,O]ᵀ · x[N,I] as `store` says;
+/// db[O] += Σ_n dy[n,:].
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward_slices(
     dy: &[f32],
@@ -71,6 +74,7 @@ pub fn linear_backward_slices(
     w: &[f32],
     dx: &mut [f32],
     dw: &mut [f32],
+    store: GradStore,
     db: Option<&mut [f32]>,
     n: usize,
     i: usize,
@@ -78,6 +82,11 @@ pub fn linear_backward_slices(
 ) -> Result<()> {
     let (dyv, xv, wv) = (view(dy, n, o)?, view(x, n, i)?, view(w, o, i)?);
     general_mat_mul(1.0, &dyv, &wv, 0.0, &mut view_mut(dx, n, i)?);
+    if store == GradStore::Overwrite {
+        // Cleared, then added to: exactly the sums a zeroed buffer gets, and the old contents
+        // (even NaNs) never reach the product.
+        dw.fill(0.0);
+    }
     general_mat_mul(1.0, &dyv.t(), &xv, 1.0, &mut view_mut(dw, o, i)?);
     if let (Some(db), true) = (db, o > 0) {
         for row in dy.chunks_exact(o) {

@@ -8,7 +8,7 @@ use super::linear::{linear_backward_slices, linear_forward};
 use super::logsoftmax_gather::{row_backward, row_forward};
 use super::{f32s, f32s_mut};
 use crate::ops::lm_head::{chunk_rows, LmHeadGrad, LmHeadRows, LmHeadSaved};
-use crate::ops::NO_TARGET;
+use crate::ops::{GradStore, NO_TARGET};
 use crate::Result;
 use crate::Tensor;
 
@@ -72,6 +72,7 @@ pub fn lm_head_logprobs_backward(
     inv_temp: f32,
     max_logits: usize,
     dw: &mut Tensor,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "lm_head_logprobs_backward";
     let (n, c) = hidden.dims2(OP)?;
@@ -95,7 +96,8 @@ pub fn lm_head_logprobs_backward(
             .collect(); // diag(s) hidden [N,C]
         let mut dh = vec![0.0f32; n * c];
         // dh = R · W (scaled below), dW += Rᵀ · diag(s) hidden.
-        linear_backward_slices(res, &scaled, ws, &mut dh, f32s_mut(OP, dw)?, None, n, c, v)?;
+        let dws = f32s_mut(OP, dw)?;
+        linear_backward_slices(res, &scaled, ws, &mut dh, dws, store, None, n, c, v)?;
         for (r, row) in dh.chunks_exact_mut(c.max(1)).enumerate() {
             let s = row_scale(r);
             row.iter_mut().for_each(|x| *x *= s);
@@ -140,7 +142,9 @@ pub fn lm_head_logprobs_backward(
             );
         }
         let dh = &mut dh[r0 * c..(r0 + m) * c];
-        linear_backward_slices(dz, h, ws, dh, dws, None, m, c, v)?;
+        // The first chunk stores as asked; the later ones add onto it.
+        let store = if r0 == 0 { store } else { GradStore::Add };
+        linear_backward_slices(dz, h, ws, dh, dws, store, None, m, c, v)?;
     }
     super::tensor(dh, &[n, c])
 }

@@ -4,11 +4,13 @@
 //! Row-major [R, C] is column-major C×R, so (with A = w[O,I], B = x[N,I]):
 //! - forward   y[N,O] = x wᵀ:  column-major y(O×N) = wᵀ-op(I×O → O×I) · x(I×N)
 //! - backward  dx[N,I] = dy w: column-major dx(I×N) = w(I×O) · dy(O×N)
-//! - backward  dw[O,I] += dyᵀ x: column-major dw(I×O) = x(I×N) · dyᵀ(N×O), beta = 1, f32 C.
+//! - backward  dw[O,I] += dyᵀ x: column-major dw(I×O) = x(I×N) · dyᵀ(N×O), f32 C, beta = 1
+//!   (beta = 0 for the first write of a step, `GradStore::Overwrite`).
 
 use super::blas::Gemm;
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, ptr, suffix};
+use crate::ops::GradStore;
 use crate::{DType, Error, Result, Tensor};
 
 const SRC: KernelSource = kernel_source!("linear");
@@ -82,12 +84,13 @@ pub fn linear_backward(
     w: &Tensor,
     dw: &mut Tensor,
     db: Option<&mut Tensor>,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "linear_backward";
     let dev = device_of(x, OP)?;
     let (n, i) = x.dims2(OP)?;
     let dx = empty(&dev, &[n, i], x.dtype())?;
-    backward_into(OP, dy, x, w, dw, db, &dx, 0.0)?;
+    backward_into(OP, dy, x, w, dw, db, store, &dx, 0.0)?;
     Ok(dx)
 }
 
@@ -98,13 +101,14 @@ pub fn linear_backward_acc(
     w: &Tensor,
     dw: &mut Tensor,
     db: Option<&mut Tensor>,
+    store: GradStore,
     dx_acc: &mut Tensor,
 ) -> Result<()> {
-    backward_into("linear_backward_acc", dy, x, w, dw, db, dx_acc, 1.0)
+    backward_into("linear_backward_acc", dy, x, w, dw, db, store, dx_acc, 1.0)
 }
 
 /// The backward's two GEMMs and the bias gradient: dx = beta_dx · dx + dy w (in x's dtype),
-/// dw += dyᵀ x (f32), db += column sums of dy.
+/// dw (+)= dyᵀ x (f32; beta 0 for [`GradStore::Overwrite`]), db += column sums of dy.
 #[allow(clippy::too_many_arguments)]
 fn backward_into(
     op: &'static str,
@@ -113,6 +117,7 @@ fn backward_into(
     w: &Tensor,
     dw: &mut Tensor,
     db: Option<&mut Tensor>,
+    store: GradStore,
     dx: &Tensor,
     beta_dx: f32,
 ) -> Result<()> {
@@ -139,7 +144,7 @@ fn backward_into(
         c_type: dtype,
     }
     .run(&dev)?;
-    // dw(I×O) += x(I×N) · dyᵀ(N×O), f32 C.
+    // dw(I×O) (+)= x(I×N) · dyᵀ(N×O), f32 C.
     Gemm {
         trans_a: false,
         trans_b: true,
@@ -153,7 +158,7 @@ fn backward_into(
         c: ptr(dw, &dev, op)?,
         ldc: i,
         alpha: 1.0,
-        beta: 1.0,
+        beta: store.beta(),
         ab: dtype,
         c_type: DType::F32,
     }

@@ -23,6 +23,7 @@ use super::blas::Gemm;
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, ptr, suffix, CudaDevice};
 use crate::ops::lm_head::{chunk_rows, LmHeadGrad, LmHeadRows, LmHeadSaved};
+use crate::ops::GradStore;
 use crate::{DType, Error, Result, Tensor};
 
 const SRC: KernelSource = kernel_source!("logsoftmax");
@@ -215,6 +216,7 @@ fn backward_factorised(
     residual: &Tensor,
     inv_temp: f32,
     dw: &mut Tensor,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "lm_head_logprobs_backward";
     let (n, c) = hidden.dims2(OP)?;
@@ -236,7 +238,7 @@ fn backward_factorised(
         c: ptr(dw, dev, OP)?,
         ldc: c,
         alpha: 1.0,
-        beta: 1.0,
+        beta: store.beta(),
         ab: dtype,
         c_type: DType::F32,
     }
@@ -275,6 +277,7 @@ pub fn lm_head_logprobs_backward(
     inv_temp: f32,
     max_logits: usize,
     dw: &mut Tensor,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "lm_head_logprobs_backward";
     let dev = device_of(hidden, OP)?;
@@ -289,7 +292,7 @@ pub fn lm_head_logprobs_backward(
     };
     let t = Tensor::from_u32(targets.to_vec(), &[n], hidden.device())?;
     if let Some(res) = fwd.residual {
-        return backward_factorised(&dev, dlogprob, hidden, w, &t, res, inv_temp, dw);
+        return backward_factorised(&dev, dlogprob, hidden, w, &t, res, inv_temp, dw, store);
     }
     let d_hidden = empty(&dev, &[n, c], dtype)?;
     // Recomputed logits (when not kept) and d(logits) of one chunk, reused by every chunk.
@@ -355,7 +358,7 @@ pub fn lm_head_logprobs_backward(
             c_type: dtype,
         }
         .run(&dev)?;
-        // dw [V,C] += d(logits)ᵀ [V,m] · hidden rows [m,C]
+        // dw [V,C] (+)= d(logits)ᵀ [V,m] · hidden rows [m,C]
         Gemm {
             trans_a: false,
             trans_b: true,
@@ -369,7 +372,8 @@ pub fn lm_head_logprobs_backward(
             c: dw_p,
             ldc: c,
             alpha: 1.0,
-            beta: 1.0,
+            // The first chunk stores as asked; the later ones add onto it.
+            beta: if r0 == 0 { store.beta() } else { 1.0 },
             ab: dtype,
             c_type: DType::F32,
         }

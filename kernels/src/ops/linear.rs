@@ -1,6 +1,8 @@
 //! linear: y[N,O] = x[N,I] · w[O,I]ᵀ + b[O] (HF weight layout), and its backward.
 //!
-//! The backward accumulates into dw and db (+=) so that micro-batches add up without extra copies.
+//! The backward accumulates into dw and db (+=) so that micro-batches add up without extra copies;
+//! the first micro-batch of a step may instead write dw over the buffer ([`GradStore::Overwrite`]),
+//! so that the matrix gradients need no zeroing pass before it.
 
 use super::{check_dtype, check_float, check_same, check_shape};
 use crate::{DType, Device, Error, Result, Tensor};
@@ -46,14 +48,40 @@ pub fn linear_out(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) 
     }
 }
 
-/// Backward of [`linear`]: returns dx[N,I] = dy[N,O] · w[O,I] (dtype of x), and accumulates
-/// dw[O,I] += dyᵀ · x and db[O] += Σ_n dy[n] (both F32).
+/// How a backward stores the weight gradient that its GEMM produces.
+///
+/// Zeroing every f32 gradient before a step writes 4 bytes per parameter (2 GB at 0.5 B
+/// parameters), and each accumulating GEMM then reads its old dw back (the GEMM's beta = 1).
+/// The first micro-batch of a step writes instead (beta = 0: the buffer's old contents are never
+/// read, not even NaNs). Bias and norm-weight gradients are summed over rows with atomics and are
+/// always added, so the caller zeroes those (they are small).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradStore {
+    /// dw += the product: later micro-batches of a step, or a buffer the caller zeroed.
+    Add,
+    /// dw = the product: the first write of a step into a matrix gradient.
+    Overwrite,
+}
+
+impl GradStore {
+    /// The GEMM's beta for dw.
+    pub fn beta(self) -> f32 {
+        match self {
+            GradStore::Add => 1.0,
+            GradStore::Overwrite => 0.0,
+        }
+    }
+}
+
+/// Backward of [`linear`]: returns dx[N,I] = dy[N,O] · w[O,I] (dtype of x), stores
+/// dw[O,I] (+)= dyᵀ · x as `store` says, and accumulates db[O] += Σ_n dy[n] (both F32).
 pub fn linear_backward(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     dw: &mut Tensor,
     db: Option<&mut Tensor>,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "linear_backward";
     check_float(OP, x)?;
@@ -71,7 +99,7 @@ pub fn linear_backward(
         x.check_same_device(db, OP)?;
     }
     match x.device() {
-        Device::Cpu => crate::cpu::linear::linear_backward(dy, x, w, dw, db),
-        Device::Cuda(_) => crate::cuda::linear::linear_backward(dy, x, w, dw, db),
+        Device::Cpu => crate::cpu::linear::linear_backward(dy, x, w, dw, db, store),
+        Device::Cuda(_) => crate::cuda::linear::linear_backward(dy, x, w, dw, db, store),
     }
 }

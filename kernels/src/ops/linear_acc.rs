@@ -7,16 +7,18 @@
 //! product to bf16 before adding it to the bf16 accumulator, which is what `linear_backward`
 //! (bf16 dx) followed by `add_inplace` (one more rounding) computes too.
 
-use super::{check_dtype, check_float, check_same, check_shape};
+use super::{check_dtype, check_float, check_same, check_shape, GradStore};
 use crate::{DType, Device, Result, Tensor};
 
-/// dx_acc[N,I] += dy[N,O] · w[O,I];  dw[O,I] += dyᵀ · x;  db[O] += Σ_n dy[n] (dw, db F32).
+/// dx_acc[N,I] += dy[N,O] · w[O,I];  dw[O,I] (+)= dyᵀ · x as `store` says;  db[O] += Σ_n dy[n]
+/// (dw, db F32).
 pub fn linear_backward_acc(
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     dw: &mut Tensor,
     db: Option<&mut Tensor>,
+    store: GradStore,
     dx_acc: &mut Tensor,
 ) -> Result<()> {
     const OP: &str = "linear_backward_acc";
@@ -37,9 +39,11 @@ pub fn linear_backward_acc(
     }
     match x.device() {
         Device::Cpu => {
-            let dx = crate::cpu::linear::linear_backward(dy, x, w, dw, db)?;
+            let dx = crate::cpu::linear::linear_backward(dy, x, w, dw, db, store)?;
             super::add_inplace(dx_acc, &dx)
         }
-        Device::Cuda(_) => crate::cuda::linear::linear_backward_acc(dy, x, w, dw, db, dx_acc),
+        Device::Cuda(_) => {
+            crate::cuda::linear::linear_backward_acc(dy, x, w, dw, db, store, dx_acc)
+        }
     }
 }

@@ -24,7 +24,7 @@
 //! forward instead of summing it again, and writes d(logits) in the hidden states' dtype for the
 //! two backward GEMMs (one bf16 rounding, as `cast` of the f32 d(logits) did).
 
-use super::{check_dtype, check_float, check_same, check_shape, NO_TARGET};
+use super::{check_dtype, check_float, check_same, check_shape, GradStore, NO_TARGET};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// Per-row results of [`lm_head_logprobs`], all [N] f32, plus the logits when they were kept.
@@ -100,8 +100,8 @@ impl LmHeadRows {
 
 /// Backward of [`lm_head_logprobs`] (same hidden, w, targets, inv_temp, max_logits, and what its
 /// output saved): dlogprob[N] f32 and optional dentropy[N] f32 -> d(hidden)[N,C] in hidden's
-/// dtype; the head weight's gradient is accumulated into dw[V,C] f32 (+=). With a kept residual
-/// (factorised backward) `dentropy` must be None.
+/// dtype; the head weight's gradient goes into dw[V,C] f32, added or written as `store` says.
+/// With a kept residual (factorised backward) `dentropy` must be None.
 #[allow(clippy::too_many_arguments)]
 pub fn lm_head_logprobs_backward(
     dlogprob: &Tensor,
@@ -113,6 +113,7 @@ pub fn lm_head_logprobs_backward(
     inv_temp: f32,
     max_logits: usize,
     dw: &mut Tensor,
+    store: GradStore,
 ) -> Result<Tensor> {
     const OP: &str = "lm_head_logprobs_backward";
     check_inputs(OP, hidden, w, targets, inv_temp)?;
@@ -150,10 +151,10 @@ pub fn lm_head_logprobs_backward(
     check_shape(OP, "dw", dw, w.shape())?;
     match hidden.device() {
         Device::Cpu => crate::cpu::lm_head::lm_head_logprobs_backward(
-            dlogprob, dentropy, hidden, w, targets, fwd, inv_temp, max_logits, dw,
+            dlogprob, dentropy, hidden, w, targets, fwd, inv_temp, max_logits, dw, store,
         ),
         Device::Cuda(_) => crate::cuda::lm_head::lm_head_logprobs_backward(
-            dlogprob, dentropy, hidden, w, targets, fwd, inv_temp, max_logits, dw,
+            dlogprob, dentropy, hidden, w, targets, fwd, inv_temp, max_logits, dw, store,
         ),
     }
 }

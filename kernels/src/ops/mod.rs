@@ -41,7 +41,7 @@ pub use embedding::{
 };
 pub use grad_norm::{grad_clip, sum_squares, sum_squares_each, ClipDecision, GradClip};
 pub use kv_cache::{kv_cache_copy_blocks, kv_cache_write};
-pub use linear::{linear, linear_backward};
+pub use linear::{linear, linear_backward, GradStore};
 pub use linear_acc::linear_backward_acc;
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;

@@ -13,13 +13,13 @@
 //! (plus those of other data-parallel ranks when given), so accumulation equals the full batch.
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::{policy_logprob_grad, KlGrad, PolicyGradInputs, PolicyGradSpec};
+use kernels::ops::{policy_logprob_grad, GradStore, KlGrad, PolicyGradInputs, PolicyGradSpec};
 use kernels::{Device, Tensor};
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
 use super::common::{
-    finish_update, model_batch, normaliser_of, queue_update, upload, QueuedUpdate,
+    finish_update, model_batch, normaliser_of, queue_update, upload, zero_grads, QueuedUpdate,
 };
 use crate::batch::{pack, split_by_token_budget, Field, PackedBatch, Sequence};
 use crate::metrics::Metrics;
@@ -68,17 +68,19 @@ impl ActorStep {
         seqs: &[&Sequence],
         norm: Option<Normaliser>,
     ) -> Result<Metrics> {
-        let q = self.queue(params, cfg, grads, seqs, norm)?;
+        let q = self.queue(params, cfg, grads, GradStore::Add, seqs, norm)?;
         self.metrics(&q)
     }
 
     /// Queues forward, LM head, loss gradient and backward of every micro-batch; reads nothing
-    /// back.
+    /// back. The first micro-batch stores its gradients as `first` says (`Overwrite`: `grads` may
+    /// hold anything, every gradient is written), the others add.
     fn queue(
         &self,
         params: &Params,
         cfg: &ModelConfig,
         grads: &mut Params,
+        first: GradStore,
         seqs: &[&Sequence],
         norm: Option<Normaliser>,
     ) -> Result<QueuedBatch> {
@@ -90,7 +92,10 @@ impl ActorStep {
         };
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut parts = vec![];
-        for micro in split_by_token_budget(&lens, self.micro_batch_tokens)? {
+        for (k, micro) in split_by_token_budget(&lens, self.micro_batch_tokens)?
+            .into_iter()
+            .enumerate()
+        {
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
             let batch = model_batch(&p, &device)?;
@@ -99,6 +104,7 @@ impl ActorStep {
             let (d_lp, d_ent) = self
                 .loss_grads(&p, &norm, &head_out.logprobs, &device)
                 .context("actor loss gradient")?;
+            let store = if k == 0 { first } else { GradStore::Add };
             let d_hidden = self.head.backward(
                 params,
                 &acts.hidden,
@@ -107,13 +113,18 @@ impl ActorStep {
                 &d_lp,
                 d_ent.as_ref(),
                 grads,
+                store,
             )?;
-            backward(params, cfg, &batch, acts, &d_hidden, grads).context("actor backward")?;
+            backward(params, cfg, &batch, acts, &d_hidden, grads, store)
+                .context("actor backward")?;
             parts.push(Queued {
                 logprobs: head_out.logprobs,
                 entropy: head_out.entropy,
                 packed: p,
             });
+        }
+        if parts.is_empty() && first == GradStore::Overwrite {
+            zero_grads(grads)?; // no micro-batch wrote them
         }
         Ok(QueuedBatch { parts, norm })
     }
@@ -250,7 +261,7 @@ impl ActorStep {
         lr: f64,
     ) -> Result<PendingActorStep> {
         let q = queue_update(params, grads, opt, lr, |p, g| {
-            self.queue(p, cfg, g, seqs, None)
+            self.queue(p, cfg, g, GradStore::Overwrite, seqs, None)
         })?;
         Ok(PendingActorStep(q))
     }

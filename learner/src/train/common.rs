@@ -77,8 +77,9 @@ pub(crate) struct QueuedUpdate<Q> {
     opt: PendingStep,
 }
 
-/// Zeroes the gradients, queues the mini-batch's forward and backward (`queue`), then clip +
-/// AdamW: the whole step is on the device's queue when this returns.
+/// Queues the mini-batch's forward and backward (`queue`), then clip + AdamW: the whole step is
+/// on the device's queue when this returns. The gradients are not zeroed first: `queue` must
+/// write every one of them (its first micro-batch with `GradStore::Overwrite`, or zero them).
 pub(crate) fn queue_update<Q>(
     params: &mut Params,
     grads: &mut Params,
@@ -86,7 +87,6 @@ pub(crate) fn queue_update<Q>(
     lr: f64,
     queue: impl FnOnce(&Params, &mut Params) -> Result<Q>,
 ) -> Result<QueuedUpdate<Q>> {
-    zero_grads(grads)?;
     let batch = queue(params, grads)?;
     let opt = opt.queue_step(params, grads, lr)?;
     Ok(QueuedUpdate { batch, opt })

@@ -4,6 +4,7 @@
 //! same alignment GAE used.
 
 use anyhow::{Context, Result};
+use kernels::ops::GradStore;
 use model::llama::{backward, forward, values, values_backward, Keep};
 use model::{ModelConfig, Params};
 
@@ -56,7 +57,8 @@ impl CriticStep {
             metrics.merge(&out.metrics);
             let dv = upload(out.grad_values, &device)?;
             let d_hidden = values_backward(params, &acts.hidden, &dv, grads)?;
-            backward(params, cfg, &batch, acts, &d_hidden, grads).context("critic backward")?;
+            backward(params, cfg, &batch, acts, &d_hidden, grads, GradStore::Add)
+                .context("critic backward")?;
         }
         Ok(metrics)
     }

@@ -3,6 +3,7 @@
 //! loss over pairs; the gradient flows back only through those last-token values.
 
 use anyhow::{bail, Context, Result};
+use kernels::ops::GradStore;
 use model::llama::{backward, forward, values, values_backward, Keep};
 use model::{ModelConfig, Params};
 
@@ -96,7 +97,8 @@ impl RewardModelStep {
                 dv[last[np + k]] = out.grad_rejected[k];
             }
             let d_hidden = values_backward(params, &acts.hidden, &upload(dv, &device)?, grads)?;
-            backward(params, cfg, &batch, acts, &d_hidden, grads).context("reward backward")?;
+            backward(params, cfg, &batch, acts, &d_hidden, grads, GradStore::Add)
+                .context("reward backward")?;
         }
         Ok(metrics)
     }

@@ -7,11 +7,12 @@
 //! after the optimiser update is queued.
 
 use anyhow::{Context, Result};
+use kernels::ops::GradStore;
 use kernels::Tensor;
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
-use super::common::{finish_update, model_batch, queue_update, upload, QueuedUpdate};
+use super::common::{finish_update, model_batch, queue_update, upload, zero_grads, QueuedUpdate};
 use crate::batch::{pack, split_by_token_budget, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{sft_grad_logprob, sft_loss, LossAgg, Normaliser};
@@ -46,17 +47,19 @@ impl SftStep {
         grads: Option<&mut Params>,
         seqs: &[&Sequence],
     ) -> Result<Metrics> {
-        let queued = self.queue(params, cfg, grads, seqs)?;
+        let queued = self.queue(params, cfg, grads, GradStore::Add, seqs)?;
         self.metrics(&queued)
     }
 
     /// Queues forward, LM head and (with `grads`) backward of every micro-batch without reading
-    /// anything back from the device.
+    /// anything back from the device. The first micro-batch stores its gradients as `first`
+    /// says (`Overwrite`: `grads` may hold anything, every gradient is written), the others add.
     fn queue(
         &self,
         params: &Params,
         cfg: &ModelConfig,
         mut grads: Option<&mut Params>,
+        first: GradStore,
         seqs: &[&Sequence],
     ) -> Result<QueuedBatch> {
         let device = params.embed.device().clone();
@@ -65,7 +68,10 @@ impl SftStep {
         let norm = Normaliser::count(&whole.loss_mask, &whole.cu_seqlens)?;
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut parts = vec![];
-        for micro in split_by_token_budget(&lens, self.micro_batch_tokens)? {
+        for (k, micro) in split_by_token_budget(&lens, self.micro_batch_tokens)?
+            .into_iter()
+            .enumerate()
+        {
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
             let batch = model_batch(&p, &device)?;
@@ -79,9 +85,10 @@ impl SftStep {
             if let Some(g) = grads.as_deref_mut() {
                 let d_lp = sft_grad_logprob(&p.loss_mask, &p.cu_seqlens, self.agg, &norm)?;
                 let d_lp = upload(d_lp, &device)?;
-                let d_hidden =
-                    head.backward(params, &acts.hidden, &p.targets, &head_out, &d_lp, None, g)?;
-                backward(params, cfg, &batch, acts, &d_hidden, g).context("SFT backward")?;
+                let store = if k == 0 { first } else { GradStore::Add };
+                let (lp, h) = (&head_out, &acts.hidden);
+                let d_hidden = head.backward(params, h, &p.targets, lp, &d_lp, None, g, store)?;
+                backward(params, cfg, &batch, acts, &d_hidden, g, store).context("SFT backward")?;
             }
             // Only the [N] log-probs outlive the micro-batch (the logits are freed here).
             parts.push(Queued {
@@ -89,6 +96,9 @@ impl SftStep {
                 mask: p.loss_mask,
                 cu_seqlens: p.cu_seqlens,
             });
+        }
+        if let (true, GradStore::Overwrite, Some(g)) = (parts.is_empty(), first, grads) {
+            zero_grads(g)?; // no micro-batch wrote them
         }
         Ok(QueuedBatch { parts, norm })
     }
@@ -130,7 +140,7 @@ impl SftStep {
         lr: f64,
     ) -> Result<PendingSftStep> {
         let q = queue_update(params, grads, opt, lr, |p, g| {
-            self.queue(p, cfg, Some(g), seqs)
+            self.queue(p, cfg, Some(g), GradStore::Overwrite, seqs)
         })?;
         Ok(PendingSftStep(q))
     }

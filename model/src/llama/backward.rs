@@ -2,14 +2,18 @@
 //! layer by layer in reverse, with each op's explicit backward. The head backwards (LM, scalar)
 //! produce d(final hidden) and their own weight gradients; see `lm_head.rs` and `score_head.rs`.
 //!
-//! Gradients are f32 and accumulated (+=) into a `Params`-shaped buffer
-//! (`params.zeros_like(DType::F32)`), so micro-batches add up. The activations are consumed: each
-//! layer's saved tensors are freed as soon as its backward is done.
+//! Gradients are f32, in a `Params`-shaped buffer (`params.zeros_like(DType::F32)`). With
+//! `GradStore::Add` they are accumulated (+=), so micro-batches add up; with
+//! `GradStore::Overwrite` (the first micro-batch of a step) they are written over whatever the
+//! buffer held, so a step needs no pass that zeroes 4 bytes per parameter first: the matrices'
+//! GEMMs run with beta 0, the final norm's gradient is moved in, and the few small gradients that
+//! kernels sum with atomics (norm weights, biases) are zeroed in one launch. The activations are
+//! consumed: each layer's saved tensors are freed as soon as its backward is done.
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
-    add_inplace, attention_backward_rope, linear_backward, linear_backward_acc, rmsnorm_backward,
-    rmsnorm_backward_acc, scatter_add_rows_host_ids, swiglu_backward,
+    add_inplace, attention_backward_rope, fill_many, linear_backward, linear_backward_acc,
+    rmsnorm_backward, rmsnorm_backward_acc, scatter_add_rows_host_ids, swiglu_backward, GradStore,
 };
 use kernels::{DType, Tensor};
 
@@ -18,8 +22,15 @@ use super::batch::Batch;
 use crate::config::ModelConfig;
 use crate::params::{LayerParams, Params};
 
-/// Accumulates into `grads` the gradients of all decoder parameters (embedding, layers, final
-/// norm) given `d_hidden` [N,C] = dLoss/d(final hidden), in the activation dtype.
+/// Stores into `grads` (added or written, as `store` says) the gradients of all decoder
+/// parameters (embedding, layers, final norm) given `d_hidden` [N,C] = dLoss/d(final hidden), in
+/// the activation dtype.
+///
+/// The embedding's gradient is the lookup's rows scattered onto the buffer, so `Overwrite` zeroes
+/// it first, except when the embeddings are tied to the LM head (`params` has neither `lm_head`
+/// nor `score`): then the head's backward, which runs first, wrote it (give it the same `store`)
+/// and the rows are added onto that.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     params: &Params,
     cfg: &ModelConfig,
@@ -27,8 +38,13 @@ pub fn backward(
     acts: Activations,
     d_hidden: &Tensor,
     grads: &mut Params,
+    store: GradStore,
 ) -> Result<()> {
     check_grads(grads)?;
+    if store == GradStore::Overwrite {
+        let embed_written_by_head = params.lm_head.is_none() && params.score.is_none();
+        zero_atomic_grads(grads, !embed_written_by_head).context("zeroing the small gradients")?;
+    }
     let Activations {
         hidden,
         layers,
@@ -49,7 +65,10 @@ pub fn backward(
 
     let (mut dx, dw) = rmsnorm_backward(d_hidden, &final_in, &params.final_norm, &final_rstd)
         .context("backward of the final norm")?;
-    add_inplace(&mut grads.final_norm, &dw)?;
+    match store {
+        GradStore::Add => add_inplace(&mut grads.final_norm, &dw)?,
+        GradStore::Overwrite => grads.final_norm = dw, // [C] f32, the buffer's shape and dtype
+    }
     drop(final_in);
 
     let mut layers = layers;
@@ -64,6 +83,7 @@ pub fn backward(
             saved,
             cfg,
             batch,
+            store,
         )
         .with_context(|| format!("backward of layer {l}"))?;
     }
@@ -75,8 +95,8 @@ pub fn backward(
     Ok(())
 }
 
-/// Backward of one layer: d(layer output) in, d(layer input) out; weight gradients accumulate
-/// into `g`.
+/// Backward of one layer: d(layer output) in, d(layer input) out; matrix gradients are stored
+/// into `g` as `store` says, bias and norm gradients added.
 fn layer_backward(
     d_out: Tensor,
     lp: &LayerParams,
@@ -84,6 +104,7 @@ fn layer_backward(
     s: LayerActs,
     cfg: &ModelConfig,
     batch: &Batch,
+    store: GradStore,
 ) -> Result<Tensor> {
     let n = batch.num_tokens();
     let (h, k, d) = (
@@ -95,12 +116,12 @@ fn layer_backward(
     let scale = 1.0 / (d as f32).sqrt();
 
     // MLP block: x_out = x2 + down(silu(gate(xn2)) * up(xn2)).
-    let d_act = linear_backward(&d_out, &s.act, &lp.down, &mut g.down, None)?; // [N,F]
+    let d_act = linear_backward(&d_out, &s.act, &lp.down, &mut g.down, None, store)?; // [N,F]
     drop(s.act);
     let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
     drop(d_act);
-    let mut d_xn2 = linear_backward(&d_gate, &s.xn2, &lp.gate, &mut g.gate, None)?; // [N,C]
-    linear_backward_acc(&d_up, &s.xn2, &lp.up, &mut g.up, None, &mut d_xn2)?; // d_xn2 +=
+    let mut d_xn2 = linear_backward(&d_gate, &s.xn2, &lp.gate, &mut g.gate, None, store)?; // [N,C]
+    linear_backward_acc(&d_up, &s.xn2, &lp.up, &mut g.up, None, store, &mut d_xn2)?; // d_xn2 +=
     drop((d_gate, d_up));
     // The residual passes d_out straight through to x2; the norm's dx is added onto it.
     let mut d_x2 = d_out;
@@ -116,7 +137,7 @@ fn layer_backward(
 
     // Attention block: x2 = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))).
     let att = s.att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
-    let d_att = linear_backward(&d_x2, &att, &lp.o, &mut g.o, None)?; // [N,H*D]
+    let d_att = linear_backward(&d_x2, &att, &lp.o, &mut g.o, None, store)?; // [N,H*D]
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
                                             // dq, dk come back already rotated by RoPE's −a (the gradients of the unrotated q, k): the
@@ -137,10 +158,26 @@ fn layer_backward(
     let dq = dq.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let dk = dk.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
-    let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut())?; // [N,C]
-    linear_backward_acc(&dk, &s.xn, &lp.k, &mut g.k, g.k_bias.as_mut(), &mut d_xn)?; // d_xn +=
-    linear_backward_acc(&dv, &s.xn, &lp.v, &mut g.v, g.v_bias.as_mut(), &mut d_xn)?; // d_xn +=
-                                                                                     // d(layer input) = d_x2 (residual) + the attention norm's dx.
+    let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut(), store)?; // [N,C]
+    linear_backward_acc(
+        &dk,
+        &s.xn,
+        &lp.k,
+        &mut g.k,
+        g.k_bias.as_mut(),
+        store,
+        &mut d_xn,
+    )?; // d_xn +=
+    linear_backward_acc(
+        &dv,
+        &s.xn,
+        &lp.v,
+        &mut g.v,
+        g.v_bias.as_mut(),
+        store,
+        &mut d_xn,
+    )?; // d_xn +=
+        // d(layer input) = d_x2 (residual) + the attention norm's dx.
     let mut d_x = d_x2;
     rmsnorm_backward_acc(
         &d_xn,
@@ -151,6 +188,26 @@ fn layer_backward(
         &mut g.attn_norm,
     )?;
     Ok(d_x)
+}
+
+/// Zeroes, in one launch, the gradients that kernels add to with atomics (norm weights and
+/// biases: they cannot be written over), and the embedding's when `embed` (the lookup scatters
+/// rows onto it).
+fn zero_atomic_grads(grads: &mut Params, embed: bool) -> Result<()> {
+    let mut zero: Vec<&mut Tensor> = vec![];
+    if embed {
+        zero.push(&mut grads.embed);
+    }
+    for g in grads.layers.iter_mut() {
+        zero.push(&mut g.attn_norm);
+        zero.push(&mut g.mlp_norm);
+        zero.extend(
+            [&mut g.q_bias, &mut g.k_bias, &mut g.v_bias]
+                .into_iter()
+                .flatten(),
+        );
+    }
+    Ok(fill_many(&mut zero, 0.0)?)
 }
 
 /// Gradient buffers must be f32 (master precision) whatever the activation dtype.

@@ -36,6 +36,7 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::lm_head::{lm_head_logprobs, lm_head_logprobs_backward, LmHeadGrad, LmHeadSaved};
+use kernels::ops::GradStore;
 use kernels::{DType, Tensor};
 
 use super::backward::check_grads;
@@ -127,8 +128,8 @@ impl LmHead {
     }
 
     /// Backward of [`LmHead::forward`]: given d(logprob) [N] f32 and optionally d(entropy) [N]
-    /// f32, accumulates the head weight's gradient into `grads` (lm_head, or the embedding when
-    /// tied) and returns d(hidden) [N,C] in the hidden states' dtype.
+    /// f32, stores the head weight's gradient into `grads` (lm_head, or the embedding when tied;
+    /// added or written as `store` says) and returns d(hidden) [N,C] in the hidden states' dtype.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -139,6 +140,7 @@ impl LmHead {
         d_logprob: &Tensor,
         d_entropy: Option<&Tensor>,
         grads: &mut Params,
+        store: GradStore,
     ) -> Result<Tensor> {
         check_grads(grads)?;
         let w = head_weight(params)?;
@@ -187,6 +189,7 @@ impl LmHead {
             self.inv_temp,
             self.max_logits,
             gw,
+            store,
         )
         .context("LM head backward")
     }

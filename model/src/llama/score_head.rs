@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::linear::linear_out;
-use kernels::ops::{cast, linear_backward};
+use kernels::ops::{cast, linear_backward, GradStore};
 use kernels::{DType, Tensor};
 
 use super::backward::check_grads;
@@ -47,7 +47,7 @@ pub fn values_backward(
         .score
         .as_mut()
         .context("the gradient buffer has no score.weight")?;
-    Ok(linear_backward(&dv, hidden, w, gw, None)?)
+    Ok(linear_backward(&dv, hidden, w, gw, None, GradStore::Add)?)
 }
 
 /// The value at the last token of each sequence (the reward of a reward model), on the host.
