@@ -19,6 +19,7 @@ use kernels::{DType, Tensor};
 
 use super::activations::{Activations, LayerActs};
 use super::batch::Batch;
+use super::qkv::qkv_backward;
 use crate::config::ModelConfig;
 use crate::params::{LayerParams, Params};
 
@@ -158,26 +159,9 @@ fn layer_backward(
     let dq = dq.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let dk = dk.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
-    let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut(), store)?; // [N,C]
-    linear_backward_acc(
-        &dk,
-        &s.xn,
-        &lp.k,
-        &mut g.k,
-        g.k_bias.as_mut(),
-        store,
-        &mut d_xn,
-    )?; // d_xn +=
-    linear_backward_acc(
-        &dv,
-        &s.xn,
-        &lp.v,
-        &mut g.v,
-        g.v_bias.as_mut(),
-        store,
-        &mut d_xn,
-    )?; // d_xn +=
-        // d(layer input) = d_x2 (residual) + the attention norm's dx.
+    let d_xn = qkv_backward(&dq, &dk, &dv, &s.xn, lp, g, store)?; // [N,C]
+    drop((dq, dk, dv));
+    // d(layer input) = d_x2 (residual) + the attention norm's dx.
     let mut d_x = d_x2;
     rmsnorm_backward_acc(
         &d_xn,
