@@ -12,12 +12,22 @@
 //
 // Kernels:
 //   attention_fa_fwd    one block per (query tile, query head): out, lse.
-//   attention_fa_delta  delta = rowsum(dout ∘ out), the backward's preprocessing.
+//   attention_fa_delta  delta = rowsum(dout ∘ out), the backward's preprocessing;
+//                       attention_fa_delta_rope also builds the cos/sin table of the fused RoPE.
 //   attention_fa_bwd    one block per (key tile, query head): dk, dv (and, unless SPLIT_DQ, dq by
 //                       f32 reductions), into f32 buffers.
 //   attention_fa_dq     (SPLIT_DQ) one block per (query tile, query head): dq without atomics,
 //                       recomputing S and dP.
-//   attention_fa_finish f32 accumulator -> bf16 output.
+//   attention_fa_finish f32 accumulator -> bf16 output (attention_fa_finish_rope: rotated by -a).
+//
+// Fused RoPE backward (attention_backward_rope): q and k enter attention already rotated, so the
+// gradients of the unrotated q, k are dq, dk rotated back by -a (HF rotate_half pairs d, d + D/2).
+// The rotation is applied where dq and dk are stored (attention_fa_dq's epilogue, or
+// attention_fa_finish_rope on the f32 accumulators; dk is the GQA group's sum, and the rotation is
+// linear, so the sum is rotated) instead of by two rope_backward passes over dq and dk. cos/sin
+// come from a [N][D] f32 table (cos a at i, -sin a at D/2 + i, rope.cu's layout for sign -1)
+// built by attention_fa_delta_rope with the arithmetic of rope.cu (rope_cos_sin), once per token
+// rather than per head.
 //
 // Compile-time parameters (defaults in brackets):
 //   HEAD_DIM (D, a multiple of 16, at most 128)
@@ -413,7 +423,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 }
 
 // delta[n, h] = sum_d dout * out, one warp per (token, head) row.
-extern "C" __global__ void attention_fa_delta(const bf16* __restrict__ dout, const bf16* __restrict__ out,
+__device__ __forceinline__ void fa_delta_rows(const bf16* __restrict__ dout, const bf16* __restrict__ out,
                                               float* __restrict__ delta, u32 rows) {
     const u32 w = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
     if (w >= rows) return;
@@ -422,6 +432,29 @@ extern "C" __global__ void attention_fa_delta(const bf16* __restrict__ dout, con
     for (u32 d = lane; d < D; d += 32) acc += __bfloat162float(dout[base + d]) * __bfloat162float(out[base + d]);
     acc = warp_sum(acc);
     if (lane == 0) delta[w] = acc;
+}
+
+extern "C" __global__ void attention_fa_delta(const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                                              float* __restrict__ delta, u32 rows) {
+    fa_delta_rows(dout, out, delta, rows);
+}
+
+// The delta, and the inverse rotation's table for the fused RoPE backward: tab[t][i] = cos a,
+// tab[t][D/2 + i] = -sin a for pair i at position pos[t], one (token, pair) per thread
+// (grid-stride). Done in this launch, which the backward needs anyway, so the table costs no
+// launch of its own; the f64 evaluation is done once per token, not once per head.
+extern "C" __global__ void attention_fa_delta_rope(const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                                                   float* __restrict__ delta, u32 rows, const u32* __restrict__ pos,
+                                                   float* __restrict__ tab, u32 n_tok, float theta) {
+    const u64 pairs = (u64)n_tok * (D / 2), stride = (u64)gridDim.x * blockDim.x;
+    for (u64 idx = blockIdx.x * (u64)blockDim.x + threadIdx.x; idx < pairs; idx += stride) {
+        const u32 tok = (u32)(idx / (D / 2)), i = (u32)(idx % (D / 2));
+        float c, s;
+        rope_cos_sin(pos[tok], i, D, theta, &c, &s);
+        tab[(size_t)tok * D + i] = c;
+        tab[(size_t)tok * D + D / 2 + i] = -s;
+    }
+    fa_delta_rows(dout, out, delta, rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,13 +691,15 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, BWD_MINB)
 // dq without atomics (SPLIT_DQ): one block per (query tile of BMQ rows, query head), like the
 // forward; warp w owns rows 16w..16w+15 and iterates over the key tiles up to the diagonal:
 //   S = Q K^T, P = exp2(S scale log2e - lse log2e), dP = dO V^T, dS = P (dP - delta), dq += dS K
-// with dS's A fragments straight from the C fragments. Writes bf16(dq · scale).
+// with dS's A fragments straight from the C fragments. Writes bf16(dq · scale), or with a RoPE
+// table (rope_tab non-null, see above) bf16 of dq · scale rotated by -a: column c < D/2 of n-tile
+// n pairs with column c + D/2 of n-tile n + D/16, in the same thread and C-fragment slot.
 
 extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     attention_fa_dq(const bf16* __restrict__ dout, const bf16* __restrict__ q, const bf16* __restrict__ k,
                     const bf16* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ delta,
                     const u32* __restrict__ cu, bf16* __restrict__ dq_out, u32 n_seqs, u32 H, u32 KH,
-                    float scale) {
+                    float scale, const float* __restrict__ rope_tab) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [BMQ][LDS]
     bf16* dOs = Qs + BMQ * LDS;                      // [BMQ][LDS]
@@ -768,10 +803,27 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
         const u32 row = wr0 + g + 8 * r;
         if (row < qn) {
             const size_t base = (size_t)(start + q0 + row) * qs + (size_t)h * D;
+            if (rope_tab) {
+                // rope.cu's arithmetic with s = -sin a: y1 = x1 c - x2 s, y2 = x2 c + x1 s.
+                const float* tr = rope_tab + (size_t)(start + q0 + row) * D;
 #pragma unroll
-            for (int n = 0; n < NT_D; ++n)
-                *reinterpret_cast<u32*>(dq_out + base + n * 8 + 2 * t) =
-                    mma_pack2(dq[n][2 * r] * scale, dq[n][2 * r + 1] * scale);
+                for (int n = 0; n < NT_D / 2; ++n) {
+                    const u32 c0 = n * 8 + 2 * t;
+                    const float2 c = *reinterpret_cast<const float2*>(tr + c0);
+                    const float2 s = *reinterpret_cast<const float2*>(tr + D / 2 + c0);
+                    const float x1a = dq[n][2 * r] * scale, x1b = dq[n][2 * r + 1] * scale;
+                    const float x2a = dq[n + NT_D / 2][2 * r] * scale, x2b = dq[n + NT_D / 2][2 * r + 1] * scale;
+                    *reinterpret_cast<u32*>(dq_out + base + c0) =
+                        mma_pack2(x1a * c.x - x2a * s.x, x1b * c.y - x2b * s.y);
+                    *reinterpret_cast<u32*>(dq_out + base + D / 2 + c0) =
+                        mma_pack2(x2a * c.x + x1a * s.x, x2b * c.y + x1b * s.y);
+                }
+            } else {
+#pragma unroll
+                for (int n = 0; n < NT_D; ++n)
+                    *reinterpret_cast<u32*>(dq_out + base + n * 8 + 2 * t) =
+                        mma_pack2(dq[n][2 * r] * scale, dq[n][2 * r + 1] * scale);
+            }
         }
     }
 }
@@ -789,4 +841,32 @@ extern "C" __global__ void attention_fa_finish(const float* __restrict__ src, bf
             st8(dst, i, x);
         },
         [&](size_t i) { dst[i] = __float2bfloat16_rn(src[i] * mul); });
+}
+
+// dst[row] = bf16 of src[row] · mul rotated by -a (the fused RoPE backward, see above) for rows
+// (token, head) of D f32, heads per token `heads`, tab [N][D] from attention_fa_delta_rope. One
+// thread per 8 pairs (D / 2 is a multiple of 8 as D is of 16): 16-byte loads and stores.
+extern "C" __global__ void attention_fa_finish_rope(const float* __restrict__ src, bf16* __restrict__ dst,
+                                                    const float* __restrict__ tab, u64 rows, u32 heads, float mul) {
+    constexpr u32 HALF = D / 2, PER_ROW = HALF / 8;
+    const u64 items = rows * PER_ROW, stride = (u64)gridDim.x * blockDim.x;
+    for (u64 idx = blockIdx.x * (u64)blockDim.x + threadIdx.x; idx < items; idx += stride) {
+        const u64 row = idx / PER_ROW;
+        const u32 i = (u32)(idx % PER_ROW) * 8;
+        const size_t base = (size_t)row * D, tb = (size_t)(row / heads) * D;
+        float x1[8], x2[8], c[8], s[8], y1[8], y2[8];
+        ld8(src, base + i, x1);
+        ld8(src, base + HALF + i, x2);
+        ld8(tab, tb + i, c);
+        ld8(tab, tb + HALF + i, s);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            x1[k] *= mul;
+            x2[k] *= mul;
+            y1[k] = x1[k] * c[k] - x2[k] * s[k];
+            y2[k] = x2[k] * c[k] + x1[k] * s[k];
+        }
+        st8(dst, base + i, y1);
+        st8(dst, base + HALF + i, y2);
+    }
 }

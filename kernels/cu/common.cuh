@@ -91,3 +91,19 @@ __device__ __forceinline__ void for_each_8(u64 n, F8 body8, F1 body1) {
     for (u64 j = tid; j < n8; j += stride) body8((size_t)j * 8);
     for (u64 j = n8 * 8 + tid; j < n; j += stride) body1((size_t)j);
 }
+
+// cos and sin of rotary pair i's angle at position p (head dim d), the arithmetic every RoPE
+// kernel shares (rope.cu, qkv_rope_cache.cu, the attention backward's fused inverse rotation), so
+// their results agree bit for bit: as HF, inv_freq = 1 / theta^(f32(2i) / f32(d)) and
+// a = f32(p) * inv_freq in f32; theta^e and cos / sin(a) are evaluated in f64 and rounded, giving
+// the correctly rounded f32 values a good libm returns, so the angle does not drift from the CPU
+// reference at large positions.
+__device__ __forceinline__ void rope_cos_sin(u32 p, u32 i, u32 d, float theta, float* c, float* s) {
+    const float expo = (float)(2 * i) / (float)d;
+    const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
+    const float a = (float)p * inv_freq;
+    double sd, cd;
+    sincos((double)a, &sd, &cd);
+    *c = (float)cd;
+    *s = (float)sd;
+}

@@ -5,7 +5,8 @@
 //   2. rotates the q and k heads as the `rope` op does (HF rotate_half; x read in f32, cos/sin of
 //      the f32 angle evaluated in f64 and rounded to f32, one rounding to T of the result);
 //   3. writes q[N,H,D], k[N,K,D], v[N,K,D] and k, v into their paged-cache slots (kc, vc [P,K,D];
-//      a slot >= P, e.g. u32::MAX for an idle row, is skipped, as in kv_cache_write).
+//      a slot >= P, e.g. u32::MAX for an idle row, is skipped, as in kv_cache_write). The training
+//      forward passes no cache (P = 0, null slots and caches): only q, k, v are written.
 // cos/sin come from a per-position table (rope_tab[P, D], built once per rollout by `rope_table`
 // with the same arithmetic) when given and the position is inside it, else are computed per token.
 // Layout as rope.cu: one block per `tpb` (1 to 8) consecutive tokens (grid-stride), their cos/sin
@@ -76,7 +77,7 @@ __device__ __forceinline__ void qkv_item(const float* __restrict__ acc, const T*
         out = hh < heads + kv_heads ? k : v;
         cache = hh < heads + kv_heads ? kc : vc;
         row = (size_t)tok * kv_heads + kh;
-        const u32 slot = slots[tok];
+        const u32 slot = num_slots > 0 ? slots[tok] : 0;  // no cache (training): 0 slots, null slots
         if (slot < num_slots) {
             const size_t dst = ((size_t)slot * kv_heads + kh) * d;
             stv<V>(cache, dst + i, x1);
@@ -85,18 +86,6 @@ __device__ __forceinline__ void qkv_item(const float* __restrict__ acc, const T*
     }
     stv<V>(out, row * d + i, x1);
     stv<V>(out, row * d + i + half, x2);
-}
-
-// cos and sin of pair i's angle at position p, as `rope`: a = p * (1 / theta^(2i/D)) in f32, then
-// cos a, sin a evaluated in f64 and rounded to f32.
-__device__ __forceinline__ void rope_cos_sin(u32 p, u32 i, u32 d, float theta, float* c, float* s) {
-    const float expo = (float)(2 * i) / (float)d;
-    const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
-    const float a = (float)p * inv_freq;
-    double sd, cd;
-    sincos((double)a, &sd, &cd);
-    *c = (float)cd;
-    *s = (float)sd;
 }
 
 template <typename T>

@@ -1,9 +1,7 @@
 // Rotary embedding, HF `rotate_half` layout: for i < D/2, a = pos * theta^(-2i/D) (f32),
 //   y[i] = x[i] cos a - x[i+D/2] sin a,   y[i+D/2] = x[i+D/2] cos a + x[i] sin a.
 // The backward is the rotation by -a (sign = -1).
-// As HF (and the CPU reference): inv_freq = 1 / theta^(f32(2i) / f32(D)) and a = f32(pos) * inv_freq
-// in f32. theta^e and cos/sin(a) are evaluated in f64 and rounded, giving the correctly rounded f32
-// values a good libm returns, so the angle does not drift from the reference at large positions.
+// cos / sin of the angle as `rope_cos_sin` (common.cuh) computes them for every RoPE kernel.
 // One block per TPB consecutive tokens (grid-stride): their D/2 cos/sin pairs are computed into
 // shared memory by all threads at once (the f64 evaluation is the slow part, so it is spread over
 // the block rather than done by D/2 threads while the rest wait) and applied to every head;
@@ -38,13 +36,10 @@ __device__ void rope_impl(const TI* __restrict__ x, const TB* __restrict__ bias,
         __syncthreads();  // the previous tokens' table is no longer read
         for (u32 idx = threadIdx.x; idx < nt * half; idx += blockDim.x) {
             const u32 tk = idx / half, i = idx % half;
-            const float expo = (float)(2 * i) / (float)d;
-            const float inv_freq = 1.0f / (float)pow((double)theta, (double)expo);
-            const float a = (float)pos[tok0 + tk] * inv_freq;
-            double sd, cd;
-            sincos((double)a, &sd, &cd);
-            tab[tk * d + i] = (float)cd;
-            tab[tk * d + half + i] = sign * (float)sd;
+            float c, s;
+            rope_cos_sin(pos[tok0 + tk], i, d, theta, &c, &s);
+            tab[tk * d + i] = c;
+            tab[tk * d + half + i] = sign * s;
         }
         __syncthreads();
         if (half % 8 == 0) {

@@ -74,6 +74,7 @@ fn attention_variants(
     v: &Tensor,
     dout: &Tensor,
     cu: &Tensor,
+    pos: &Tensor,
     scale: f32,
     flops: f64,
     only: Option<&str>,
@@ -139,6 +140,42 @@ fn attention_variants(
             2.5 * flops,
             0.0,
         );
+        // The training backward's attention + RoPE backward: the two rope_backward passes after
+        // the attention backward, against the inverse rotation fused into dq's and dk's stores.
+        let theta = 1e6;
+        let ms = time(cuda, || {
+            let (dq, dk, _) =
+                ops::attention_backward(dout, q, k, v, &out, &lse, cu, scale).unwrap();
+            ops::rope_backward(&dq, pos, theta).unwrap();
+            ops::rope_backward(&dk, pos, theta).unwrap();
+        });
+        report(
+            "attention bwd + 2 rope_backward D64 default",
+            ms,
+            2.5 * flops,
+            0.0,
+        );
+        let ms = time(cuda, || {
+            ops::attention_backward_rope(dout, q, k, v, &out, &lse, cu, scale, pos, theta).unwrap();
+        });
+        report(
+            "attention_backward_rope D64 default (fused)",
+            ms,
+            2.5 * flops,
+            0.0,
+        );
+        let (dq, dk, _) = ops::attention_backward(dout, q, k, v, &out, &lse, cu, scale)?;
+        let unfused = [
+            ops::rope_backward(&dq, pos, theta)?,
+            ops::rope_backward(&dk, pos, theta)?,
+        ];
+        let (fq, fk, _) =
+            ops::attention_backward_rope(dout, q, k, v, &out, &lse, cu, scale, pos, theta)?;
+        println!(
+            "check attention_backward_rope vs unfused: dq {:.2e}, dk {:.2e}",
+            rel_err(&fq, &unfused[0])?,
+            rel_err(&fk, &unfused[1])?
+        );
     }
     Ok(())
 }
@@ -159,12 +196,15 @@ fn main() -> kernels::Result<()> {
     let dout = t(&[n, h, d], 4, &dev, bf);
     let cu: Vec<u32> = (0..=s).map(|i| (i * tlen) as u32).collect();
     let cu = Tensor::from_u32(cu, &[s + 1], &dev)?;
+    // Positions restart at each sequence's start, as in a training batch.
+    let pos: Vec<u32> = (0..n).map(|i| (i % tlen) as u32).collect();
+    let pos = Tensor::from_u32(pos, &[n], &dev)?;
     let scale = 1.0 / (d as f32).sqrt();
     let att_flops = 4.0 * (h * d) as f64 * (s * tlen * (tlen + 1) / 2) as f64;
     // `cuda_bench attention [LABEL]`: only the attention variants (only LABEL's).
     let args: Vec<String> = std::env::args().skip(1).collect();
     let only = args.get(1).map(String::as_str);
-    attention_variants(cuda, &q, &k, &vv, &dout, &cu, scale, att_flops, only)?;
+    attention_variants(cuda, &q, &k, &vv, &dout, &cu, &pos, scale, att_flops, only)?;
     if args.first().map(String::as_str) == Some("attention") {
         return Ok(());
     }

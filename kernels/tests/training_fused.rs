@@ -3,6 +3,8 @@
 //! `rmsnorm_backward_acc`. `rmsnorm_backward_acc` (the norm's dx added onto a residual gradient, dw onto a running
 //! gradient) against `rmsnorm_backward` followed by the two adds: on the CPU exactly, and the CUDA
 //! op against the CPU (f32 and bf16; C a multiple of 8, the warp-per-row kernel, and not).
+//! `attention_backward_rope` (the RoPE backward fused into the attention backward's dq, dk
+//! stores) against `attention_backward` followed by `rope_backward` of dq and dk.
 //!
 //! Without a GPU the CUDA test prints "skipped: no GPU" and passes; with `REALIGN_REQUIRE_GPU=1`
 //! a missing GPU fails.
@@ -260,4 +262,175 @@ fn rope_bias_matches_bias_then_rope() {
     let p = Tensor::from_u32(vec![0, 1], &[2], &CPU).unwrap();
     let short = Tensor::zeros(&[7], DType::F32, &CPU).unwrap();
     assert!(ops::rope::rope_bias(&x, &short, &p, 1e4, DType::F32).is_err());
+}
+
+/// One causal GQA attention backward for the fused-RoPE test, inputs bf16-representable: q, k, v,
+/// dout, the CPU forward's out (rounded to bf16, what a bf16 forward would have saved) and lse,
+/// sequences crossing tile edges (one of length 1, one empty), positions restarting at each
+/// sequence's start plus an offset into the thousands (large angles).
+struct AttnRope {
+    shape: (usize, usize, usize),
+    theta: f32,
+    cu: Vec<u32>,
+    pos: Vec<u32>,
+    /// q, k, v, dout, out, lse.
+    data: [Vec<f32>; 6],
+}
+
+impl AttnRope {
+    fn new((h, kh, d): (usize, usize, usize), theta: f32, seed: u64) -> AttnRope {
+        let cu: Vec<u32> = vec![0, 1, 71, 71, 200, 233, 300];
+        let n = *cu.last().unwrap() as usize;
+        let mut pos = vec![0u32; n];
+        for (s, w) in cu.windows(2).enumerate() {
+            for i in w[0]..w[1] {
+                pos[i as usize] = i - w[0] + 1500 * s as u32;
+            }
+        }
+        let q = bf16_exact(randn_vec(n * h * d, seed));
+        let k = bf16_exact(randn_vec(n * kh * d, seed + 1));
+        let v = bf16_exact(randn_vec(n * kh * d, seed + 2));
+        let dout = bf16_exact(randn_vec(n * h * d, seed + 3));
+        let f = DType::F32;
+        let (out, lse) = ops::attention(
+            &t(&q, &[n, h, d], &CPU, f),
+            &t(&k, &[n, kh, d], &CPU, f),
+            &t(&v, &[n, kh, d], &CPU, f),
+            &Tensor::from_u32(cu.clone(), &[cu.len()], &CPU).unwrap(),
+            1.0 / (d as f32).sqrt(),
+        )
+        .unwrap();
+        let out = bf16_exact(out.to_vec_f32().unwrap());
+        let lse = lse.to_vec_f32().unwrap();
+        AttnRope {
+            shape: (h, kh, d),
+            theta,
+            cu,
+            pos,
+            data: [q, k, v, dout, out, lse],
+        }
+    }
+
+    /// (dq, dk, dv) on `dev` in `dtype`: the fused op (`fused`), or attention_backward then
+    /// rope_backward of dq and dk; `cfg` picks the tensor-core kernels' build (default if None).
+    fn run(
+        &self,
+        dev: &Device,
+        dtype: DType,
+        fused: bool,
+        cfg: Option<&kernels::cuda::attention::FaConfig>,
+    ) -> [Vec<f32>; 3] {
+        let (h, kh, d) = self.shape;
+        let n = self.pos.len();
+        let [q, k, v, dout, out, lse] = &self.data;
+        let (q, k, v) = (
+            t(q, &[n, h, d], dev, dtype),
+            t(k, &[n, kh, d], dev, dtype),
+            t(v, &[n, kh, d], dev, dtype),
+        );
+        let (dout, out) = (
+            t(dout, &[n, h, d], dev, dtype),
+            t(out, &[n, h, d], dev, dtype),
+        );
+        let lse = Tensor::from_f32(lse.clone(), &[n, h], dev).unwrap();
+        let cu = Tensor::from_u32(self.cu.clone(), &[self.cu.len()], dev).unwrap();
+        let pos = Tensor::from_u32(self.pos.clone(), &[n], dev).unwrap();
+        let (scale, theta) = (1.0 / (d as f32).sqrt(), self.theta);
+        let (dq, dk, dv) = match (fused, cfg) {
+            (true, None) => {
+                ops::attention_backward_rope(&dout, &q, &k, &v, &out, &lse, &cu, scale, &pos, theta)
+                    .unwrap()
+            }
+            (true, Some(cfg)) => kernels::cuda::attention::attention_backward_rope_with(
+                cfg, &dout, &q, &k, &v, &out, &lse, &cu, scale, &pos, theta,
+            )
+            .unwrap(),
+            (false, _) => {
+                let (dq, dk, dv) =
+                    ops::attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale).unwrap();
+                (
+                    ops::rope_backward(&dq, &pos, theta).unwrap(),
+                    ops::rope_backward(&dk, &pos, theta).unwrap(),
+                    dv,
+                )
+            }
+        };
+        assert_eq!(dq.shape(), &[n, h, d]);
+        assert_eq!((dk.shape(), dv.shape()), (&[n, kh, d][..], &[n, kh, d][..]));
+        [dq, dk, dv].map(|x| {
+            assert_eq!(x.dtype(), dtype);
+            x.to_vec_f32().unwrap()
+        })
+    }
+}
+
+/// (H, K, D, theta): Qwen2.5-0.5B's heads at D 64 (the tensor-core path with dq in its own kernel
+/// on the GPU), D 128 (dq through the f32 accumulator) and D 24 (the CUDA-core path).
+const ATTN_ROPE: [(usize, usize, usize, f32); 3] =
+    [(14, 2, 64, 1e6), (4, 4, 128, 1e4), (3, 1, 24, 1e4)];
+
+#[test]
+fn cpu_attention_backward_rope_is_backward_then_rope() {
+    for (i, &(h, kh, d, theta)) in ATTN_ROPE.iter().enumerate() {
+        let c = AttnRope::new((h, kh, d), theta, 1500 + 10 * i as u64);
+        let fused = c.run(&CPU, DType::F32, true, None);
+        let unfused = c.run(&CPU, DType::F32, false, None);
+        assert_eq!(fused, unfused, "attention_backward_rope H{h} K{kh} D{d}");
+    }
+    // Positions must be one per token.
+    let x = Tensor::zeros(&[2, 1, 4], DType::F32, &CPU).unwrap();
+    let lse = Tensor::zeros(&[2, 1], DType::F32, &CPU).unwrap();
+    let cu = Tensor::from_u32(vec![0, 2], &[2], &CPU).unwrap();
+    let pos = Tensor::from_u32(vec![0, 1, 2], &[3], &CPU).unwrap();
+    assert!(ops::attention_backward_rope(&x, &x, &x, &x, &x, &lse, &cu, 1.0, &pos, 1e4).is_err());
+}
+
+/// The CUDA op against the CPU reference (attention_backward then rope_backward in f32) and
+/// against the two CUDA ops. f32: the same values up to the order of the f32 sums; bf16: dq and
+/// dk rounded once (after the rotation) instead of twice, so within a bf16 rounding or two of the
+/// unfused ops and at least as close to the reference.
+#[test]
+fn cuda_attention_backward_rope_matches_unfused() {
+    let Some(dev) = test_devices().into_iter().find(|d| d.is_cuda()) else {
+        return;
+    };
+    use kernels::cuda::attention::FaConfig;
+    for (i, &(h, kh, d, theta)) in ATTN_ROPE.iter().enumerate() {
+        let c = AttnRope::new((h, kh, d), theta, 1500 + 10 * i as u64);
+        let want = c.run(&CPU, DType::F32, false, None);
+        for dtype in [DType::F32, DType::BF16] {
+            let unfused = c.run(&dev, dtype, false, None);
+            // The default build, and at D 64 also the baseline tiles (dq by f32 reductions).
+            let mut runs = vec![("", c.run(&dev, dtype, true, None))];
+            if d == 64 && dtype == DType::BF16 {
+                let base = c.run(&dev, dtype, true, Some(&FaConfig::BASELINE));
+                runs.push(("baseline tiles ", base));
+            }
+            for (label, fused) in &runs {
+                for (j, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                    let e_ref = rel_err(&fused[j], &want[j]);
+                    let e_ops = rel_err(&fused[j], &unfused[j]);
+                    let e_unf = rel_err(&unfused[j], &want[j]);
+                    println!(
+                        "attention_backward_rope {label}H{h} K{kh} D{d} [{dtype}] {name}: vs cpu {e_ref:.3e} \
+                         (unfused ops {e_unf:.3e}), vs unfused ops {e_ops:.3e}"
+                    );
+                    let (tol_ref, tol_ops) = if dtype == DType::F32 {
+                        (1e-4, 1e-5)
+                    } else {
+                        (1e-2, 5e-3)
+                    };
+                    let what = format!("{label}H{h} K{kh} D{d} [{dtype}] {name}");
+                    assert!(e_ref <= tol_ref, "{what}: vs cpu {e_ref:.3e}");
+                    assert!(e_ops <= tol_ops, "{what}: vs unfused ops {e_ops:.3e}");
+                    // One rounding fewer: not farther from the reference (with slack for the
+                    // sums' order, which differs run to run where the kernels reduce atomically).
+                    assert!(
+                        e_ref <= e_unf * 1.05 + 1e-6,
+                        "{what}: fused {e_ref:.3e} farther from cpu than unfused {e_unf:.3e}"
+                    );
+                }
+            }
+        }
+    }
 }

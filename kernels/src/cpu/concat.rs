@@ -1,5 +1,8 @@
-//! concat_rows on the host: the parts' data one after the other (any dtype).
+//! concat_rows on the host: the parts' data one after the other (any dtype); concat_cols (f32:
+//! the CPU computes in f32) row by row; split_store block by block.
 
+use super::{f32s, f32s_mut};
+use crate::ops::GradStore;
 use crate::{Device, Error, Result, Storage, Tensor};
 
 pub fn concat_rows(parts: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
@@ -31,4 +34,33 @@ pub fn concat_rows(parts: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
         Storage::Cuda(_) => return Err(Error::msg("concat_rows: expected cpu tensors")),
     };
     Tensor::from_storage(storage, shape, Device::Cpu)
+}
+
+pub fn concat_cols(parts: &[&Tensor], n: usize, width: usize) -> Result<Tensor> {
+    const OP: &str = "concat_cols";
+    let mut out = vec![0.0f32; n * width];
+    let mut col = 0;
+    for t in parts {
+        let (src, w) = (f32s(OP, t)?, t.shape()[1]);
+        for (r, row) in src.chunks_exact(w.max(1)).enumerate().take(n) {
+            out[r * width + col..r * width + col + w].copy_from_slice(row);
+        }
+        col += w;
+    }
+    super::tensor(out, &[n, width])
+}
+
+pub fn split_store(src: &Tensor, parts: &mut [&mut Tensor], store: GradStore) -> Result<()> {
+    const OP: &str = "split_store";
+    let mut rest = f32s(OP, src)?;
+    for t in parts.iter_mut() {
+        let (block, tail) = rest.split_at(t.numel());
+        let dst = f32s_mut(OP, t)?;
+        match store {
+            GradStore::Overwrite => dst.copy_from_slice(block),
+            GradStore::Add => dst.iter_mut().zip(block).for_each(|(d, s)| *d += s),
+        }
+        rest = tail;
+    }
+    Ok(())
 }

@@ -1,31 +1,31 @@
 //! The fused q/k/v epilogue on the CPU (f32): bias add, RoPE (the `rope` reference's arithmetic)
-//! and the cache write, row by row.
+//! and (for inference) the cache write, row by row.
 
 use super::{f32s, f32s_mut, u32s};
-use crate::ops::qkv_rope_cache::Qkv;
+use crate::ops::qkv_rope_cache::{Cache, Qkv, Shape};
 use crate::{Error, Result, Tensor};
 
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_rope_cache(
+pub(crate) fn qkv_rope_cache(
     acc: &Tensor,
     bias: Option<&Tensor>,
     pos: &Tensor,
-    slots: &Tensor,
-    k_cache: &mut Tensor,
-    v_cache: &mut Tensor,
-    heads: usize,
+    cache: Option<&mut Cache<'_>>,
+    shape: Shape,
     theta: f32,
     table: Option<&Tensor>,
 ) -> Result<Qkv> {
     const OP: &str = "qkv_rope_cache";
-    let (p, kh, d) = k_cache.dims3(OP)?;
+    let (heads, kh, d) = (shape.heads, shape.kv_heads, shape.d);
     let (n, width) = acc.dims2(OP)?;
-    let (xs, ps, ss) = (f32s(OP, acc)?, u32s(OP, pos)?, u32s(OP, slots)?);
+    let (xs, ps) = (f32s(OP, acc)?, u32s(OP, pos)?);
     let bs = bias.map(|b| f32s(OP, b)).transpose()?;
-    if let Some(&bad) = ss.iter().find(|&&s| s as usize >= p) {
-        return Err(Error::msg(format!(
-            "{OP}: slot {bad} is outside the cache of {p} slots"
-        )));
+    if let Some(c) = &cache {
+        let p = c.k.shape()[0];
+        if let Some(&bad) = u32s(OP, c.slots)?.iter().find(|&&s| s as usize >= p) {
+            return Err(Error::msg(format!(
+                "{OP}: slot {bad} is outside the cache of {p} slots"
+            )));
+        }
     }
     let half = d / 2;
     let freqs = super::rope::inv_freq(theta, d);
@@ -68,12 +68,16 @@ pub fn qkv_rope_cache(
         k[t * kh * d..(t + 1) * kh * d].copy_from_slice(hk);
         v[t * kh * d..(t + 1) * kh * d].copy_from_slice(hv);
     }
-    let kv_row = kh * d;
-    for (cache, src) in [(k_cache, &k), (v_cache, &v)] {
-        let dst = f32s_mut(OP, cache)?;
-        for (t, &slot) in ss.iter().enumerate() {
-            let s = slot as usize;
-            dst[s * kv_row..(s + 1) * kv_row].copy_from_slice(&src[t * kv_row..(t + 1) * kv_row]);
+    if let Some(c) = cache {
+        let kv_row = kh * d;
+        let ss = u32s(OP, c.slots)?;
+        for (dst, src) in [(&mut *c.k, &k), (&mut *c.v, &v)] {
+            let dst = f32s_mut(OP, dst)?;
+            for (t, &slot) in ss.iter().enumerate() {
+                let s = slot as usize;
+                dst[s * kv_row..(s + 1) * kv_row]
+                    .copy_from_slice(&src[t * kv_row..(t + 1) * kv_row]);
+            }
         }
     }
     Ok(Qkv {

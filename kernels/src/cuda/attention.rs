@@ -11,7 +11,7 @@
 //!   `REALIGN_ATTENTION=simt` (for comparison). Forward tiles are 64 rows up to D = 128 (32
 //!   above); the backward, which holds dk and dv accumulators in registers, uses 64 up to D = 64.
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
-use super::{device_of, suffix, zeros};
+use super::{device_of, empty, suffix, zeros};
 use crate::{DType, Error, Result, Tensor};
 use std::sync::OnceLock;
 
@@ -427,6 +427,70 @@ pub fn attention_backward_with(
     cu_seqlens: &Tensor,
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale, None)
+}
+
+/// [`attention_backward`] with dq and dk rotated back by RoPE's −a (positions `pos` [N] U32,
+/// base `theta`): the gradients of the q, k from before `rope`, as `rope_backward` of each.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_rope(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &Tensor,
+    scale: f32,
+    pos: &Tensor,
+    theta: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = q.shape().last().copied().unwrap_or(0);
+    let cfg = FaConfig::for_dim(d);
+    let rope = Some(Rope { pos, theta });
+    backward(&cfg, dout, q, k, v, out, lse, cu_seqlens, scale, rope)
+}
+
+/// [`attention_backward_rope`] with the tensor-core kernels built as `cfg` says.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_rope_with(
+    cfg: &FaConfig,
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &Tensor,
+    scale: f32,
+    pos: &Tensor,
+    theta: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let rope = Some(Rope { pos, theta });
+    backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale, rope)
+}
+
+/// The inverse rotation fused into the backward's dq and dk.
+#[derive(Clone, Copy)]
+struct Rope<'a> {
+    /// [N] U32.
+    pos: &'a Tensor,
+    theta: f32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    cfg: &FaConfig,
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &Tensor,
+    scale: f32,
+    rope: Option<Rope>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
     let dev = device_of(q, OP)?;
     let (n, h, d) = q.dims3(OP)?;
@@ -435,7 +499,7 @@ pub fn attention_backward_with(
     let dtype = q.dtype();
     if kind(dtype, d) == Kind::Fa {
         cfg.check(OP, d)?;
-        return fa_backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale);
+        return fa_backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale, rope);
     }
     let dq_acc = zeros(&dev, &[n, h, d], DType::F32)?;
     let dk = zeros(&dev, &[n, kh, d], dtype)?;
@@ -445,7 +509,14 @@ pub fn attention_backward_with(
         let block = if d <= 64 { 64 } else { 32 };
         let defs = defines(d, block);
         let sfx = suffix(dtype, OP)?;
-        let delta = attention_delta(dout, out, &SRC, &defs, &format!("attention_delta_{sfx}"))?;
+        let delta = attention_delta(
+            dout,
+            out,
+            &SRC,
+            &defs,
+            &format!("attention_delta_{sfx}"),
+            None,
+        )?;
         let g = Grid {
             grid: (u32_dim(OP, tile_bound(n, s, block))?, u32_dim(OP, kh)?, 1),
             block: (THREADS, 1, 1),
@@ -472,6 +543,15 @@ pub fn attention_backward_with(
             .f32(scale);
         run(&dev, &SRC, &defs, &format!("attention_bwd_{sfx}"), g, args)?;
     }
+    // The CUDA-core path (f32, unusual head dims) rotates with the rope kernel: dq while still
+    // f32 (one rounding to bf16 fewer than rope_backward after the cast), dk as stored.
+    let (dq_acc, dk) = match rope {
+        Some(r) => (
+            super::rope::rope_backward(&dq_acc, r.pos, r.theta)?,
+            super::rope::rope_backward(&dk, r.pos, r.theta)?,
+        ),
+        None => (dq_acc, dk),
+    };
     let dq = match dtype {
         DType::F32 => dq_acc,
         _ => super::cast::cast(&dq_acc, dtype)?,
@@ -479,24 +559,33 @@ pub fn attention_backward_with(
     Ok((dq, dk, dv))
 }
 
-/// delta[n, h] = dout[n, h, :] · out[n, h, :] as [N,H] f32, one warp per row.
+/// delta[n, h] = dout[n, h, :] · out[n, h, :] as [N,H] f32, one warp per row; with `rope`
+/// (`attention_fa_delta_rope`) also fills the [N,D] f32 cos / −sin table `tab` of the fused RoPE.
 fn attention_delta(
     dout: &Tensor,
     out: &Tensor,
     src: &KernelSource,
     defs: &[String],
     func: &str,
+    rope: Option<(Rope, &Tensor)>,
 ) -> Result<Tensor> {
     const OP: &str = "attention_backward";
     let dev = device_of(dout, OP)?;
     let (n, h, _) = dout.dims3(OP)?;
     let delta = zeros(&dev, &[n, h], DType::F32)?;
     let rows = n * h;
-    let args = Args::new()
+    let mut args = Args::new()
         .ptr(dout, &dev, OP)?
         .ptr(out, &dev, OP)?
         .ptr(&delta, &dev, OP)?
         .u32(u32_dim(OP, rows)?);
+    if let Some((r, tab)) = rope {
+        args = args
+            .ptr(r.pos, &dev, OP)?
+            .ptr(tab, &dev, OP)?
+            .u32(u32_dim(OP, n)?)
+            .f32(r.theta);
+    }
     let g = Grid::d1(u32_dim(OP, (rows * 32).div_ceil(256))?, 256);
     run(&dev, src, defs, func, g, args)?;
     Ok(delta)
@@ -512,7 +601,8 @@ enum Dq {
 
 /// The `attention_fa_*` backward (bf16, D a multiple of 16 up to 128): dk, dv (and dq unless
 /// `cfg.split_dq`) are reduced into f32 buffers by one block per (key tile, query head), then
-/// scaled and rounded to bf16; a split dq is written by its own kernel.
+/// scaled and rounded to bf16; a split dq is written by its own kernel. With `rope`, dq and dk
+/// are rotated back by −a as they are stored (cos/sin from a table the delta launch builds).
 #[allow(clippy::too_many_arguments)]
 fn fa_backward(
     cfg: &FaConfig,
@@ -524,6 +614,7 @@ fn fa_backward(
     lse: &Tensor,
     cu_seqlens: &Tensor,
     scale: f32,
+    rope: Option<Rope>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
     let dev = device_of(q, OP)?;
@@ -541,8 +632,24 @@ fn fa_backward(
     let dk_acc = zeros(&dev, &[n, kh, d], DType::F32)?;
     let dv_acc = zeros(&dev, &[n, kh, d], DType::F32)?;
     let defs = cfg.defines_for(d);
+    // [N,D] f32: cos a of pair i at column i, −sin a at D/2 + i; written by the delta kernel for
+    // every token (so it needs no zero fill), read by the dq kernel and the finish kernels.
+    let tab = match rope {
+        Some(_) => Some(empty(&dev, &[n, d], DType::F32)?),
+        None => None,
+    };
     if n > 0 && s > 0 {
-        let delta = attention_delta(dout, out, &MMA, &defs, "attention_fa_delta")?;
+        let delta = match (rope, &tab) {
+            (Some(r), Some(tab)) => attention_delta(
+                dout,
+                out,
+                &MMA,
+                &defs,
+                "attention_fa_delta_rope",
+                Some((r, tab)),
+            )?,
+            _ => attention_delta(dout, out, &MMA, &defs, "attention_fa_delta", None)?,
+        };
         let g = Grid {
             grid: (u32_dim(OP, tile_bound(n, s, cfg.bk()))?, u32_dim(OP, h)?, 1),
             block: (32 * cfg.bwd_warps, 1, 1),
@@ -586,35 +693,47 @@ fn fa_backward(
                 smem: check_smem(OP, cfg.dq_smem(d), d)?,
             };
             let args = inputs()?.ptr(dq, &dev, OP)?;
-            run(&dev, &MMA, &defs, "attention_fa_dq", g, sizes(args)?)?;
+            let args = sizes(args)?.opt_ptr(tab.as_ref(), &dev, OP)?;
+            run(&dev, &MMA, &defs, "attention_fa_dq", g, args)?;
         }
     }
-    // f32 accumulators -> bf16 outputs; dq and dk carry the softmax scale.
-    let finish = |acc: &Tensor, mul: f32| -> Result<Tensor> {
+    // f32 accumulators -> bf16 outputs; dq and dk carry the softmax scale (and the rotation).
+    let finish = |acc: &Tensor, mul: f32, rotate: bool| -> Result<Tensor> {
         let dst = zeros(&dev, acc.shape(), dtype)?;
         let m = acc.numel();
-        let args = Args::new()
-            .ptr(acc, &dev, OP)?
-            .ptr(&dst, &dev, OP)?
-            .u64(m as u64)
-            .f32(mul);
-        if m > 0 {
-            run(
-                &dev,
-                &MMA,
-                &defs,
-                "attention_fa_finish",
-                Grid::cover(m / 8, 256),
-                args,
-            )?;
+        if m == 0 || s == 0 {
+            return Ok(dst);
+        }
+        let args = Args::new().ptr(acc, &dev, OP)?.ptr(&dst, &dev, OP)?;
+        match tab.as_ref().filter(|_| rotate) {
+            Some(tab) => {
+                // One thread per 8 rotated pairs of a (token, head) row.
+                let (_, heads, _) = acc.dims3(OP)?;
+                let args = args
+                    .ptr(tab, &dev, OP)?
+                    .u64((m / d) as u64)
+                    .u32(u32_dim(OP, heads)?)
+                    .f32(mul);
+                let g = Grid::cover(m / 16, 256);
+                run(&dev, &MMA, &defs, "attention_fa_finish_rope", g, args)?;
+            }
+            None => {
+                let args = args.u64(m as u64).f32(mul);
+                let g = Grid::cover(m / 8, 256);
+                run(&dev, &MMA, &defs, "attention_fa_finish", g, args)?;
+            }
         }
         Ok(dst)
     };
     let dq = match dq {
-        Dq::Acc(acc) => finish(&acc, scale)?,
+        Dq::Acc(acc) => finish(&acc, scale, true)?,
         Dq::Direct(dq) => dq,
     };
-    Ok((dq, finish(&dk_acc, scale)?, finish(&dv_acc, 1.0)?))
+    Ok((
+        dq,
+        finish(&dk_acc, scale, true)?,
+        finish(&dv_acc, 1.0, false)?,
+    ))
 }
 
 #[cfg(test)]

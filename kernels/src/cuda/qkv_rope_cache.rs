@@ -2,7 +2,7 @@
 
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, suffix, CudaDevice};
-use crate::ops::qkv_rope_cache::Qkv;
+use crate::ops::qkv_rope_cache::{Cache, Qkv, Shape};
 use crate::{DType, Error, Result, Tensor};
 
 const SRC: KernelSource = kernel_source!("qkv_rope_cache");
@@ -11,23 +11,22 @@ fn u32_dim(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::msg(format!("{op}: dimension {v} exceeds u32")))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_rope_cache(
+/// Without a cache (training) the kernel gets null cache pointers and 0 slots and writes only
+/// q, k, v.
+pub(crate) fn qkv_rope_cache(
     acc: &Tensor,
     bias: Option<&Tensor>,
     pos: &Tensor,
-    slots: &Tensor,
-    k_cache: &mut Tensor,
-    v_cache: &mut Tensor,
-    heads: usize,
+    cache: Option<&mut Cache<'_>>,
+    shape: Shape,
     theta: f32,
     table: Option<&Tensor>,
 ) -> Result<Qkv> {
     const OP: &str = "qkv_rope_cache";
     let dev = device_of(acc, OP)?;
-    let (p, kh, d) = k_cache.dims3(OP)?;
+    let (heads, kh, d, dtype) = (shape.heads, shape.kv_heads, shape.d, shape.dtype);
     let n = acc.shape()[0];
-    let dtype = k_cache.dtype();
+    let p = cache.as_ref().map_or(0, |c| c.k.shape()[0]);
     let q = empty(&dev, &[n, heads, d], dtype)?;
     let k = empty(&dev, &[n, kh, d], dtype)?;
     let v = empty(&dev, &[n, kh, d], dtype)?;
@@ -35,12 +34,12 @@ pub fn qkv_rope_cache(
         .ptr(acc, &dev, OP)?
         .opt_ptr(bias, &dev, OP)?
         .ptr(pos, &dev, OP)?
-        .ptr(slots, &dev, OP)?
+        .opt_ptr(cache.as_ref().map(|c| c.slots), &dev, OP)?
         .ptr(&q, &dev, OP)?
         .ptr(&k, &dev, OP)?
         .ptr(&v, &dev, OP)?
-        .ptr(k_cache, &dev, OP)?
-        .ptr(v_cache, &dev, OP)?
+        .opt_ptr(cache.as_ref().map(|c| &*c.k), &dev, OP)?
+        .opt_ptr(cache.as_ref().map(|c| &*c.v), &dev, OP)?
         .u32(u32_dim(OP, n)?)
         .u32(u32_dim(OP, heads)?)
         .u32(u32_dim(OP, kh)?)

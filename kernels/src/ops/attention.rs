@@ -40,14 +40,7 @@ pub fn attention_backward(
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
-    check_qkv(OP, q, k, v, cu_seqlens)?;
-    let (n, h, _d) = q.dims3(OP)?;
-    check_same(OP, q, &[dout, out])?;
-    check_shape(OP, "dout", dout, q.shape())?;
-    check_shape(OP, "out", out, q.shape())?;
-    check_dtype(OP, lse, DType::F32)?;
-    q.check_same_device(lse, OP)?;
-    check_shape(OP, "lse", lse, &[n, h])?;
+    check_backward(OP, dout, q, k, v, out, lse, cu_seqlens)?;
     match q.device() {
         Device::Cpu => {
             crate::cpu::attention::attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
@@ -56,6 +49,66 @@ pub fn attention_backward(
             crate::cuda::attention::attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
         }
     }
+}
+
+/// [`attention_backward`] for q and k that `rope` rotated (positions `pos` [N] U32, base
+/// `theta`): returns the gradients of the unrotated q and k, rope_backward(dq) and
+/// rope_backward(dk), with dv. On the GPU the inverse rotation is applied as dq and dk are stored
+/// (no separate pass over them; in bf16 one rounding fewer than the two ops, whose dq and dk are
+/// rounded before the rotation), on the CPU it is the two ops.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_rope(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &Tensor,
+    scale: f32,
+    pos: &Tensor,
+    theta: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "attention_backward_rope";
+    // The rope checks (D even, theta, pos [N] U32 on q's device) on q; k shares N and D.
+    super::rope::check_rope(OP, q, pos, theta)?;
+    match q.device() {
+        Device::Cpu => {
+            let (dq, dk, dv) = attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)?;
+            Ok((
+                crate::cpu::rope::rope_backward(&dq, pos, theta)?,
+                crate::cpu::rope::rope_backward(&dk, pos, theta)?,
+                dv,
+            ))
+        }
+        Device::Cuda(_) => {
+            check_backward(OP, dout, q, k, v, out, lse, cu_seqlens)?;
+            crate::cuda::attention::attention_backward_rope(
+                dout, q, k, v, out, lse, cu_seqlens, scale, pos, theta,
+            )
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    op: &'static str,
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &Tensor,
+) -> Result<()> {
+    check_qkv(op, q, k, v, cu_seqlens)?;
+    let (n, h, _d) = q.dims3(op)?;
+    check_same(op, q, &[dout, out])?;
+    check_shape(op, "dout", dout, q.shape())?;
+    check_shape(op, "out", out, q.shape())?;
+    check_dtype(op, lse, DType::F32)?;
+    q.check_same_device(lse, op)?;
+    check_shape(op, "lse", lse, &[n, h])
 }
 
 fn check_qkv(

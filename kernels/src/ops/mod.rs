@@ -32,9 +32,9 @@ pub use adamw::{
     adamw_step, adamw_step_many, adamw_step_many_clipped, AdamWItem, AdamWParams, AdamWScalars,
 };
 pub use add_rmsnorm::{add_rmsnorm, AddNorm};
-pub use attention::{attention, attention_backward};
+pub use attention::{attention, attention_backward, attention_backward_rope};
 pub use cast::{bias_cast, cast};
-pub use concat::concat_rows;
+pub use concat::{concat_cols, concat_rows, split_store};
 pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};
 pub use embedding::{
     gather_rows, gather_rows_host_ids, scatter_add_rows, scatter_add_rows_host_ids,
@@ -46,7 +46,7 @@ pub use linear_acc::linear_backward_acc;
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;
 pub use policy_grad::{policy_logprob_grad, KlGrad, PolicyGradInputs, PolicyGradSpec};
-pub use qkv_rope_cache::{qkv_rope_cache, Qkv};
+pub use qkv_rope_cache::{qkv_rope, qkv_rope_cache, Qkv, RopeTable};
 pub use rmsnorm::{rmsnorm, rmsnorm_backward, rmsnorm_backward_acc};
 pub use rope::{rope, rope_backward};
 pub use sampling::{read_samples, sample_tokens, sample_tokens_into, SampleSpec};

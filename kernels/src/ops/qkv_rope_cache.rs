@@ -39,7 +39,58 @@ pub fn qkv_rope_cache(
     heads: usize,
     theta: f32,
 ) -> Result<Qkv> {
-    run(acc, bias, pos, slots, k_cache, v_cache, heads, theta, None)
+    let shape = Shape::of_cache("qkv_rope_cache", k_cache, heads)?;
+    let cache = Some(Cache {
+        slots,
+        k: k_cache,
+        v: v_cache,
+    });
+    run(acc, bias, pos, cache, shape, theta, None)
+}
+
+/// The same epilogue without a cache, for the training forward: q[N,H,D], k[N,K,D], v[N,K,D]
+/// in `dtype` (the weights' dtype; f32 on the CPU) from acc[N, (H+2K)·D] F32, with `heads` = H,
+/// `kv_heads` = K, cos/sin from `table` where it covers the position (else computed, as
+/// [`qkv_rope_cache`]). Values as [`qkv_rope_cache`]'s (and so as the decode step's).
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope(
+    acc: &Tensor,
+    bias: Option<&Tensor>,
+    pos: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    dtype: DType,
+    theta: f32,
+    table: Option<&RopeTable>,
+) -> Result<Qkv> {
+    const OP: &str = "qkv_rope";
+    let (_, width) = acc.dims2(OP)?;
+    let all = heads + 2 * kv_heads;
+    if all == 0 || !width.is_multiple_of(all) {
+        return Err(Error::shape(
+            OP,
+            format!("acc has {width} columns, not a multiple of H + 2K = {heads} + 2·{kv_heads}"),
+        ));
+    }
+    let d = width / all;
+    if let Some(t) = table {
+        check_table(OP, t, d, acc)?;
+    }
+    let shape = Shape {
+        heads,
+        kv_heads,
+        d,
+        dtype,
+    };
+    run(
+        acc,
+        bias,
+        pos,
+        None,
+        shape,
+        table.map_or(theta, |t| t.theta),
+        table.map(|t| &t.cos_sin),
+    )
 }
 
 /// cos and sin of the RoPE angles of positions [0, P) for head dim D and base theta: [P, D] f32
@@ -96,61 +147,103 @@ pub fn qkv_rope_cache_table(
     heads: usize,
     table: &RopeTable,
 ) -> Result<Qkv> {
+    const OP: &str = "qkv_rope_cache";
     let d = k_cache.shape().last().copied().unwrap_or(0);
-    if table.head_dim() != d {
-        return Err(Error::shape(
-            "qkv_rope_cache",
-            format!(
-                "the RoPE table is for head dim {}, the caches have {d}",
-                table.head_dim()
-            ),
-        ));
-    }
-    acc.check_same_device(&table.cos_sin, "qkv_rope_cache")?;
-    let theta = table.theta;
+    check_table(OP, table, d, acc)?;
+    let shape = Shape::of_cache(OP, k_cache, heads)?;
+    let cache = Some(Cache {
+        slots,
+        k: k_cache,
+        v: v_cache,
+    });
     run(
         acc,
         bias,
         pos,
-        slots,
-        k_cache,
-        v_cache,
-        heads,
-        theta,
+        cache,
+        shape,
+        table.theta,
         Some(&table.cos_sin),
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+fn check_table(op: &'static str, table: &RopeTable, d: usize, acc: &Tensor) -> Result<()> {
+    if table.head_dim() != d {
+        return Err(Error::shape(
+            op,
+            format!(
+                "the RoPE table is for head dim {}, the heads have {d}",
+                table.head_dim()
+            ),
+        ));
+    }
+    acc.check_same_device(&table.cos_sin, op)
+}
+
+/// Where the k, v rows also go: the paged caches [P, K, D] and each token's slot.
+pub(crate) struct Cache<'a> {
+    pub slots: &'a Tensor,
+    pub k: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+}
+
+/// Heads, head dim and output dtype of one epilogue.
+#[derive(Clone, Copy)]
+pub(crate) struct Shape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub d: usize,
+    pub dtype: DType,
+}
+
+impl Shape {
+    fn of_cache(op: &'static str, k_cache: &Tensor, heads: usize) -> Result<Shape> {
+        check_float(op, k_cache)?;
+        let (_, kv_heads, d) = k_cache.dims3(op)?;
+        Ok(Shape {
+            heads,
+            kv_heads,
+            d,
+            dtype: k_cache.dtype(),
+        })
+    }
+}
+
 fn run(
     acc: &Tensor,
     bias: Option<&Tensor>,
     pos: &Tensor,
-    slots: &Tensor,
-    k_cache: &mut Tensor,
-    v_cache: &mut Tensor,
-    heads: usize,
+    mut cache: Option<Cache<'_>>,
+    shape: Shape,
     theta: f32,
     table: Option<&Tensor>,
 ) -> Result<Qkv> {
     const OP: &str = "qkv_rope_cache";
     check_dtype(OP, acc, DType::F32)?;
-    check_float(OP, k_cache)?;
-    check_same(OP, k_cache, &[v_cache])?;
-    acc.check_same_device(k_cache, OP)?;
-    let (p, kh, d) = k_cache.dims3(OP)?;
-    check_shape(OP, "v_cache", v_cache, &[p, kh, d])?;
+    let Shape {
+        heads,
+        kv_heads: kh,
+        d,
+        dtype,
+    } = shape;
     if d == 0 || !d.is_multiple_of(2) {
         return Err(Error::shape(
             OP,
             format!("head dim D = {d} must be even and positive"),
         ));
     }
-    if heads == 0 || !heads.is_multiple_of(kh.max(1)) {
+    if heads == 0 || kh == 0 || !heads.is_multiple_of(kh) {
         return Err(Error::shape(
             OP,
-            format!("{heads} query heads are not a multiple of the cache's {kh} key/value heads"),
+            format!("{heads} query heads are not a multiple of the {kh} key/value heads"),
         ));
+    }
+    if !matches!(dtype, DType::F32 | DType::BF16) || (acc.device().is_cpu() && dtype != DType::F32)
+    {
+        return Err(Error::msg(format!(
+            "{OP}: q/k/v in {dtype} on {} are not supported (f32, or bf16 on a GPU)",
+            acc.device()
+        )));
     }
     let (n, width) = acc.dims2(OP)?;
     let expect = (heads + 2 * kh) * d;
@@ -161,7 +254,8 @@ fn run(
         ));
     }
     if let Some(b) = bias {
-        check_same(OP, k_cache, &[b])?;
+        check_dtype(OP, b, dtype)?;
+        acc.check_same_device(b, OP)?;
         check_shape(OP, "bias", b, &[expect])?;
     }
     if !(theta.is_finite() && theta > 0.0) {
@@ -169,17 +263,36 @@ fn run(
             "{OP}: theta must be a positive number, got {theta}"
         )));
     }
-    for (name, t) in [("pos", pos), ("slots", slots)] {
-        check_dtype(OP, t, DType::U32)?;
-        acc.check_same_device(t, OP)?;
-        check_shape(OP, name, t, &[n])?;
+    check_dtype(OP, pos, DType::U32)?;
+    acc.check_same_device(pos, OP)?;
+    check_shape(OP, "pos", pos, &[n])?;
+    if let Some(c) = &cache {
+        check_same(OP, c.k, &[c.v])?;
+        acc.check_same_device(c.k, OP)?;
+        let p = c.k.shape()[0];
+        check_shape(OP, "v_cache", c.v, &[p, kh, d])?;
+        check_dtype(OP, c.slots, DType::U32)?;
+        acc.check_same_device(c.slots, OP)?;
+        check_shape(OP, "slots", c.slots, &[n])?;
     }
     match acc.device() {
         Device::Cpu => crate::cpu::qkv_rope_cache::qkv_rope_cache(
-            acc, bias, pos, slots, k_cache, v_cache, heads, theta, table,
+            acc,
+            bias,
+            pos,
+            cache.as_mut(),
+            shape,
+            theta,
+            table,
         ),
         Device::Cuda(_) => crate::cuda::qkv_rope_cache::qkv_rope_cache(
-            acc, bias, pos, slots, k_cache, v_cache, heads, theta, table,
+            acc,
+            bias,
+            pos,
+            cache.as_mut(),
+            shape,
+            theta,
+            table,
         ),
     }
 }

@@ -46,7 +46,7 @@ pub fn rope_backward(dy: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
     }
 }
 
-fn check_rope(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32) -> Result<()> {
+pub(super) fn check_rope(op: &'static str, x: &Tensor, pos: &Tensor, theta: f32) -> Result<()> {
     check_float(op, x)?;
     let (n, _hx, d) = x.dims3(op)?;
     if d % 2 != 0 {

@@ -12,14 +12,14 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
-    add_inplace, attention_backward, fill_many, linear_backward, linear_backward_acc,
-    rmsnorm_backward, rmsnorm_backward_acc, rope_backward, scatter_add_rows_host_ids,
-    swiglu_backward, GradStore,
+    add_inplace, attention_backward_rope, fill_many, linear_backward, linear_backward_acc,
+    rmsnorm_backward, rmsnorm_backward_acc, scatter_add_rows_host_ids, swiglu_backward, GradStore,
 };
 use kernels::{DType, Tensor};
 
 use super::activations::{Activations, LayerActs};
 use super::batch::Batch;
+use super::qkv::qkv_backward;
 use crate::config::ModelConfig;
 use crate::params::{LayerParams, Params};
 
@@ -141,7 +141,9 @@ fn layer_backward(
     let d_att = linear_backward(&d_x2, &att, &lp.o, &mut g.o, None, store)?; // [N,H*D]
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
-    let (dq, dk, dv) = attention_backward(
+                                            // dq, dk come back already rotated by RoPE's −a (the gradients of the unrotated q, k): the
+                                            // inverse rotation is fused into the attention backward's stores.
+    let (dq, dk, dv) = attention_backward_rope(
         &d_att,
         &s.q,
         &s.k,
@@ -150,31 +152,16 @@ fn layer_backward(
         &s.lse,
         &batch.cu_seqlens,
         scale,
+        &batch.positions,
+        theta,
     )?;
     drop((d_att, att, s.q, s.k, s.v, s.lse));
-    let dq = rope_backward(&dq, &batch.positions, theta)?.reshape(&[n, h * d])?; // -> [N,H*D]
-    let dk = rope_backward(&dk, &batch.positions, theta)?.reshape(&[n, k * d])?; // -> [N,K*D]
+    let dq = dq.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
+    let dk = dk.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
-    let mut d_xn = linear_backward(&dq, &s.xn, &lp.q, &mut g.q, g.q_bias.as_mut(), store)?; // [N,C]
-    linear_backward_acc(
-        &dk,
-        &s.xn,
-        &lp.k,
-        &mut g.k,
-        g.k_bias.as_mut(),
-        store,
-        &mut d_xn,
-    )?; // d_xn +=
-    linear_backward_acc(
-        &dv,
-        &s.xn,
-        &lp.v,
-        &mut g.v,
-        g.v_bias.as_mut(),
-        store,
-        &mut d_xn,
-    )?; // d_xn +=
-        // d(layer input) = d_x2 (residual) + the attention norm's dx.
+    let d_xn = qkv_backward(&dq, &dk, &dv, &s.xn, lp, g, store)?; // [N,C]
+    drop((dq, dk, dv));
+    // d(layer input) = d_x2 (residual) + the attention norm's dx.
     let mut d_x = d_x2;
     rmsnorm_backward_acc(
         &d_xn,

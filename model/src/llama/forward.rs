@@ -1,19 +1,19 @@
 //! The decoder forward: embedding, L × (RMSNorm → GQA attention with rotary → residual, RMSNorm →
-//! SwiGLU MLP → residual), final RMSNorm. The heads (LM, scalar) live in their own files.
+//! SwiGLU MLP → residual), final RMSNorm. The heads (LM, scalar) live in their own files; the
+//! q/k/v projections run as one product (`qkv.rs`).
 //!
 //! Every step is one coarse op from kernels/, in the dtype of the parameters (f32 on CPU; bf16 or
 //! f32 on CUDA); norm statistics and attention log-sum-exps are f32.
 
 use anyhow::{bail, Context, Result};
-use kernels::ops::linear::linear_out;
-use kernels::ops::rope::rope_bias;
 use kernels::ops::{
-    add_rmsnorm, attention, bias_cast, gather_rows_host_ids, linear, rmsnorm, rope, swiglu,
+    add_rmsnorm, attention, gather_rows_host_ids, linear, rmsnorm, swiglu, Qkv, RopeTable,
 };
-use kernels::{DType, Tensor};
+use kernels::Tensor;
 
 use super::activations::{Activations, LayerActs};
 use super::batch::Batch;
+use super::qkv::{qkv_forward, rope_table};
 use crate::config::ModelConfig;
 use crate::params::{LayerParams, Params};
 
@@ -51,13 +51,14 @@ pub fn forward(
             .map_or(&params.final_norm, |lp| &lp.attn_norm)
     };
     let (mut xn, mut rstd) = rmsnorm(&x, norm_after(0), eps).context("first norm")?;
+    let table = rope_table(cfg, batch).context("the RoPE table")?;
     let mut layers = Vec::with_capacity(if keep == Keep::ForBackward {
         params.layers.len()
     } else {
         0
     });
     for (l, lp) in params.layers.iter().enumerate() {
-        let out = layer_forward(x, xn, rstd, lp, norm_after(l + 1), cfg, batch)
+        let out = layer_forward(x, xn, rstd, lp, norm_after(l + 1), cfg, batch, &table)
             .with_context(|| format!("forward of layer {l}"))?;
         if keep == Keep::ForBackward {
             layers.push(out.saved);
@@ -94,21 +95,15 @@ fn layer_forward(
     next_norm: &Tensor,
     cfg: &ModelConfig,
     batch: &Batch,
+    table: &RopeTable,
 ) -> Result<LayerOut> {
     let n = batch.num_tokens();
-    let (h, k, d) = (
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-    );
+    let (h, d) = (cfg.num_attention_heads, cfg.head_dim);
     let eps = cfg.rms_norm_eps as f32;
-    let theta = cfg.rope_theta as f32;
     let scale = 1.0 / (d as f32).sqrt();
 
     // Attention block (xn = rmsnorm(x) by attn_norm, computed by the previous step).
-    let q = linear_rope(&xn, &lp.q, lp.q_bias.as_ref(), batch, theta, h, d)?; // [N,H,D]
-    let kk = linear_rope(&xn, &lp.k, lp.k_bias.as_ref(), batch, theta, k, d)?; // [N,K,D]
-    let v = linear_biased(&xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    let Qkv { q, k: kk, v } = qkv_forward(&xn, lp, cfg, batch, table)?; // [N,H,D], [N,K,D] x2
     let (att, lse) = attention(&q, &kk, &v, &batch.cu_seqlens, scale)?; // [N,H,D], [N,H]
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let o = linear(&att, &lp.o, None)?; // [N,C], o_proj output
@@ -147,44 +142,6 @@ fn layer_forward(
         xn: xn_next,
         rstd: rstd_next,
         saved,
-    })
-}
-
-/// x · wᵀ + b. With bf16 inputs and a bias: the GEMM writes its f32 accumulator and `bias_cast`
-/// adds the bias in f32 and rounds once, the values of `linear` with a bias (which seeds an f32
-/// output with the bias and adds the product with beta = 1, then casts) in fewer passes.
-fn linear_biased(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    Ok(match b {
-        Some(b) if x.dtype() == DType::BF16 => {
-            let y = linear_out(x, w, None, DType::F32)?; // [N,O] f32, unrounded
-            bias_cast(&y, b, DType::BF16)?
-        }
-        _ => linear(x, w, b)?,
-    })
-}
-
-/// rope(x · wᵀ + b) as [N,heads,D]. With bf16 inputs and a bias: the GEMM writes f32 and
-/// `rope_bias` adds the bias, rotates and rounds once (one pass for `bias_cast` + `rope`).
-#[allow(clippy::too_many_arguments)]
-fn linear_rope(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    batch: &Batch,
-    theta: f32,
-    heads: usize,
-    d: usize,
-) -> Result<Tensor> {
-    let n = batch.num_tokens();
-    Ok(match b {
-        Some(b) if x.dtype() == DType::BF16 => {
-            let y = linear_out(x, w, None, DType::F32)?.reshape(&[n, heads, d])?; // [N,heads*D] -> [N,heads,D], f32
-            rope_bias(&y, b, &batch.positions, theta, DType::BF16)?
-        }
-        _ => {
-            let y = linear_biased(x, w, b)?.reshape(&[n, heads, d])?; // [N,heads*D] -> [N,heads,D]
-            rope(&y, &batch.positions, theta)?
-        }
     })
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - `batch`: packed sequences (tokens, cu_seqlens, positions) and next-token targets.
 //! - `forward`: embedding → layers → final norm, keeping what the backward needs ([`Keep`]).
+//! - `qkv`: the q/k/v projections as one product over their concatenated weights, both ways.
 //! - `activations`: the saved tensors, one struct per layer.
 //! - `backward`: d(final hidden) → gradients of every decoder parameter (accumulating).
 //! - `lm_head`: log-prob of a target and entropy per position (chunked over tokens), and backward.
@@ -24,6 +25,7 @@ mod backward;
 mod batch;
 mod forward;
 mod lm_head;
+mod qkv;
 mod score;
 mod score_head;
 
