@@ -509,7 +509,7 @@ impl StepModel for LlamaRunner<'_> {
                 .push(Readback::new(&self.cuda()?, 2 * b.max(256))?);
         }
         if self.readbacks[slot].capacity() < 2 * b {
-            self.readbacks[slot] = Readback::new(&self.cuda()?, 2 * b)?;
+            self.readbacks[slot] = Readback::new(&self.cuda()?, 2 * b.next_power_of_two())?;
         }
         // Profiling times each op with a sync, which a graph cannot contain.
         if self.use_graphs && !self.sw.on() && !self.graphs_failed {
@@ -631,7 +631,9 @@ impl LlamaRunner<'_> {
         if have >= rows {
             return Ok(());
         }
-        let mut feed = Tensor::zeros(&[rows.max(512), 2], DType::U32, &self.device)?; // [R,2]
+        // Powers of two: few regrowths (each one re-captures the graphs).
+        let rows = rows.next_power_of_two().max(512);
+        let mut feed = Tensor::zeros(&[rows, 2], DType::U32, &self.device)?; // [R,2]
         if let Some(old) = &self.feed {
             copy_u32_prefix(old, &mut feed)?;
             self.device.synchronize()?;
