@@ -11,11 +11,16 @@
 //!
 //! The weights are concatenated per call (2 MB a layer at Qwen2.5-0.5B, one copy per part), so
 //! the parameters keep their HF layout and the optimiser sees the same tensors as before.
+//!
+//! On the CPU, the f32 reference, the three projections stay separate products (`linear` with its
+//! bias, `rope`; in the backward three GEMMs adding into one dx): the fusion is for the GPU, and
+//! the device tests compare the fused GPU layer against that plain composition.
 
 use anyhow::{Context, Result};
 use kernels::ops::linear::linear_out;
 use kernels::ops::{
-    concat_cols, concat_rows, linear_backward, qkv_rope, split_store, GradStore, Qkv, RopeTable,
+    concat_cols, concat_rows, linear, linear_backward, linear_backward_acc, qkv_rope, rope,
+    split_store, GradStore, Qkv, RopeTable,
 };
 use kernels::{DType, Tensor};
 
@@ -70,6 +75,9 @@ pub(crate) fn qkv_forward(
     batch: &Batch,
     table: &RopeTable,
 ) -> Result<Qkv> {
+    if xn.device().is_cpu() {
+        return unfused_forward(xn, lp, cfg, batch);
+    }
     let (w, b) = qkv_weights(lp).context("concatenating the q/k/v weights")?;
     let acc = linear_out(xn, &w, None, DType::F32)?; // [N,(H+2K)·D] f32, unrounded
     Ok(qkv_rope(
@@ -96,6 +104,9 @@ pub(crate) fn qkv_backward(
     g: &mut LayerParams,
     store: GradStore,
 ) -> Result<Tensor> {
+    if xn.device().is_cpu() {
+        return unfused_backward(dq, dk, dv, xn, lp, g, store);
+    }
     let d_qkv = concat_cols(&[dq, dk, dv])?; // [N,(H+2K)·D]
     let (w, b) = qkv_weights(lp).context("concatenating the q/k/v weights")?;
     let dev = xn.device();
@@ -128,5 +139,40 @@ pub(crate) fn qkv_backward(
             .collect();
         split_store(&db, &mut parts, GradStore::Add)?;
     }
+    Ok(d_xn)
+}
+
+/// The CPU reference of [`qkv_forward`]: three biased products, RoPE on q and k.
+fn unfused_forward(xn: &Tensor, lp: &LayerParams, cfg: &ModelConfig, batch: &Batch) -> Result<Qkv> {
+    let n = batch.num_tokens();
+    let (h, k, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let theta = cfg.rope_theta as f32;
+    let q = linear(xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
+    let kk = linear(xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    let v = linear(xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    Ok(Qkv {
+        q: rope(&q, &batch.positions, theta)?,
+        k: rope(&kk, &batch.positions, theta)?,
+        v,
+    })
+}
+
+/// The CPU reference of [`qkv_backward`]: three products' backwards adding into one d(xn).
+fn unfused_backward(
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    xn: &Tensor,
+    lp: &LayerParams,
+    g: &mut LayerParams,
+    store: GradStore,
+) -> Result<Tensor> {
+    let mut d_xn = linear_backward(dq, xn, &lp.q, &mut g.q, g.q_bias.as_mut(), store)?; // [N,C]
+    linear_backward_acc(dk, xn, &lp.k, &mut g.k, g.k_bias.as_mut(), store, &mut d_xn)?; // +=
+    linear_backward_acc(dv, xn, &lp.v, &mut g.v, g.v_bias.as_mut(), store, &mut d_xn)?; // +=
     Ok(d_xn)
 }
