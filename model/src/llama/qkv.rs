@@ -15,6 +15,7 @@
 //! On the CPU, the f32 reference, the three projections stay separate products (`linear` with its
 //! bias, `rope`; in the backward three GEMMs adding into one dx): the fusion is for the GPU, and
 //! the device tests compare the fused GPU layer against that plain composition.
+//! `REALIGN_QKV=unfused` runs the three products on the GPU too (A/B timing).
 
 use anyhow::{Context, Result};
 use kernels::ops::linear::linear_out;
@@ -27,6 +28,15 @@ use kernels::{DType, Tensor};
 use super::batch::Batch;
 use crate::config::ModelConfig;
 use crate::params::LayerParams;
+
+/// Whether q/k/v run as one product for activations like `x`: on a GPU, unless
+/// `REALIGN_QKV=unfused` (read once).
+fn fused(x: &Tensor) -> bool {
+    static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let unfused =
+        *UNFUSED.get_or_init(|| std::env::var("REALIGN_QKV").is_ok_and(|v| v == "unfused"));
+    !x.device().is_cpu() && !unfused
+}
 
 /// [Wq; Wk; Wv] [(H+2K)·D, C] and, when the layer has any bias, [bq; bk; bv] (zeros for a
 /// missing one).
@@ -75,7 +85,7 @@ pub(crate) fn qkv_forward(
     batch: &Batch,
     table: &RopeTable,
 ) -> Result<Qkv> {
-    if xn.device().is_cpu() {
+    if !fused(xn) {
         return unfused_forward(xn, lp, cfg, batch);
     }
     let (w, b) = qkv_weights(lp).context("concatenating the q/k/v weights")?;
@@ -104,7 +114,7 @@ pub(crate) fn qkv_backward(
     g: &mut LayerParams,
     store: GradStore,
 ) -> Result<Tensor> {
-    if xn.device().is_cpu() {
+    if !fused(xn) {
         return unfused_backward(dq, dk, dv, xn, lp, g, store);
     }
     let d_qkv = concat_cols(&[dq, dk, dv])?; // [N,(H+2K)·D]
