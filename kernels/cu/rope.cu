@@ -7,12 +7,28 @@
 // the block rather than done by D/2 threads while the rest wait) and applied to every head;
 // threads run over (token, head, i), coalesced; 8 consecutive i per thread when D/2 is a
 // multiple of 8.
+//
+// rope_bias: the same rotation of (x + bias) for f32 x (the q / k GEMM's unrounded output) and a
+// bias [heads * D] in the output dtype: the bias add of `bias_cast` and the rotation in one pass,
+// rounded once (bias_cast then rope round twice and pass the tensor through memory twice).
 
 #define TPB 8
 
-template <typename T>
-__device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, T* __restrict__ y, u32 n, u32 heads,
-                          u32 d, float theta, float sign) {
+// Element i of a head's row of x, plus its bias when there is one (b = null: no bias).
+template <typename TI, typename TB>
+__device__ __forceinline__ void ld8_biased(const TI* x, const TB* b, size_t xi, size_t bi, float* v) {
+    ld8(x, xi, v);
+    if (b) {
+        float bv[8];
+        ld8(b, bi, bv);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] += bv[k];
+    }
+}
+
+template <typename TI, typename TB, typename TO>
+__device__ void rope_impl(const TI* __restrict__ x, const TB* __restrict__ bias, const u32* __restrict__ pos,
+                          TO* __restrict__ y, u32 n, u32 heads, u32 d, float theta, float sign) {
     extern __shared__ float tab[];  // [TPB][D]: cos in [0, D/2), signed sin in [D/2, D)
     const u32 half = d / 2;
     for (u32 tok0 = blockIdx.x * TPB; tok0 < n; tok0 += gridDim.x * TPB) {
@@ -33,8 +49,8 @@ __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, 
                 const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / (half / 8), i = (rem % (half / 8)) * 8;
                 const size_t base = ((size_t)(tok0 + tk) * heads + hh) * d;
                 float x1[8], x2[8], y1[8], y2[8];
-                ld8(x, base + i, x1);
-                ld8(x, base + i + half, x2);
+                ld8_biased(x, bias, base + i, (size_t)hh * d + i, x1);
+                ld8_biased(x, bias, base + i + half, (size_t)hh * d + i + half, x2);
 #pragma unroll
                 for (int k = 0; k < 8; ++k) {
                     const float c = tab[tk * d + i + k], s = tab[tk * d + half + i + k];
@@ -51,7 +67,11 @@ __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, 
             const u32 tk = idx / per_tok, rem = idx % per_tok, hh = rem / half, i = rem % half;
             const size_t base = ((size_t)(tok0 + tk) * heads + hh) * d;
             const float c = tab[tk * d + i], s = tab[tk * d + half + i];
-            const float x1 = ld(x, base + i), x2 = ld(x, base + i + half);
+            float x1 = ld(x, base + i), x2 = ld(x, base + i + half);
+            if (bias) {
+                x1 += ld(bias, (size_t)hh * d + i);
+                x2 += ld(bias, (size_t)hh * d + i + half);
+            }
             st(y, base + i, x1 * c - x2 * s);
             st(y, base + i + half, x2 * c + x1 * s);
         }
@@ -59,9 +79,17 @@ __device__ void rope_impl(const T* __restrict__ x, const u32* __restrict__ pos, 
 }
 
 extern "C" __global__ void rope_f32(const float* x, const u32* pos, float* y, u32 n, u32 h, u32 d, float theta, float sign) {
-    rope_impl(x, pos, y, n, h, d, theta, sign);
+    rope_impl(x, (const float*)nullptr, pos, y, n, h, d, theta, sign);
 }
 extern "C" __global__ void rope_bf16(const __nv_bfloat16* x, const u32* pos, __nv_bfloat16* y, u32 n, u32 h, u32 d,
                                      float theta, float sign) {
-    rope_impl(x, pos, y, n, h, d, theta, sign);
+    rope_impl(x, (const __nv_bfloat16*)nullptr, pos, y, n, h, d, theta, sign);
+}
+extern "C" __global__ void rope_bias_f32_f32(const float* x, const float* b, const u32* pos, float* y, u32 n, u32 h,
+                                             u32 d, float theta) {
+    rope_impl(x, b, pos, y, n, h, d, theta, 1.0f);
+}
+extern "C" __global__ void rope_bias_f32_bf16(const float* x, const __nv_bfloat16* b, const u32* pos, __nv_bfloat16* y,
+                                              u32 n, u32 h, u32 d, float theta) {
+    rope_impl(x, b, pos, y, n, h, d, theta, 1.0f);
 }

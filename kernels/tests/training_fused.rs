@@ -1,5 +1,5 @@
 //! The fused ops of the training step (the residual add + norm is `add_rmsnorm`, tested in
-//! fused_ops.rs): the accumulating backwards `linear_backward_acc` and
+//! fused_ops.rs): `bias_cast`, `rope_bias` (bias add + rotary, rounded once), and the accumulating backwards `linear_backward_acc` and
 //! `rmsnorm_backward_acc`. `rmsnorm_backward_acc` (the norm's dx added onto a residual gradient, dw onto a running
 //! gradient) against `rmsnorm_backward` followed by the two adds: on the CPU exactly, and the CUDA
 //! op against the CPU (f32 and bf16; C a multiple of 8, the warp-per-row kernel, and not).
@@ -174,6 +174,94 @@ fn cuda_linear_acc_matches_cpu() {
             }
         }
     }
+}
+
+/// `linear_out(.., F32)` + `bias_cast` against `linear` with a bias (bf16 on the GPU: one rounding
+/// of the f32 sum either way; f32 on every device).
+#[test]
+fn linear_then_bias_cast_matches_linear_with_bias() {
+    for dev in test_devices() {
+        let dtypes = if dev.is_cuda() {
+            vec![DType::F32, DType::BF16]
+        } else {
+            vec![DType::F32]
+        };
+        for dtype in dtypes {
+            for (n, i, o) in [(33, 40, 24), (7, 64, 13)] {
+                let seed = 1300 + (n * i * o) as u64;
+                let x = t(&randn_vec(n * i, seed), &[n, i], &dev, dtype);
+                let w = t(&randn_vec(o * i, seed + 1), &[o, i], &dev, dtype);
+                let b = t(&randn_vec(o, seed + 2), &[o], &dev, dtype);
+                let want = ops::linear(&x, &w, Some(&b)).unwrap().to_vec_f32().unwrap();
+                let f32_out = if dtype == DType::F32 {
+                    dtype
+                } else {
+                    DType::F32
+                };
+                let y = ops::linear::linear_out(&x, &w, None, f32_out).unwrap();
+                let got = ops::bias_cast(&y, &b, dtype).unwrap().to_vec_f32().unwrap();
+                let e = rel_err(&got, &want);
+                println!("bias_cast {n}x{i}x{o} [{dtype}] on {dev}: rel_err {e:.3e}");
+                // Same f32 sums; a GEMM kernel chosen for beta = 0 instead of 1 may order the
+                // products differently (f32 ulps), which can move a bf16 rounding by one ulp.
+                let tol = if dtype == DType::F32 { 1e-6 } else { 4e-3 };
+                assert!(
+                    e <= tol,
+                    "bias_cast {n}x{i}x{o} [{dtype}] on {dev}: {e:.3e}"
+                );
+            }
+        }
+    }
+}
+
+/// `rope_bias` (bias add + rotation of an f32 GEMM output, rounded once) against the CPU's
+/// `rope` of x + b in f32 (bf16-representable bias); D with D/2 % 8 == 0 (8 pairs per thread on
+/// the GPU) and not, positions into the thousands.
+#[test]
+fn rope_bias_matches_bias_then_rope() {
+    for dev in test_devices() {
+        let dtypes = if dev.is_cuda() {
+            vec![DType::F32, DType::BF16]
+        } else {
+            vec![DType::F32]
+        };
+        for (n, hx, d) in [(37, 3, 64), (11, 2, 24)] {
+            let seed = 1400 + (n * hx * d) as u64;
+            let x = randn_vec(n * hx * d, seed);
+            let b = bf16_exact(randn_vec(hx * d, seed + 1));
+            let pos: Vec<u32> = (0..n as u32).map(|i| (i * 389) % 6000).collect();
+            let xb: Vec<f32> = x
+                .chunks_exact(hx * d)
+                .flat_map(|row| row.iter().zip(&b).map(|(x, b)| x + b))
+                .collect();
+            let p_cpu = Tensor::from_u32(pos.clone(), &[n], &CPU).unwrap();
+            let want = ops::rope(&t(&xb, &[n, hx, d], &CPU, DType::F32), &p_cpu, 1e4)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
+            for &dtype in &dtypes {
+                let xt = t(&x, &[n, hx, d], &dev, DType::F32);
+                let bt = t(&b, &[hx * d], &dev, dtype);
+                let p = Tensor::from_u32(pos.clone(), &[n], &dev).unwrap();
+                let y = ops::rope::rope_bias(&xt, &bt, &p, 1e4, dtype).unwrap();
+                assert_eq!((y.shape(), y.dtype()), (&[n, hx, d][..], dtype));
+                let e = rel_err(&y.to_vec_f32().unwrap(), &want);
+                println!("rope_bias {n}x{hx}x{d} [{dtype}] on {dev}: rel_err {e:.3e}");
+                // f32: cos / sin of the same f32 angles (the GPU's from f64, rounded; the
+                // tolerance of ops_cuda's rope test); bf16: one rounding of each output.
+                let tol = if dtype == DType::F32 { 1e-5 } else { 4e-3 };
+                assert!(
+                    e <= tol,
+                    "rope_bias {n}x{hx}x{d} [{dtype}] on {dev}: {e:.3e}"
+                );
+            }
+        }
+    }
+    // The CPU holds f32 only; a bias of another length is an error.
+    let x = Tensor::zeros(&[2, 2, 4], DType::F32, &CPU).unwrap();
+    let p = Tensor::from_u32(vec![0, 1], &[2], &CPU).unwrap();
+    let short = Tensor::zeros(&[7], DType::F32, &CPU).unwrap();
+    assert!(ops::rope::rope_bias(&x, &short, &p, 1e4, DType::F32).is_err());
 }
 
 /// One causal GQA attention backward for the fused-RoPE test, inputs bf16-representable: q, k, v,

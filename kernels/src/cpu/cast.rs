@@ -27,3 +27,15 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
 pub fn f32_to_bf16(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()
 }
+
+/// y[N,O] + b[O] in f32 (the CPU computes in f32 only: a BF16 b is an `Error::DType`).
+pub fn bias_cast(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "bias_cast";
+    let (_n, o) = y.dims2(OP)?;
+    let (ys, bs) = (super::f32s(OP, y)?, super::f32s(OP, b)?);
+    let out: Vec<f32> = ys
+        .chunks_exact(o.max(1))
+        .flat_map(|row| row.iter().zip(bs).map(|(a, b)| a + b))
+        .collect();
+    super::tensor(out, y.shape())
+}

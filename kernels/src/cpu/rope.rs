@@ -1,7 +1,7 @@
 //! Rotary embedding on the CPU.
 
 use super::{f32s, u32s};
-use crate::{Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 pub fn rope(x: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
     rotate("rope", x, pos, theta, 1.0)
@@ -9,6 +9,21 @@ pub fn rope(x: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
 
 pub fn rope_backward(dy: &Tensor, pos: &Tensor, theta: f32) -> Result<Tensor> {
     rotate("rope_backward", dy, pos, theta, -1.0)
+}
+
+/// rope(x + b); the CPU holds f32 only.
+pub fn rope_bias(x: &Tensor, b: &Tensor, pos: &Tensor, theta: f32, dtype: DType) -> Result<Tensor> {
+    const OP: &str = "rope_bias";
+    if dtype != DType::F32 {
+        return Err(Error::DType { op: OP, dtype });
+    }
+    let (n, hx, d) = x.dims3(OP)?;
+    let bs = f32s(OP, b)?;
+    let mut xb = f32s(OP, x)?.to_vec();
+    for row in xb.chunks_exact_mut((hx * d).max(1)) {
+        row.iter_mut().zip(bs).for_each(|(v, b)| *v += b);
+    }
+    rotate(OP, &super::tensor(xb, &[n, hx, d])?, pos, theta, 1.0)
 }
 
 /// inv_freq[i] = 1 / theta^(2i/D) for i < D/2, in f32 exactly as HF computes it.

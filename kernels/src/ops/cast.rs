@@ -14,3 +14,19 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
         Device::Cuda(_) => crate::cuda::cast::cast(x, dtype),
     }
 }
+
+/// y[N,O] F32 (e.g. a GEMM's unrounded output) plus bias b[O] of dtype `dtype` (F32 or BF16),
+/// added in f32 and rounded once to `dtype`: `linear`'s bias epilogue for a product computed with
+/// an f32 output, without the f32 bias fill and read-modify-write of the GEMM's output.
+pub fn bias_cast(y: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor> {
+    const OP: &str = "bias_cast";
+    super::check_dtype(OP, y, DType::F32)?;
+    let (_n, o) = y.dims2(OP)?;
+    super::check_dtype(OP, b, dtype)?;
+    y.check_same_device(b, OP)?;
+    super::check_shape(OP, "bias b", b, &[o])?;
+    match y.device() {
+        Device::Cpu => crate::cpu::cast::bias_cast(y, b),
+        Device::Cuda(_) => crate::cuda::cast::bias_cast(y, b, dtype),
+    }
+}

@@ -33,7 +33,7 @@ pub use adamw::{
 };
 pub use add_rmsnorm::{add_rmsnorm, AddNorm};
 pub use attention::{attention, attention_backward, attention_backward_rope};
-pub use cast::cast;
+pub use cast::{bias_cast, cast};
 pub use concat::{concat_cols, concat_rows, split_store};
 pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};
 pub use embedding::{
