@@ -51,15 +51,24 @@ pub fn forward(
             .map_or(&params.final_norm, |lp| &lp.attn_norm)
     };
     let (mut xn, mut rstd) = rmsnorm(&x, norm_after(0), eps).context("first norm")?;
-    let table = rope_table(cfg, batch).context("the RoPE table")?;
+    let table = rope_table(&x, cfg, batch).context("the RoPE table")?;
     let mut layers = Vec::with_capacity(if keep == Keep::ForBackward {
         params.layers.len()
     } else {
         0
     });
     for (l, lp) in params.layers.iter().enumerate() {
-        let out = layer_forward(x, xn, rstd, lp, norm_after(l + 1), cfg, batch, &table)
-            .with_context(|| format!("forward of layer {l}"))?;
+        let out = layer_forward(
+            x,
+            xn,
+            rstd,
+            lp,
+            norm_after(l + 1),
+            cfg,
+            batch,
+            table.as_ref(),
+        )
+        .with_context(|| format!("forward of layer {l}"))?;
         if keep == Keep::ForBackward {
             layers.push(out.saved);
         }
@@ -95,7 +104,7 @@ fn layer_forward(
     next_norm: &Tensor,
     cfg: &ModelConfig,
     batch: &Batch,
-    table: &RopeTable,
+    table: Option<&RopeTable>,
 ) -> Result<LayerOut> {
     let n = batch.num_tokens();
     let (h, d) = (cfg.num_attention_heads, cfg.head_dim);

@@ -14,14 +14,19 @@
 //!
 //! On the CPU, the f32 reference, the three projections stay separate products (`linear` with its
 //! bias, `rope`; in the backward three GEMMs adding into one dx): the fusion is for the GPU, and
-//! the device tests compare the fused GPU layer against that plain composition.
-//! `REALIGN_QKV=unfused` runs the three products on the GPU too (A/B timing).
+//! the device tests compare the GPU layer against that plain composition.
+//!
+//! Opt-in for now: `REALIGN_QKV=fused`. The fused path passes its CPU tests and the ops' tests,
+//! but no GPU was to be had in the session that wrote it (2026-12-06), so it has not run on one;
+//! until it has (tests and `train_step_bench` with and without it, same call), the GPU runs the
+//! separate products as before (q/k: f32 GEMM output + `rope_bias`; v: + `bias_cast`).
 
 use anyhow::{Context, Result};
 use kernels::ops::linear::linear_out;
+use kernels::ops::rope::rope_bias;
 use kernels::ops::{
-    concat_cols, concat_rows, linear, linear_backward, linear_backward_acc, qkv_rope, rope,
-    split_store, GradStore, Qkv, RopeTable,
+    bias_cast, concat_cols, concat_rows, linear, linear_backward, linear_backward_acc, qkv_rope,
+    rope, split_store, GradStore, Qkv, RopeTable,
 };
 use kernels::{DType, Tensor};
 
@@ -29,13 +34,12 @@ use super::batch::Batch;
 use crate::config::ModelConfig;
 use crate::params::LayerParams;
 
-/// Whether q/k/v run as one product for activations like `x`: on a GPU, unless
-/// `REALIGN_QKV=unfused` (read once).
+/// Whether q/k/v run as one product for activations like `x`: on a GPU with
+/// `REALIGN_QKV=fused` (read once).
 fn fused(x: &Tensor) -> bool {
-    static UNFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let unfused =
-        *UNFUSED.get_or_init(|| std::env::var("REALIGN_QKV").is_ok_and(|v| v == "unfused"));
-    !x.device().is_cpu() && !unfused
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *FUSED.get_or_init(|| std::env::var("REALIGN_QKV").is_ok_and(|v| v == "fused"));
+    !x.device().is_cpu() && on
 }
 
 /// [Wq; Wk; Wv] [(H+2K)·D, C] and, when the layer has any bias, [bq; bk; bv] (zeros for a
@@ -65,16 +69,24 @@ pub(crate) fn qkv_weights(lp: &LayerParams) -> Result<(Tensor, Option<Tensor>)> 
     Ok((w, Some(concat_rows(&parts)?))) // [(H+2K)·D]
 }
 
-/// A table of the RoPE angles for the batch's positions (one row per position up to the longest
-/// sequence; others are computed by the op), built once per forward and shared by the layers.
-pub(crate) fn rope_table(cfg: &ModelConfig, batch: &Batch) -> Result<RopeTable> {
+/// For the fused path: a table of the RoPE angles for the batch's positions (one row per position
+/// up to the longest sequence; others are computed by the op), built once per forward and shared
+/// by the layers. None when the layers of activations like `x` run unfused.
+pub(crate) fn rope_table(
+    x: &Tensor,
+    cfg: &ModelConfig,
+    batch: &Batch,
+) -> Result<Option<RopeTable>> {
+    if !fused(x) {
+        return Ok(None);
+    }
     let longest = batch.seq_ranges().map(|r| r.len()).max().unwrap_or(1);
-    Ok(RopeTable::new(
+    Ok(Some(RopeTable::new(
         longest.max(1),
         cfg.head_dim,
         cfg.rope_theta as f32,
         batch.positions.device(),
-    )?)
+    )?))
 }
 
 /// q [N,H,D] and k [N,K,D] with RoPE applied, and v [N,K,D], in xn's dtype.
@@ -83,7 +95,7 @@ pub(crate) fn qkv_forward(
     lp: &LayerParams,
     cfg: &ModelConfig,
     batch: &Batch,
-    table: &RopeTable,
+    table: Option<&RopeTable>,
 ) -> Result<Qkv> {
     if !fused(xn) {
         return unfused_forward(xn, lp, cfg, batch);
@@ -98,7 +110,7 @@ pub(crate) fn qkv_forward(
         cfg.num_key_value_heads,
         xn.dtype(),
         cfg.rope_theta as f32,
-        Some(table),
+        table,
     )?)
 }
 
@@ -152,7 +164,7 @@ pub(crate) fn qkv_backward(
     Ok(d_xn)
 }
 
-/// The CPU reference of [`qkv_forward`]: three biased products, RoPE on q and k.
+/// [`qkv_forward`] as three products (the CPU reference, and the GPU's default for now).
 fn unfused_forward(xn: &Tensor, lp: &LayerParams, cfg: &ModelConfig, batch: &Batch) -> Result<Qkv> {
     let n = batch.num_tokens();
     let (h, k, d) = (
@@ -161,17 +173,51 @@ fn unfused_forward(xn: &Tensor, lp: &LayerParams, cfg: &ModelConfig, batch: &Bat
         cfg.head_dim,
     );
     let theta = cfg.rope_theta as f32;
-    let q = linear(xn, &lp.q, lp.q_bias.as_ref())?.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
-    let kk = linear(xn, &lp.k, lp.k_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
-    let v = linear(xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
-    Ok(Qkv {
-        q: rope(&q, &batch.positions, theta)?,
-        k: rope(&kk, &batch.positions, theta)?,
-        v,
+    let q = linear_rope(xn, &lp.q, lp.q_bias.as_ref(), batch, theta, h, d)?; // [N,H,D]
+    let kk = linear_rope(xn, &lp.k, lp.k_bias.as_ref(), batch, theta, k, d)?; // [N,K,D]
+    let v = linear_biased(xn, &lp.v, lp.v_bias.as_ref())?.reshape(&[n, k, d])?; // [N,K*D] -> [N,K,D]
+    Ok(Qkv { q, k: kk, v })
+}
+
+/// x · wᵀ + b. With bf16 inputs and a bias: the GEMM writes its f32 accumulator and `bias_cast`
+/// adds the bias in f32 and rounds once, the values of `linear` with a bias (which seeds an f32
+/// output with the bias and adds the product with beta = 1, then casts) in fewer passes.
+fn linear_biased(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match b {
+        Some(b) if x.dtype() == DType::BF16 => {
+            let y = linear_out(x, w, None, DType::F32)?; // [N,O] f32, unrounded
+            bias_cast(&y, b, DType::BF16)?
+        }
+        _ => linear(x, w, b)?,
     })
 }
 
-/// The CPU reference of [`qkv_backward`]: three products' backwards adding into one d(xn).
+/// rope(x · wᵀ + b) as [N,heads,D]. With bf16 inputs and a bias: the GEMM writes f32 and
+/// `rope_bias` adds the bias, rotates and rounds once (one pass for `bias_cast` + `rope`).
+fn linear_rope(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    batch: &Batch,
+    theta: f32,
+    heads: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let n = batch.num_tokens();
+    Ok(match b {
+        Some(b) if x.dtype() == DType::BF16 => {
+            let y = linear_out(x, w, None, DType::F32)?.reshape(&[n, heads, d])?; // [N,heads*D] -> [N,heads,D], f32
+            rope_bias(&y, b, &batch.positions, theta, DType::BF16)?
+        }
+        _ => {
+            let y = linear_biased(x, w, b)?.reshape(&[n, heads, d])?; // [N,heads*D] -> [N,heads,D]
+            rope(&y, &batch.positions, theta)?
+        }
+    })
+}
+
+/// [`qkv_backward`] as three products' backwards adding into one d(xn) (the CPU reference, and the
+/// GPU's default for now).
 fn unfused_backward(
     dq: &Tensor,
     dk: &Tensor,
