@@ -1,18 +1,18 @@
-//! A training step does not zero its gradient buffers: the first micro-batch writes them
-//! (`GradStore::Overwrite`), the later ones add. Here the buffers start full of NaN, so any
-//! gradient the first micro-batch failed to write (a matrix, a norm weight, a bias, the
-//! embedding, tied or not) poisons the step; the gradients must equal those of zeroed buffers
+//! A training step (SFT, actor, critic, reward model) does not zero its gradient buffers: the
+//! first micro-batch writes them (`GradStore::Overwrite`), the later ones add. Here the buffers
+//! start full of NaN, so any gradient the first micro-batch failed to write (a matrix, a norm
+//! weight, a bias, the score head, the embedding, tied or not) poisons the step; the gradients must equal those of zeroed buffers
 //! and accumulation (`GradStore::Add`), on every device (CPU, plus CUDA when present).
 
 use kernels::ops::fill_many;
 use kernels::testing::{rel_err, test_devices};
 use kernels::{DType, Device, Tensor};
 use learner::batch::{Field, Sequence};
-use learner::objectives::{LossAgg, PolicyLossConfig};
+use learner::objectives::{LossAgg, PolicyLossConfig, ValueLossConfig};
 use learner::optim::{AdamW, AdamWConfig};
-use learner::train::{ActorStep, SftStep};
+use learner::train::{ActorStep, CriticStep, Pair, RewardModelStep, SftStep};
 use model::llama::LmHead;
-use model::{Arch, ModelConfig, Params};
+use model::{Arch, Head, ModelConfig, Params};
 
 const V: usize = 16;
 
@@ -21,6 +21,11 @@ fn config(tied: bool) -> ModelConfig {
     let mut cfg = ModelConfig::new(Arch::Qwen2, 32, 64, 2, 4, 2, V);
     cfg.tie_word_embeddings = tied;
     cfg
+}
+
+/// A critic / reward model: the score head [1, C] instead of the LM head.
+fn value_config() -> ModelConfig {
+    ModelConfig::new(Arch::Qwen2, 32, 64, 2, 4, 2, V).with_head(Head::SequenceClassification, 1)
 }
 
 /// Sequences of 7..=12 tokens with 3-token prompts, with π_old and advantages for the actor.
@@ -75,7 +80,11 @@ fn nan_filled(params: &Params) -> Params {
 type Run<'a> = dyn Fn(&Params, &ModelConfig, &mut Params, bool) + 'a;
 
 fn check(device: &Device, tied: bool, what: &str, run: &Run<'_>) {
-    let cfg = config(tied);
+    check_with(device, &config(tied), what, run)
+}
+
+fn check_with(device: &Device, cfg: &ModelConfig, what: &str, run: &Run<'_>) {
+    let (cfg, tied) = (cfg.clone(), cfg.tie_word_embeddings);
     // f32 everywhere: the comparison is about which buffers get written, not rounding.
     let params = Params::init(&cfg, 7, device, DType::F32).unwrap();
     let mut stepped = nan_filled(&params);
@@ -156,5 +165,54 @@ fn actor_step_writes_every_gradient_without_zeroing() {
             };
             check(&device, tied, "actor", &run);
         }
+    }
+}
+
+#[test]
+fn critic_and_reward_model_steps_write_every_gradient_without_zeroing() {
+    let seqs: Vec<Sequence> = sequences()
+        .into_iter()
+        .map(|s| {
+            let n = s.response_len();
+            let old: Vec<f32> = (0..n).map(|j| 0.1 * j as f32 - 0.2).collect();
+            let ret: Vec<f32> = (0..n).map(|j| 0.5 - 0.15 * j as f32).collect();
+            s.with(Field::Values, old).with(Field::Returns, ret)
+        })
+        .collect();
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let pairs: Vec<Pair> = (0..4u32)
+        .map(|i| Pair {
+            chosen: (0..6 + i).map(|t| (t * 3 + i) % V as u32).collect(),
+            rejected: (0..5 + i).map(|t| (t * 5 + 2 * i) % V as u32).collect(),
+        })
+        .collect();
+    let cfg = value_config();
+    for device in test_devices() {
+        let critic = CriticStep {
+            loss: ValueLossConfig::default(),
+            micro_batch_tokens: 20,
+        };
+        let run = |p: &Params, cfg: &ModelConfig, g: &mut Params, as_step: bool| {
+            if as_step {
+                let (mut p, mut opt) = copy_with_optimiser(p);
+                critic.step(&mut p, cfg, g, &mut opt, &refs, 1e-3).unwrap();
+            } else {
+                critic.accumulate(p, cfg, g, &refs, None).unwrap();
+            }
+        };
+        check_with(&device, &cfg, "critic", &run);
+        // 24 tokens: pairs of 11-17 tokens, so one or two pairs a micro-batch.
+        let rm = RewardModelStep {
+            micro_batch_tokens: 24,
+        };
+        let run = |p: &Params, cfg: &ModelConfig, g: &mut Params, as_step: bool| {
+            if as_step {
+                let (mut p, mut opt) = copy_with_optimiser(p);
+                rm.step(&mut p, cfg, g, &mut opt, &pairs, 1e-3).unwrap();
+            } else {
+                rm.accumulate(p, cfg, g, &pairs).unwrap();
+            }
+        };
+        check_with(&device, &cfg, "reward model", &run);
     }
 }

@@ -539,7 +539,8 @@ fn llama_seqcls_scalar_head_matches_transformers() {
 
             let mut grads = params.zeros_like(DType::F32).unwrap();
             let w = f32_tensor(fx.batch.value_weights.clone(), &device);
-            let d_hidden = values_backward(&params, &acts.hidden, &w, &mut grads).unwrap();
+            let d_hidden =
+                values_backward(&params, &acts.hidden, &w, &mut grads, GradStore::Add).unwrap();
             backward(
                 &params,
                 &fx.cfg,

@@ -30,6 +30,20 @@ impl CriticStep {
         seqs: &[&Sequence],
         norm: Option<Normaliser>,
     ) -> Result<Metrics> {
+        self.run(params, cfg, grads, GradStore::Add, seqs, norm)
+    }
+
+    /// [`CriticStep::accumulate`] with the first micro-batch storing its gradients as `first`
+    /// says (`Overwrite`: `grads` may hold anything, every gradient is written), the others add.
+    fn run(
+        &self,
+        params: &Params,
+        cfg: &ModelConfig,
+        grads: &mut Params,
+        first: GradStore,
+        seqs: &[&Sequence],
+        norm: Option<Normaliser>,
+    ) -> Result<Metrics> {
         let device = params.embed.device().clone();
         let norm = match norm {
             Some(n) => n,
@@ -37,7 +51,12 @@ impl CriticStep {
         };
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut metrics = Metrics::new();
-        for micro in split_by_token_budget(&lens, self.micro_batch_tokens)? {
+        let micros = split_by_token_budget(&lens, self.micro_batch_tokens)?;
+        if micros.is_empty() && first == GradStore::Overwrite {
+            zero_grads(grads)?; // no micro-batch writes them
+        }
+        for (k, micro) in micros.into_iter().enumerate() {
+            let store = if k == 0 { first } else { GradStore::Add };
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
             let batch = model_batch(&p, &device)?;
@@ -56,8 +75,8 @@ impl CriticStep {
             )?;
             metrics.merge(&out.metrics);
             let dv = upload(out.grad_values, &device)?;
-            let d_hidden = values_backward(params, &acts.hidden, &dv, grads)?;
-            backward(params, cfg, &batch, acts, &d_hidden, grads, GradStore::Add)
+            let d_hidden = values_backward(params, &acts.hidden, &dv, grads, store)?;
+            backward(params, cfg, &batch, acts, &d_hidden, grads, store)
                 .context("critic backward")?;
         }
         Ok(metrics)
@@ -72,8 +91,7 @@ impl CriticStep {
         seqs: &[&Sequence],
         lr: f64,
     ) -> Result<Metrics> {
-        zero_grads(grads)?;
-        let mut m = self.accumulate(params, cfg, grads, seqs, None)?;
+        let mut m = self.run(params, cfg, grads, GradStore::Overwrite, seqs, None)?;
         optimiser_step("critic", params, grads, opt, lr, &mut m)?;
         Ok(m)
     }

@@ -59,6 +59,20 @@ impl RewardModelStep {
         grads: &mut Params,
         pairs: &[Pair],
     ) -> Result<Metrics> {
+        self.run(params, cfg, grads, GradStore::Add, pairs)
+    }
+
+    /// [`RewardModelStep::accumulate`] with the first micro-batch storing its gradients as
+    /// `first` says (`Overwrite`: `grads` may hold anything, every gradient is written), the
+    /// others add.
+    fn run(
+        &self,
+        params: &Params,
+        cfg: &ModelConfig,
+        grads: &mut Params,
+        first: GradStore,
+        pairs: &[Pair],
+    ) -> Result<Metrics> {
         let device = params.embed.device().clone();
         for (i, p) in pairs.iter().enumerate() {
             if p.chosen.is_empty() || p.rejected.is_empty() {
@@ -70,7 +84,12 @@ impl RewardModelStep {
             .map(|p| p.chosen.len() + p.rejected.len())
             .collect();
         let mut metrics = Metrics::new();
-        for micro in split_by_token_budget(&lens, self.micro_batch_tokens)? {
+        let micros = split_by_token_budget(&lens, self.micro_batch_tokens)?;
+        if micros.is_empty() && first == GradStore::Overwrite {
+            zero_grads(grads)?; // no micro-batch writes them
+        }
+        for (k, micro) in micros.into_iter().enumerate() {
+            let store = if k == 0 { first } else { GradStore::Add };
             // Chosen sequences first, then rejected: sequence k and k + P' form pair k.
             let np = micro.len();
             let seqs: Vec<Sequence> = micro
@@ -96,8 +115,9 @@ impl RewardModelStep {
                 dv[last[k]] = out.grad_chosen[k];
                 dv[last[np + k]] = out.grad_rejected[k];
             }
-            let d_hidden = values_backward(params, &acts.hidden, &upload(dv, &device)?, grads)?;
-            backward(params, cfg, &batch, acts, &d_hidden, grads, GradStore::Add)
+            let dv = upload(dv, &device)?;
+            let d_hidden = values_backward(params, &acts.hidden, &dv, grads, store)?;
+            backward(params, cfg, &batch, acts, &d_hidden, grads, store)
                 .context("reward backward")?;
         }
         Ok(metrics)
@@ -112,8 +132,7 @@ impl RewardModelStep {
         pairs: &[Pair],
         lr: f64,
     ) -> Result<Metrics> {
-        zero_grads(grads)?;
-        let mut m = self.accumulate(params, cfg, grads, pairs)?;
+        let mut m = self.run(params, cfg, grads, GradStore::Overwrite, pairs)?;
         optimiser_step("rm", params, grads, opt, lr, &mut m)?;
         Ok(m)
     }

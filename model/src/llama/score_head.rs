@@ -19,13 +19,14 @@ pub fn values(params: &Params, hidden: &Tensor) -> Result<Tensor> {
     Ok(linear_out(hidden, w, None, DType::F32)?.reshape(&[n])?) // [N,1] -> [N]
 }
 
-/// Backward of [`values`]: accumulates score.weight's gradient from d(value) [N] f32 and returns
-/// d(hidden) [N,C] in the hidden states' dtype.
+/// Backward of [`values`]: stores score.weight's gradient (added or written as `store` says) from
+/// d(value) [N] f32 and returns d(hidden) [N,C] in the hidden states' dtype.
 pub fn values_backward(
     params: &Params,
     hidden: &Tensor,
     d_value: &Tensor,
     grads: &mut Params,
+    store: GradStore,
 ) -> Result<Tensor> {
     check_grads(grads)?;
     let w = score_weight(params)?;
@@ -47,7 +48,7 @@ pub fn values_backward(
         .score
         .as_mut()
         .context("the gradient buffer has no score.weight")?;
-    Ok(linear_backward(&dv, hidden, w, gw, None, GradStore::Add)?)
+    Ok(linear_backward(&dv, hidden, w, gw, None, store)?)
 }
 
 /// The value at the last token of each sequence (the reward of a reward model), on the host.
