@@ -19,9 +19,9 @@ use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
 use super::common::{
-    finish_update, model_batch, normaliser_of, queue_update, upload, zero_grads, QueuedUpdate,
+    finish_update, micro_batches, model_batch, normaliser_of, queue_update, upload, QueuedUpdate,
 };
-use crate::batch::{pack, split_by_token_budget, Field, PackedBatch, Sequence};
+use crate::batch::{pack, Field, PackedBatch, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{
     policy_loss, token_weights, KlEstimator, Normaliser, PolicyBatch, PolicyLossConfig,
@@ -92,9 +92,8 @@ impl ActorStep {
         };
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut parts = vec![];
-        for (k, micro) in split_by_token_budget(&lens, self.micro_batch_tokens)?
-            .into_iter()
-            .enumerate()
+        for (store, micro) in
+            micro_batches(&lens, self.micro_batch_tokens, first, Some(&mut *grads))?
         {
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
@@ -104,7 +103,6 @@ impl ActorStep {
             let (d_lp, d_ent) = self
                 .loss_grads(&p, &norm, &head_out.logprobs, &device)
                 .context("actor loss gradient")?;
-            let store = if k == 0 { first } else { GradStore::Add };
             let d_hidden = self.head.backward(
                 params,
                 &acts.hidden,
@@ -122,9 +120,6 @@ impl ActorStep {
                 entropy: head_out.entropy,
                 packed: p,
             });
-        }
-        if parts.is_empty() && first == GradStore::Overwrite {
-            zero_grads(grads)?; // no micro-batch wrote them
         }
         Ok(QueuedBatch { parts, norm })
     }

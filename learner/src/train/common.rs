@@ -2,12 +2,12 @@
 //! gradient buffers, host <-> device f32 vectors, and the optimiser step with its metrics.
 
 use anyhow::{Context, Result};
-use kernels::ops::fill_many;
+use kernels::ops::{fill_many, GradStore};
 use kernels::{Device, Tensor};
 use model::llama::Batch;
 use model::Params;
 
-use crate::batch::{pack, PackedBatch, Sequence};
+use crate::batch::{pack, split_by_token_budget, PackedBatch, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::Normaliser;
 use crate::optim::{AdamW, PendingStep, StepStats};
@@ -38,6 +38,27 @@ pub fn zero_grads(grads: &mut Params) -> Result<()> {
             names.first().map_or("", |n| n.as_str())
         )
     })
+}
+
+/// The micro-batches of a mini-batch (indices into `lens`, under the token budget), each with how
+/// its backward stores gradients: the first as `first`, the others add. A step passes
+/// `GradStore::Overwrite` and so needs no zeroing pass; with no micro-batch at all nothing would
+/// write the gradients, so they are zeroed here (when given).
+pub(crate) fn micro_batches(
+    lens: &[usize],
+    budget: usize,
+    first: GradStore,
+    grads: Option<&mut Params>,
+) -> Result<Vec<(GradStore, Vec<usize>)>> {
+    let micros = split_by_token_budget(lens, budget)?;
+    if let (true, GradStore::Overwrite, Some(g)) = (micros.is_empty(), first, grads) {
+        zero_grads(g)?;
+    }
+    Ok(micros
+        .into_iter()
+        .enumerate()
+        .map(|(k, m)| (if k == 0 { first } else { GradStore::Add }, m))
+        .collect())
 }
 
 /// An `[N]` f32 tensor on `device` from host values.

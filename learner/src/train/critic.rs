@@ -8,8 +8,8 @@ use kernels::ops::GradStore;
 use model::llama::{backward, forward, values, values_backward, Keep};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, normaliser_of, optimiser_step, upload, zero_grads};
-use crate::batch::{pack, split_by_token_budget, Field, Sequence};
+use super::common::{micro_batches, model_batch, normaliser_of, optimiser_step, upload};
+use crate::batch::{pack, Field, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{value_loss, Normaliser, ValueBatch, ValueLossConfig};
 use crate::optim::AdamW;
@@ -51,12 +51,9 @@ impl CriticStep {
         };
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut metrics = Metrics::new();
-        let micros = split_by_token_budget(&lens, self.micro_batch_tokens)?;
-        if micros.is_empty() && first == GradStore::Overwrite {
-            zero_grads(grads)?; // no micro-batch writes them
-        }
-        for (k, micro) in micros.into_iter().enumerate() {
-            let store = if k == 0 { first } else { GradStore::Add };
+        for (store, micro) in
+            micro_batches(&lens, self.micro_batch_tokens, first, Some(&mut *grads))?
+        {
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
             let batch = model_batch(&p, &device)?;

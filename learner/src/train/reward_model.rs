@@ -7,7 +7,7 @@ use kernels::ops::GradStore;
 use model::llama::{backward, forward, values, values_backward, Keep};
 use model::{ModelConfig, Params};
 
-use super::common::{model_batch, optimiser_step, upload, zero_grads};
+use super::common::{micro_batches, model_batch, optimiser_step, upload};
 use crate::batch::{pack, split_by_token_budget, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::bradley_terry_loss;
@@ -84,12 +84,9 @@ impl RewardModelStep {
             .map(|p| p.chosen.len() + p.rejected.len())
             .collect();
         let mut metrics = Metrics::new();
-        let micros = split_by_token_budget(&lens, self.micro_batch_tokens)?;
-        if micros.is_empty() && first == GradStore::Overwrite {
-            zero_grads(grads)?; // no micro-batch writes them
-        }
-        for (k, micro) in micros.into_iter().enumerate() {
-            let store = if k == 0 { first } else { GradStore::Add };
+        for (store, micro) in
+            micro_batches(&lens, self.micro_batch_tokens, first, Some(&mut *grads))?
+        {
             // Chosen sequences first, then rejected: sequence k and k + P' form pair k.
             let np = micro.len();
             let seqs: Vec<Sequence> = micro

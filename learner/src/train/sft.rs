@@ -12,8 +12,10 @@ use kernels::Tensor;
 use model::llama::{backward, forward, Keep, LmHead};
 use model::{ModelConfig, Params};
 
-use super::common::{finish_update, model_batch, queue_update, upload, zero_grads, QueuedUpdate};
-use crate::batch::{pack, split_by_token_budget, Sequence};
+use super::common::{
+    finish_update, micro_batches, model_batch, queue_update, upload, QueuedUpdate,
+};
+use crate::batch::{pack, Sequence};
 use crate::metrics::Metrics;
 use crate::objectives::{sft_grad_logprob, sft_loss, LossAgg, Normaliser};
 use crate::optim::AdamW;
@@ -68,10 +70,8 @@ impl SftStep {
         let norm = Normaliser::count(&whole.loss_mask, &whole.cu_seqlens)?;
         let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
         let mut parts = vec![];
-        for (k, micro) in split_by_token_budget(&lens, self.micro_batch_tokens)?
-            .into_iter()
-            .enumerate()
-        {
+        let micros = micro_batches(&lens, self.micro_batch_tokens, first, grads.as_deref_mut())?;
+        for (store, micro) in micros {
             let part: Vec<&Sequence> = micro.iter().map(|&i| seqs[i]).collect();
             let p = pack(&part)?;
             let batch = model_batch(&p, &device)?;
@@ -85,7 +85,6 @@ impl SftStep {
             if let Some(g) = grads.as_deref_mut() {
                 let d_lp = sft_grad_logprob(&p.loss_mask, &p.cu_seqlens, self.agg, &norm)?;
                 let d_lp = upload(d_lp, &device)?;
-                let store = if k == 0 { first } else { GradStore::Add };
                 let (lp, h) = (&head_out, &acts.hidden);
                 let d_hidden = head.backward(params, h, &p.targets, lp, &d_lp, None, g, store)?;
                 backward(params, cfg, &batch, acts, &d_hidden, g, store).context("SFT backward")?;
@@ -96,9 +95,6 @@ impl SftStep {
                 mask: p.loss_mask,
                 cu_seqlens: p.cu_seqlens,
             });
-        }
-        if let (true, GradStore::Overwrite, Some(g)) = (parts.is_empty(), first, grads) {
-            zero_grads(g)?; // no micro-batch wrote them
         }
         Ok(QueuedBatch { parts, norm })
     }

@@ -132,7 +132,8 @@ pub(crate) fn qkv_backward(
     let d_qkv = concat_cols(&[dq, dk, dv])?; // [N,(H+2K)·D]
     let (w, b) = qkv_weights(lp).context("concatenating the q/k/v weights")?;
     let dev = xn.device();
-    // The fused dW is a scratch written whole (beta 0); db is summed with atomics, so zeroed.
+    // db is summed with atomics, so it starts at zero; the fused dW is written whole by the GEMM
+    // (beta 0) and is zeroed only because `Tensor` has no uninitialised constructor.
     let mut dw = Tensor::zeros(w.shape(), DType::F32, dev)?; // [(H+2K)·D, C]
     let mut db = match &b {
         Some(b) => Some(Tensor::zeros(b.shape(), DType::F32, dev)?),
