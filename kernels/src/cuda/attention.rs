@@ -572,7 +572,8 @@ fn attention_delta(
     const OP: &str = "attention_backward";
     let dev = device_of(dout, OP)?;
     let (n, h, _) = dout.dims3(OP)?;
-    let delta = zeros(&dev, &[n, h], DType::F32)?;
+    // Every row is written (one warp each), so no zero fill.
+    let delta = empty(&dev, &[n, h], DType::F32)?;
     let rows = n * h;
     let mut args = Args::new()
         .ptr(dout, &dev, OP)?
@@ -699,11 +700,12 @@ fn fa_backward(
     }
     // f32 accumulators -> bf16 outputs; dq and dk carry the softmax scale (and the rotation).
     let finish = |acc: &Tensor, mul: f32, rotate: bool| -> Result<Tensor> {
-        let dst = zeros(&dev, acc.shape(), dtype)?;
         let m = acc.numel();
         if m == 0 || s == 0 {
-            return Ok(dst);
+            return zeros(&dev, acc.shape(), dtype);
         }
+        // The finish kernels write every element, so no zero fill.
+        let dst = empty(&dev, acc.shape(), dtype)?;
         let args = Args::new().ptr(acc, &dev, OP)?.ptr(&dst, &dev, OP)?;
         match tab.as_ref().filter(|_| rotate) {
             Some(tab) => {
