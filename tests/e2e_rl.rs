@@ -130,40 +130,56 @@ fn first_last(m: &BTreeMap<u64, BTreeMap<String, f64>>, key: &str, k: usize) -> 
     (mean(&xs[..k]), mean(&xs[xs.len() - k..]))
 }
 
-/// Runs SFT then `algorithm` against the rule reward; the sampled reward must rise by `min_rise`
-/// and the greedy held-out accuracy must not fall.
+/// Seeds of the rule-RL runs. One run's rise hinges on its SFT base (a change of f32 summation
+/// order once moved the base's held-out accuracy from 0.700 to 0.875 and left GRPO little room),
+/// so the checks are on the mean over three independent runs (each takes under a second).
+/// Thresholds: a 5-step reward mean is over 640 samples, so one run's first-to-last difference
+/// has a standard deviation of ~0.03 and the mean of three ~0.016; the rises seen are 0.10-0.15,
+/// and 0.05-0.06 is 3-4 deviations above no learning.
+const RULE_RL_SEEDS: [u64; 3] = [5, 6, 7];
+
+/// Runs SFT then `algorithm` against the rule reward for each of [`RULE_RL_SEEDS`]; the sampled
+/// reward must rise by `min_rise` on the mean over the runs, and the mean greedy held-out
+/// accuracy must not fall.
 fn rule_rl_raises_the_reward(algorithm: &str, min_rise: f64) {
-    let dir = tempfile::tempdir().unwrap();
     let alg = format!("stage[1].algorithm={algorithm:?}");
-    let run_dir = run(
-        dir.path(),
-        &format!("{BASE}{RULE_RL}"),
-        &[SFT_150, &alg],
-        TrainOptions::default(),
-    );
-    let m = metrics(&run_dir);
-    let (first, last) = first_last(&m, "reward/mean", 5);
-    let (acc_first, acc_last) = first_last(&m, "eval/accuracy", 1);
-    eprintln!(
-        "{algorithm} reward/mean: first 5 steps {first:.3}, last 5 steps {last:.3}; \
-         eval/accuracy {acc_first:.3} -> {acc_last:.3}"
-    );
+    let (mut rise, mut acc_first, mut acc_last) = (0.0, 0.0, 0.0);
+    for seed in RULE_RL_SEEDS {
+        let dir = tempfile::tempdir().unwrap();
+        let seed_opt = format!("run.seed={seed}");
+        let run_dir = run(
+            dir.path(),
+            &format!("{BASE}{RULE_RL}"),
+            &[SFT_150, &alg, &seed_opt],
+            TrainOptions::default(),
+        );
+        let m = metrics(&run_dir);
+        let (first, last) = first_last(&m, "reward/mean", 5);
+        let (a0, a1) = first_last(&m, "eval/accuracy", 1);
+        eprintln!(
+            "{algorithm} seed {seed} reward/mean: first 5 steps {first:.3}, last 5 steps \
+             {last:.3}; eval/accuracy {a0:.3} -> {a1:.3}"
+        );
+        assert!(run_dir
+            .join(format!("models/stage1_{algorithm}/model.safetensors"))
+            .is_file());
+        rise += (last - first) / RULE_RL_SEEDS.len() as f64;
+        acc_first += a0 / RULE_RL_SEEDS.len() as f64;
+        acc_last += a1 / RULE_RL_SEEDS.len() as f64;
+    }
     assert!(
-        last > first + min_rise,
-        "{algorithm}: reward did not rise by {min_rise}: {first:.3} -> {last:.3}"
+        rise > min_rise,
+        "{algorithm}: mean reward rise {rise:.3} over seeds {RULE_RL_SEEDS:?}, wanted > {min_rise}"
     );
     assert!(
         acc_last >= acc_first,
-        "{algorithm}: held-out accuracy fell: {acc_first:.3} -> {acc_last:.3}"
+        "{algorithm}: mean held-out accuracy fell: {acc_first:.3} -> {acc_last:.3}"
     );
-    assert!(run_dir
-        .join(format!("models/stage1_{algorithm}/model.safetensors"))
-        .is_file());
 }
 
 #[test]
 fn grpo_raises_the_rule_reward() {
-    rule_rl_raises_the_reward("grpo", 0.1);
+    rule_rl_raises_the_reward("grpo", 0.06);
 }
 
 #[test]
