@@ -138,89 +138,6 @@ __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restr
         }
 }
 
-// Register-cached warp-per-row backward for C a multiple of 8 up to 256 * NCH (NCH chunks of 8
-// per lane): each row's dy and x are read once into registers (the warp kernel above reads them
-// twice), and each lane keeps the dw partial of the columns it owns (chunks lane + 32 i, the same
-// for every row) in registers, so shared memory is touched once per block instead of once per row
-// and element. With fewer, fuller blocks there are fewer atomics on dw's C addresses.
-template <typename T, bool ACC, int NCH>
-__device__ void rmsnorm_bwd_reg_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
-                                     const float* __restrict__ rstd, T* __restrict__ dx, float* dw, u32 n, u32 c,
-                                     u32 rows_per_block) {
-    extern __shared__ float dw_part[];  // [warps][8][c / 8], as in rmsnorm_bwd_warp_impl
-    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32, c8 = c / 8;
-    const u32 r0 = blockIdx.x * rows_per_block;
-    const u32 r1 = min(n, r0 + rows_per_block);
-    float acc[NCH][8], gv[NCH][8], xv[NCH][8];
-#pragma unroll
-    for (int i = 0; i < NCH; ++i)
-#pragma unroll
-        for (int k = 0; k < 8; ++k) acc[i][k] = 0.0f;
-    for (u32 row = r0 + warp; row < r1; row += nw) {
-        const size_t off = (size_t)row * c;
-        const float r = rstd[row];
-#pragma unroll
-        for (int i = 0; i < NCH; ++i) {
-            const u32 q = lane + 32 * i;
-            if (q < c8) {
-                ld8(dy, off + q * 8, gv[i]);
-                ld8(x, off + q * 8, xv[i]);
-            }
-        }
-        float dot = 0.0f;
-        float wv[8];
-#pragma unroll
-        for (int i = 0; i < NCH; ++i) {
-            const u32 q = lane + 32 * i;
-            if (q < c8) {
-                ld8(w, (size_t)q * 8, wv);
-#pragma unroll
-                for (int k = 0; k < 8; ++k) {
-                    xv[i][k] *= r;  // xn
-                    dot += wv[k] * gv[i][k] * xv[i][k];
-                }
-            }
-        }
-        dot = warp_sum(dot) / (float)c;
-#pragma unroll
-        for (int i = 0; i < NCH; ++i) {
-            const u32 q = lane + 32 * i;
-            if (q < c8) {
-                ld8(w, (size_t)q * 8, wv);
-                float d[8];
-#pragma unroll
-                for (int k = 0; k < 8; ++k) {
-                    acc[i][k] += gv[i][k] * xv[i][k];
-                    d[k] = r * (wv[k] * gv[i][k] - xv[i][k] * dot);
-                }
-                if (ACC) {
-                    float old[8];
-                    ld8(dx, off + q * 8, old);
-#pragma unroll
-                    for (int k = 0; k < 8; ++k) d[k] += old[k];
-                }
-                st8(dx, off + q * 8, d);
-            }
-        }
-    }
-    float* part = dw_part + (size_t)warp * c;
-#pragma unroll
-    for (int i = 0; i < NCH; ++i) {
-        const u32 q = lane + 32 * i;
-        if (q < c8)
-#pragma unroll
-            for (int k = 0; k < 8; ++k) part[k * c8 + q] = acc[i][k];
-    }
-    __syncthreads();
-    if (r1 > r0)
-        for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
-            const u32 slot = (j % 8) * c8 + j / 8;
-            float s = 0.0f;
-            for (u32 ww = 0; ww < nw; ++ww) s += dw_part[(size_t)ww * c + slot];
-            atomicAdd(dw + j, s);
-        }
-}
-
 extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* y, float* rstd, u32 n, u32 c, float eps) {
     rmsnorm_impl(x, w, y, rstd, n, c, eps);
 }
@@ -274,25 +191,4 @@ extern "C" __global__ void rmsnorm_backward_warp_acc_bf16(const __nv_bfloat16* d
                                                           const __nv_bfloat16* w, const float* rstd,
                                                           __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
     rmsnorm_bwd_warp_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
-}
-
-// Register-cached backward (rmsnorm_bwd_reg_impl), C a multiple of 8 up to 1024.
-extern "C" __global__ void rmsnorm_backward_reg_f32(const float* dy, const float* x, const float* w, const float* rstd,
-                                                    float* dx, float* dw, u32 n, u32 c, u32 rpb) {
-    rmsnorm_bwd_reg_impl<float, false, 4>(dy, x, w, rstd, dx, dw, n, c, rpb);
-}
-extern "C" __global__ void rmsnorm_backward_reg_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
-                                                     const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
-                                                     float* dw, u32 n, u32 c, u32 rpb) {
-    rmsnorm_bwd_reg_impl<__nv_bfloat16, false, 4>(dy, x, w, rstd, dx, dw, n, c, rpb);
-}
-extern "C" __global__ void rmsnorm_backward_reg_acc_f32(const float* dy, const float* x, const float* w,
-                                                        const float* rstd, float* dx, float* dw, u32 n, u32 c,
-                                                        u32 rpb) {
-    rmsnorm_bwd_reg_impl<float, true, 4>(dy, x, w, rstd, dx, dw, n, c, rpb);
-}
-extern "C" __global__ void rmsnorm_backward_reg_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
-                                                         const __nv_bfloat16* w, const float* rstd,
-                                                         __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
-    rmsnorm_bwd_reg_impl<__nv_bfloat16, true, 4>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }

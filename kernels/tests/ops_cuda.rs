@@ -297,13 +297,12 @@ fn cuda_linear_forward_and_backward_match_cpu() {
 fn cuda_rmsnorm_matches_cpu() {
     let Some(dev) = gpu() else { return };
     for (k, dtype) in DTYPES.into_iter().enumerate() {
-        // C = 896 and 1024 take the register-cached backward (4100 rows: several rows a warp),
-        // 4096 the warp-per-row one, 897 and 7 the block-per-row ones.
-        for (case, &(n, c)) in [(1100, 897), (5, 4096), (3, 7), (300, 896), (4100, 1024)]
+        // C = 896 (and 4096) take the warp-per-row kernels, 897 and 7 the block-per-row ones.
+        for (case, &(n, c)) in [(1100, 897), (5, 4096), (3, 7), (300, 896)]
             .iter()
             .enumerate()
         {
-            let seed = 200 + 10 * (k * 5 + case) as u64;
+            let seed = 200 + 10 * (k * 4 + case) as u64;
             let x = draw(n * c, seed, dtype, 2.0);
             let w = draw(c, seed + 1, dtype, 1.0);
             let dy = draw(n * c, seed + 2, dtype, 1.0);

@@ -71,9 +71,6 @@ pub fn rmsnorm_backward_acc(
     launch_backward("rmsnorm_backward_acc", dy, x, w, rstd, d_res, dw, true)
 }
 
-/// Widest C the register-cached backward takes (4 chunks of 8 per lane).
-const REG_MAX_C: usize = 1024;
-
 #[allow(clippy::too_many_arguments)]
 fn launch_backward(
     op: &'static str,
@@ -87,15 +84,12 @@ fn launch_backward(
 ) -> Result<()> {
     let dev = device_of(x, op)?;
     let (n, c) = x.dims2(op)?;
-    let vec = c.is_multiple_of(8);
-    // C a multiple of 8 up to 1024: the register-cached kernel (dy and x read once, dw partials in
-    // registers), 2 blocks of 8 warps per SM on an H200-sized GPU.
-    let reg = vec && c <= REG_MAX_C;
-    // Otherwise ~4 blocks per SM, at least one row each.
-    let rows_per_block = n.div_ceil(if reg { 264 } else { 528 }).max(1);
+    // ~4 blocks per SM on an H200-sized GPU, at least one row each.
+    let rows_per_block = n.div_ceil(528).max(1);
     let blocks = n.div_ceil(rows_per_block).max(1);
     // C a multiple of 8: a warp per row with a dw partial per warp (up to 8 warps, 48 KiB).
     let warps = (48 * 1024 / (c * 4).max(1)).clamp(1, 8);
+    let vec = c.is_multiple_of(8);
     let smem = if vec { warps * c * 4 } else { c * 4 } as u32;
     let args = Args::new()
         .ptr(dy, &dev, op)?
@@ -109,12 +103,7 @@ fn launch_backward(
         .u32(u32_dim(op, rows_per_block)?);
     let sfx = suffix(x.dtype(), op)?;
     let acc = if acc { "acc_" } else { "" };
-    let (func, threads) = if reg {
-        (
-            format!("rmsnorm_backward_reg_{acc}{sfx}"),
-            32 * warps as u32,
-        )
-    } else if vec {
+    let (func, threads) = if vec {
         (
             format!("rmsnorm_backward_warp_{acc}{sfx}"),
             32 * warps as u32,
