@@ -99,7 +99,7 @@ fn attention_variants(
                 0.0,
             );
             let ms = time(cuda, || {
-                attention_backward_with(&cfg, dout, q, k, v, &out, &lse, cu, scale).unwrap();
+                attention_backward_with(&cfg, dout, q, k, v, &out, &lse, cu, scale, None).unwrap();
             });
             report(
                 &format!("attention bwd 8x1024 H14 K2 D64 {label}"),
@@ -108,7 +108,8 @@ fn attention_variants(
                 0.0,
             );
         }
-        let (dq, dk, dv) = attention_backward_with(&cfg, dout, q, k, v, &out, &lse, cu, scale)?;
+        let (dq, dk, dv) =
+            attention_backward_with(&cfg, dout, q, k, v, &out, &lse, cu, scale, None)?;
         let got = vec![out, lse, dq, dk, dv];
         match &reference {
             None => reference = Some(got),

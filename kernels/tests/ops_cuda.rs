@@ -552,7 +552,7 @@ fn cuda_attention_variants_match_cpu() {
         for (label, cfg) in FaConfig::candidates() {
             let fwd = attention_with(&cfg, &c.q, &c.k, &c.v, &c.cu, c.scale).unwrap();
             let bwd = attention_backward_with(
-                &cfg, &c.dout, &c.q, &c.k, &c.v, &c.out_ref, &c.lse_ref, &c.cu, c.scale,
+                &cfg, &c.dout, &c.q, &c.k, &c.v, &c.out_ref, &c.lse_ref, &c.cu, c.scale, None,
             )
             .unwrap();
             c.check(&format!("{label} "), fwd, bwd);

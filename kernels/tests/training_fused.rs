@@ -341,8 +341,17 @@ impl AttnRope {
                 ops::attention_backward_rope(&dout, &q, &k, &v, &out, &lse, &cu, scale, &pos, theta)
                     .unwrap()
             }
-            (true, Some(cfg)) => kernels::cuda::attention::attention_backward_rope_with(
-                cfg, &dout, &q, &k, &v, &out, &lse, &cu, scale, &pos, theta,
+            (true, Some(cfg)) => kernels::cuda::attention::attention_backward_with(
+                cfg,
+                &dout,
+                &q,
+                &k,
+                &v,
+                &out,
+                &lse,
+                &cu,
+                scale,
+                Some(kernels::cuda::attention::Rope { pos: &pos, theta }),
             )
             .unwrap(),
             (false, _) => {

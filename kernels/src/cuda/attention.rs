@@ -388,6 +388,9 @@ pub fn attention_with(
     Ok((out, lse))
 }
 
+/// The backward of `attention` with the measured default tile configuration; with `rope`, dq and
+/// dk come back rotated by RoPE's −a (the gradients of the q, k from before `rope`, as
+/// `rope_backward` of each), the rotation fused into their stores.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dout: &Tensor,
@@ -398,6 +401,7 @@ pub fn attention_backward(
     lse: &Tensor,
     cu_seqlens: &Tensor,
     scale: f32,
+    rope: Option<Rope>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = q.shape().last().copied().unwrap_or(0);
     attention_backward_with(
@@ -410,7 +414,28 @@ pub fn attention_backward(
         lse,
         cu_seqlens,
         scale,
+        rope,
     )
+}
+
+/// The inverse rotation fused into the backward's dq and dk.
+#[derive(Clone, Copy)]
+pub struct Rope<'a> {
+    /// Positions [N] U32.
+    pub pos: &'a Tensor,
+    pub theta: f32,
+}
+
+/// Shapes of one backward call, read once from q, k and cu_seqlens.
+struct Dims {
+    dev: super::CudaDevice,
+    n: usize,
+    h: usize,
+    kh: usize,
+    d: usize,
+    /// Sequences.
+    s: usize,
+    dtype: DType,
 }
 
 /// [`attention_backward`] with the tensor-core kernels built as `cfg` says (ignored where the
@@ -426,81 +451,26 @@ pub fn attention_backward_with(
     lse: &Tensor,
     cu_seqlens: &Tensor,
     scale: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale, None)
-}
-
-/// [`attention_backward`] with dq and dk rotated back by RoPE's −a (positions `pos` [N] U32,
-/// base `theta`): the gradients of the q, k from before `rope`, as `rope_backward` of each.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward_rope(
-    dout: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    cu_seqlens: &Tensor,
-    scale: f32,
-    pos: &Tensor,
-    theta: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let d = q.shape().last().copied().unwrap_or(0);
-    let cfg = FaConfig::for_dim(d);
-    let rope = Some(Rope { pos, theta });
-    backward(&cfg, dout, q, k, v, out, lse, cu_seqlens, scale, rope)
-}
-
-/// [`attention_backward_rope`] with the tensor-core kernels built as `cfg` says.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward_rope_with(
-    cfg: &FaConfig,
-    dout: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    cu_seqlens: &Tensor,
-    scale: f32,
-    pos: &Tensor,
-    theta: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let rope = Some(Rope { pos, theta });
-    backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale, rope)
-}
-
-/// The inverse rotation fused into the backward's dq and dk.
-#[derive(Clone, Copy)]
-struct Rope<'a> {
-    /// [N] U32.
-    pos: &'a Tensor,
-    theta: f32,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    cfg: &FaConfig,
-    dout: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    cu_seqlens: &Tensor,
-    scale: f32,
     rope: Option<Rope>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
-    let dev = device_of(q, OP)?;
     let (n, h, d) = q.dims3(OP)?;
-    let (_, kh, _) = k.dims3(OP)?;
-    let s = cu_seqlens.numel().saturating_sub(1);
-    let dtype = q.dtype();
-    if kind(dtype, d) == Kind::Fa {
+    let dims = Dims {
+        dev: device_of(q, OP)?,
+        n,
+        h,
+        kh: k.dims3(OP)?.1,
+        d,
+        s: cu_seqlens.numel().saturating_sub(1),
+        dtype: q.dtype(),
+    };
+    if kind(dims.dtype, d) == Kind::Fa {
         cfg.check(OP, d)?;
-        return fa_backward(cfg, dout, q, k, v, out, lse, cu_seqlens, scale, rope);
+        return fa_backward(cfg, dims, dout, q, k, v, out, lse, cu_seqlens, scale, rope);
     }
+    let Dims {
+        dev, kh, s, dtype, ..
+    } = dims;
     let dq_acc = zeros(&dev, &[n, h, d], DType::F32)?;
     let dk = zeros(&dev, &[n, kh, d], dtype)?;
     let dv = zeros(&dev, &[n, kh, d], dtype)?;
@@ -607,6 +577,7 @@ enum Dq {
 #[allow(clippy::too_many_arguments)]
 fn fa_backward(
     cfg: &FaConfig,
+    dims: Dims,
     dout: &Tensor,
     q: &Tensor,
     k: &Tensor,
@@ -618,11 +589,15 @@ fn fa_backward(
     rope: Option<Rope>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
-    let dev = device_of(q, OP)?;
-    let (n, h, d) = q.dims3(OP)?;
-    let (_, kh, _) = k.dims3(OP)?;
-    let s = cu_seqlens.numel().saturating_sub(1);
-    let dtype = q.dtype();
+    let Dims {
+        dev,
+        n,
+        h,
+        kh,
+        d,
+        s,
+        dtype,
+    } = dims;
     // dq: an f32 accumulator the bwd kernel reduces into, or (split) the bf16 output the dq
     // kernel writes.
     let dq = if cfg.split_dq {

@@ -45,9 +45,9 @@ pub fn attention_backward(
         Device::Cpu => {
             crate::cpu::attention::attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
         }
-        Device::Cuda(_) => {
-            crate::cuda::attention::attention_backward(dout, q, k, v, out, lse, cu_seqlens, scale)
-        }
+        Device::Cuda(_) => crate::cuda::attention::attention_backward(
+            dout, q, k, v, out, lse, cu_seqlens, scale, None,
+        ),
     }
 }
 
@@ -83,8 +83,17 @@ pub fn attention_backward_rope(
         }
         Device::Cuda(_) => {
             check_backward(OP, dout, q, k, v, out, lse, cu_seqlens)?;
-            crate::cuda::attention::attention_backward_rope(
-                dout, q, k, v, out, lse, cu_seqlens, scale, pos, theta,
+            let rope = crate::cuda::attention::Rope { pos, theta };
+            crate::cuda::attention::attention_backward(
+                dout,
+                q,
+                k,
+                v,
+                out,
+                lse,
+                cu_seqlens,
+                scale,
+                Some(rope),
             )
         }
     }
