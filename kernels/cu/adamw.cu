@@ -25,7 +25,7 @@ __device__ __forceinline__ void adamw_elem(float* master, float g, float* m, flo
 extern "C" __global__ void adamw_step_f32(float* master, const float* __restrict__ grad, float* m, float* v,
                                           __nv_bfloat16* working, u64 n, float decay, float one_minus_beta1,
                                           float beta2, float one_minus_beta2, float neg_step_size,
-                                          float bias_correction2_sqrt, float eps) {
+                                          float bias_correction2_sqrt, float eps) { pdl_entry();
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         adamw_elem(master, grad[i], m, v, working, i, decay, one_minus_beta1, beta2, one_minus_beta2, neg_step_size,
                    bias_correction2_sqrt, eps);
@@ -54,7 +54,7 @@ struct AdamWSlot {
 extern "C" __global__ void adamw_step_many(const AdamWSlot* __restrict__ slots, u32 n_slots, float grad_scale,
                                            const double* __restrict__ clip, float one_minus_beta1, float beta2,
                                            float one_minus_beta2, float neg_step_size, float bias_correction2_sqrt,
-                                           float eps) {
+                                           float eps) { pdl_entry();
     if (clip) {
         if (clip[2] != 0.0) return;
         grad_scale = (float)clip[1];

@@ -88,20 +88,20 @@ __device__ void add_rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ 
 }
 
 extern "C" __global__ void add_rmsnorm_row_f32(const float* x, const float* y, const float* w, float* r, float* out,
-                                               float* rstd, u32 n, u32 c, float eps) {
+                                               float* rstd, u32 n, u32 c, float eps) { pdl_entry();
     add_rmsnorm_row_impl(x, y, w, r, out, rstd, n, c, eps);
 }
 extern "C" __global__ void add_rmsnorm_row_bf16(const __nv_bfloat16* x, const __nv_bfloat16* y,
                                                 const __nv_bfloat16* w, __nv_bfloat16* r, __nv_bfloat16* out,
-                                                float* rstd, u32 n, u32 c, float eps) {
+                                                float* rstd, u32 n, u32 c, float eps) { pdl_entry();
     add_rmsnorm_row_impl(x, y, w, r, out, rstd, n, c, eps);
 }
 extern "C" __global__ void add_rmsnorm_f32(const float* x, const float* y, const float* w, float* r, float* out,
-                                           float* rstd, u32 n, u32 c, float eps) {
+                                           float* rstd, u32 n, u32 c, float eps) { pdl_entry();
     add_rmsnorm_impl(x, y, w, r, out, rstd, n, c, eps);
 }
 extern "C" __global__ void add_rmsnorm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* y, const __nv_bfloat16* w,
                                             __nv_bfloat16* r, __nv_bfloat16* out, float* rstd, u32 n, u32 c,
-                                            float eps) {
+                                            float eps) { pdl_entry();
     add_rmsnorm_impl(x, y, w, r, out, rstd, n, c, eps);
 }

@@ -352,15 +352,15 @@ __device__ void attn_bwd_impl(const T* __restrict__ dout, const T* __restrict__ 
 #define ATTENTION(S, T)                                                                                          \
     extern "C" __global__ void __launch_bounds__(NTHREADS) attention_fwd_##S(                                     \
         const T* q, const T* k, const T* v, const u32* cu, T* out, float* lse, u32 n_seqs, u32 H, u32 KH,         \
-        float scale) {                                                                                           \
+        float scale) { pdl_entry();                                                                              \
         attn_fwd_impl(q, k, v, cu, out, lse, n_seqs, H, KH, scale);                                              \
     }                                                                                                            \
-    extern "C" __global__ void attention_delta_##S(const T* dout, const T* out, float* delta, u32 rows) {        \
+    extern "C" __global__ void attention_delta_##S(const T* dout, const T* out, float* delta, u32 rows) { pdl_entry(); \
         attn_delta_impl(dout, out, delta, rows);                                                                 \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(NTHREADS) attention_bwd_##S(                                     \
         const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta, const u32* cu,   \
-        float* dq_acc, T* dk, T* dv, u32 n_seqs, u32 H, u32 KH, float scale) {                                   \
+        float* dq_acc, T* dk, T* dv, u32 n_seqs, u32 H, u32 KH, float scale) { pdl_entry();                      \
         attn_bwd_impl(dout, q, k, v, lse, delta, cu, dq_acc, dk, dv, n_seqs, H, KH, scale);                      \
     }
 

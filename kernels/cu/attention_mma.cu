@@ -269,7 +269,7 @@ struct KvRing {
 extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     attention_fa_fwd(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                      const u32* __restrict__ cu, bf16* __restrict__ out, float* __restrict__ lse, u32 n_seqs,
-                     u32 H, u32 KH, float scale) {
+                     u32 H, u32 KH, float scale) { pdl_entry();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [BM][LDS]
     bf16* Ks = Qs + BM * LDS;                        // [STAGES][BN][LDS]
@@ -435,7 +435,7 @@ __device__ __forceinline__ void fa_delta_rows(const bf16* __restrict__ dout, con
 }
 
 extern "C" __global__ void attention_fa_delta(const bf16* __restrict__ dout, const bf16* __restrict__ out,
-                                              float* __restrict__ delta, u32 rows) {
+                                              float* __restrict__ delta, u32 rows) { pdl_entry();
     fa_delta_rows(dout, out, delta, rows);
 }
 
@@ -445,7 +445,7 @@ extern "C" __global__ void attention_fa_delta(const bf16* __restrict__ dout, con
 // launch of its own; the f64 evaluation is done once per token, not once per head.
 extern "C" __global__ void attention_fa_delta_rope(const bf16* __restrict__ dout, const bf16* __restrict__ out,
                                                    float* __restrict__ delta, u32 rows, const u32* __restrict__ pos,
-                                                   float* __restrict__ tab, u32 n_tok, float theta) {
+                                                   float* __restrict__ tab, u32 n_tok, float theta) { pdl_entry();
     const u64 pairs = (u64)n_tok * (D / 2), stride = (u64)gridDim.x * blockDim.x;
     for (u64 idx = blockIdx.x * (u64)blockDim.x + threadIdx.x; idx < pairs; idx += stride) {
         const u32 tok = (u32)(idx / (D / 2)), i = (u32)(idx % (D / 2));
@@ -683,7 +683,7 @@ extern "C" __global__ void __launch_bounds__(BWD_THREADS, BWD_MINB)
     attention_fa_bwd(const bf16* __restrict__ dout, const bf16* __restrict__ q, const bf16* __restrict__ k,
                      const bf16* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ delta,
                      const u32* __restrict__ cu, float* dq_acc, float* dk_out, float* dv_out, u32 n_seqs, u32 H,
-                     u32 KH, float scale) {
+                     u32 KH, float scale) { pdl_entry();
     fa_bwd_body(dout, q, k, v, lse, delta, cu, dq_acc, dk_out, dv_out, n_seqs, H, KH, scale);
 }
 
@@ -699,7 +699,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     attention_fa_dq(const bf16* __restrict__ dout, const bf16* __restrict__ q, const bf16* __restrict__ k,
                     const bf16* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ delta,
                     const u32* __restrict__ cu, bf16* __restrict__ dq_out, u32 n_seqs, u32 H, u32 KH,
-                    float scale, const float* __restrict__ rope_tab) {
+                    float scale, const float* __restrict__ rope_tab) { pdl_entry();
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [BMQ][LDS]
     bf16* dOs = Qs + BMQ * LDS;                      // [BMQ][LDS]
@@ -830,7 +830,7 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
 
 // dst = bf16(src · mul), n a multiple of 8 (rows of D, D a multiple of 16).
 extern "C" __global__ void attention_fa_finish(const float* __restrict__ src, bf16* __restrict__ dst, u64 n,
-                                               float mul) {
+                                               float mul) { pdl_entry();
     for_each_8(
         n,
         [&](size_t i) {
@@ -847,7 +847,7 @@ extern "C" __global__ void attention_fa_finish(const float* __restrict__ src, bf
 // (token, head) of D f32, heads per token `heads`, tab [N][D] from attention_fa_delta_rope. One
 // thread per 8 pairs (D / 2 is a multiple of 8 as D is of 16): 16-byte loads and stores.
 extern "C" __global__ void attention_fa_finish_rope(const float* __restrict__ src, bf16* __restrict__ dst,
-                                                    const float* __restrict__ tab, u64 rows, u32 heads, float mul) {
+                                                    const float* __restrict__ tab, u64 rows, u32 heads, float mul) { pdl_entry();
     constexpr u32 HALF = D / 2, PER_ROW = HALF / 8;
     const u64 items = rows * PER_ROW, stride = (u64)gridDim.x * blockDim.x;
     for (u64 idx = blockIdx.x * (u64)blockDim.x + threadIdx.x; idx < items; idx += stride) {

@@ -1,11 +1,11 @@
 // cast: f32 <-> bf16, elementwise, round to nearest even. 8 elements per access (16-byte loads).
 
-extern "C" __global__ void cast_f32_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, u64 n) {
+extern "C" __global__ void cast_f32_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, u64 n) { pdl_entry();
     float v[8];
     for_each_8(n, [&](size_t i) { ld8(x, i, v); st8(y, i, v); }, [&](size_t i) { y[i] = __float2bfloat16_rn(x[i]); });
 }
 
-extern "C" __global__ void cast_bf16_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, u64 n) {
+extern "C" __global__ void cast_bf16_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, u64 n) { pdl_entry();
     float v[8];
     for_each_8(n, [&](size_t i) { ld8(x, i, v); st8(y, i, v); }, [&](size_t i) { y[i] = __bfloat162float(x[i]); });
 }
@@ -34,9 +34,9 @@ __device__ void bias_cast_impl(const float* __restrict__ y, const B* __restrict_
 }
 
 extern "C" __global__ void bias_cast_bf16_bf16(const float* y, const __nv_bfloat16* b, __nv_bfloat16* out, u32 rows,
-                                               u32 cols) {
+                                               u32 cols) { pdl_entry();
     bias_cast_impl(y, b, out, rows, cols);
 }
-extern "C" __global__ void bias_cast_f32_f32(const float* y, const float* b, float* out, u32 rows, u32 cols) {
+extern "C" __global__ void bias_cast_f32_f32(const float* y, const float* b, float* out, u32 rows, u32 cols) { pdl_entry();
     bias_cast_impl(y, b, out, rows, cols);
 }

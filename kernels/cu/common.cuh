@@ -12,6 +12,19 @@ typedef unsigned long long u64;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Programmatic dependent launch (sm_90+). Every kernel starts with this. Launched with PDL (see
+// launch.rs), a kernel may become resident while the kernel before it in the stream still runs:
+// `griddepcontrol.wait` holds it until that kernel has finished and its writes are visible, so no
+// kernel reads (or overwrites) anything early. `launch_dependents` then lets the next kernel get
+// resident in turn, which hides its launch latency behind this one's tail. Without PDL (or below
+// sm_90) both are no-ops.
+__device__ __forceinline__ void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float ld(const float* p, size_t i) { return p[i]; }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p, size_t i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ void st(float* p, size_t i, float v) { p[i] = v; }

@@ -43,10 +43,10 @@ __device__ void fill_impl(T* x, float s, u64 n) {
 }
 
 #define ELEMENTWISE(S, T)                                                                               \
-    extern "C" __global__ void add_##S(const T* a, const T* b, T* out, u64 n) { add_impl(a, b, out, n); } \
-    extern "C" __global__ void add_inplace_##S(T* a, const T* b, u64 n) { add_inplace_impl(a, b, n); }   \
-    extern "C" __global__ void scale_inplace_##S(T* x, float s, u64 n) { scale_impl(x, s, n); }          \
-    extern "C" __global__ void fill_inplace_##S(T* x, float v, u64 n) { fill_impl(x, v, n); }
+    extern "C" __global__ void add_##S(const T* a, const T* b, T* out, u64 n) { pdl_entry(); add_impl(a, b, out, n); } \
+    extern "C" __global__ void add_inplace_##S(T* a, const T* b, u64 n) { pdl_entry(); add_inplace_impl(a, b, n); }   \
+    extern "C" __global__ void scale_inplace_##S(T* x, float s, u64 n) { pdl_entry(); scale_impl(x, s, n); }          \
+    extern "C" __global__ void fill_inplace_##S(T* x, float v, u64 n) { pdl_entry(); fill_impl(x, v, n); }
 
 ELEMENTWISE(f32, float)
 ELEMENTWISE(bf16, __nv_bfloat16)
@@ -55,7 +55,7 @@ ELEMENTWISE(bf16, __nv_bfloat16)
 // first block; tensor s owns blocks [block0, next block0), FILL_BLOCK_ELEMS elements each, and a
 // block finds its tensor by binary search.
 #define FILL_BLOCK_ELEMS 8192
-extern "C" __global__ void fill_many_f32(const u64* __restrict__ table, u32 n_slots, float v) {
+extern "C" __global__ void fill_many_f32(const u64* __restrict__ table, u32 n_slots, float v) { pdl_entry();
     u32 lo = 0, hi = n_slots - 1;
     while (lo < hi) {
         const u32 mid = (lo + hi + 1) / 2;

@@ -36,26 +36,26 @@ __device__ void scatter_add_impl(float* dst, const u32* __restrict__ idx, const 
 
 #define NO_BOUND 0xffffffffu
 
-extern "C" __global__ void gather_rows_f32(const float* t, const u32* idx, float* out, u32 n, u32 c) {
+extern "C" __global__ void gather_rows_f32(const float* t, const u32* idx, float* out, u32 n, u32 c) { pdl_entry();
     gather_impl(t, idx, out, n, c, NO_BOUND);
 }
-extern "C" __global__ void gather_rows_bf16(const __nv_bfloat16* t, const u32* idx, __nv_bfloat16* out, u32 n, u32 c) {
+extern "C" __global__ void gather_rows_bf16(const __nv_bfloat16* t, const u32* idx, __nv_bfloat16* out, u32 n, u32 c) { pdl_entry();
     gather_impl(t, idx, out, n, c, NO_BOUND);
 }
 extern "C" __global__ void gather_rows_bounded_f32(const float* t, const u32* idx, float* out, u32 n, u32 c,
-                                                   u32 rows) {
+                                                   u32 rows) { pdl_entry();
     gather_impl(t, idx, out, n, c, rows);
 }
 extern "C" __global__ void gather_rows_bounded_bf16(const __nv_bfloat16* t, const u32* idx, __nv_bfloat16* out, u32 n,
-                                                    u32 c, u32 rows) {
+                                                    u32 c, u32 rows) { pdl_entry();
     gather_impl(t, idx, out, n, c, rows);
 }
 extern "C" __global__ void scatter_add_rows_bounded_f32(float* dst, const u32* idx, const float* src, u32 n, u32 c,
-                                                        u32 rows) {
+                                                        u32 rows) { pdl_entry();
     scatter_add_impl(dst, idx, src, n, c, rows);
 }
 extern "C" __global__ void scatter_add_rows_bounded_bf16(float* dst, const u32* idx, const __nv_bfloat16* src, u32 n,
-                                                         u32 c, u32 rows) {
+                                                         u32 c, u32 rows) { pdl_entry();
     scatter_add_impl(dst, idx, src, n, c, rows);
 }
 
@@ -64,7 +64,7 @@ extern "C" __global__ void scatter_add_rows_bounded_bf16(float* dst, const u32* 
 // the top bit set names row (tokens[i] & 0x7fffffff) of the previous step's [R, 2] sample output
 // (token, log-prob bits): it becomes that row's token. Other ids are kept. A row >= R gives token
 // 0 instead of reading out of bounds. CPU reference: graph_ops::resolve_tokens_host.
-extern "C" __global__ void resolve_tokens(u32* tokens, const u32* __restrict__ prev, u32 n, u32 r) {
+extern "C" __global__ void resolve_tokens(u32* tokens, const u32* __restrict__ prev, u32 n, u32 r) { pdl_entry();
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const u32 t = tokens[i];
         if (t & 0x80000000u) {

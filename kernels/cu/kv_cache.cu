@@ -32,18 +32,18 @@ __device__ void kv_cache_copy_blocks_impl(T* __restrict__ kc, T* __restrict__ vc
 }
 
 extern "C" __global__ void kv_cache_write_f32(const float* k, const float* v, const u32* slots, float* kc, float* vc,
-                                              u32 n, u32 row, u32 num_slots) {
+                                              u32 n, u32 row, u32 num_slots) { pdl_entry();
     kv_cache_write_impl(k, v, slots, kc, vc, n, row, num_slots);
 }
 extern "C" __global__ void kv_cache_write_bf16(const __nv_bfloat16* k, const __nv_bfloat16* v, const u32* slots,
-                                               __nv_bfloat16* kc, __nv_bfloat16* vc, u32 n, u32 row, u32 num_slots) {
+                                               __nv_bfloat16* kc, __nv_bfloat16* vc, u32 n, u32 row, u32 num_slots) { pdl_entry();
     kv_cache_write_impl(k, v, slots, kc, vc, n, row, num_slots);
 }
 extern "C" __global__ void kv_cache_copy_blocks_f32(float* kc, float* vc, const u32* src, const u32* dst, u32 pairs,
-                                                    u32 block_elems, u32 num_blocks) {
+                                                    u32 block_elems, u32 num_blocks) { pdl_entry();
     kv_cache_copy_blocks_impl(kc, vc, src, dst, pairs, block_elems, num_blocks);
 }
 extern "C" __global__ void kv_cache_copy_blocks_bf16(__nv_bfloat16* kc, __nv_bfloat16* vc, const u32* src,
-                                                     const u32* dst, u32 pairs, u32 block_elems, u32 num_blocks) {
+                                                     const u32* dst, u32 pairs, u32 block_elems, u32 num_blocks) { pdl_entry();
     kv_cache_copy_blocks_impl(kc, vc, src, dst, pairs, block_elems, num_blocks);
 }

@@ -23,7 +23,7 @@ __device__ void bias_grad_impl(const T* __restrict__ dy, float* db, u32 rows, u3
     if (r1 > r0) atomicAdd(db + o, acc);
 }
 
-extern "C" __global__ void bias_fill_f32(const float* b, float* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
-extern "C" __global__ void bias_fill_bf16_f32(const __nv_bfloat16* b, float* y, u32 rows, u32 cols) { bias_fill_impl(b, y, rows, cols); }
-extern "C" __global__ void bias_grad_f32(const float* dy, float* db, u32 rows, u32 cols, u32 chunk) { bias_grad_impl(dy, db, rows, cols, chunk); }
-extern "C" __global__ void bias_grad_bf16(const __nv_bfloat16* dy, float* db, u32 rows, u32 cols, u32 chunk) { bias_grad_impl(dy, db, rows, cols, chunk); }
+extern "C" __global__ void bias_fill_f32(const float* b, float* y, u32 rows, u32 cols) { pdl_entry(); bias_fill_impl(b, y, rows, cols); }
+extern "C" __global__ void bias_fill_bf16_f32(const __nv_bfloat16* b, float* y, u32 rows, u32 cols) { pdl_entry(); bias_fill_impl(b, y, rows, cols); }
+extern "C" __global__ void bias_grad_f32(const float* dy, float* db, u32 rows, u32 cols, u32 chunk) { pdl_entry(); bias_grad_impl(dy, db, rows, cols, chunk); }
+extern "C" __global__ void bias_grad_bf16(const __nv_bfloat16* dy, float* db, u32 rows, u32 cols, u32 chunk) { pdl_entry(); bias_grad_impl(dy, db, rows, cols, chunk); }

@@ -205,21 +205,21 @@ __device__ void lsm_bwd_impl(const float* __restrict__ dlogprob, const float* __
 }
 
 extern "C" __global__ void logsoftmax_gather_f32(const float* logits, const u32* targets, float inv_temp, float* logprob,
-                                                 float* entropy, float* lse, u32 n, u32 v) {
+                                                 float* entropy, float* lse, u32 n, u32 v) { pdl_entry();
     lsm_fwd_impl(logits, targets, inv_temp, logprob, entropy, lse, n, v);
 }
 extern "C" __global__ void logsoftmax_gather_bf16(const __nv_bfloat16* logits, const u32* targets, float inv_temp,
-                                                  float* logprob, float* entropy, float* lse, u32 n, u32 v) {
+                                                  float* logprob, float* entropy, float* lse, u32 n, u32 v) { pdl_entry();
     lsm_fwd_impl(logits, targets, inv_temp, logprob, entropy, lse, n, v);
 }
 extern "C" __global__ void logsoftmax_gather_backward_f32(const float* dlogprob, const float* dentropy, const float* logits,
                                                           const u32* targets, const float* lse, float inv_temp,
-                                                          float* dlogits, u32 n, u32 v) {
+                                                          float* dlogits, u32 n, u32 v) { pdl_entry();
     lsm_bwd_impl(dlogprob, dentropy, logits, targets, lse, inv_temp, dlogits, n, v);
 }
 extern "C" __global__ void logsoftmax_gather_backward_bf16(const float* dlogprob, const float* dentropy,
                                                            const __nv_bfloat16* logits, const u32* targets, const float* lse,
-                                                           float inv_temp, __nv_bfloat16* dlogits, u32 n, u32 v) {
+                                                           float inv_temp, __nv_bfloat16* dlogits, u32 n, u32 v) { pdl_entry();
     lsm_bwd_impl(dlogprob, dentropy, logits, targets, lse, inv_temp, dlogits, n, v);
 }
 
@@ -247,13 +247,13 @@ __device__ void lsm_bwd_fused_impl(const float* __restrict__ dlogprob, const flo
 extern "C" __global__ void logsoftmax_backward_fused_f32_f32(const float* dlogprob, const float* dentropy,
                                                              const float* entropy, const float* logits,
                                                              const u32* targets, const float* lse, float inv_temp,
-                                                             float* dlogits, u32 n, u32 v) {
+                                                             float* dlogits, u32 n, u32 v) { pdl_entry();
     lsm_bwd_fused_impl(dlogprob, dentropy, entropy, logits, targets, lse, inv_temp, dlogits, n, v);
 }
 extern "C" __global__ void logsoftmax_backward_fused_f32_bf16(const float* dlogprob, const float* dentropy,
                                                               const float* entropy, const float* logits,
                                                               const u32* targets, const float* lse, float inv_temp,
-                                                              __nv_bfloat16* dlogits, u32 n, u32 v) {
+                                                              __nv_bfloat16* dlogits, u32 n, u32 v) { pdl_entry();
     lsm_bwd_fused_impl(dlogprob, dentropy, entropy, logits, targets, lse, inv_temp, dlogits, n, v);
 }
 
@@ -384,12 +384,12 @@ __device__ void lsm_residual_impl(const float* __restrict__ logits, const u32* _
 
 extern "C" __global__ void __cluster_dims__(RES_CLUSTER, 1, 1)
     logsoftmax_residual_f32_f32(const float* logits, const u32* targets, float inv_temp, float* logprob, float* entropy,
-                                float* lse, float* resid, u32 n, u32 v, u32 seg) {
+                                float* lse, float* resid, u32 n, u32 v, u32 seg) { pdl_entry();
     lsm_residual_impl(logits, targets, inv_temp, logprob, entropy, lse, resid, n, v, seg);
 }
 extern "C" __global__ void __cluster_dims__(RES_CLUSTER, 1, 1)
     logsoftmax_residual_f32_bf16(const float* logits, const u32* targets, float inv_temp, float* logprob,
-                                 float* entropy, float* lse, __nv_bfloat16* resid, u32 n, u32 v, u32 seg) {
+                                 float* entropy, float* lse, __nv_bfloat16* resid, u32 n, u32 v, u32 seg) { pdl_entry();
     lsm_residual_impl(logits, targets, inv_temp, logprob, entropy, lse, resid, n, v, seg);
 }
 #endif
@@ -422,15 +422,15 @@ __device__ void scale_rows_impl(const TI* __restrict__ x, const float* __restric
 }
 
 extern "C" __global__ void lm_head_scale_rows_f32_f32(const float* x, const float* dlogprob, const u32* targets,
-                                                      float inv_temp, float* out, u32 rows, u32 cols) {
+                                                      float inv_temp, float* out, u32 rows, u32 cols) { pdl_entry();
     scale_rows_impl(x, dlogprob, targets, inv_temp, out, rows, cols);
 }
 extern "C" __global__ void lm_head_scale_rows_f32_bf16(const float* x, const float* dlogprob, const u32* targets,
-                                                       float inv_temp, __nv_bfloat16* out, u32 rows, u32 cols) {
+                                                       float inv_temp, __nv_bfloat16* out, u32 rows, u32 cols) { pdl_entry();
     scale_rows_impl(x, dlogprob, targets, inv_temp, out, rows, cols);
 }
 extern "C" __global__ void lm_head_scale_rows_bf16_bf16(const __nv_bfloat16* x, const float* dlogprob,
                                                         const u32* targets, float inv_temp, __nv_bfloat16* out,
-                                                        u32 rows, u32 cols) {
+                                                        u32 rows, u32 cols) { pdl_entry();
     scale_rows_impl(x, dlogprob, targets, inv_temp, out, rows, cols);
 }

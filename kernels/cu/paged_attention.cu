@@ -461,23 +461,23 @@ __device__ void paged_attention_combine_impl(const float* __restrict__ part_ml, 
 extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB)
     paged_attention_f32(const float* q, const float* kc, const float* vc, const u32* tables, const u32* lens,
                         float* out, float* part_ml, float* part_acc, u32 heads, u32 kv_heads, u32 max_blocks,
-                        u32 block_size, float scale) {
+                        u32 block_size, float scale) { pdl_entry();
     paged_attention_impl(q, kc, vc, tables, lens, out, part_ml, part_acc, heads, kv_heads, max_blocks, block_size,
                          scale);
 }
 extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB)
     paged_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* kc, const __nv_bfloat16* vc, const u32* tables,
                          const u32* lens, __nv_bfloat16* out, float* part_ml, float* part_acc, u32 heads,
-                         u32 kv_heads, u32 max_blocks, u32 block_size, float scale) {
+                         u32 kv_heads, u32 max_blocks, u32 block_size, float scale) { pdl_entry();
     paged_attention_impl(q, kc, vc, tables, lens, out, part_ml, part_acc, heads, kv_heads, max_blocks, block_size,
                          scale);
 }
 #endif  // !MMA
 extern "C" __global__ void paged_attention_combine_f32(const float* part_ml, const float* part_acc, float* out,
-                                                       u32 heads, u32 nparts) {
+                                                       u32 heads, u32 nparts) { pdl_entry();
     paged_attention_combine_impl(part_ml, part_acc, out, heads, nparts);
 }
 extern "C" __global__ void paged_attention_combine_bf16(const float* part_ml, const float* part_acc,
-                                                        __nv_bfloat16* out, u32 heads, u32 nparts) {
+                                                        __nv_bfloat16* out, u32 heads, u32 nparts) { pdl_entry();
     paged_attention_combine_impl(part_ml, part_acc, out, heads, nparts);
 }

@@ -40,7 +40,7 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
                          const __nv_bfloat16* __restrict__ vc, const u32* __restrict__ tables,
                          const u32* __restrict__ lens, __nv_bfloat16* __restrict__ out, float* __restrict__ part_ml,
                          float* __restrict__ part_acc, u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size,
-                         float scale) {
+                         float scale) { pdl_entry();
     extern __shared__ __align__(16) unsigned char smem[];
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* sv = sk + STAGES * TN * LDS;

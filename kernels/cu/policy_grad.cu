@@ -16,7 +16,7 @@ extern "C" __global__ void policy_logprob_grad(const float* __restrict__ lp, con
                                                const float* __restrict__ adv, const float* __restrict__ w,
                                                const float* __restrict__ tis, const float* __restrict__ ref,
                                                float* __restrict__ grad, u32 n, float lo, float hi, float dual_c,
-                                               u32 kl_kind, float kl_coef) {
+                                               u32 kl_kind, float kl_coef) { pdl_entry();
     const float bound = 20.0f;
     for (u32 t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x) {
         const float l = lp[t], a = adv[t];

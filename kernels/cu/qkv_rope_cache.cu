@@ -132,7 +132,7 @@ __device__ void qkv_rope_cache_impl(const float* __restrict__ acc, const T* __re
     extern "C" __global__ void qkv_rope_cache_##S(const float* acc, const T* bias, const u32* pos, const u32* slots, \
                                                   T* q, T* k, T* v, T* kc, T* vc, u32 n, u32 heads, u32 kv_heads,    \
                                                   u32 d, u32 num_slots, float theta, u32 tpb, const float* rope_tab, \
-                                                  u32 rope_rows) {                                                   \
+                                                  u32 rope_rows) { pdl_entry();                                      \
         qkv_rope_cache_impl(acc, bias, pos, slots, q, k, v, kc, vc, n, heads, kv_heads, d, num_slots, theta, tpb,    \
                             rope_tab, rope_rows);                                                                    \
     }
@@ -141,7 +141,7 @@ QKV_ROPE_CACHE(f32, float)
 QKV_ROPE_CACHE(bf16, __nv_bfloat16)
 
 // The per-position table tab[P, D] (cos | sin of each pair's angle), one thread per (p, i).
-extern "C" __global__ void rope_table(float* tab, u32 rows, u32 d, float theta) {
+extern "C" __global__ void rope_table(float* tab, u32 rows, u32 d, float theta) { pdl_entry();
     const u32 half = d / 2;
     const u64 total = (u64)rows * half, stride = (u64)gridDim.x * blockDim.x;
     for (u64 t = blockIdx.x * (u64)blockDim.x + threadIdx.x; t < total; t += stride) {

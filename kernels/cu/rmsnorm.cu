@@ -138,57 +138,57 @@ __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restr
         }
 }
 
-extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* y, float* rstd, u32 n, u32 c, float eps) {
+extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* y, float* rstd, u32 n, u32 c, float eps) { pdl_entry();
     rmsnorm_impl(x, w, y, rstd, n, c, eps);
 }
 extern "C" __global__ void rmsnorm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y, float* rstd,
-                                        u32 n, u32 c, float eps) {
+                                        u32 n, u32 c, float eps) { pdl_entry();
     rmsnorm_impl(x, w, y, rstd, n, c, eps);
 }
 extern "C" __global__ void rmsnorm_backward_f32(const float* dy, const float* x, const float* w, const float* rstd,
-                                                float* dx, float* dw, u32 n, u32 c, u32 rpb) {
+                                                float* dx, float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 extern "C" __global__ void rmsnorm_backward_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x, const __nv_bfloat16* w,
-                                                 const float* rstd, __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
+                                                 const float* rstd, __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 extern "C" __global__ void rmsnorm_warp_f32(const float* x, const float* w, float* y, float* rstd, u32 n, u32 c,
-                                             float eps) {
+                                             float eps) { pdl_entry();
     rmsnorm_warp_impl(x, w, y, rstd, n, c, eps);
 }
 extern "C" __global__ void rmsnorm_warp_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* y,
-                                              float* rstd, u32 n, u32 c, float eps) {
+                                              float* rstd, u32 n, u32 c, float eps) { pdl_entry();
     rmsnorm_warp_impl(x, w, y, rstd, n, c, eps);
 }
 extern "C" __global__ void rmsnorm_backward_warp_f32(const float* dy, const float* x, const float* w, const float* rstd,
-                                                     float* dx, float* dw, u32 n, u32 c, u32 rpb) {
+                                                     float* dx, float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_warp_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 extern "C" __global__ void rmsnorm_backward_warp_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
                                                       const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
-                                                      float* dw, u32 n, u32 c, u32 rpb) {
+                                                      float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_warp_impl(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 
 // The same backward accumulating into dx (`rmsnorm_backward_acc`: the residual stream's gradient
 // plus the norm's, one rounding; dw is the caller's running gradient, added to by atomics).
 extern "C" __global__ void rmsnorm_backward_acc_f32(const float* dy, const float* x, const float* w, const float* rstd,
-                                                    float* dx, float* dw, u32 n, u32 c, u32 rpb) {
+                                                    float* dx, float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_impl<float, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 extern "C" __global__ void rmsnorm_backward_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
                                                      const __nv_bfloat16* w, const float* rstd, __nv_bfloat16* dx,
-                                                     float* dw, u32 n, u32 c, u32 rpb) {
+                                                     float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 extern "C" __global__ void rmsnorm_backward_warp_acc_f32(const float* dy, const float* x, const float* w,
                                                          const float* rstd, float* dx, float* dw, u32 n, u32 c,
-                                                         u32 rpb) {
+                                                         u32 rpb) { pdl_entry();
     rmsnorm_bwd_warp_impl<float, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }
 extern "C" __global__ void rmsnorm_backward_warp_acc_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
                                                           const __nv_bfloat16* w, const float* rstd,
-                                                          __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) {
+                                                          __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_warp_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
 }

@@ -78,18 +78,18 @@ __device__ void rope_impl(const TI* __restrict__ x, const TB* __restrict__ bias,
     }
 }
 
-extern "C" __global__ void rope_f32(const float* x, const u32* pos, float* y, u32 n, u32 h, u32 d, float theta, float sign) {
+extern "C" __global__ void rope_f32(const float* x, const u32* pos, float* y, u32 n, u32 h, u32 d, float theta, float sign) { pdl_entry();
     rope_impl(x, (const float*)nullptr, pos, y, n, h, d, theta, sign);
 }
 extern "C" __global__ void rope_bf16(const __nv_bfloat16* x, const u32* pos, __nv_bfloat16* y, u32 n, u32 h, u32 d,
-                                     float theta, float sign) {
+                                     float theta, float sign) { pdl_entry();
     rope_impl(x, (const __nv_bfloat16*)nullptr, pos, y, n, h, d, theta, sign);
 }
 extern "C" __global__ void rope_bias_f32_f32(const float* x, const float* b, const u32* pos, float* y, u32 n, u32 h,
-                                             u32 d, float theta) {
+                                             u32 d, float theta) { pdl_entry();
     rope_impl(x, b, pos, y, n, h, d, theta, 1.0f);
 }
 extern "C" __global__ void rope_bias_f32_bf16(const float* x, const __nv_bfloat16* b, const u32* pos, __nv_bfloat16* y,
-                                              u32 n, u32 h, u32 d, float theta) {
+                                              u32 n, u32 h, u32 d, float theta) { pdl_entry();
     rope_impl(x, b, pos, y, n, h, d, theta, 1.0f);
 }

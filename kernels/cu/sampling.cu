@@ -460,10 +460,10 @@ __device__ void sample_impl(const T* __restrict__ logits, const u32* __restrict_
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_tokens_f32(const float* logits, const u32* spec, u32* out, u32 vocab, u32 cols) {
+    sample_tokens_f32(const float* logits, const u32* spec, u32* out, u32 vocab, u32 cols) { pdl_entry();
     sample_impl(logits, spec, out, vocab, cols);
 }
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-    sample_tokens_bf16(const __nv_bfloat16* logits, const u32* spec, u32* out, u32 vocab, u32 cols) {
+    sample_tokens_bf16(const __nv_bfloat16* logits, const u32* spec, u32* out, u32 vocab, u32 cols) { pdl_entry();
     sample_impl(logits, spec, out, vocab, cols);
 }

@@ -21,14 +21,14 @@ __device__ void sum_squares_impl(const T* __restrict__ x, double* out, u64 n) {
     }
 }
 
-extern "C" __global__ void sum_squares_f32(const float* x, double* out, u64 n) { sum_squares_impl(x, out, n); }
-extern "C" __global__ void sum_squares_bf16(const __nv_bfloat16* x, double* out, u64 n) { sum_squares_impl(x, out, n); }
+extern "C" __global__ void sum_squares_f32(const float* x, double* out, u64 n) { pdl_entry(); sum_squares_impl(x, out, n); }
+extern "C" __global__ void sum_squares_bf16(const __nv_bfloat16* x, double* out, u64 n) { pdl_entry(); sum_squares_impl(x, out, n); }
 
 // Many f32 tensors in one launch: `table` holds 4 u64 per row (address, length, first block,
 // output slot); row r owns blocks [block0, next block0), SS_BLOCK_ELEMS elements each (found by
 // binary search), and adds its blocks' sums into out[slot] (zeroed before launch).
 #define SS_BLOCK_ELEMS 16384
-extern "C" __global__ void sum_squares_many_f32(const u64* __restrict__ table, u32 n_slots, double* out) {
+extern "C" __global__ void sum_squares_many_f32(const u64* __restrict__ table, u32 n_slots, double* out) { pdl_entry();
     __shared__ double scratch[32];
     u32 lo = 0, hi = n_slots - 1;
     while (lo < hi) {
@@ -69,7 +69,7 @@ extern "C" __global__ void sum_squares_many_f32(const u64* __restrict__ table, u
 // below 1 (PyTorch's `clip_grad_norm_`), else 1. max_norm < 0 means no clipping. One thread: the
 // sums are a few hundred doubles.
 extern "C" __global__ void grad_clip_finalize(const double* __restrict__ sums, u32 n, double max_norm,
-                                              double* out) {
+                                              double* out) { pdl_entry();
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     double total = 0.0;
     for (u32 i = 0; i < n; ++i) total += sums[i];

@@ -39,12 +39,12 @@ __device__ void swiglu_bwd_impl(const T* __restrict__ dh, const T* __restrict__ 
     });
 }
 
-extern "C" __global__ void swiglu_f32(const float* g, const float* u, float* h, u64 n) { swiglu_impl(g, u, h, n); }
-extern "C" __global__ void swiglu_bf16(const __nv_bfloat16* g, const __nv_bfloat16* u, __nv_bfloat16* h, u64 n) { swiglu_impl(g, u, h, n); }
-extern "C" __global__ void swiglu_backward_f32(const float* dh, const float* g, const float* u, float* dg, float* du, u64 n) {
+extern "C" __global__ void swiglu_f32(const float* g, const float* u, float* h, u64 n) { pdl_entry(); swiglu_impl(g, u, h, n); }
+extern "C" __global__ void swiglu_bf16(const __nv_bfloat16* g, const __nv_bfloat16* u, __nv_bfloat16* h, u64 n) { pdl_entry(); swiglu_impl(g, u, h, n); }
+extern "C" __global__ void swiglu_backward_f32(const float* dh, const float* g, const float* u, float* dg, float* du, u64 n) { pdl_entry();
     swiglu_bwd_impl(dh, g, u, dg, du, n);
 }
 extern "C" __global__ void swiglu_backward_bf16(const __nv_bfloat16* dh, const __nv_bfloat16* g, const __nv_bfloat16* u,
-                                                __nv_bfloat16* dg, __nv_bfloat16* du, u64 n) {
+                                                __nv_bfloat16* dg, __nv_bfloat16* du, u64 n) { pdl_entry();
     swiglu_bwd_impl(dh, g, u, dg, du, n);
 }

@@ -27,7 +27,7 @@ __device__ void swiglu_packed_impl(const T* __restrict__ gu, T* __restrict__ h, 
     }
 }
 
-extern "C" __global__ void swiglu_packed_f32(const float* gu, float* h, u32 n, u32 f) { swiglu_packed_impl(gu, h, n, f); }
-extern "C" __global__ void swiglu_packed_bf16(const __nv_bfloat16* gu, __nv_bfloat16* h, u32 n, u32 f) {
+extern "C" __global__ void swiglu_packed_f32(const float* gu, float* h, u32 n, u32 f) { pdl_entry(); swiglu_packed_impl(gu, h, n, f); }
+extern "C" __global__ void swiglu_packed_bf16(const __nv_bfloat16* gu, __nv_bfloat16* h, u32 n, u32 f) { pdl_entry();
     swiglu_packed_impl(gu, h, n, f);
 }

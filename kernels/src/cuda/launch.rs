@@ -181,6 +181,60 @@ pub(crate) fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether kernels are launched with programmatic dependent launch: `REALIGN_PDL=1` (read once) on a
+/// device of compute capability 9.0 or newer. Every kernel of this crate begins with `pdl_entry()`
+/// (cu/common.cuh), which waits for the previous kernel before touching memory, so the attribute
+/// only lets a kernel's launch overlap the previous kernel's tail.
+pub fn pdl_on(dev: &CudaDevice) -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    let asked = *ENV.get_or_init(|| std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1"));
+    asked && sm_major(dev.arch()) >= 9
+}
+
+/// The major compute capability of an `sm_XY` name (`sm_90` → 9, `sm_100` → 10); 0 if unknown.
+fn sm_major(arch: &str) -> u32 {
+    let digits = arch.trim_start_matches("sm_");
+    let digits = digits.trim_end_matches(|c: char| !c.is_ascii_digit());
+    digits.parse::<u32>().map(|v| v / 10).unwrap_or(0)
+}
+
+/// `cuLaunchKernelEx` with the programmatic-stream-serialization attribute.
+fn launch_pdl(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    g: Grid,
+    params: &mut [*mut c_void],
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    // SAFETY: a zeroed attribute is a valid C struct; id and value are set before use.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: g.grid.0,
+        gridDimY: g.grid.1,
+        gridDimZ: g.grid.2,
+        blockDimX: g.block.0,
+        blockDimY: g.block.1,
+        blockDimZ: g.block.2,
+        sharedMemBytes: g.smem,
+        hStream: dev.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // SAFETY: as in `launch`: `params` point at live argument slots matching the kernel's
+    // signature; `cfg` and `attr` outlive the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+    }
+}
+
 /// Launches `f` (named `name` in errors) on `dev`'s stream and checks the result.
 pub fn launch(dev: &CudaDevice, f: &CudaFunction, name: &str, g: Grid, args: Args) -> Result<()> {
     if g.grid.0 == 0 || g.grid.1 == 0 || g.grid.2 == 0 {
@@ -192,19 +246,23 @@ pub fn launch(dev: &CudaDevice, f: &CudaFunction, name: &str, g: Grid, args: Arg
         .map(|s| s as *mut u64 as *mut c_void)
         .collect();
     dev.context().bind_to_thread().map_err(cuda_err)?;
-    // SAFETY: `params` point into `slots`, which outlive the call; each op passes the arguments in
-    // the order and types its kernel declares, with buffers sized by the op's shape checks.
-    unsafe {
-        cudarc::driver::result::launch_kernel(
-            f.cu_function(),
-            g.grid,
-            g.block,
-            g.smem,
-            dev.stream().cu_stream(),
-            &mut params,
-        )
-    }
-    .map_err(|e| Error::Cuda(format!("launching {name} with {g:?}: {e:?}")))?;
+    let launched = if pdl_on(dev) {
+        launch_pdl(dev, f, g, &mut params)
+    } else {
+        // SAFETY: `params` point into `slots`, which outlive the call; each op passes the arguments
+        // in the order and types its kernel declares, with buffers sized by the op's shape checks.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                g.grid,
+                g.block,
+                g.smem,
+                dev.stream().cu_stream(),
+                &mut params,
+            )
+        }
+    };
+    launched.map_err(|e| Error::Cuda(format!("launching {name} with {g:?}: {e:?}")))?;
     if sync_each_launch() {
         dev.synchronize()
             .map_err(|e| Error::Cuda(format!("kernel {name} failed: {e}")))?;
@@ -226,4 +284,18 @@ pub fn run(
         allow_smem(&f, g.smem)?;
     }
     launch(dev, &f, func, g, args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sm_major;
+
+    #[test]
+    fn sm_major_reads_the_compute_capability() {
+        assert_eq!(sm_major("sm_90"), 9);
+        assert_eq!(sm_major("sm_90a"), 9);
+        assert_eq!(sm_major("sm_80"), 8);
+        assert_eq!(sm_major("sm_100"), 10);
+        assert_eq!(sm_major("gpu"), 0);
+    }
 }
