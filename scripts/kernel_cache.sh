@@ -27,7 +27,10 @@ trap 'rm -f /usr/local/cuda' EXIT
 CACHE="$ROOT/.gpu/kcache"
 rm -rf "$CACHE" && mkdir -p "$CACHE"
 cd "$ROOT"
-env -u CUDA_HOME -u CUDA_PATH REALIGN_KERNEL_CACHE="$CACHE" LD_LIBRARY_PATH="$CU/lib" \
-  cargo test --release -p kernels --test ops_cuda nvrtc_compiles_every_kernel
+# Both builds of every module: the default one and the PDL one (REALIGN_PDL=1).
+for pdl in 0 1; do
+  env -u CUDA_HOME -u CUDA_PATH REALIGN_KERNEL_CACHE="$CACHE" LD_LIBRARY_PATH="$CU/lib" REALIGN_PDL=$pdl \
+    cargo test --release -p kernels --test ops_cuda nvrtc_compiles_every_kernel
+done
 tar -C "$ROOT/.gpu" -czf "$ROOT/.gpu/kcache.tgz" kcache
 echo "$(ls "$CACHE" | wc -l) modules in $ROOT/.gpu/kcache.tgz ($(du -h "$ROOT/.gpu/kcache.tgz" | cut -f1))"

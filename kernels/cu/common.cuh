@@ -12,14 +12,14 @@ typedef unsigned long long u64;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
-// Programmatic dependent launch (sm_90+). Every kernel starts with this. Launched with PDL (see
-// launch.rs), a kernel may become resident while the kernel before it in the stream still runs:
-// `griddepcontrol.wait` holds it until that kernel has finished and its writes are visible, so no
-// kernel reads (or overwrites) anything early. `launch_dependents` then lets the next kernel get
-// resident in turn, which hides its launch latency behind this one's tail. Without PDL (or below
-// sm_90) both are no-ops.
+// Programmatic dependent launch (PDL, sm_90+). Every kernel starts with `pdl_entry()`. Compiled with
+// REALIGN_PDL (launch.rs defines it when PDL is on), it holds the kernel in `griddepcontrol.wait`
+// until the previous kernel in the stream has finished and its writes are visible, so nothing is
+// read or overwritten early, then lets the next kernel become resident
+// (`griddepcontrol.launch_dependents`), which hides that kernel's launch latency behind this one's
+// tail. Without the define it is empty, so the default kernels are the ones without PDL.
 __device__ __forceinline__ void pdl_entry() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(REALIGN_PDL) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif

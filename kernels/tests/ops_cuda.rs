@@ -39,7 +39,11 @@ fn nvrtc_compiles_every_kernel() {
             }
             _ => vec![vec![]],
         };
-        for defs in define_sets {
+        for mut defs in define_sets {
+            // The PDL build of every module (`REALIGN_PDL=1`), so the kernel cache can hold both.
+            if std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1") {
+                defs.push(launch::PDL_DEFINE.to_string());
+            }
             let cubin = nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)
                 .unwrap_or_else(|e| panic!("{}.cu {defs:?}: {e}", src.name));
             assert!(!cubin.is_empty());

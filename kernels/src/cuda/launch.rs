@@ -67,7 +67,11 @@ pub(crate) fn load_module(
     defines: &[String],
 ) -> Result<Arc<CudaModule>> {
     let text = full_source(src);
-    let cubin = super::nvrtc::compile_cubin(src.name, &text, dev.arch(), defines)?;
+    let mut defines = defines.to_vec();
+    if pdl_on(dev) {
+        defines.push(PDL_DEFINE.to_string());
+    }
+    let cubin = super::nvrtc::compile_cubin(src.name, &text, dev.arch(), &defines)?;
     dev.context()
         .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
         .map_err(|e| Error::Cuda(format!("loading module {}.cu: {e:?}", src.name)))
@@ -181,10 +185,14 @@ pub(crate) fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
     Ok(())
 }
 
-/// Whether kernels are launched with programmatic dependent launch: `REALIGN_PDL=1` (read once) on a
-/// device of compute capability 9.0 or newer. Every kernel of this crate begins with `pdl_entry()`
-/// (cu/common.cuh), which waits for the previous kernel before touching memory, so the attribute
-/// only lets a kernel's launch overlap the previous kernel's tail.
+/// The NVRTC define that turns `pdl_entry()` (cu/common.cuh) on in every module.
+pub const PDL_DEFINE: &str = "-DREALIGN_PDL=1";
+
+/// Whether kernels are compiled and launched for programmatic dependent launch: `REALIGN_PDL=1`
+/// (read once) on a device of compute capability 9.0 or newer. Every kernel of this crate begins
+/// with `pdl_entry()` (cu/common.cuh), which, compiled with [`PDL_DEFINE`], waits for the previous
+/// kernel before touching memory, so the launch attribute only lets a kernel's launch overlap the
+/// previous kernel's tail. Off (the default), modules and launches are as before.
 pub fn pdl_on(dev: &CudaDevice) -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
     let asked = *ENV.get_or_init(|| std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1"));
