@@ -15,6 +15,11 @@
 //!
 //! `cargo run -p kernels --release --example gemm_bench -- [--table-out FILE] [--rows 8,16,..]
 //! [--models qwen,smol] [--candidates 24]` on a machine with a GPU.
+//!
+//! `--keys FILE` times instead the GEMMs a run logged with `REALIGN_GEMM_LOG=FILE` (any shape,
+//! transposes and accumulation, e.g. every product of one training step: forward, dx and dW), the
+//! same way, and with `--table-out` writes the built-in table followed by their entries, for
+//! `REALIGN_GEMM_TABLE`.
 
 use kernels::cuda::blas::{self, Choice, GemmKey};
 use kernels::cuda::CudaDevice;
@@ -155,6 +160,9 @@ fn main() -> kernels::Result<()> {
     let cuda = CudaDevice::new(0)?;
     let dev = Device::Cuda(cuda.clone());
     let header = blas::table_header(&cuda)?;
+    if let Some(path) = opt("--keys") {
+        return bench_keys(&cuda, &dev, &header, &path, count, table_out.as_deref());
+    }
     println!("gemm_bench: {header}, {REPS} products per graph, median of 7 replays");
     let mut lines = Vec::new();
     let mut summary = Vec::new();
@@ -288,6 +296,139 @@ fn main() -> kernels::Result<()> {
             std::fs::write(&path, &text)
                 .map_err(|e| kernels::Error::msg(format!("writing {path}: {e}")))?;
             println!("table written to {path} ({} entries)", lines.len());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// A bf16 or f32 tensor of `n` pseudo-random values.
+fn rand_tensor(n: usize, dtype: DType, seed: u64, dev: &Device) -> Tensor {
+    kernels::testing::float_tensor(rand_vec(n, seed), &[n], dev, dtype)
+}
+
+/// `--keys FILE`: time every logged GEMM (`REALIGN_GEMM_LOG`) as `cublasGemmEx` and as each
+/// cuBLASLt candidate; keep the fastest candidate whose output is within 1e-2 of `cublasGemmEx`'s
+/// and bit-identical on a second run (C reset to the same start each time when it is read).
+fn bench_keys(
+    cuda: &CudaDevice,
+    dev: &Device,
+    header: &str,
+    path: &str,
+    count: usize,
+    table_out: Option<&str>,
+) -> kernels::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| kernels::Error::msg(format!("reading --keys {path}: {e}")))?;
+    let mut keys: Vec<GemmKey> = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with("lt ") {
+            continue;
+        }
+        match blas::parse_key(line) {
+            Some(k) if !keys.contains(&k) => keys.push(k),
+            Some(_) => {}
+            None => {
+                return Err(kernels::Error::msg(format!(
+                    "--keys {path}: bad line {line}"
+                )))
+            }
+        }
+    }
+    println!("gemm_bench --keys {path}: {} shapes, {header}", keys.len());
+    let (mut lines, mut total_ex, mut total_best) = (Vec::new(), 0.0, 0.0);
+    for (i, key) in keys.iter().enumerate() {
+        let a_cols = if key.trans_a { key.m } else { key.k };
+        let b_cols = if key.trans_b { key.k } else { key.n };
+        let a = rand_tensor(key.lda * a_cols, key.ab, 11 + i as u64, dev);
+        let b = rand_tensor(key.ldb * b_cols, key.ab, 23 + i as u64, dev);
+        let c0 = rand_vec(key.ldc * key.n, 37 + i as u64);
+        let fresh_c = || kernels::testing::float_tensor(c0.clone(), &[c0.len()], dev, key.c_type);
+        let beta = if key.reads_c { 1.0 } else { 0.0 };
+        // C after one product run as `choice` from the same start.
+        let once = |choice: &Choice| -> kernels::Result<Vec<f32>> {
+            let mut c = fresh_c();
+            blas::gemm_with(key, &a, &b, &mut c, 1.0, beta, choice)?;
+            c.to_vec_f32()
+        };
+        let want = once(&Choice::Ex)?;
+        let mut c = fresh_c();
+        let mut time = |choice: &Choice| {
+            time_graph(cuda, || {
+                blas::gemm_with(key, &a, &b, &mut c, 1.0, beta, choice)
+            })
+        };
+        let ex_ms = time(&Choice::Ex).unwrap_or(f64::NAN);
+        let cands = blas::candidates(cuda, key, count)?;
+        let mut timed: Vec<(f64, &blas::Candidate)> = cands
+            .iter()
+            .filter_map(|c| time(&Choice::Algo(c.algo)).map(|ms| (ms, c)))
+            .collect();
+        timed.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut best: (f64, Option<blas::Algo>, String) = (ex_ms, None, "cublasGemmEx".into());
+        for (ms, cand) in timed.iter().take_while(|(ms, _)| *ms < ex_ms) {
+            let choice = Choice::Algo(cand.algo);
+            let valid = once(&choice)
+                .and_then(|first| {
+                    let again = once(&choice)?;
+                    let same = first
+                        .iter()
+                        .zip(&again)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    Ok(same && rel_err(&first, &want) < 1e-2)
+                })
+                .unwrap_or(false);
+            if valid {
+                best = (
+                    *ms,
+                    Some(cand.algo),
+                    format!("{} {}", cand.origin, blas::describe(&cand.algo)),
+                );
+                break;
+            }
+        }
+        let flops = 2.0 * (key.m * key.n * key.k) as f64;
+        println!(
+            "key {i:>3} {}: ex {:>8.2} us ({:>4.0} TFLOP/s) | best {:>8.2} us ({:>4.0} TFLOP/s, {:.2}x) of {} candidates: {}",
+            blas::table_line(key, None),
+            ex_ms * 1e3,
+            flops / ex_ms / 1e9,
+            best.0 * 1e3,
+            flops / best.0 / 1e9,
+            ex_ms / best.0,
+            cands.len(),
+            best.2
+        );
+        total_ex += ex_ms;
+        total_best += best.0;
+        lines.push(format!(
+            "{}  # {:.2} us (ex {:.2} us)",
+            blas::table_line(key, best.1.as_ref()),
+            best.0 * 1e3,
+            ex_ms * 1e3
+        ));
+    }
+    println!(
+        "all {} shapes once each: ex {:.3} ms, best {:.3} ms ({:.3}x)",
+        keys.len(),
+        total_ex,
+        total_best,
+        total_ex / total_best
+    );
+    let text = format!(
+        "{}\n# --keys {path}: measured by gemm_bench on this GPU (fastest per shape, ex = cublasGemmEx)\n{header}\n{}\n",
+        blas::built_in_table().trim_end(),
+        lines.join("\n")
+    );
+    match table_out {
+        Some(out) => {
+            std::fs::write(out, &text)
+                .map_err(|e| kernels::Error::msg(format!("writing {out}: {e}")))?;
+            println!(
+                "table written to {out} (built-in + {} entries)",
+                lines.len()
+            );
         }
         None => print!("{text}"),
     }

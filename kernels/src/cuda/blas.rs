@@ -25,7 +25,9 @@ use crate::{DType, Error, Result, Tensor};
 
 mod lt;
 
-pub use lt::{candidates, describe, table_header, table_line, Algo, Candidate};
+pub use lt::{
+    built_in_table, candidates, describe, parse_key, table_header, table_line, Algo, Candidate,
+};
 
 /// Forward products with at most this many rows (the decode batch buckets up to 256) take
 /// cuBLASLt's heuristic algorithm when the table has no entry for them.
@@ -151,6 +153,7 @@ impl Gemm {
     }
 
     pub(crate) fn run(&self, dev: &CudaDevice) -> Result<()> {
+        key_log::record(&self.key());
         self.run_as(dev, &Choice::Default)
     }
 
@@ -251,6 +254,115 @@ pub fn linear_with(
         c_type: y.dtype(),
     }
     .run_as(&dev, choice)
+}
+
+/// C = alpha · op(A) · op(B) + beta · C for the GEMM `key` describes, on the buffers of `a`, `b`
+/// and `c` (column-major, as the key's leading dimensions say), run as `choice` says: for
+/// `gemm_bench --keys`, which times the shapes a run logged. `beta` must be 0 unless
+/// `key.reads_c`.
+pub fn gemm_with(
+    key: &GemmKey,
+    a: &Tensor,
+    b: &Tensor,
+    c: &mut Tensor,
+    alpha: f32,
+    beta: f32,
+    choice: &Choice,
+) -> Result<()> {
+    const OP: &str = "gemm_with";
+    let dev = super::device_of(a, OP)?;
+    // Elements each operand must hold: its stored columns times its leading dimension.
+    let a_cols = if key.trans_a { key.m } else { key.k };
+    let b_cols = if key.trans_b { key.k } else { key.n };
+    let need = [
+        (a, key.ab, key.lda * a_cols, "A"),
+        (b, key.ab, key.ldb * b_cols, "B"),
+        (&*c, key.c_type, key.ldc * key.n, "C"),
+    ];
+    for (t, dtype, elems, name) in need {
+        if t.dtype() != dtype || t.numel() < elems {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{name} is {} with {} elements; the key wants {dtype} with at least {elems}",
+                    t.dtype(),
+                    t.numel()
+                ),
+            ));
+        }
+    }
+    if beta != 0.0 && !key.reads_c {
+        return Err(Error::msg(format!(
+            "{OP}: beta {beta} on a key that does not read C"
+        )));
+    }
+    Gemm {
+        trans_a: key.trans_a,
+        trans_b: key.trans_b,
+        m: key.m,
+        n: key.n,
+        k: key.k,
+        a: super::ptr(a, &dev, OP)?,
+        lda: key.lda,
+        b: super::ptr(b, &dev, OP)?,
+        ldb: key.ldb,
+        c: super::ptr(c, &dev, OP)?,
+        ldc: key.ldc,
+        alpha,
+        beta,
+        ab: key.ab,
+        c_type: key.c_type,
+    }
+    .run_as(&dev, choice)
+}
+
+/// `REALIGN_GEMM_LOG=FILE`: every distinct GEMM the ops run is appended to FILE once, as a table
+/// line ending in `ex`, so `gemm_bench --keys FILE` can time exactly the shapes of a real run
+/// (e.g. one training step) and write a table for them.
+mod key_log {
+    use std::collections::HashSet;
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::GemmKey;
+
+    struct Log {
+        seen: HashSet<GemmKey>,
+        file: std::fs::File,
+    }
+
+    fn log() -> Option<&'static Mutex<Log>> {
+        static LOG: OnceLock<Option<Mutex<Log>>> = OnceLock::new();
+        LOG.get_or_init(|| {
+            let path = std::env::var("REALIGN_GEMM_LOG").ok()?;
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(file) => Some(Mutex::new(Log {
+                    seen: HashSet::new(),
+                    file,
+                })),
+                Err(e) => {
+                    tracing::warn!("REALIGN_GEMM_LOG={path}: cannot open ({e}); not logging");
+                    None
+                }
+            }
+        })
+        .as_ref()
+    }
+
+    pub(super) fn record(key: &GemmKey) {
+        let Some(log) = log() else { return };
+        let Ok(mut log) = log.lock() else { return };
+        if log.seen.insert(*key) {
+            let line = super::table_line(key, None);
+            if let Err(e) = writeln!(log.file, "{line}") {
+                tracing::warn!("REALIGN_GEMM_LOG: write failed ({e})");
+            }
+        }
+    }
 }
 
 /// Which way [`Choice::Default`] runs `key` on `dev`: "table", "table-ex", "heuristic" or "ex".

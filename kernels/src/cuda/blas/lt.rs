@@ -178,6 +178,17 @@ fn parse_line(line: &str) -> Option<(GemmKey, Entry)> {
     Some((key, entry))
 }
 
+/// The key of a table line (its last field, `ex` or an algorithm, is read but not returned):
+/// how `gemm_bench --keys` reads the shapes a run logged (`REALIGN_GEMM_LOG`).
+pub fn parse_key(line: &str) -> Option<GemmKey> {
+    parse_line(line).map(|(k, _)| k)
+}
+
+/// The built-in table's text, so a measured table for other shapes can extend it.
+pub fn built_in_table() -> &'static str {
+    BUILT_IN
+}
+
 /// The entries of `text` under `header` (lines after a matching `lt ...` line, up to the next
 /// header); `#` starts a comment. Malformed lines are skipped with a warning.
 fn parse_table(text: &str, header: &str) -> HashMap<GemmKey, Entry> {
@@ -695,6 +706,26 @@ mod tests {
         assert!(!t.contains_key(&GemmKey { n: 64, ..key }));
         assert!(parse_table(&text, "lt 130100 sm_90 114").is_empty());
         assert!(parse_line("1 0 5 6").is_none());
+    }
+
+    #[test]
+    fn a_logged_key_reads_back() {
+        // A backward dW product: both operands transposed differently, f32 C accumulated.
+        let key = GemmKey {
+            trans_a: false,
+            trans_b: true,
+            m: 896,
+            n: 4864,
+            k: 8192,
+            lda: 896,
+            ldb: 4864,
+            ldc: 896,
+            ab: DType::BF16,
+            c_type: DType::F32,
+            reads_c: true,
+        };
+        assert_eq!(parse_key(&table_line(&key, None)), Some(key));
+        assert_eq!(parse_key("1 0 5 6"), None);
     }
 
     #[test]
