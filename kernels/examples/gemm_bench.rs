@@ -41,11 +41,6 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn bf16_tensor(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
-    let n = shape.iter().product();
-    kernels::testing::float_tensor(rand_vec(n, seed), shape, dev, DType::BF16)
-}
-
 /// Median milliseconds per product of `f` run REPS times inside one CUDA graph (7 replays after
 /// one warm-up replay); None if the capture or a replay fails.
 fn time_graph(cuda: &CudaDevice, mut f: impl FnMut() -> kernels::Result<()>) -> Option<f64> {
@@ -166,104 +161,51 @@ fn main() -> kernels::Result<()> {
     println!("gemm_bench: {header}, {REPS} products per graph, median of 7 replays");
     let mut lines = Vec::new();
     let mut summary = Vec::new();
-    for s in shapes(&models, &rows) {
+    for (i, s) in shapes(&models, &rows).iter().enumerate() {
         let key = GemmKey::linear(s.n, s.i, s.o, DType::BF16, s.out, false);
-        let x = bf16_tensor(&[s.n, s.i], 1 + s.n as u64, &dev);
-        let w = bf16_tensor(&[s.o, s.i], 7 + s.o as u64, &dev);
-        let mut y = Tensor::zeros(&[s.n, s.o], s.out, &dev)?;
+        let m = measure(&cuda, &dev, &key, i as u64, count)?;
         let flops = 2.0 * (s.n * s.i * s.o) as f64;
         let bytes = (2 * (s.n * s.i + s.o * s.i) + s.out.size_in_bytes() * s.n * s.o) as f64;
-        blas::linear_with(&x, &w, &mut y, 0.0, &Choice::Ex)?;
-        let want = y.to_vec_f32()?;
-        let time = |choice: &Choice, y: &mut Tensor| {
-            time_graph(&cuda, || blas::linear_with(&x, &w, y, 0.0, choice))
-        };
-        let ex_ms = time(&Choice::Ex, &mut y).unwrap_or(f64::NAN);
-        let route = blas::default_route(&cuda, &key)?;
-        let default_ms = time(&Choice::Default, &mut y).unwrap_or(f64::NAN);
-        let cands = blas::candidates(&cuda, &key, count)?;
-        // Time every candidate, then check the fastest first: output within 1e-2 of
-        // cublasGemmEx's and identical bits on a second run (the first that passes wins).
-        let mut timed: Vec<(f64, &blas::Candidate)> = Vec::new();
-        let mut heuristic_ms = f64::NAN;
-        let mut failed = 0;
-        for c in &cands {
-            match time(&Choice::Algo(c.algo), &mut y) {
-                Some(ms) => {
-                    if c.origin == "heuristic #0" {
-                        heuristic_ms = ms;
-                    }
-                    timed.push((ms, c));
-                }
-                None => failed += 1,
-            }
-        }
-        timed.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut best: (f64, Option<blas::Algo>, String) = (ex_ms, None, "cublasGemmEx".into());
-        let mut rejected = 0;
-        for (ms, c) in timed.iter().take_while(|(ms, _)| *ms < ex_ms) {
-            let choice = Choice::Algo(c.algo);
-            let valid = blas::linear_with(&x, &w, &mut y, 0.0, &choice)
-                .and_then(|_| y.to_vec_f32())
-                .and_then(|first| {
-                    blas::linear_with(&x, &w, &mut y, 0.0, &choice)?;
-                    let again = y.to_vec_f32()?;
-                    let same = first
-                        .iter()
-                        .zip(&again)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    Ok(same && rel_err(&first, &want) < 1e-2)
-                })
-                .unwrap_or(false);
-            if valid {
-                best = (
-                    *ms,
-                    Some(c.algo),
-                    format!("{} {}", c.origin, blas::describe(&c.algo)),
-                );
-                break;
-            }
-            rejected += 1;
-        }
         println!(
-            "bench {:<5} {:<8} N {:>4} [{}x{}] -> {}: ex {:>7.2} us ({:>5.0} TFLOP/s {:>5.0} GB/s) | default ({route}) {:>7.2} us | heuristic#0 {:>7.2} us | best {:>7.2} us ({:>5.0} TFLOP/s {:>5.0} GB/s, {:.2}x ex) of {} candidates ({} rejected, {} failed): {}",
+            "bench {:<5} {:<8} N {:>4} [{}x{}] -> {}: ex {:>7.2} us ({:>5.0} TFLOP/s {:>5.0} GB/s) | default ({}) {:>7.2} us | heuristic#0 {:>7.2} us | best {:>7.2} us ({:>5.0} TFLOP/s {:>5.0} GB/s, {:.2}x ex) of {} candidates ({} rejected, {} failed): {}",
             s.model,
             s.name,
             s.n,
             s.o,
             s.i,
             s.out,
-            ex_ms * 1e3,
-            flops / ex_ms / 1e9,
-            bytes / ex_ms / 1e6,
-            default_ms * 1e3,
-            heuristic_ms * 1e3,
-            best.0 * 1e3,
-            flops / best.0 / 1e9,
-            bytes / best.0 / 1e6,
-            ex_ms / best.0,
-            cands.len(),
-            rejected,
-            failed,
-            best.2
+            m.ex_ms * 1e3,
+            flops / m.ex_ms / 1e9,
+            bytes / m.ex_ms / 1e6,
+            m.route,
+            m.default_ms * 1e3,
+            m.heuristic_ms * 1e3,
+            m.best_ms * 1e3,
+            flops / m.best_ms / 1e9,
+            bytes / m.best_ms / 1e6,
+            m.ex_ms / m.best_ms,
+            m.candidates,
+            m.rejected,
+            m.failed,
+            m.best_desc
         );
         lines.push(format!(
             "{}  # {} {} N {}: {:.2} us (ex {:.2} us)",
-            blas::table_line(&key, best.1.as_ref()),
+            blas::table_line(&key, m.best_algo.as_ref()),
             s.model,
             s.name,
             s.n,
-            best.0 * 1e3,
-            ex_ms * 1e3
+            m.best_ms * 1e3,
+            m.ex_ms * 1e3
         ));
         summary.push(Row {
             model: s.model,
             name: s.name,
             n: s.n,
-            ex_ms,
-            default_ms,
-            heuristic_ms,
-            best_ms: best.0,
+            ex_ms: m.ex_ms,
+            default_ms: m.default_ms,
+            heuristic_ms: m.heuristic_ms,
+            best_ms: m.best_ms,
         });
     }
     // Per model and N: the four layer GEMMs together, and the LM head.
@@ -307,9 +249,107 @@ fn rand_tensor(n: usize, dtype: DType, seed: u64, dev: &Device) -> Tensor {
     kernels::testing::float_tensor(rand_vec(n, seed), &[n], dev, dtype)
 }
 
-/// `--keys FILE`: time every logged GEMM (`REALIGN_GEMM_LOG`) as `cublasGemmEx` and as each
-/// cuBLASLt candidate; keep the fastest candidate whose output is within 1e-2 of `cublasGemmEx`'s
-/// and bit-identical on a second run (C reset to the same start each time when it is read).
+/// What timing one GEMM shape found.
+struct Measured {
+    ex_ms: f64,
+    /// How the ops run it today ([`blas::default_route`]) and its time.
+    route: &'static str,
+    default_ms: f64,
+    heuristic_ms: f64,
+    best_ms: f64,
+    /// The fastest valid cuBLASLt candidate; None: `cublasGemmEx` is the fastest.
+    best_algo: Option<blas::Algo>,
+    best_desc: String,
+    candidates: usize,
+    rejected: usize,
+    failed: usize,
+}
+
+/// Times `key` on pseudo-random operands as `cublasGemmEx`, as the ops run it and as each
+/// cuBLASLt candidate; the best is the fastest candidate faster than `cublasGemmEx` whose output is
+/// within 1e-2 of `cublasGemmEx`'s and bit-identical on a second run (C reset to the same start
+/// each time, since an accumulating key reads it).
+fn measure(
+    cuda: &CudaDevice,
+    dev: &Device,
+    key: &GemmKey,
+    seed: u64,
+    count: usize,
+) -> kernels::Result<Measured> {
+    let a_cols = if key.trans_a { key.m } else { key.k };
+    let b_cols = if key.trans_b { key.k } else { key.n };
+    let a = rand_tensor(key.lda * a_cols, key.ab, 11 + 3 * seed, dev);
+    let b = rand_tensor(key.ldb * b_cols, key.ab, 23 + 5 * seed, dev);
+    let c0 = rand_vec(key.ldc * key.n, 37 + 7 * seed);
+    let fresh_c = || kernels::testing::float_tensor(c0.clone(), &[c0.len()], dev, key.c_type);
+    let beta = if key.reads_c { 1.0 } else { 0.0 };
+    // C after one product run as `choice` from the same start.
+    let once = |choice: &Choice| -> kernels::Result<Vec<f32>> {
+        let mut c = fresh_c();
+        blas::gemm_with(key, &a, &b, &mut c, 1.0, beta, choice)?;
+        c.to_vec_f32()
+    };
+    let want = once(&Choice::Ex)?;
+    let mut c = fresh_c();
+    let mut time = |choice: &Choice| {
+        time_graph(cuda, || {
+            blas::gemm_with(key, &a, &b, &mut c, 1.0, beta, choice)
+        })
+    };
+    let ex_ms = time(&Choice::Ex).unwrap_or(f64::NAN);
+    let route = blas::default_route(cuda, key)?;
+    let default_ms = time(&Choice::Default).unwrap_or(f64::NAN);
+    let cands = blas::candidates(cuda, key, count)?;
+    let (mut timed, mut heuristic_ms, mut failed) = (Vec::new(), f64::NAN, 0);
+    for cand in &cands {
+        match time(&Choice::Algo(cand.algo)) {
+            Some(ms) => {
+                if cand.origin == "heuristic #0" {
+                    heuristic_ms = ms;
+                }
+                timed.push((ms, cand));
+            }
+            None => failed += 1,
+        }
+    }
+    timed.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut m = Measured {
+        ex_ms,
+        route,
+        default_ms,
+        heuristic_ms,
+        best_ms: ex_ms,
+        best_algo: None,
+        best_desc: "cublasGemmEx".into(),
+        candidates: cands.len(),
+        rejected: 0,
+        failed,
+    };
+    for (ms, cand) in timed.iter().take_while(|(ms, _)| *ms < ex_ms) {
+        let choice = Choice::Algo(cand.algo);
+        let valid = once(&choice)
+            .and_then(|first| {
+                let again = once(&choice)?;
+                let same = first
+                    .iter()
+                    .zip(&again)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                Ok(same && rel_err(&first, &want) < 1e-2)
+            })
+            .unwrap_or(false);
+        if valid {
+            m.best_ms = *ms;
+            m.best_algo = Some(cand.algo);
+            m.best_desc = format!("{} {}", cand.origin, blas::describe(&cand.algo));
+            break;
+        }
+        m.rejected += 1;
+    }
+    Ok(m)
+}
+
+/// `--keys FILE`: [`measure`] every GEMM a run logged (`REALIGN_GEMM_LOG`) and write the built-in
+/// table followed by their entries.
 fn bench_keys(
     cuda: &CudaDevice,
     dev: &Device,
@@ -339,74 +379,28 @@ fn bench_keys(
     println!("gemm_bench --keys {path}: {} shapes, {header}", keys.len());
     let (mut lines, mut total_ex, mut total_best) = (Vec::new(), 0.0, 0.0);
     for (i, key) in keys.iter().enumerate() {
-        let a_cols = if key.trans_a { key.m } else { key.k };
-        let b_cols = if key.trans_b { key.k } else { key.n };
-        let a = rand_tensor(key.lda * a_cols, key.ab, 11 + i as u64, dev);
-        let b = rand_tensor(key.ldb * b_cols, key.ab, 23 + i as u64, dev);
-        let c0 = rand_vec(key.ldc * key.n, 37 + i as u64);
-        let fresh_c = || kernels::testing::float_tensor(c0.clone(), &[c0.len()], dev, key.c_type);
-        let beta = if key.reads_c { 1.0 } else { 0.0 };
-        // C after one product run as `choice` from the same start.
-        let once = |choice: &Choice| -> kernels::Result<Vec<f32>> {
-            let mut c = fresh_c();
-            blas::gemm_with(key, &a, &b, &mut c, 1.0, beta, choice)?;
-            c.to_vec_f32()
-        };
-        let want = once(&Choice::Ex)?;
-        let mut c = fresh_c();
-        let mut time = |choice: &Choice| {
-            time_graph(cuda, || {
-                blas::gemm_with(key, &a, &b, &mut c, 1.0, beta, choice)
-            })
-        };
-        let ex_ms = time(&Choice::Ex).unwrap_or(f64::NAN);
-        let cands = blas::candidates(cuda, key, count)?;
-        let mut timed: Vec<(f64, &blas::Candidate)> = cands
-            .iter()
-            .filter_map(|c| time(&Choice::Algo(c.algo)).map(|ms| (ms, c)))
-            .collect();
-        timed.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let mut best: (f64, Option<blas::Algo>, String) = (ex_ms, None, "cublasGemmEx".into());
-        for (ms, cand) in timed.iter().take_while(|(ms, _)| *ms < ex_ms) {
-            let choice = Choice::Algo(cand.algo);
-            let valid = once(&choice)
-                .and_then(|first| {
-                    let again = once(&choice)?;
-                    let same = first
-                        .iter()
-                        .zip(&again)
-                        .all(|(x, y)| x.to_bits() == y.to_bits());
-                    Ok(same && rel_err(&first, &want) < 1e-2)
-                })
-                .unwrap_or(false);
-            if valid {
-                best = (
-                    *ms,
-                    Some(cand.algo),
-                    format!("{} {}", cand.origin, blas::describe(&cand.algo)),
-                );
-                break;
-            }
-        }
+        let m = measure(cuda, dev, key, i as u64, count)?;
         let flops = 2.0 * (key.m * key.n * key.k) as f64;
         println!(
-            "key {i:>3} {}: ex {:>8.2} us ({:>4.0} TFLOP/s) | best {:>8.2} us ({:>4.0} TFLOP/s, {:.2}x) of {} candidates: {}",
+            "key {i:>3} {}: ex {:>8.2} us ({:>4.0} TFLOP/s) | best {:>8.2} us ({:>4.0} TFLOP/s, {:.2}x) of {} candidates ({} rejected, {} failed): {}",
             blas::table_line(key, None),
-            ex_ms * 1e3,
-            flops / ex_ms / 1e9,
-            best.0 * 1e3,
-            flops / best.0 / 1e9,
-            ex_ms / best.0,
-            cands.len(),
-            best.2
+            m.ex_ms * 1e3,
+            flops / m.ex_ms / 1e9,
+            m.best_ms * 1e3,
+            flops / m.best_ms / 1e9,
+            m.ex_ms / m.best_ms,
+            m.candidates,
+            m.rejected,
+            m.failed,
+            m.best_desc
         );
-        total_ex += ex_ms;
-        total_best += best.0;
+        total_ex += m.ex_ms;
+        total_best += m.best_ms;
         lines.push(format!(
             "{}  # {:.2} us (ex {:.2} us)",
-            blas::table_line(key, best.1.as_ref()),
-            best.0 * 1e3,
-            ex_ms * 1e3
+            blas::table_line(key, m.best_algo.as_ref()),
+            m.best_ms * 1e3,
+            m.ex_ms * 1e3
         ));
     }
     println!(

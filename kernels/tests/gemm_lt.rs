@@ -1,12 +1,13 @@
 //! The cuBLASLt route of `linear` (`cuda::blas`): decode-sized bf16 products run a fixed cuBLASLt
 //! algorithm (table or heuristic) and agree with `cublasGemmEx`; the same call twice gives the
 //! same bits; every benchmark candidate that cuBLASLt accepts computes the same product; training
-//! shapes keep `cublasGemmEx`; a product recorded in a CUDA graph replays to the eager result.
+//! shapes keep `cublasGemmEx`; a product recorded in a CUDA graph replays to the eager result;
+//! `gemm_with` runs any logged key (transposes, accumulation) as the CPU computes it.
 //! GPU only; on a machine without a GPU these tests have nothing to run.
 
 use kernels::cuda::blas::{self, Choice, GemmKey, HEURISTIC_MAX_ROWS};
 use kernels::ops::linear::linear_out;
-use kernels::testing::{randn, rel_err, test_devices};
+use kernels::testing::{float_tensor, randn, rel_err, test_devices};
 use kernels::{DType, Device, Tensor};
 
 fn gpu() -> Option<(Device, kernels::cuda::CudaDevice)> {
@@ -149,4 +150,91 @@ fn a_captured_product_replays_to_the_eager_result() {
     );
     graph.launch().unwrap();
     assert_eq!(bits(&y), bits(&eager));
+}
+
+/// `gemm_with` on the keys a training step logs (`REALIGN_GEMM_LOG`): a dx product (no
+/// transposes) and an accumulating dW product (B transposed, f32 C read), as `cublasGemmEx` and
+/// as every cuBLASLt candidate, against the product computed on the host.
+#[test]
+fn gemm_with_runs_transposed_and_accumulating_keys() {
+    let _gpu = gpu_lock();
+    let Some((dev, cuda)) = gpu() else {
+        return;
+    };
+    // Column-major C[m,n] = op(A)[m,k] · op(B)[k,n] + beta · C.
+    let (m, n, k) = (96, 80, 64);
+    for (trans_a, trans_b, reads_c) in [(false, false, false), (false, true, true)] {
+        let key = GemmKey {
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            lda: if trans_a { k } else { m },
+            ldb: if trans_b { n } else { k },
+            ldc: m,
+            ab: DType::BF16,
+            c_type: DType::F32,
+            reads_c,
+        };
+        let a = randn(
+            &[key.lda * if trans_a { m } else { k }],
+            1,
+            &dev,
+            DType::BF16,
+        );
+        let b = randn(
+            &[key.ldb * if trans_b { k } else { n }],
+            2,
+            &dev,
+            DType::BF16,
+        );
+        let c0 = randn(&[m * n], 3, &dev, DType::F32);
+        let (av, bv, cv) = (
+            a.to_vec_f32().unwrap(),
+            b.to_vec_f32().unwrap(),
+            c0.to_vec_f32().unwrap(),
+        );
+        let beta = if reads_c { 1.0 } else { 0.0 };
+        let at = |r: usize, c: usize| {
+            if trans_a {
+                av[c + r * key.lda]
+            } else {
+                av[r + c * key.lda]
+            }
+        };
+        let bt = |r: usize, c: usize| {
+            if trans_b {
+                bv[c + r * key.ldb]
+            } else {
+                bv[r + c * key.ldb]
+            }
+        };
+        let mut want = vec![0f32; m * n];
+        for j in 0..n {
+            for i in 0..m {
+                let dot: f64 = (0..k).map(|p| at(i, p) as f64 * bt(p, j) as f64).sum();
+                want[i + j * m] = (dot + beta as f64 * cv[i + j * m] as f64) as f32;
+            }
+        }
+        let run = |choice: &Choice| {
+            let mut c = float_tensor(cv.clone(), &[m * n], &dev, DType::F32);
+            blas::gemm_with(&key, &a, &b, &mut c, 1.0, beta, choice).unwrap();
+            c.to_vec_f32().unwrap()
+        };
+        assert!(
+            rel_err(&run(&Choice::Ex), &want) < 1e-5,
+            "{key:?} as cublasGemmEx"
+        );
+        for cand in blas::candidates(&cuda, &key, 8).unwrap() {
+            let err = rel_err(&run(&Choice::Algo(cand.algo)), &want);
+            assert!(err < 1e-5, "{key:?} as {}: rel err {err}", cand.origin);
+        }
+    }
+    // A beta on a key that does not read C is refused, not silently run.
+    let key = GemmKey::linear(8, 64, 32, DType::BF16, DType::F32, false);
+    let x = randn(&[8 * 64], 4, &dev, DType::BF16);
+    let w = randn(&[32 * 64], 5, &dev, DType::BF16);
+    let mut y = Tensor::zeros(&[8 * 32], DType::F32, &dev).unwrap();
+    assert!(blas::gemm_with(&key, &w, &x, &mut y, 1.0, 1.0, &Choice::Ex).is_err());
 }

@@ -222,7 +222,6 @@ pub fn linear_with(
     choice: &Choice,
 ) -> Result<()> {
     const OP: &str = "linear_with";
-    let dev = super::device_of(x, OP)?;
     let (n, i) = x.dims2(OP)?;
     let (o, wi) = w.dims2(OP)?;
     let (yn, yo) = y.dims2(OP)?;
@@ -236,24 +235,8 @@ pub fn linear_with(
             ),
         ));
     }
-    Gemm {
-        trans_a: true,
-        trans_b: false,
-        m: o,
-        n,
-        k: i,
-        a: super::ptr(w, &dev, OP)?,
-        lda: i,
-        b: super::ptr(x, &dev, OP)?,
-        ldb: i,
-        c: super::ptr(y, &dev, OP)?,
-        ldc: o,
-        alpha: 1.0,
-        beta,
-        ab: x.dtype(),
-        c_type: y.dtype(),
-    }
-    .run_as(&dev, choice)
+    let key = GemmKey::linear(n, i, o, x.dtype(), y.dtype(), beta != 0.0);
+    gemm_with(&key, w, x, y, 1.0, beta, choice)
 }
 
 /// C = alpha · op(A) · op(B) + beta · C for the GEMM `key` describes, on the buffers of `a`, `b`
