@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU call that checks every path not yet run on a GPU and A/Bs the opt-in ones (as of
 # 2026-12-07; drop a line when its path has landed or been dropped). Runs on the GPU machine from
-# the repository root and writes as it goes to $OUT (summary.txt, fail.txt, bench.txt, gemm.txt,
+# the repository root and writes as it goes to $OUT (summary.txt, tests.log, bench.txt, gemm.txt,
 # rollout.txt), highest priority first, so a call cut short still returns the most important part.
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh kernels model learner actor, then scripts/gpu_slim.sh
@@ -16,18 +16,15 @@
 set -u
 ROOT="$PWD"; mkdir -p /work && for d in main rmsreg; do ln -sfn "$ROOT" /work/$d; done
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee $OUT/card.txt
-mkdir -p .gpu/run .gpu/rms && tar -C .gpu/run -xzf .gpu/slim.tgz && tar -C .gpu -xzf .gpu/kcache.tgz
-RMS=""; [ -f .gpu/rms.tgz ] && tar -C .gpu/rms -xzf .gpu/rms.tgz && RMS=.gpu/rms  # optional
-export REALIGN_REQUIRE_GPU=1 REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache
-unset CUDA_HOME
+# Tests through scripts/gpu_run.sh (summary.txt, full logs in tests.log); benches from the slim
+# bundle, unpacked by the first gpu_run.sh call.
+tests() { GPU_BUNDLE=.gpu/slim.tgz GPU_RUN_DIR=.gpu/run GPU_TEST_TIMEOUT=60 bash scripts/gpu_run.sh "$@"; }
+RMS=""; [ -f .gpu/rms.tgz ] && RMS=.gpu/rms  # optional
+rms_tests() { GPU_BUNDLE=.gpu/rms.tgz GPU_RUN_DIR=$RMS GPU_TEST_TIMEOUT=60 bash scripts/gpu_run.sh "$@"; }
 B=.gpu/run/bin; T0=$(date +%s)
-runt() { # dir name timeout
-  local t=$1/$2 crate=${2%%--*} thr=1; case $2 in kernels--*|model--*) thr=4;; esac
-  ( cd /work/main/$crate && timeout $3 "$ROOT/$t" --test-threads=$thr ) > $OUT/t.log 2>&1; local rc=$?
-  echo "$1 $2 pdl=${REALIGN_PDL:-0} rc=$rc $(grep -E '^test result' $OUT/t.log | tail -1) t=$(( $(date +%s) - T0 ))" | tee -a $OUT/summary.txt
-  [ $rc != 0 ] && { echo "===== $1 $2 pdl=${REALIGN_PDL:-0}"; grep -E "panicked|FAILED|error|left|right" -A6 $OUT/t.log | head -40; } >> $OUT/fail.txt
-}
-for name in actor--generate_against_hf actor--cuda_graphs kernels--fused_ops kernels--training_fused kernels--ops_cuda learner--device_parity learner--grad_store model--forward_against_hf; do runt .gpu/run/tests $name 40; done
+tests actor--generate_against_hf actor--cuda_graphs kernels--fused_ops kernels--training_fused kernels--ops_cuda learner--device_parity learner--grad_store model--forward_against_hf
+export REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache; unset CUDA_HOME CUDA_PATH  # as gpu_run.sh sets them
+[ -n "$RMS" ] && mkdir -p $RMS && tar -C $RMS -xzf .gpu/rms.tgz  # its bench runs before its tests
 TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
 ( echo "== main"; $B/train_step_bench $TS | tail -1
   echo "== PDL=1"; REALIGN_PDL=1 $B/train_step_bench $TS | tail -1
@@ -41,9 +38,7 @@ TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
   echo "== train table"; REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
   echo "== train table + PDL=1"; REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
 ) 2>&1 | tee $OUT/gemm.txt
-export REALIGN_PDL=1
-for name in kernels--ops_cuda kernels--training_fused actor--cuda_graphs actor--generate_against_hf learner--device_parity kernels--fused_ops; do runt .gpu/run/tests $name 40; done
-unset REALIGN_PDL
+REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused actor--cuda_graphs actor--generate_against_hf learner--device_parity kernels--fused_ops
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
 ( echo "== serial B256"; timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
   echo "== serial B256 PDL=1"; REALIGN_PDL=1 timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
@@ -56,8 +51,8 @@ R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --ite
   echo "== overlap B64"; timeout 30 $B/rollout_bench $R --batch 64 --overlap 2>&1 | tail -3
   echo "== serial B64"; timeout 30 $B/rollout_bench $R --batch 64 --serial 2>&1 | tail -3
 ) 2>&1 | tee $OUT/rollout.txt
-for name in kernels--qkv_fused kernels--decode_feed kernels--gemm_lt; do runt .gpu/run/tests $name 40; done
-[ -n "$RMS" ] && for name in kernels--ops_cuda kernels--training_fused learner--device_parity; do runt $RMS/tests $name 40; done
+tests kernels--qkv_fused kernels--decode_feed kernels--gemm_lt
+[ -n "$RMS" ] && rms_tests kernels--ops_cuda kernels--training_fused learner--device_parity
 echo "== hf" >> $OUT/rollout.txt; timeout 100 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -2 | tee -a $OUT/rollout.txt
 echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
-cat $OUT/fail.txt 2>/dev/null | head -60
+grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -60

@@ -229,15 +229,27 @@ fn main() -> kernels::Result<()> {
             );
         }
     }
+    emit_table("", "", &header, &lines, table_out.as_deref())
+}
+
+/// Writes the measured `lines` as a table section under `header`, after `prefix` (another table's
+/// text, or nothing), to `table_out`, or prints it.
+fn emit_table(
+    prefix: &str,
+    what: &str,
+    header: &str,
+    lines: &[String],
+    table_out: Option<&str>,
+) -> kernels::Result<()> {
     let text = format!(
-        "# measured by gemm_bench on this GPU (fastest per shape, ex = cublasGemmEx)\n{header}\n{}\n",
+        "{prefix}# {what}measured by gemm_bench on this GPU (fastest per shape, ex = cublasGemmEx)\n{header}\n{}\n",
         lines.join("\n")
     );
     match table_out {
         Some(path) => {
-            std::fs::write(&path, &text)
+            std::fs::write(path, &text)
                 .map_err(|e| kernels::Error::msg(format!("writing {path}: {e}")))?;
-            println!("table written to {path} ({} entries)", lines.len());
+            println!("table written to {path} ({} measured entries)", lines.len());
         }
         None => print!("{text}"),
     }
@@ -276,11 +288,10 @@ fn measure(
     seed: u64,
     count: usize,
 ) -> kernels::Result<Measured> {
-    let a_cols = if key.trans_a { key.m } else { key.k };
-    let b_cols = if key.trans_b { key.k } else { key.n };
-    let a = rand_tensor(key.lda * a_cols, key.ab, 11 + 3 * seed, dev);
-    let b = rand_tensor(key.ldb * b_cols, key.ab, 23 + 5 * seed, dev);
-    let c0 = rand_vec(key.ldc * key.n, 37 + 7 * seed);
+    let (a_elems, b_elems, c_elems) = key.operand_elems();
+    let a = rand_tensor(a_elems, key.ab, 11 + 3 * seed, dev);
+    let b = rand_tensor(b_elems, key.ab, 23 + 5 * seed, dev);
+    let c0 = rand_vec(c_elems, 37 + 7 * seed);
     let fresh_c = || kernels::testing::float_tensor(c0.clone(), &[c0.len()], dev, key.c_type);
     let beta = if key.reads_c { 1.0 } else { 0.0 };
     // C after one product run as `choice` from the same start.
@@ -410,21 +421,12 @@ fn bench_keys(
         total_best,
         total_ex / total_best
     );
-    let text = format!(
-        "{}\n# --keys {path}: measured by gemm_bench on this GPU (fastest per shape, ex = cublasGemmEx)\n{header}\n{}\n",
-        blas::built_in_table().trim_end(),
-        lines.join("\n")
-    );
-    match table_out {
-        Some(out) => {
-            std::fs::write(out, &text)
-                .map_err(|e| kernels::Error::msg(format!("writing {out}: {e}")))?;
-            println!(
-                "table written to {out} (built-in + {} entries)",
-                lines.len()
-            );
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
+    let built_in = format!("{}\n", blas::built_in_table().trim_end());
+    emit_table(
+        &built_in,
+        &format!("--keys {path}: "),
+        header,
+        &lines,
+        table_out,
+    )
 }

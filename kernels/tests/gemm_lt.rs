@@ -177,19 +177,10 @@ fn gemm_with_runs_transposed_and_accumulating_keys() {
             c_type: DType::F32,
             reads_c,
         };
-        let a = randn(
-            &[key.lda * if trans_a { m } else { k }],
-            1,
-            &dev,
-            DType::BF16,
-        );
-        let b = randn(
-            &[key.ldb * if trans_b { k } else { n }],
-            2,
-            &dev,
-            DType::BF16,
-        );
-        let c0 = randn(&[m * n], 3, &dev, DType::F32);
+        let (a_elems, b_elems, c_elems) = key.operand_elems();
+        let a = randn(&[a_elems], 1, &dev, DType::BF16);
+        let b = randn(&[b_elems], 2, &dev, DType::BF16);
+        let c0 = randn(&[c_elems], 3, &dev, DType::F32);
         let (av, bv, cv) = (
             a.to_vec_f32().unwrap(),
             b.to_vec_f32().unwrap(),

@@ -111,6 +111,14 @@ impl GemmKey {
         }
     }
 
+    /// Elements the buffers of A, B and C must hold (column-major: stored columns times the
+    /// leading dimension).
+    pub fn operand_elems(&self) -> (usize, usize, usize) {
+        let a_cols = if self.trans_a { self.m } else { self.k };
+        let b_cols = if self.trans_b { self.k } else { self.n };
+        (self.lda * a_cols, self.ldb * b_cols, self.ldc * self.n)
+    }
+
     /// A decode-sized forward product of bf16 operands: the heuristic may choose its algorithm.
     fn heuristic_eligible(&self) -> bool {
         self.trans_a && !self.trans_b && self.ab == DType::BF16 && self.n <= HEURISTIC_MAX_ROWS
@@ -153,7 +161,7 @@ impl Gemm {
     }
 
     pub(crate) fn run(&self, dev: &CudaDevice) -> Result<()> {
-        key_log::record(&self.key());
+        key_log::record(|| self.key());
         self.run_as(dev, &Choice::Default)
     }
 
@@ -254,13 +262,11 @@ pub fn gemm_with(
 ) -> Result<()> {
     const OP: &str = "gemm_with";
     let dev = super::device_of(a, OP)?;
-    // Elements each operand must hold: its stored columns times its leading dimension.
-    let a_cols = if key.trans_a { key.m } else { key.k };
-    let b_cols = if key.trans_b { key.k } else { key.n };
+    let (a_elems, b_elems, c_elems) = key.operand_elems();
     let need = [
-        (a, key.ab, key.lda * a_cols, "A"),
-        (b, key.ab, key.ldb * b_cols, "B"),
-        (&*c, key.c_type, key.ldc * key.n, "C"),
+        (a, key.ab, a_elems, "A"),
+        (b, key.ab, b_elems, "B"),
+        (&*c, key.c_type, c_elems, "C"),
     ];
     for (t, dtype, elems, name) in need {
         if t.dtype() != dtype || t.numel() < elems {
@@ -336,11 +342,13 @@ mod key_log {
         .as_ref()
     }
 
-    pub(super) fn record(key: &GemmKey) {
+    /// Logs `key()` if logging is on (the key is only built then: this runs on every GEMM).
+    pub(super) fn record(key: impl FnOnce() -> GemmKey) {
         let Some(log) = log() else { return };
         let Ok(mut log) = log.lock() else { return };
-        if log.seen.insert(*key) {
-            let line = super::table_line(key, None);
+        let key = key();
+        if log.seen.insert(key) {
+            let line = super::table_line(&key, None);
             if let Err(e) = writeln!(log.file, "{line}") {
                 tracing::warn!("REALIGN_GEMM_LOG: write failed ({e})");
             }

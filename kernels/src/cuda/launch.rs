@@ -68,7 +68,7 @@ pub(crate) fn load_module(
 ) -> Result<Arc<CudaModule>> {
     let text = full_source(src);
     let mut defines = defines.to_vec();
-    if pdl_on(dev) {
+    if dev.pdl() {
         defines.push(PDL_DEFINE.to_string());
     }
     let cubin = super::nvrtc::compile_cubin(src.name, &text, dev.arch(), &defines)?;
@@ -188,22 +188,20 @@ pub(crate) fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
 /// The NVRTC define that turns `pdl_entry()` (cu/common.cuh) on in every module.
 pub const PDL_DEFINE: &str = "-DREALIGN_PDL=1";
 
-/// Whether kernels are compiled and launched for programmatic dependent launch: `REALIGN_PDL=1`
-/// (read once) on a device of compute capability 9.0 or newer. Every kernel of this crate begins
-/// with `pdl_entry()` (cu/common.cuh), which, compiled with [`PDL_DEFINE`], waits for the previous
-/// kernel before touching memory, so the launch attribute only lets a kernel's launch overlap the
-/// previous kernel's tail. Off (the default), modules and launches are as before.
-pub fn pdl_on(dev: &CudaDevice) -> bool {
+/// Whether `REALIGN_PDL=1` asks for programmatic dependent launch (read once).
+pub(crate) fn pdl_requested() -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
-    let asked = *ENV.get_or_init(|| std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1"));
-    asked && sm_major(dev.arch()) >= 9
+    *ENV.get_or_init(|| std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1"))
 }
 
-/// The major compute capability of an `sm_XY` name (`sm_90` → 9, `sm_100` → 10); 0 if unknown.
-fn sm_major(arch: &str) -> u32 {
-    let digits = arch.trim_start_matches("sm_");
-    let digits = digits.trim_end_matches(|c: char| !c.is_ascii_digit());
-    digits.parse::<u32>().map(|v| v / 10).unwrap_or(0)
+/// Whether kernels are compiled and launched for programmatic dependent launch: when asked, on a
+/// device of compute capability 9.0 or newer (decided once per device: [`CudaDevice::pdl`]).
+/// Every kernel of this crate begins with `pdl_entry()` (cu/common.cuh), which, compiled with
+/// [`PDL_DEFINE`], waits for the previous kernel before touching memory, so the launch attribute
+/// only lets a kernel's launch overlap the previous kernel's tail. Off (the default), modules and
+/// launches are as before.
+pub(crate) fn pdl_allowed(requested: bool, cc_major: i32) -> bool {
+    requested && cc_major >= 9
 }
 
 /// `cuLaunchKernelEx` with the programmatic-stream-serialization attribute.
@@ -254,7 +252,7 @@ pub fn launch(dev: &CudaDevice, f: &CudaFunction, name: &str, g: Grid, args: Arg
         .map(|s| s as *mut u64 as *mut c_void)
         .collect();
     dev.context().bind_to_thread().map_err(cuda_err)?;
-    let launched = if pdl_on(dev) {
+    let launched = if dev.pdl() {
         launch_pdl(dev, f, g, &mut params)
     } else {
         // SAFETY: `params` point into `slots`, which outlive the call; each op passes the arguments
@@ -296,14 +294,13 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::sm_major;
+    use super::pdl_allowed;
 
     #[test]
-    fn sm_major_reads_the_compute_capability() {
-        assert_eq!(sm_major("sm_90"), 9);
-        assert_eq!(sm_major("sm_90a"), 9);
-        assert_eq!(sm_major("sm_80"), 8);
-        assert_eq!(sm_major("sm_100"), 10);
-        assert_eq!(sm_major("gpu"), 0);
+    fn pdl_needs_the_request_and_compute_capability_9() {
+        assert!(pdl_allowed(true, 9));
+        assert!(pdl_allowed(true, 10));
+        assert!(!pdl_allowed(true, 8));
+        assert!(!pdl_allowed(false, 9));
     }
 }

@@ -82,6 +82,8 @@ struct Inner {
     blas_workspace: CudaSlice<u8>,
     /// `sm_XY` of this GPU, the NVRTC target.
     arch: String,
+    /// Kernels compiled and launched for programmatic dependent launch (`launch::pdl_allowed`).
+    pdl: bool,
     /// Loaded kernels by (module name, compile defines, function name).
     functions: Mutex<HashMap<(String, String), CudaFunction>>,
 }
@@ -125,6 +127,7 @@ impl CudaDevice {
                 blas,
                 blas_workspace,
                 arch: format!("sm_{major}{minor}"),
+                pdl: launch::pdl_allowed(launch::pdl_requested(), major),
                 functions: Mutex::new(HashMap::new()),
             }),
         };
@@ -148,6 +151,12 @@ impl CudaDevice {
     /// The NVRTC target of this GPU, e.g. `sm_90` on an H100/H200.
     pub fn arch(&self) -> &str {
         &self.inner.arch
+    }
+
+    /// Whether this device's kernels use programmatic dependent launch (`REALIGN_PDL=1` on
+    /// compute capability 9.0 or newer; decided when the device is opened).
+    pub fn pdl(&self) -> bool {
+        self.inner.pdl
     }
 
     pub(crate) fn blas(&self) -> &CudaBlas {

@@ -729,6 +729,28 @@ mod tests {
     }
 
     #[test]
+    fn operand_sizes_follow_the_transposes() {
+        // dW = dyᵀ-op · x: A [896 x 8192] stored as is, B stored transposed ([4864 x 8192]).
+        let key = GemmKey {
+            trans_a: false,
+            trans_b: true,
+            m: 896,
+            n: 4864,
+            k: 8192,
+            lda: 896,
+            ldb: 4864,
+            ldc: 896,
+            ab: DType::BF16,
+            c_type: DType::F32,
+            reads_c: true,
+        };
+        assert_eq!(key.operand_elems(), (896 * 8192, 4864 * 8192, 896 * 4864));
+        // linear's forward y[N,O] = x[N,I] · w[O,I]ᵀ: A = w, B = x, C = y.
+        let lin = GemmKey::linear(8, 64, 32, DType::BF16, DType::F32, false);
+        assert_eq!(lin.operand_elems(), (32 * 64, 8 * 64, 8 * 32));
+    }
+
+    #[test]
     fn the_built_in_table_parses() {
         for (no, raw) in BUILT_IN.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
