@@ -708,10 +708,10 @@ mod tests {
         assert!(parse_line("1 0 5 6").is_none());
     }
 
-    #[test]
-    fn a_logged_key_reads_back() {
-        // A backward dW product: both operands transposed differently, f32 C accumulated.
-        let key = GemmKey {
+    /// A backward dW product at Qwen2.5-0.5B's MLP width: A as stored, B transposed, f32 C
+    /// accumulated.
+    fn dw_key() -> GemmKey {
+        GemmKey {
             trans_a: false,
             trans_b: true,
             m: 896,
@@ -723,27 +723,20 @@ mod tests {
             ab: DType::BF16,
             c_type: DType::F32,
             reads_c: true,
-        };
+        }
+    }
+
+    #[test]
+    fn a_logged_key_reads_back() {
+        let key = dw_key();
         assert_eq!(parse_key(&table_line(&key, None)), Some(key));
         assert_eq!(parse_key("1 0 5 6"), None);
     }
 
     #[test]
     fn operand_sizes_follow_the_transposes() {
-        // dW = dyᵀ-op · x: A [896 x 8192] stored as is, B stored transposed ([4864 x 8192]).
-        let key = GemmKey {
-            trans_a: false,
-            trans_b: true,
-            m: 896,
-            n: 4864,
-            k: 8192,
-            lda: 896,
-            ldb: 4864,
-            ldc: 896,
-            ab: DType::BF16,
-            c_type: DType::F32,
-            reads_c: true,
-        };
+        // A [896 x 8192] stored as is, B stored transposed ([4864 x 8192]).
+        let key = dw_key();
         assert_eq!(key.operand_elems(), (896 * 8192, 4864 * 8192, 896 * 4864));
         // linear's forward y[N,O] = x[N,I] · w[O,I]ᵀ: A = w, B = x, C = y.
         let lin = GemmKey::linear(8, 64, 32, DType::BF16, DType::F32, false);
