@@ -37,6 +37,7 @@ TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
   echo "== main"; $B/train_step_bench $TS | tail -1
   echo "== train table"; REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
   echo "== train table + PDL=1"; REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
+  [ -n "$RMS" ] && { echo "== all: rms + fused + PDL=1 + train table"; REALIGN_QKV=fused REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $RMS/bin/train_step_bench $TS | tail -1; }
 ) 2>&1 | tee $OUT/gemm.txt
 REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused actor--cuda_graphs actor--generate_against_hf learner--device_parity kernels--fused_ops
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"

@@ -25,6 +25,7 @@ use std::time::Instant;
 use kernels::cuda::graph_ops::{copy_u32_prefix, gather_rows_trusted, resolve_tokens, FROM_PREV};
 use kernels::cuda::staging::{Readback, Staging};
 use kernels::ops::linear::linear_out;
+use kernels::ops::paged_attention_qkv::{paged_attention_qkv_fused, QkvInputs};
 use kernels::ops::qkv_rope_cache::{qkv_rope_cache_table, RopeTable};
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
@@ -287,6 +288,15 @@ impl<'a> LlamaRunner<'a> {
     }
 }
 
+/// Whether a paged decode step folds the q/k/v epilogue into the attention kernel
+/// (`ops::paged_attention_qkv_fused`, one launch instead of `qkv_rope_cache` + `paged_attention`):
+/// `REALIGN_DECODE_ATTN=fused`, read once. Opt-in until it has run on a GPU (written 2026-12-07,
+/// when none could be started; docs/rollout.md "What's left" item 9).
+fn fused_decode_attention() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| std::env::var("REALIGN_DECODE_ATTN").is_ok_and(|v| v == "fused"))
+}
+
 /// One layer. `x` [N,C] is the residual stream entering it and `xn` its attention-normed rows;
 /// returns (r, next): r [N,C] the layer's output (residual stream) and next = `next_norm`(r), both
 /// from one fused `add_rmsnorm` of the down projection's residual and the norm that follows it (the
@@ -317,31 +327,59 @@ fn layer(
     let acc = linear_out(xn, &fl.qkv, None, DType::F32)?;
     sw.mark(dev, "d:qkv_linear");
     let (bias, (kc, vc)) = (fl.qkv_bias.as_ref(), (&mut cache.k, &mut cache.v));
-    let qkv = match rope {
-        Some(table) => qkv_rope_cache_table(&acc, bias, positions, slots, kc, vc, h, table)?,
-        None => qkv_rope_cache(&acc, bias, positions, slots, kc, vc, h, theta)?,
-    }; // q [N,H,D], k, v [N,K,D], k, v also in the cache
-    drop(acc);
-    sw.mark(dev, "d:qkv_rope_cache");
     let att = match attend {
-        Attend::Packed { cu_seqlens } => attention(&qkv.q, &qkv.k, &qkv.v, cu_seqlens, scale)?.0,
         Attend::Paged {
             block_tables,
             context_lens,
             block_size,
             max_context_len,
-        } => paged_attention(
-            &qkv.q,
-            &cache.k,
-            &cache.v,
-            block_tables,
-            context_lens,
-            *block_size,
-            *max_context_len,
-            scale,
-        )?,
+        } if fused_decode_attention() => {
+            let qkv = QkvInputs {
+                acc: &acc,
+                bias,
+                pos: positions,
+                slots,
+                heads: h,
+                theta,
+                table: rope,
+            };
+            let (bt, cl, bs, max_len) =
+                (*block_tables, *context_lens, *block_size, *max_context_len);
+            let att = paged_attention_qkv_fused(&qkv, kc, vc, bt, cl, bs, max_len, scale)?;
+            drop(acc);
+            att
+        }
+        _ => {
+            let qkv = match rope {
+                Some(table) => {
+                    qkv_rope_cache_table(&acc, bias, positions, slots, kc, vc, h, table)?
+                }
+                None => qkv_rope_cache(&acc, bias, positions, slots, kc, vc, h, theta)?,
+            }; // q [N,H,D], k, v [N,K,D], k, v also in the cache
+            drop(acc);
+            sw.mark(dev, "d:qkv_rope_cache");
+            match attend {
+                Attend::Packed { cu_seqlens } => {
+                    attention(&qkv.q, &qkv.k, &qkv.v, cu_seqlens, scale)?.0
+                }
+                Attend::Paged {
+                    block_tables,
+                    context_lens,
+                    block_size,
+                    max_context_len,
+                } => paged_attention(
+                    &qkv.q,
+                    &cache.k,
+                    &cache.v,
+                    block_tables,
+                    context_lens,
+                    *block_size,
+                    *max_context_len,
+                    scale,
+                )?,
+            }
+        }
     }; // [N,H,D]
-    drop(qkv);
     sw.mark(dev, "d:attention");
     let att = att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let o = linear(&att, &lp.o, None)?; // [N,C]

@@ -35,42 +35,47 @@
 
 // Dynamic shared memory: K ring [STAGES][TN][LDS], V ring [STAGES][TN][LDS] (bf16), then the
 // partition's block-table entries (u32; the host sizes this part: ceil(PART / block_size) + 1).
-extern "C" __global__ void __launch_bounds__(NWARPS * 32)
-    paged_attention_bf16(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc,
-                         const __nv_bfloat16* __restrict__ vc, const u32* __restrict__ tables,
-                         const u32* __restrict__ lens, __nv_bfloat16* __restrict__ out, float* __restrict__ part_ml,
-                         float* __restrict__ part_acc, u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size,
-                         float scale) { pdl_entry();
-    extern __shared__ __align__(16) unsigned char smem[];
-    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
-    __nv_bfloat16* sv = sk + STAGES * TN * LDS;
-    u32* sm_blocks = reinterpret_cast<u32*>(sv + STAGES * TN * LDS);
+// Both kernels below (q read from a tensor, or made from the q/k/v product in the fused one) share
+// this layout, the staging of the table and the main part (paged_mma_attend).
 
-    const PagedWork w = paged_work(tables, lens, max_blocks);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane / 4, t = lane % 4;  // fragment row and column pair
-
-    // The block-table entries of the partition's positions [start, start + PART) (those of
-    // tokens [start, end) among them), read without waiting for the context length.
+// The block-table entries of the partition's positions [start, start + PART) (those of tokens
+// [start, end) among them) into sm_blocks, read without waiting for the context length; returns
+// the first entry's index b0. The caller synchronises before they are read.
+__device__ __forceinline__ u32 stage_block_table(const PagedWork& w, u32* sm_blocks, u32 max_blocks, u32 block_size) {
     const u32 b0 = w.start / block_size;
     const u32 b1 = max(b0, min(max_blocks, (w.start + PART + block_size - 1) / block_size));
     for (u32 i = threadIdx.x; i < b1 - b0; i += blockDim.x) sm_blocks[i] = w.table[b0 + i];
+    return b0;
+}
 
-    // This lane's A fragments of the query rows (GROUP heads of kv head kh, zero rows past GROUP),
-    // straight from global memory: pairs of consecutive head-dim elements.
-    u32 qa[KS_D][4];
-    {
-        const u32* qrow = reinterpret_cast<const u32*>(q + ((size_t)w.s * heads + w.kh * GROUP) * HEAD_DIM);
+// This lane's A fragments of the GROUP query rows (zero rows past GROUP) from `qrow` (the first
+// of them, HEAD_DIM bf16 each, global or shared memory): pairs of consecutive head-dim elements.
+__device__ __forceinline__ void load_q_frags(u32 (&qa)[KS_D][4], const __nv_bfloat16* qrows, int lane) {
+    const u32* qrow = reinterpret_cast<const u32*>(qrows);
+    const int g = lane / 4, t = lane % 4;
 #pragma unroll
-        for (int kk = 0; kk < KS_D; ++kk) {
+    for (int kk = 0; kk < KS_D; ++kk) {
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int row = g + (r & 1) * 8, col = kk * 16 + (r >> 1) * 8 + 2 * t;
-                qa[kk][r] = row < GROUP ? qrow[(row * HEAD_DIM + col) / 2] : 0u;
-            }
+        for (int r = 0; r < 4; ++r) {
+            const int row = g + (r & 1) * 8, col = kk * 16 + (r >> 1) * 8 + 2 * t;
+            qa[kk][r] = row < GROUP ? qrow[(row * HEAD_DIM + col) / 2] : 0u;
         }
     }
-    __syncthreads();  // sm_blocks
+}
+
+// The partition's attention for query fragments `qa`, once sm_blocks is visible to every thread:
+// streams the K/V tiles through the ring, then merges the warps and stores the result.
+__device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (&qa)[KS_D][4],
+                                                 const __nv_bfloat16* __restrict__ kc,
+                                                 const __nv_bfloat16* __restrict__ vc, const u32* sm_blocks, u32 b0,
+                                                 __nv_bfloat16* __restrict__ out, float* __restrict__ part_ml,
+                                                 float* __restrict__ part_acc, u32 heads, u32 kv_heads,
+                                                 u32 block_size, float scale) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+    __nv_bfloat16* sv = sk + STAGES * TN * LDS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane / 4, t = lane % 4;  // fragment row and column pair
 
     const u32 ntiles = (w.end - w.start + TN - 1) / TN;
     // Tile `tile` of the partition into ring buffer `stage`: TN rows of K and V, zeros past `end`.
@@ -211,6 +216,113 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
         // The combine works in natural-log units.
         store_result(out, part_ml, part_acc, w, heads, w.kh * GROUP + r, i, mm * MMA_LN2, ll, a);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+    paged_attention_bf16(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc,
+                         const __nv_bfloat16* __restrict__ vc, const u32* __restrict__ tables,
+                         const u32* __restrict__ lens, __nv_bfloat16* __restrict__ out, float* __restrict__ part_ml,
+                         float* __restrict__ part_acc, u32 heads, u32 kv_heads, u32 max_blocks, u32 block_size,
+                         float scale) { pdl_entry();
+    extern __shared__ __align__(16) unsigned char smem[];
+    u32* sm_blocks = reinterpret_cast<u32*>(smem + 2 * STAGES * TN * LDS * sizeof(__nv_bfloat16));
+    const PagedWork w = paged_work(tables, lens, max_blocks);
+    const u32 b0 = stage_block_table(w, sm_blocks, max_blocks, block_size);
+    // Straight from global memory, in flight while the table entries land.
+    u32 qa[KS_D][4];
+    load_q_frags(qa, q + ((size_t)w.s * heads + w.kh * GROUP) * HEAD_DIM, threadIdx.x & 31);
+    __syncthreads();  // sm_blocks
+    paged_mma_attend(w, qa, kc, vc, sm_blocks, b0, out, part_ml, part_acc, heads, kv_heads, block_size, scale);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The decode step's q/k/v epilogue folded into the attention (paged_attention_qkv_bf16). Instead
+// of reading q written by qkv_rope_cache, each block makes its GROUP query rows from the q/k/v
+// product acc[S, (H+2K)·D] f32 into shared memory with qkv_rope_cache.cu's arithmetic (bias added
+// in f32, rounded to bf16, rotated in f32, rounded again). The block whose partition holds the
+// sequence's newest position (lens[s] - 1) first writes that token's k and v rows of kv head kh
+// (k rotated, v not) into slot slots[s], skipped when the slot is >= num_slots as there. The
+// barrier after the store orders it before the block's own cp.async copies of that slot, and no
+// other block reads the slot in this launch (every other partition ends before it). One launch
+// instead of two, and no q/k/v tensors written or read.
+
+#define HALF_D (HEAD_DIM / 2)
+
+// Pair (i, i + D/2) of head row hh of x = bf16(acc + bias), rotated by cos/sin `cs` when `rotate`
+// (qkv_rope_cache.cu's qkv_item, one pair).
+__device__ __forceinline__ void qkv_pair(const float* __restrict__ acc_row, const __nv_bfloat16* __restrict__ bias,
+                                         u32 hh, u32 i, const float* cs, bool rotate, float& y1, float& y2) {
+    const size_t at = (size_t)hh * HEAD_DIM + i;
+    float x1 = acc_row[at], x2 = acc_row[at + HALF_D];
+    if (bias != nullptr) {
+        x1 += ld(bias, at);
+        x2 += ld(bias, at + HALF_D);
+    }
+    x1 = round_to<__nv_bfloat16>(x1);
+    x2 = round_to<__nv_bfloat16>(x2);
+    if (rotate) {
+        const float c = cs[i], s = cs[HALF_D + i];
+        y1 = x1 * c - x2 * s;
+        y2 = x2 * c + x1 * s;
+    } else {
+        y1 = x1;
+        y2 = x2;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+    paged_attention_qkv_bf16(const float* __restrict__ acc, const __nv_bfloat16* __restrict__ bias,
+                             const u32* __restrict__ pos, const u32* __restrict__ slots,
+                             const float* __restrict__ rope_tab, u32 rope_rows, float theta, u32 num_slots,
+                             __nv_bfloat16* kc, __nv_bfloat16* vc, const u32* __restrict__ tables,
+                             const u32* __restrict__ lens, __nv_bfloat16* __restrict__ out,
+                             float* __restrict__ part_ml, float* __restrict__ part_acc, u32 heads, u32 kv_heads,
+                             u32 max_blocks, u32 block_size, float scale) { pdl_entry();
+    extern __shared__ __align__(16) unsigned char smem[];
+    u32* sm_blocks = reinterpret_cast<u32*>(smem + 2 * STAGES * TN * LDS * sizeof(__nv_bfloat16));
+    __shared__ float cs[HEAD_DIM];                                  // cos | sin at the token's position
+    __shared__ __align__(16) __nv_bfloat16 sq[GROUP * HEAD_DIM];    // the block's query rows
+    const PagedWork w = paged_work(tables, lens, max_blocks);
+    const u32 b0 = stage_block_table(w, sm_blocks, max_blocks, block_size);
+    const u32 p = pos[w.s];
+    for (u32 i = threadIdx.x; i < HALF_D; i += blockDim.x) {
+        if (rope_tab != nullptr && p < rope_rows) {
+            cs[i] = rope_tab[(size_t)p * HEAD_DIM + i];
+            cs[HALF_D + i] = rope_tab[(size_t)p * HEAD_DIM + HALF_D + i];
+        } else {
+            rope_cos_sin(p, i, HEAD_DIM, theta, &cs[i], &cs[HALF_D + i]);
+        }
+    }
+    __syncthreads();  // cs
+
+    const float* arow = acc + (size_t)w.s * (heads + 2 * kv_heads) * HEAD_DIM;
+    for (u32 idx = threadIdx.x; idx < GROUP * HALF_D; idx += blockDim.x) {
+        const u32 r = idx / HALF_D, i = idx % HALF_D;
+        float y1, y2;
+        qkv_pair(arow, bias, w.kh * GROUP + r, i, cs, true, y1, y2);
+        sq[r * HEAD_DIM + i] = __float2bfloat16_rn(y1);
+        sq[r * HEAD_DIM + HALF_D + i] = __float2bfloat16_rn(y2);
+    }
+    const u32 len = lens[w.s], slot = slots[w.s];
+    if (len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots) {
+        const size_t row = ((size_t)slot * kv_heads + w.kh) * HEAD_DIM;
+        for (u32 idx = threadIdx.x; idx < 2 * HALF_D; idx += blockDim.x) {
+            const bool is_v = idx >= HALF_D;
+            const u32 i = idx % HALF_D;
+            float y1, y2;
+            qkv_pair(arow, bias, heads + (is_v ? kv_heads : 0) + w.kh, i, cs, !is_v, y1, y2);
+            __nv_bfloat16* dst = (is_v ? vc : kc) + row;
+            dst[i] = __float2bfloat16_rn(y1);
+            dst[HALF_D + i] = __float2bfloat16_rn(y2);
+        }
+        __threadfence_block();
+    }
+    __syncthreads();  // sm_blocks, sq, and the newest k/v rows before any tile copy reads them
+
+    u32 qa[KS_D][4];
+    load_q_frags(qa, sq, threadIdx.x & 31);
+    paged_mma_attend(w, qa, kc, vc, sm_blocks, b0, out, part_ml, part_acc, heads, kv_heads, block_size, scale);
 }
 
 #endif  // MMA

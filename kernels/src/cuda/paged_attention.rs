@@ -5,6 +5,7 @@
 
 use super::launch::{run, Args, Grid, KernelSource};
 use super::{device_of, empty, suffix};
+use crate::ops::paged_attention::Paged;
 use crate::{DType, Error, Result, Tensor};
 
 /// One module text for every variant: the MMA primitives, the CUDA-core kernels with the work
@@ -277,20 +278,34 @@ pub fn paged_attention(
 /// The split a call uses: the forced one (`REALIGN_PAGED_SPLIT`, unless it is a tensor-core split
 /// and the call is not bf16) or [`choose_split`]'s.
 fn split_for(q: &Tensor, k_cache: &Tensor, max_context_len: usize) -> Result<PagedConfig> {
+    let (s, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    split_for_shape(q, s, h, d, k_cache, max_context_len)
+}
+
+/// [`split_for`] for S sequences of H query heads of head dim D on `on`'s device, in the caches'
+/// dtype.
+fn split_for_shape(
+    on: &Tensor,
+    s: usize,
+    h: usize,
+    d: usize,
+    k_cache: &Tensor,
+    max_context_len: usize,
+) -> Result<PagedConfig> {
+    let dtype = k_cache.dtype();
     if let Some(c) = PagedConfig::forced() {
-        if c.mma_stages == 0 || q.dtype() == DType::BF16 {
+        if c.mma_stages == 0 || dtype == DType::BF16 {
             return Ok(c);
         }
     }
-    let dev = device_of(q, "paged_attention")?;
-    let (s, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    let dev = device_of(on, "paged_attention")?;
     let kh = k_cache.shape()[1];
     Ok(choose_split(
         s,
         kh,
         h / kh.max(1),
         d,
-        q.dtype(),
+        dtype,
         max_context_len,
         sm_count(&dev),
     ))
@@ -310,20 +325,111 @@ pub fn paged_attention_with(
     scale: f32,
     cfg: &PagedConfig,
 ) -> Result<Tensor> {
+    let (s, h, d) = q.dims3("paged_attention")?;
+    let paged = Paged {
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        block_size,
+        max_context_len,
+        scale,
+    };
+    launch(Query::Rows(q), s, h, d, &paged, cfg)
+}
+
+/// The decode step's q/k/v epilogue inputs for [`paged_attention_qkv`] (as
+/// `ops::qkv_rope_cache`'s): acc [S, (H+2K)·D] f32, the fused bias, positions and cache slots,
+/// and the RoPE base with an optional per-position cos | sin table [P, D] f32.
+pub struct QkvEpilogue<'a> {
+    pub acc: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub pos: &'a Tensor,
+    pub slots: &'a Tensor,
+    pub theta: f32,
+    pub table: Option<&'a Tensor>,
+}
+
+/// The split [`paged_attention_qkv`] would run with, when it is the tensor-core kernel's (the only
+/// one with the fused epilogue): S sequences of `heads` query heads over the caches of `paged`.
+pub fn qkv_split(acc: &Tensor, heads: usize, paged: &Paged<'_>) -> Result<Option<PagedConfig>> {
+    let (s, d) = (acc.shape()[0], paged.k_cache.shape()[2]);
+    let kh = paged.k_cache.shape()[1];
+    let cfg = split_for_shape(acc, s, heads, d, paged.k_cache, paged.max_context_len)?;
+    let fits = cfg.mma_stages > 0
+        && paged.k_cache.dtype() == DType::BF16
+        && d % 16 == 0
+        && d <= 128
+        && kh > 0
+        && heads / kh <= MAX_MMA_GROUP
+        && mma_smem_bytes(d, &cfg, paged.block_size) + qkv_static_smem(d, heads / kh) <= MAX_SMEM;
+    Ok(fits.then_some(cfg))
+}
+
+/// Static shared memory the fused kernel adds: cos | sin (D f32) and the group's query rows
+/// (GROUP · D bf16).
+fn qkv_static_smem(d: usize, group: usize) -> usize {
+    d * 4 + group * d * 2
+}
+
+/// The decode layer's q/k/v epilogue and its paged attention in one launch
+/// (`paged_attention_qkv_bf16`): out [S,H,D] as `qkv_rope_cache` followed by `paged_attention`,
+/// with the newest token's k, v written into the caches by the attention blocks. `cfg` must come
+/// from [`qkv_split`]; the inputs must have passed both ops' checks.
+pub fn paged_attention_qkv(
+    qkv: &QkvEpilogue<'_>,
+    heads: usize,
+    paged: &Paged<'_>,
+    cfg: &PagedConfig,
+) -> Result<Tensor> {
+    let (s, d) = (qkv.acc.shape()[0], paged.k_cache.shape()[2]);
+    launch(Query::Fused(qkv), s, heads, d, paged, cfg)
+}
+
+/// Where the kernel's query rows come from.
+enum Query<'a> {
+    /// q [S,H,D] (`paged_attention_*`).
+    Rows(&'a Tensor),
+    /// Made by the blocks from the q/k/v product (`paged_attention_qkv_bf16`).
+    Fused(&'a QkvEpilogue<'a>),
+}
+
+fn launch(
+    query: Query<'_>,
+    s: usize,
+    h: usize,
+    d: usize,
+    paged: &Paged<'_>,
+    cfg: &PagedConfig,
+) -> Result<Tensor> {
     const OP: &str = "paged_attention";
-    let dev = device_of(q, OP)?;
-    let (s, h, d) = q.dims3(OP)?;
+    let Paged {
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        block_size,
+        max_context_len,
+        scale,
+    } = *paged;
+    let dev = device_of(k_cache, OP)?;
+    let dtype = k_cache.dtype();
     let kh = k_cache.shape()[1];
     let group = h / kh;
     if !cfg.is_valid() {
         return Err(Error::msg(format!("{OP}: bad work split {cfg:?}")));
     }
     let mma = cfg.mma_stages > 0;
-    if mma && (q.dtype() != DType::BF16 || d % 16 != 0 || d > 128 || group > MAX_MMA_GROUP) {
+    if mma && (dtype != DType::BF16 || !d.is_multiple_of(16) || d > 128 || group > MAX_MMA_GROUP) {
         return Err(Error::msg(format!(
             "{OP}: the tensor-core kernel takes bf16, a head dim that is a multiple of 16 up to \
-             128 and a GQA group of at most {MAX_MMA_GROUP}; got {:?}, D {d}, group {group}",
-            q.dtype()
+             128 and a GQA group of at most {MAX_MMA_GROUP}; got {dtype:?}, D {d}, group {group}"
+        )));
+    }
+    let fused = matches!(query, Query::Fused(_));
+    if fused && !mma {
+        return Err(Error::msg(format!(
+            "{OP}: the fused q/k/v epilogue runs only in the tensor-core kernel, not with {cfg:?}"
         )));
     }
     if !mma && cfg.chunked && group > MAX_CHUNKED_GROUP {
@@ -337,16 +443,17 @@ pub fn paged_attention_with(
              {MAX_GROUP_DIM}"
         )));
     }
-    if mma && mma_smem_bytes(d, cfg, block_size) > MAX_SMEM {
+    let static_extra = if fused { qkv_static_smem(d, group) } else { 0 };
+    if mma && mma_smem_bytes(d, cfg, block_size) + static_extra > MAX_SMEM {
         return Err(Error::msg(format!(
             "{OP}: the tensor-core kernel's tiles and block-table entries for partitions of {} \
              tokens in blocks of {block_size} need {} bytes of shared memory, more than {MAX_SMEM}",
             cfg.part,
-            mma_smem_bytes(d, cfg, block_size)
+            mma_smem_bytes(d, cfg, block_size) + static_extra
         )));
     }
     let m = block_tables.shape()[1];
-    let out = empty(&dev, &[s, h, d], q.dtype())?;
+    let out = empty(&dev, &[s, h, d], dtype)?;
     let nparts = max_context_len.div_ceil(cfg.part).max(1);
     // Partition scratch: (max, sum) and the unnormalised output per (s, h, partition).
     let (ml, acc) = if nparts > 1 {
@@ -362,9 +469,26 @@ pub fn paged_attention_with(
         )
     };
     let defs = defines_with(d, group, cfg);
-    let sfx = suffix(q.dtype(), OP)?;
-    let args = Args::new()
-        .ptr(q, &dev, OP)?
+    let sfx = suffix(dtype, OP)?;
+    let (args, func) = match query {
+        Query::Rows(q) => (
+            Args::new().ptr(q, &dev, OP)?,
+            format!("paged_attention_{sfx}"),
+        ),
+        Query::Fused(e) => (
+            Args::new()
+                .ptr(e.acc, &dev, OP)?
+                .opt_ptr(e.bias, &dev, OP)?
+                .ptr(e.pos, &dev, OP)?
+                .ptr(e.slots, &dev, OP)?
+                .opt_ptr(e.table, &dev, OP)?
+                .u32(u32_of(OP, e.table.map_or(0, |t| t.shape()[0]))?)
+                .f32(e.theta)
+                .u32(u32_of(OP, k_cache.shape()[0])?),
+            format!("paged_attention_qkv_{sfx}"),
+        ),
+    };
+    let args = args
         .ptr(k_cache, &dev, OP)?
         .ptr(v_cache, &dev, OP)?
         .ptr(block_tables, &dev, OP)?
@@ -386,14 +510,7 @@ pub fn paged_attention_with(
             0
         },
     };
-    run(
-        &dev,
-        &SRC,
-        &defs,
-        &format!("paged_attention_{sfx}"),
-        grid,
-        args,
-    )?;
+    run(&dev, &SRC, &defs, &func, grid, args)?;
     if nparts > 1 {
         let args = Args::new()
             .ptr(&ml, &dev, OP)?

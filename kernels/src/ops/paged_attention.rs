@@ -7,6 +7,17 @@
 use super::{check_dtype, check_float, check_same, check_shape};
 use crate::{DType, Device, Error, Result, Tensor};
 
+/// The paged caches and the attention's other inputs, as [`paged_attention`] takes them.
+pub struct Paged<'a> {
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub block_tables: &'a Tensor,
+    pub context_lens: &'a Tensor,
+    pub block_size: usize,
+    pub max_context_len: usize,
+    pub scale: f32,
+}
+
 /// q[S,H,D], k_cache/v_cache[P,K,D], block_tables[S,M] U32, context_lens[S] U32 -> out[S,H,D]:
 /// out[s,h] = softmax_p(scale · q[s,h]·k[p]) v[p] over positions p < context_lens[s].
 ///
@@ -29,41 +40,16 @@ pub fn paged_attention(
     check_float(OP, q)?;
     check_same(OP, q, &[k_cache, v_cache])?;
     let (s, h, d) = q.dims3(OP)?;
-    let (p, kh, _) = k_cache.dims3(OP)?;
-    check_shape(OP, "k_cache", k_cache, &[p, kh, d])?;
-    check_shape(OP, "v_cache", v_cache, &[p, kh, d])?;
-    if kh == 0 || h % kh != 0 {
-        return Err(Error::shape(
-            OP,
-            format!("query heads H = {h} must be a multiple of key/value heads K = {kh}"),
-        ));
-    }
-    if block_size == 0 || p % block_size != 0 {
-        return Err(Error::shape(
-            OP,
-            format!("cache of {p} slots is not a whole number of blocks of {block_size}"),
-        ));
-    }
-    check_dtype(OP, block_tables, DType::U32)?;
-    check_dtype(OP, context_lens, DType::U32)?;
-    q.check_same_device(block_tables, OP)?;
-    q.check_same_device(context_lens, OP)?;
-    let (ts, m) = block_tables.dims2(OP)?;
-    if ts != s {
-        return Err(Error::shape(
-            OP,
-            format!("block_tables has {ts} rows for {s} sequences"),
-        ));
-    }
-    check_shape(OP, "context_lens", context_lens, &[s])?;
-    if max_context_len > m * block_size {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "max_context_len {max_context_len} exceeds what {m} blocks of {block_size} hold"
-            ),
-        ));
-    }
+    let paged = Paged {
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        block_size,
+        max_context_len,
+        scale,
+    };
+    check_paged(OP, q, s, h, d, &paged)?;
     match q.device() {
         Device::Cpu => crate::cpu::paged_attention::paged_attention(
             q,
@@ -86,4 +72,61 @@ pub fn paged_attention(
             scale,
         ),
     }
+}
+
+/// The checks of [`paged_attention`] on everything but q itself, for S sequences of H query heads
+/// of head dim D whose rows are on `on`'s device.
+pub(crate) fn check_paged(
+    op: &'static str,
+    on: &Tensor,
+    s: usize,
+    h: usize,
+    d: usize,
+    paged: &Paged<'_>,
+) -> Result<()> {
+    let Paged {
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        block_size,
+        max_context_len,
+        ..
+    } = *paged;
+    let (p, kh, _) = k_cache.dims3(op)?;
+    check_shape(op, "k_cache", k_cache, &[p, kh, d])?;
+    check_shape(op, "v_cache", v_cache, &[p, kh, d])?;
+    if kh == 0 || !h.is_multiple_of(kh) {
+        return Err(Error::shape(
+            op,
+            format!("query heads H = {h} must be a multiple of key/value heads K = {kh}"),
+        ));
+    }
+    if block_size == 0 || !p.is_multiple_of(block_size) {
+        return Err(Error::shape(
+            op,
+            format!("cache of {p} slots is not a whole number of blocks of {block_size}"),
+        ));
+    }
+    check_dtype(op, block_tables, DType::U32)?;
+    check_dtype(op, context_lens, DType::U32)?;
+    on.check_same_device(block_tables, op)?;
+    on.check_same_device(context_lens, op)?;
+    let (ts, m) = block_tables.dims2(op)?;
+    if ts != s {
+        return Err(Error::shape(
+            op,
+            format!("block_tables has {ts} rows for {s} sequences"),
+        ));
+    }
+    check_shape(op, "context_lens", context_lens, &[s])?;
+    if max_context_len > m * block_size {
+        return Err(Error::shape(
+            op,
+            format!(
+                "max_context_len {max_context_len} exceeds what {m} blocks of {block_size} hold"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -132,6 +132,16 @@ impl RopeTable {
     pub fn head_dim(&self) -> usize {
         self.cos_sin.shape()[1]
     }
+
+    /// The RoPE base the table was built for.
+    pub fn theta(&self) -> f32 {
+        self.theta
+    }
+
+    /// The [P, D] f32 rows of cos | sin.
+    pub(crate) fn cos_sin(&self) -> &Tensor {
+        &self.cos_sin
+    }
 }
 
 /// [`qkv_rope_cache`] with cos/sin read from `table` (built for the caches' head dim; its theta
@@ -167,7 +177,12 @@ pub fn qkv_rope_cache_table(
     )
 }
 
-fn check_table(op: &'static str, table: &RopeTable, d: usize, acc: &Tensor) -> Result<()> {
+pub(crate) fn check_table(
+    op: &'static str,
+    table: &RopeTable,
+    d: usize,
+    acc: &Tensor,
+) -> Result<()> {
     if table.head_dim() != d {
         return Err(Error::shape(
             op,
@@ -197,7 +212,7 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
-    fn of_cache(op: &'static str, k_cache: &Tensor, heads: usize) -> Result<Shape> {
+    pub(crate) fn of_cache(op: &'static str, k_cache: &Tensor, heads: usize) -> Result<Shape> {
         check_float(op, k_cache)?;
         let (_, kv_heads, d) = k_cache.dims3(op)?;
         Ok(Shape {
@@ -218,6 +233,39 @@ fn run(
     theta: f32,
     table: Option<&Tensor>,
 ) -> Result<Qkv> {
+    check(acc, bias, pos, cache.as_ref(), shape, theta)?;
+    match acc.device() {
+        Device::Cpu => crate::cpu::qkv_rope_cache::qkv_rope_cache(
+            acc,
+            bias,
+            pos,
+            cache.as_mut(),
+            shape,
+            theta,
+            table,
+        ),
+        Device::Cuda(_) => crate::cuda::qkv_rope_cache::qkv_rope_cache(
+            acc,
+            bias,
+            pos,
+            cache.as_mut(),
+            shape,
+            theta,
+            table,
+        ),
+    }
+}
+
+/// The epilogue's input checks (shapes, dtypes, devices, theta), for [`run`] and for the fused
+/// decode attention (`ops::paged_attention_qkv`).
+pub(crate) fn check(
+    acc: &Tensor,
+    bias: Option<&Tensor>,
+    pos: &Tensor,
+    cache: Option<&Cache<'_>>,
+    shape: Shape,
+    theta: f32,
+) -> Result<()> {
     const OP: &str = "qkv_rope_cache";
     check_dtype(OP, acc, DType::F32)?;
     let Shape {
@@ -266,7 +314,7 @@ fn run(
     check_dtype(OP, pos, DType::U32)?;
     acc.check_same_device(pos, OP)?;
     check_shape(OP, "pos", pos, &[n])?;
-    if let Some(c) = &cache {
+    if let Some(c) = cache {
         check_same(OP, c.k, &[c.v])?;
         acc.check_same_device(c.k, OP)?;
         let p = c.k.shape()[0];
@@ -275,24 +323,5 @@ fn run(
         acc.check_same_device(c.slots, OP)?;
         check_shape(OP, "slots", c.slots, &[n])?;
     }
-    match acc.device() {
-        Device::Cpu => crate::cpu::qkv_rope_cache::qkv_rope_cache(
-            acc,
-            bias,
-            pos,
-            cache.as_mut(),
-            shape,
-            theta,
-            table,
-        ),
-        Device::Cuda(_) => crate::cuda::qkv_rope_cache::qkv_rope_cache(
-            acc,
-            bias,
-            pos,
-            cache.as_mut(),
-            shape,
-            theta,
-            table,
-        ),
-    }
+    Ok(())
 }
