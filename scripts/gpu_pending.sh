@@ -3,7 +3,7 @@
 # 2026-12-07; drop a line when its path has landed or been dropped). Runs on the GPU machine from
 # the repository root and writes as it goes to $OUT (summary.txt, tests.log, bench.txt, gemm.txt,
 # rollout.txt), highest priority first, so a call cut short still returns the most important part.
-# Needs, prepared here:
+# Needs, prepared here (slim names: the tests below, kernels--paged_attention_qkv included):
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh kernels model learner actor, then scripts/gpu_slim.sh
 #                    with the test names below
 #   .gpu/rms.tgz     branch rmsreg (its own worktree AND its own CARGO_TARGET_DIR): tests
@@ -12,7 +12,8 @@
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and PDL builds)
 # Carry: [".gpu/slim.tgz", ".gpu/rms.tgz", ".gpu/kcache.tgz"] (~30 MB with the tracked tree);
 # rms.tgz is optional (its steps are skipped without it).
-# Usage (device tool): bash scripts/gpu_pending.sh
+# Usage (device tool): bash scripts/gpu_pending.sh   (SHORT=1: default-path tests, the train-step
+# A/B and the PyTorch peer only, ~4 min)
 set -u
 ROOT="$PWD"; mkdir -p /work && for d in main rmsreg; do ln -sfn "$ROOT" /work/$d; done
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee $OUT/card.txt
@@ -31,6 +32,12 @@ TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
   echo "== fused qkv"; REALIGN_QKV=fused $B/train_step_bench $TS | tail -1
   [ -n "$RMS" ] && { echo "== rms"; $RMS/bin/train_step_bench $TS | tail -1; }
 ) 2>&1 | tee $OUT/bench.txt
+# SHORT=1 (a call with little device time left): the torch peer for the ratio, then stop.
+if [ "${SHORT:-0}" = 1 ]; then
+  ( echo "== torch"; timeout 90 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
+    echo "== main again"; $B/train_step_bench $TS | tail -1 ) 2>&1 | tee -a $OUT/bench.txt
+  echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; exit 0
+fi
 ( echo "== gemm table for the training shapes"
   REALIGN_GEMM_LOG=$OUT/keys.txt $B/train_step_bench --device cuda --dtype bf16 --steps 1 --warmup 0 | tail -1
   timeout 120 $B/gemm_bench --keys $OUT/keys.txt --table-out $OUT/train_gemms.txt | tail -60
@@ -40,9 +47,12 @@ TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
   [ -n "$RMS" ] && { echo "== all: rms + fused + PDL=1 + train table"; REALIGN_QKV=fused REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $RMS/bin/train_step_bench $TS | tail -1; }
 ) 2>&1 | tee $OUT/gemm.txt
 REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused actor--cuda_graphs actor--generate_against_hf learner--device_parity kernels--fused_ops
+tests kernels--paged_attention_qkv
+REALIGN_DECODE_ATTN=fused tests actor--generate_against_hf actor--cuda_graphs
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
 ( echo "== serial B256"; timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
   echo "== serial B256 PDL=1"; REALIGN_PDL=1 timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
+  echo "== serial B256 fused attn"; REALIGN_DECODE_ATTN=fused timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
   echo "== overlap B256"; timeout 40 $B/rollout_bench $R --batch 256 --overlap 2>&1 | tail -3
   echo "== overlap B256 PDL=1"; REALIGN_PDL=1 timeout 40 $B/rollout_bench $R --batch 256 --overlap 2>&1 | tail -3
   echo "== main"; $B/train_step_bench $TS | tail -1
