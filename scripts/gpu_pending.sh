@@ -3,7 +3,7 @@
 # 2026-12-07; drop a line when its path has landed or been dropped). Runs on the GPU machine from
 # the repository root and writes as it goes to $OUT (summary.txt, tests.log, bench.txt, gemm.txt,
 # rollout.txt), highest priority first, so a call cut short still returns the most important part.
-# Needs, prepared here (slim names: the tests below, kernels--paged_attention_qkv included):
+# Needs, prepared here (slim names: the tests below):
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh kernels model learner actor, then scripts/gpu_slim.sh
 #                    with the test names below
 #   .gpu/rms.tgz     branch rmsreg (its own worktree AND its own CARGO_TARGET_DIR): tests
@@ -47,8 +47,7 @@ fi
   [ -n "$RMS" ] && { echo "== all: rms + fused + PDL=1 + train table"; REALIGN_QKV=fused REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $RMS/bin/train_step_bench $TS | tail -1; }
 ) 2>&1 | tee $OUT/gemm.txt
 REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused actor--cuda_graphs actor--generate_against_hf learner--device_parity kernels--fused_ops
-tests kernels--paged_attention_qkv
-REALIGN_DECODE_ATTN=fused tests actor--generate_against_hf actor--cuda_graphs
+tests kernels--paged_attention_qkv actor--fused_attention
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
 ( echo "== serial B256"; timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
   echo "== serial B256 PDL=1"; REALIGN_PDL=1 timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3

@@ -43,6 +43,11 @@ pub struct EngineConfig {
     /// until its GPU path has run on a GPU (the CPU tests cover the loop). `REALIGN_OVERLAP=1` /
     /// `=0` turns it on / off for every engine.
     pub overlap: bool,
+    /// Fold each paged decode step's q/k/v epilogue into the attention kernel
+    /// (`kernels::ops::paged_attention_qkv_fused`: one launch instead of two; same completions).
+    /// Off by default until it has run on a GPU (written 2026-12-07 without one).
+    /// `REALIGN_DECODE_ATTN=fused` / `=split` turns it on / off for every engine.
+    pub fused_attention: bool,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +60,7 @@ impl Default for EngineConfig {
             share_prefixes: true,
             cuda_graphs: true,
             overlap: false,
+            fused_attention: false,
         }
     }
 }
@@ -113,6 +119,7 @@ impl Engine {
         runner.use_cuda_graphs(crate::llama::graphs_env().unwrap_or(self.cfg.cuda_graphs));
         let overlap = overlap_env().unwrap_or(self.cfg.overlap);
         runner.use_overlap(overlap);
+        runner.use_fused_attention(fused_attention_env().unwrap_or(self.cfg.fused_attention));
         let num_blocks = self.num_blocks(&runner, params.embed.device(), requests)?;
         let cfg = RolloutConfig {
             block_size: self.cfg.block_size,
@@ -163,6 +170,17 @@ pub fn overlap_env() -> Option<bool> {
     *ON.get_or_init(|| match std::env::var("REALIGN_OVERLAP").as_deref() {
         Ok("1") => Some(true),
         Ok("0") => Some(false),
+        _ => None,
+    })
+}
+
+/// `REALIGN_DECODE_ATTN`: `fused` / `split` force [`EngineConfig::fused_attention`] on / off for
+/// every engine (read once); unset or anything else leaves each engine's setting.
+pub fn fused_attention_env() -> Option<bool> {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("REALIGN_DECODE_ATTN").as_deref() {
+        Ok("fused") => Some(true),
+        Ok("split") => Some(false),
         _ => None,
     })
 }

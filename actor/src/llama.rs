@@ -139,6 +139,8 @@ pub struct LlamaRunner<'a> {
     /// step's samples are read at once, as before that loop existed, and its graphs hold no feed
     /// nodes.
     overlap: bool,
+    /// Paged decode steps run `paged_attention_qkv_fused` (see [`LlamaRunner::use_fused_attention`]).
+    fused_attention: bool,
 }
 
 /// How a layer's attention reads K/V.
@@ -151,6 +153,8 @@ enum Attend<'b> {
         context_lens: &'b Tensor,
         block_size: usize,
         max_context_len: usize,
+        /// The q/k/v epilogue folded into the attention (`paged_attention_qkv_fused`).
+        fused: bool,
     },
 }
 
@@ -191,6 +195,7 @@ impl<'a> LlamaRunner<'a> {
             readback_steps: [None; 2],
             queued: 0,
             overlap: false,
+            fused_attention: false,
         })
     }
 
@@ -205,6 +210,12 @@ impl<'a> LlamaRunner<'a> {
     /// samples are on the host feeds the next one through the host); overlapping needs both on.
     pub fn use_overlap(&mut self, on: bool) {
         self.overlap = on;
+    }
+
+    /// Folds each paged decode step's q/k/v epilogue into the attention kernel
+    /// (`EngineConfig::fused_attention`); off, the two ops run as before.
+    pub fn use_fused_attention(&mut self, on: bool) {
+        self.fused_attention = on;
     }
 
     fn u32s(&self, v: &[u32]) -> anyhow::Result<Tensor> {
@@ -288,15 +299,6 @@ impl<'a> LlamaRunner<'a> {
     }
 }
 
-/// Whether a paged decode step folds the q/k/v epilogue into the attention kernel
-/// (`ops::paged_attention_qkv_fused`, one launch instead of `qkv_rope_cache` + `paged_attention`):
-/// `REALIGN_DECODE_ATTN=fused`, read once. Opt-in until it has run on a GPU (written 2026-12-07,
-/// when none could be started; docs/rollout.md "What's left" item 9).
-fn fused_decode_attention() -> bool {
-    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FUSED.get_or_init(|| std::env::var("REALIGN_DECODE_ATTN").is_ok_and(|v| v == "fused"))
-}
-
 /// One layer. `x` [N,C] is the residual stream entering it and `xn` its attention-normed rows;
 /// returns (r, next): r [N,C] the layer's output (residual stream) and next = `next_norm`(r), both
 /// from one fused `add_rmsnorm` of the down projection's residual and the norm that follows it (the
@@ -333,7 +335,8 @@ fn layer(
             context_lens,
             block_size,
             max_context_len,
-        } if fused_decode_attention() => {
+            fused: true,
+        } => {
             let qkv = QkvInputs {
                 acc: &acc,
                 bias,
@@ -367,6 +370,7 @@ fn layer(
                     context_lens,
                     block_size,
                     max_context_len,
+                    ..
                 } => paged_attention(
                     &qkv.q,
                     &cache.k,
@@ -649,6 +653,7 @@ impl LlamaRunner<'_> {
             context_lens: &context_lens,
             block_size: self.block_size,
             max_context_len,
+            fused: self.fused_attention,
         };
         let x = self.layers(tokens, &positions, &slots, &attend, true, false)?;
         self.logits(&x, None, true)
@@ -918,6 +923,7 @@ impl LlamaRunner<'_> {
             context_lens: &g.lens,
             block_size: self.block_size,
             max_context_len,
+            fused: self.fused_attention,
         };
         if self.overlap {
             let feed = self.feed.as_ref().expect("ensure_feed");

@@ -70,6 +70,7 @@ fn roomy(cfg: &model::ModelConfig, graphs: bool, overlap: bool) -> Engine {
             share_prefixes: true,
             cuda_graphs: graphs,
             overlap,
+            fused_attention: false,
         },
     )
     .unwrap()
@@ -87,6 +88,7 @@ fn engine_with(cfg: &model::ModelConfig, kv: KvBudget, graphs: bool, overlap: bo
             share_prefixes: true,
             cuda_graphs: graphs,
             overlap,
+            fused_attention: false,
         },
     )
     .unwrap()
