@@ -19,6 +19,7 @@
 use kernels::cuda::paged_attention::{
     choose_split, defines_with, paged_attention_with, PagedConfig,
 };
+use kernels::ops::paged_attention::Paged;
 use kernels::{ops, DType, Device, Tensor};
 
 /// The H200's copy bandwidth in bytes/s (docs/benchmarks.md).
@@ -185,11 +186,18 @@ fn main() -> anyhow::Result<()> {
             let bytes = (total * 2 * (kh * d) as u64 * 2 + 2 * (s * h * d) as u64 * 2) as f64;
             let floor_us = bytes / COPY_BW * 1e6;
             let scale = 1.0 / (d as f32).sqrt();
+            let paged = Paged {
+                k_cache: &kc,
+                v_cache: &vc,
+                block_tables: &tables,
+                context_lens: &lens,
+                block_size: bs,
+                max_context_len: max_ctx,
+                scale,
+            };
             let call = |cfg: &Option<PagedConfig>| match cfg {
-                None => ops::paged_attention(&q, &kc, &vc, &tables, &lens, bs, max_ctx, scale),
-                Some(c) => {
-                    paged_attention_with(&q, &kc, &vc, &tables, &lens, bs, max_ctx, scale, c)
-                }
+                None => ops::paged_attention::paged_attention_in(&q, &paged),
+                Some(c) => paged_attention_with(&q, &paged, c),
             };
             // The reference: the per-token kernel (CUDA cores, f32 accumulation).
             let reference = call(&Some(PagedConfig::DEFAULT))?.to_vec_f32()?;

@@ -5,6 +5,7 @@
 
 use half::bf16;
 use kernels::cuda::{kv_cache, nvrtc, paged_attention as pa};
+use kernels::ops::paged_attention::Paged;
 use kernels::testing::{randn_vec, rel_err, test_devices};
 use kernels::{ops, DType, Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -117,11 +118,18 @@ fn paged_vs_packed(
     let tables = Tensor::from_u32(tables, &[s, max_blocks], dev).unwrap();
     let lens_t = Tensor::from_u32(lens_u32, &[s], dev).unwrap();
     let max_len = *lens.iter().max().unwrap();
+    let paged = Paged {
+        k_cache: &kc,
+        v_cache: &vc,
+        block_tables: &tables,
+        context_lens: &lens_t,
+        block_size: bs,
+        max_context_len: max_len,
+        scale,
+    };
     let out = match split {
-        None => ops::paged_attention(&q_t, &kc, &vc, &tables, &lens_t, bs, max_len, scale),
-        Some(cfg) => {
-            pa::paged_attention_with(&q_t, &kc, &vc, &tables, &lens_t, bs, max_len, scale, &cfg)
-        }
+        None => ops::paged_attention::paged_attention_in(&q_t, &paged),
+        Some(cfg) => pa::paged_attention_with(&q_t, &paged, &cfg),
     }
     .unwrap();
     assert_eq!(out.shape(), &[s, h, d]);
@@ -450,8 +458,16 @@ fn tensor_core_kernel_gives_the_same_attention() {
         for (dtype, d) in [(DType::F32, 64), (DType::BF16, 24)] {
             let q = Tensor::zeros(&[1, 2, d], dtype, &dev).unwrap();
             let kc = Tensor::zeros(&[4, 1, d], dtype, &dev).unwrap();
-            let e = pa::paged_attention_with(&q, &kc, &kc, &tables, &lens, 4, 3, 1.0, &mma)
-                .unwrap_err();
+            let paged = Paged {
+                k_cache: &kc,
+                v_cache: &kc,
+                block_tables: &tables,
+                context_lens: &lens,
+                block_size: 4,
+                max_context_len: 3,
+                scale: 1.0,
+            };
+            let e = pa::paged_attention_with(&q, &paged, &mma).unwrap_err();
             assert!(e.to_string().contains("tensor-core"), "{dtype} D {d}: {e}");
         }
     }

@@ -3,20 +3,20 @@
 //! row through the block table.
 
 use super::{f32s, tensor, u32s};
+use crate::ops::paged_attention::Paged;
 use crate::{Error, Result, Tensor};
 
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    block_tables: &Tensor,
-    context_lens: &Tensor,
-    block_size: usize,
-    max_context_len: usize,
-    scale: f32,
-) -> Result<Tensor> {
+pub fn paged_attention(q: &Tensor, paged: &Paged<'_>) -> Result<Tensor> {
     const OP: &str = "paged_attention";
+    let Paged {
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        block_size,
+        max_context_len,
+        scale,
+    } = *paged;
     let (s, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
     let (p, kh) = (k_cache.shape()[0], k_cache.shape()[1]);
     let m = block_tables.shape()[1];

@@ -251,28 +251,11 @@ fn u32_of(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::msg(format!("{op}: size {v} exceeds u32")))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    block_tables: &Tensor,
-    context_lens: &Tensor,
-    block_size: usize,
-    max_context_len: usize,
-    scale: f32,
-) -> Result<Tensor> {
-    paged_attention_with(
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        block_size,
-        max_context_len,
-        scale,
-        &split_for(q, k_cache, max_context_len)?,
-    )
+/// `ops::paged_attention` on the GPU, with the split [`choose_split`] (or `REALIGN_PAGED_SPLIT`)
+/// gives it.
+pub fn paged_attention(q: &Tensor, paged: &Paged<'_>) -> Result<Tensor> {
+    let split = split_for(q, paged.k_cache, paged.max_context_len)?;
+    paged_attention_with(q, paged, &split)
 }
 
 /// The split a call uses: the forced one (`REALIGN_PAGED_SPLIT`, unless it is a tensor-core split
@@ -313,29 +296,9 @@ fn split_for_shape(
 
 /// [`paged_attention`] with an explicit work split (for tests and benchmarks of the variants).
 /// The inputs must already have passed `ops::paged_attention`'s checks.
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention_with(
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    block_tables: &Tensor,
-    context_lens: &Tensor,
-    block_size: usize,
-    max_context_len: usize,
-    scale: f32,
-    cfg: &PagedConfig,
-) -> Result<Tensor> {
+pub fn paged_attention_with(q: &Tensor, paged: &Paged<'_>, cfg: &PagedConfig) -> Result<Tensor> {
     let (s, h, d) = q.dims3("paged_attention")?;
-    let paged = Paged {
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        block_size,
-        max_context_len,
-        scale,
-    };
-    launch(Query::Rows(q), s, h, d, &paged, cfg)
+    launch(Query::Rows(q), s, h, d, paged, cfg)
 }
 
 /// The decode step's q/k/v epilogue inputs for [`paged_attention_qkv`] (as
@@ -403,15 +366,8 @@ fn launch(
     cfg: &PagedConfig,
 ) -> Result<Tensor> {
     const OP: &str = "paged_attention";
-    let Paged {
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        block_size,
-        max_context_len,
-        scale,
-    } = *paged;
+    let (k_cache, v_cache) = (paged.k_cache, paged.v_cache);
+    let (block_size, max_context_len) = (paged.block_size, paged.max_context_len);
     let dev = device_of(k_cache, OP)?;
     let dtype = k_cache.dtype();
     let kh = k_cache.shape()[1];
@@ -452,7 +408,7 @@ fn launch(
             mma_smem_bytes(d, cfg, block_size) + static_extra
         )));
     }
-    let m = block_tables.shape()[1];
+    let m = paged.block_tables.shape()[1];
     let out = empty(&dev, &[s, h, d], dtype)?;
     let nparts = max_context_len.div_ceil(cfg.part).max(1);
     // Partition scratch: (max, sum) and the unnormalised output per (s, h, partition).
@@ -491,8 +447,8 @@ fn launch(
     let args = args
         .ptr(k_cache, &dev, OP)?
         .ptr(v_cache, &dev, OP)?
-        .ptr(block_tables, &dev, OP)?
-        .ptr(context_lens, &dev, OP)?
+        .ptr(paged.block_tables, &dev, OP)?
+        .ptr(paged.context_lens, &dev, OP)?
         .ptr(&out, &dev, OP)?
         .ptr(&ml, &dev, OP)?
         .ptr(&acc, &dev, OP)?
@@ -500,7 +456,7 @@ fn launch(
         .u32(u32_of(OP, kh)?)
         .u32(u32_of(OP, m)?)
         .u32(u32_of(OP, block_size)?)
-        .f32(scale);
+        .f32(paged.scale);
     let grid = Grid {
         grid: (u32_of(OP, nparts)?, u32_of(OP, kh)?, u32_of(OP, s)?),
         block: (THREADS, 1, 1),

@@ -36,41 +36,30 @@ pub fn paged_attention(
     max_context_len: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    paged_attention_in(
+        q,
+        &Paged {
+            k_cache,
+            v_cache,
+            block_tables,
+            context_lens,
+            block_size,
+            max_context_len,
+            scale,
+        },
+    )
+}
+
+/// [`paged_attention`] with the caches and the other inputs in one [`Paged`].
+pub fn paged_attention_in(q: &Tensor, paged: &Paged<'_>) -> Result<Tensor> {
     const OP: &str = "paged_attention";
     check_float(OP, q)?;
-    check_same(OP, q, &[k_cache, v_cache])?;
+    check_same(OP, q, &[paged.k_cache, paged.v_cache])?;
     let (s, h, d) = q.dims3(OP)?;
-    let paged = Paged {
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        block_size,
-        max_context_len,
-        scale,
-    };
-    check_paged(OP, q, s, h, d, &paged)?;
+    check_paged(OP, q, s, h, d, paged)?;
     match q.device() {
-        Device::Cpu => crate::cpu::paged_attention::paged_attention(
-            q,
-            k_cache,
-            v_cache,
-            block_tables,
-            context_lens,
-            block_size,
-            max_context_len,
-            scale,
-        ),
-        Device::Cuda(_) => crate::cuda::paged_attention::paged_attention(
-            q,
-            k_cache,
-            v_cache,
-            block_tables,
-            context_lens,
-            block_size,
-            max_context_len,
-            scale,
-        ),
+        Device::Cpu => crate::cpu::paged_attention::paged_attention(q, paged),
+        Device::Cuda(_) => crate::cuda::paged_attention::paged_attention(q, paged),
     }
 }
 
@@ -84,15 +73,9 @@ pub(crate) fn check_paged(
     d: usize,
     paged: &Paged<'_>,
 ) -> Result<()> {
-    let Paged {
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        block_size,
-        max_context_len,
-        ..
-    } = *paged;
+    let (k_cache, v_cache) = (paged.k_cache, paged.v_cache);
+    let (block_size, max_context_len) = (paged.block_size, paged.max_context_len);
+    let (block_tables, context_lens) = (paged.block_tables, paged.context_lens);
     let (p, kh, _) = k_cache.dims3(op)?;
     check_shape(op, "k_cache", k_cache, &[p, kh, d])?;
     check_shape(op, "v_cache", v_cache, &[p, kh, d])?;

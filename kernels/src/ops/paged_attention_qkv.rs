@@ -95,12 +95,13 @@ pub fn paged_attention_qkv_fused(
         None => qkv_rope_cache(acc, bias, pos, slots, k_cache, v_cache, heads, qkv.theta)?,
     }
     .q; // [S,H,D]
+    let (bt, cl) = (block_tables, context_lens);
     paged_attention(
         &q,
         k_cache,
         v_cache,
-        block_tables,
-        context_lens,
+        bt,
+        cl,
         block_size,
         max_context_len,
         scale,
