@@ -28,19 +28,21 @@ export REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache; unset CUDA_HOME CUDA_PATH  # as g
 [ -n "$RMS" ] && mkdir -p $RMS && tar -C $RMS -xzf .gpu/rms.tgz  # its bench runs before its tests
 TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
 ( echo "== main"; $B/train_step_bench $TS | tail -1
+  echo "== torch"; timeout 90 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
   echo "== PDL=1"; REALIGN_PDL=1 $B/train_step_bench $TS | tail -1
   echo "== fused qkv"; REALIGN_QKV=fused $B/train_step_bench $TS | tail -1
-  [ -n "$RMS" ] && { echo "== rms"; $RMS/bin/train_step_bench $TS | tail -1; }
+  [ -n "$RMS" ] && { echo "== rms"; $RMS/bin/train_step_bench $TS | tail -1;
+    echo "== rms + fused qkv + PDL=1"; REALIGN_QKV=fused REALIGN_PDL=1 $RMS/bin/train_step_bench $TS | tail -1; }
+  echo "== fused qkv + PDL=1"; REALIGN_QKV=fused REALIGN_PDL=1 $B/train_step_bench $TS | tail -1
 ) 2>&1 | tee $OUT/bench.txt
-# SHORT=1 (a call with little device time left): the torch peer for the ratio, then stop.
+# SHORT=1 (a call with little device time left): stop after the train-step A/B.
 if [ "${SHORT:-0}" = 1 ]; then
-  ( echo "== torch"; timeout 90 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
-    echo "== main again"; $B/train_step_bench $TS | tail -1 ) 2>&1 | tee -a $OUT/bench.txt
+  ( echo "== main again"; $B/train_step_bench $TS | tail -1 ) 2>&1 | tee -a $OUT/bench.txt
   echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; exit 0
 fi
 ( echo "== gemm table for the training shapes"
   REALIGN_GEMM_LOG=$OUT/keys.txt $B/train_step_bench --device cuda --dtype bf16 --steps 1 --warmup 0 | tail -1
-  timeout 120 $B/gemm_bench --keys $OUT/keys.txt --table-out $OUT/train_gemms.txt | tail -60
+  timeout 90 $B/gemm_bench --keys $OUT/keys.txt --table-out $OUT/train_gemms.txt | tail -60
   echo "== main"; $B/train_step_bench $TS | tail -1
   echo "== train table"; REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
   echo "== train table + PDL=1"; REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
@@ -56,7 +58,6 @@ R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --ite
   echo "== overlap B256 PDL=1"; REALIGN_PDL=1 timeout 40 $B/rollout_bench $R --batch 256 --overlap 2>&1 | tail -3
   echo "== main"; $B/train_step_bench $TS | tail -1
   echo "== PDL=1"; REALIGN_PDL=1 $B/train_step_bench $TS | tail -1
-  [ -n "$RMS" ] && { echo "== rms + fused"; REALIGN_QKV=fused $RMS/bin/train_step_bench $TS | tail -1; }
   echo "== torch"; timeout 90 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
   echo "== overlap B64"; timeout 30 $B/rollout_bench $R --batch 64 --overlap 2>&1 | tail -3
   echo "== serial B64"; timeout 30 $B/rollout_bench $R --batch 64 --serial 2>&1 | tail -3
