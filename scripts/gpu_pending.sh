@@ -13,7 +13,7 @@
 # Carry: [".gpu/slim.tgz", ".gpu/rms.tgz", ".gpu/kcache.tgz"] (~30 MB with the tracked tree);
 # rms.tgz is optional (its steps are skipped without it).
 # Usage (device tool): bash scripts/gpu_pending.sh   (SHORT=1: default-path tests, the train-step
-# A/B and the PyTorch peer only, ~4 min)
+# A/B with the PyTorch peer, and the training opt-ins' tests only, ~5 min)
 set -u
 ROOT="$PWD"; mkdir -p /work && for d in main rmsreg; do ln -sfn "$ROOT" /work/$d; done
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee $OUT/card.txt
@@ -35,10 +35,14 @@ TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
     echo "== rms + fused qkv + PDL=1"; REALIGN_QKV=fused REALIGN_PDL=1 $RMS/bin/train_step_bench $TS | tail -1; }
   echo "== fused qkv + PDL=1"; REALIGN_QKV=fused REALIGN_PDL=1 $B/train_step_bench $TS | tail -1
 ) 2>&1 | tee $OUT/bench.txt
-# SHORT=1 (a call with little device time left): stop after the train-step A/B.
+# What flipping the training opt-ins' defaults needs: their GPU tests.
+REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused learner--device_parity
+REALIGN_QKV=fused tests kernels--qkv_fused learner--device_parity model--forward_against_hf
+[ -n "$RMS" ] && rms_tests kernels--ops_cuda kernels--training_fused learner--device_parity
+# SHORT=1 (a call with little device time left): stop here.
 if [ "${SHORT:-0}" = 1 ]; then
-  ( echo "== main again"; $B/train_step_bench $TS | tail -1 ) 2>&1 | tee -a $OUT/bench.txt
-  echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; exit 0
+  echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+  grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -60; exit 0
 fi
 ( echo "== gemm table for the training shapes"
   REALIGN_GEMM_LOG=$OUT/keys.txt $B/train_step_bench --device cuda --dtype bf16 --steps 1 --warmup 0 | tail -1
@@ -48,7 +52,7 @@ fi
   echo "== train table + PDL=1"; REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $B/train_step_bench $TS | tail -1
   [ -n "$RMS" ] && { echo "== all: rms + fused + PDL=1 + train table"; REALIGN_QKV=fused REALIGN_PDL=1 REALIGN_GEMM_TABLE=$OUT/train_gemms.txt $RMS/bin/train_step_bench $TS | tail -1; }
 ) 2>&1 | tee $OUT/gemm.txt
-REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused actor--cuda_graphs actor--generate_against_hf learner--device_parity kernels--fused_ops
+REALIGN_PDL=1 tests actor--cuda_graphs actor--generate_against_hf kernels--fused_ops
 tests kernels--paged_attention_qkv actor--fused_attention
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
 ( echo "== serial B256"; timeout 40 $B/rollout_bench $R --batch 256 --serial 2>&1 | tail -3
@@ -62,8 +66,7 @@ R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --ite
   echo "== overlap B64"; timeout 30 $B/rollout_bench $R --batch 64 --overlap 2>&1 | tail -3
   echo "== serial B64"; timeout 30 $B/rollout_bench $R --batch 64 --serial 2>&1 | tail -3
 ) 2>&1 | tee $OUT/rollout.txt
-tests kernels--qkv_fused kernels--decode_feed kernels--gemm_lt
-[ -n "$RMS" ] && rms_tests kernels--ops_cuda kernels--training_fused learner--device_parity
+tests kernels--decode_feed kernels--gemm_lt
 echo "== hf" >> $OUT/rollout.txt; timeout 100 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -2 | tee -a $OUT/rollout.txt
 echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
 grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -60
