@@ -637,3 +637,41 @@ fn the_split_fills_the_gpu_with_blocks() {
         })
     );
 }
+
+/// Compiles the paged-attention modules the decode steps of the benchmarked and GPU-tested models
+/// ask for (every split `choose_split` gives them at 132 SMs, batch 1..512, contexts up to 4k), so
+/// that `scripts/kernel_cache.sh` can put them in the kernel cache and a GPU call does not spend
+/// its device time in NVRTC. With `REALIGN_PDL=1`, their PDL builds.
+#[test]
+#[ignore = "slow: compiles the decode shapes' variants for the kernel cache (scripts/kernel_cache.sh)"]
+fn nvrtc_compiles_the_decode_shapes() {
+    if !nvrtc::is_available() {
+        eprintln!("skipped: no NVRTC library");
+        return;
+    }
+    let src = pa::source();
+    let text = kernels::cuda::launch::full_source(&src);
+    // (D, kv heads, group): Qwen2.5-0.5B, SmolLM2-135M, actor/tests/fused_attention.rs's model,
+    // the D-128 case of kernels/tests/paged_attention_qkv.rs, the actor's HF fixtures.
+    let models = [(64, 2, 7), (64, 3, 3), (64, 2, 2), (128, 2, 4), (16, 2, 2)];
+    let pdl = std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1");
+    let mut seen = std::collections::HashSet::new();
+    for (d, kh, g) in models {
+        for dtype in [DType::BF16, DType::F32] {
+            for s in (0..10).map(|e| 1usize << e) {
+                for max_len in [16, 64, 128, 256, 384, 512, 1024, 2048, 4096] {
+                    let cfg = pa::choose_split(s, kh, g, d, dtype, max_len, 132);
+                    let mut defs = pa::defines_with(d, g, &cfg);
+                    if pdl {
+                        defs.push(kernels::cuda::launch::PDL_DEFINE.to_string());
+                    }
+                    if seen.insert(defs.clone()) {
+                        nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)
+                            .unwrap_or_else(|e| panic!("D {d} group {g} {cfg:?}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{} variants compiled", seen.len());
+}
