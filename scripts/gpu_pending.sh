@@ -13,7 +13,8 @@
 # Carry: [".gpu/slim.tgz", ".gpu/rms.tgz", ".gpu/kcache.tgz"] (~30 MB with the tracked tree);
 # rms.tgz is optional (its steps are skipped without it).
 # Usage (device tool): bash scripts/gpu_pending.sh   (SHORT=1: default-path tests, the train-step
-# A/B with the PyTorch peer, and the training opt-ins' tests only, ~5 min)
+# A/B with the PyTorch peer, and the training opt-ins' tests only, ~5 min; SHORT=2: the train-step
+# A/B with the peer only, ~3 min)
 set -u
 ROOT="$PWD"; mkdir -p /work && for d in main rmsreg; do ln -sfn "$ROOT" /work/$d; done
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee $OUT/card.txt
@@ -23,7 +24,11 @@ tests() { GPU_BUNDLE=.gpu/slim.tgz GPU_RUN_DIR=.gpu/run GPU_TEST_TIMEOUT=60 bash
 RMS=""; [ -f .gpu/rms.tgz ] && RMS=.gpu/rms  # optional
 rms_tests() { GPU_BUNDLE=.gpu/rms.tgz GPU_RUN_DIR=$RMS GPU_TEST_TIMEOUT=60 bash scripts/gpu_run.sh "$@"; }
 B=.gpu/run/bin; T0=$(date +%s)
-tests actor--generate_against_hf actor--cuda_graphs kernels--fused_ops kernels--training_fused kernels--ops_cuda learner--device_parity learner--grad_store model--forward_against_hf
+if [ "${SHORT:-0}" = 2 ]; then  # SHORT=2: only the train-step A/B below (unpacks the bundle)
+  mkdir -p .gpu/run && tar -C .gpu/run -xzf .gpu/slim.tgz && tar -C .gpu -xzf .gpu/kcache.tgz
+else
+  tests actor--generate_against_hf actor--cuda_graphs kernels--fused_ops kernels--training_fused kernels--ops_cuda learner--device_parity learner--grad_store model--forward_against_hf
+fi
 export REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache; unset CUDA_HOME CUDA_PATH  # as gpu_run.sh sets them
 [ -n "$RMS" ] && mkdir -p $RMS && tar -C $RMS -xzf .gpu/rms.tgz  # its bench runs before its tests
 TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
@@ -35,6 +40,7 @@ TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
     echo "== rms + fused qkv + PDL=1"; REALIGN_QKV=fused REALIGN_PDL=1 $RMS/bin/train_step_bench $TS | tail -1; }
   echo "== fused qkv + PDL=1"; REALIGN_QKV=fused REALIGN_PDL=1 $B/train_step_bench $TS | tail -1
 ) 2>&1 | tee $OUT/bench.txt
+[ "${SHORT:-0}" = 2 ] && { echo "total $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; exit 0; }
 # What flipping the training opt-ins' defaults needs: their GPU tests.
 REALIGN_PDL=1 tests kernels--ops_cuda kernels--training_fused learner--device_parity
 REALIGN_QKV=fused tests kernels--qkv_fused learner--device_parity model--forward_against_hf
