@@ -16,7 +16,7 @@
 # A/B with the PyTorch peer, and the training opt-ins' tests only, ~5 min; SHORT=2: the train-step
 # A/B with the peer only, ~3 min)
 set -u
-ROOT="$PWD"; mkdir -p /work && for d in main rmsreg; do ln -sfn "$ROOT" /work/$d; done
+ROOT="$PWD"; mkdir -p /work && for d in main rmsreg; do [ -e /work/$d ] || ln -s "$ROOT" /work/$d; done  # never over a checkout
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee $OUT/card.txt
 # Tests through scripts/gpu_run.sh (summary.txt, full logs in tests.log); benches from the slim
 # bundle, unpacked by the first gpu_run.sh call.
