@@ -9,8 +9,9 @@
 //! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --no-cuda-graphs (decode
 //! op by op; CUDA graphs, EngineConfig::cuda_graphs, are the default; --cuda-graphs is accepted),
 //! --overlap / --serial (the overlapped decode loop, EngineConfig::overlap, or the serial one, the
-//! default; REALIGN_OVERLAP=1 / =0 overrides both),
-//! --out FILE (appends).
+//! default; REALIGN_OVERLAP=1 / =0 overrides both), --fused-attention (the decode step's q/k/v
+//! epilogue inside the attention kernel, EngineConfig::fused_attention; REALIGN_DECODE_ATTN=fused /
+//! =split overrides it), --out FILE (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
 //! - tokens/s of new tokens (B·N / median seconds);
@@ -47,6 +48,7 @@ struct Args {
     kv_fraction: f64,
     cuda_graphs: bool,
     overlap: bool,
+    fused_attention: bool,
     out: Option<PathBuf>,
 }
 
@@ -63,6 +65,7 @@ fn parse() -> Result<Args> {
         kv_fraction: 0.8,
         cuda_graphs: EngineConfig::default().cuda_graphs,
         overlap: EngineConfig::default().overlap,
+        fused_attention: EngineConfig::default().fused_attention,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -85,6 +88,7 @@ fn parse() -> Result<Args> {
             "--no-cuda-graphs" => a.cuda_graphs = false,
             "--serial" => a.overlap = false,
             "--overlap" => a.overlap = true,
+            "--fused-attention" => a.fused_attention = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -217,12 +221,14 @@ fn main() -> Result<()> {
             max_running: a.batch.max(1),
             cuda_graphs: a.cuda_graphs,
             overlap: a.overlap,
+            fused_attention: a.fused_attention,
             ..EngineConfig::default()
         },
     )?;
 
     // What the engine runs (REALIGN_OVERLAP overrides the flag).
     let overlap = actor::engine::overlap_env().unwrap_or(a.overlap);
+    let fused_attention = actor::engine::fused_attention_env().unwrap_or(a.fused_attention);
     let (warm_s, _) = timed_rollout(&engine, &params, &device, &requests)?;
     eprintln!("warm-up: {warm_s:.3} s");
     let mut times = vec![];
@@ -271,11 +277,12 @@ fn main() -> Result<()> {
     let floor_step_s = (weight_bytes as f64 + kv_bytes) / HBM_BYTES_PER_S;
 
     eprintln!(
-        "{name}, {:?} on {}, {} loop: B {} × P {} + N {}: {seconds:.3} s, {tokens_per_s:.0} new \
-         tokens/s",
+        "{name}, {:?} on {}, {} loop, {} decode attention: B {} × P {} + N {}: {seconds:.3} s, \
+         {tokens_per_s:.0} new tokens/s",
         a.dtype,
         a.device,
         if overlap { "overlapped" } else { "serial" },
+        if fused_attention { "fused" } else { "split" },
         a.batch,
         a.prompt,
         a.new
@@ -359,6 +366,7 @@ fn main() -> Result<()> {
         "kv_blocks": last.kv_blocks,
         "cuda_graphs": a.cuda_graphs,
         "overlap": overlap,
+        "fused_attention": fused_attention,
         "drains": last.drains,
         "discarded_tokens": last.discarded_tokens,
         "graph_replays": last.graph_replays,
