@@ -8,15 +8,9 @@ use crate::{Error, Result, Tensor};
 
 pub fn paged_attention(q: &Tensor, paged: &Paged<'_>) -> Result<Tensor> {
     const OP: &str = "paged_attention";
-    let Paged {
-        k_cache,
-        v_cache,
-        block_tables,
-        context_lens,
-        block_size,
-        max_context_len,
-        scale,
-    } = *paged;
+    let (k_cache, v_cache) = (paged.k_cache, paged.v_cache);
+    let (block_size, max_context_len) = (paged.block_size, paged.max_context_len);
+    let (block_tables, context_lens, scale) = (paged.block_tables, paged.context_lens, paged.scale);
     let (s, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2]);
     let (p, kh) = (k_cache.shape()[0], k_cache.shape()[1]);
     let m = block_tables.shape()[1];

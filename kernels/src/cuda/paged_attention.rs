@@ -6,6 +6,8 @@
 use super::launch::{run, Args, Grid, KernelSource};
 use super::{device_of, empty, suffix};
 use crate::ops::paged_attention::Paged;
+use crate::ops::paged_attention_qkv::QkvInputs;
+use crate::ops::qkv_rope_cache::RopeTable;
 use crate::{DType, Error, Result, Tensor};
 
 /// One module text for every variant: the MMA primitives, the CUDA-core kernels with the work
@@ -301,18 +303,6 @@ pub fn paged_attention_with(q: &Tensor, paged: &Paged<'_>, cfg: &PagedConfig) ->
     launch(Query::Rows(q), s, h, d, paged, cfg)
 }
 
-/// The decode step's q/k/v epilogue inputs for [`paged_attention_qkv`] (as
-/// `ops::qkv_rope_cache`'s): acc [S, (H+2K)·D] f32, the fused bias, positions and cache slots,
-/// and the RoPE base with an optional per-position cos | sin table [P, D] f32.
-pub struct QkvEpilogue<'a> {
-    pub acc: &'a Tensor,
-    pub bias: Option<&'a Tensor>,
-    pub pos: &'a Tensor,
-    pub slots: &'a Tensor,
-    pub theta: f32,
-    pub table: Option<&'a Tensor>,
-}
-
 /// The split [`paged_attention_qkv`] would run with, when it is the tensor-core kernel's (the only
 /// one with the fused epilogue): S sequences of `heads` query heads over the caches of `paged`.
 pub fn qkv_split(acc: &Tensor, heads: usize, paged: &Paged<'_>) -> Result<Option<PagedConfig>> {
@@ -340,13 +330,12 @@ fn qkv_static_smem(d: usize, group: usize) -> usize {
 /// with the newest token's k, v written into the caches by the attention blocks. `cfg` must come
 /// from [`qkv_split`]; the inputs must have passed both ops' checks.
 pub fn paged_attention_qkv(
-    qkv: &QkvEpilogue<'_>,
-    heads: usize,
+    qkv: &QkvInputs<'_>,
     paged: &Paged<'_>,
     cfg: &PagedConfig,
 ) -> Result<Tensor> {
     let (s, d) = (qkv.acc.shape()[0], paged.k_cache.shape()[2]);
-    launch(Query::Fused(qkv), s, heads, d, paged, cfg)
+    launch(Query::Fused(qkv), s, qkv.heads, d, paged, cfg)
 }
 
 /// Where the kernel's query rows come from.
@@ -354,7 +343,7 @@ enum Query<'a> {
     /// q [S,H,D] (`paged_attention_*`).
     Rows(&'a Tensor),
     /// Made by the blocks from the q/k/v product (`paged_attention_qkv_bf16`).
-    Fused(&'a QkvEpilogue<'a>),
+    Fused(&'a QkvInputs<'a>),
 }
 
 fn launch(
@@ -437,9 +426,9 @@ fn launch(
                 .opt_ptr(e.bias, &dev, OP)?
                 .ptr(e.pos, &dev, OP)?
                 .ptr(e.slots, &dev, OP)?
-                .opt_ptr(e.table, &dev, OP)?
-                .u32(u32_of(OP, e.table.map_or(0, |t| t.shape()[0]))?)
-                .f32(e.theta)
+                .opt_ptr(e.table.map(RopeTable::cos_sin), &dev, OP)?
+                .u32(u32_of(OP, e.table.map_or(0, RopeTable::positions))?)
+                .f32(e.table.map_or(e.theta, RopeTable::theta))
                 .u32(u32_of(OP, k_cache.shape()[0])?),
             format!("paged_attention_qkv_{sfx}"),
         ),

@@ -20,7 +20,7 @@ use super::qkv_rope_cache::{
     check, check_table, qkv_rope_cache, qkv_rope_cache_table, Cache, RopeTable, Shape,
 };
 use super::{check_float, check_same};
-use crate::cuda::paged_attention::{paged_attention_qkv, qkv_split, QkvEpilogue};
+use crate::cuda::paged_attention::{paged_attention_qkv, qkv_split};
 use crate::{Device, Result, Tensor};
 
 /// The q/k/v epilogue's inputs: acc [S, (H+2K)·D] F32, bias Option<[(H+2K)·D]> in the caches'
@@ -78,15 +78,7 @@ pub fn paged_attention_qkv_fused(
     check_paged(OP, qkv.acc, s, qkv.heads, shape.d, &paged)?;
     if let Device::Cuda(_) = qkv.acc.device() {
         if let Some(cfg) = qkv_split(qkv.acc, qkv.heads, &paged)? {
-            let epilogue = QkvEpilogue {
-                acc: qkv.acc,
-                bias: qkv.bias,
-                pos: qkv.pos,
-                slots: qkv.slots,
-                theta,
-                table: qkv.table.map(RopeTable::cos_sin),
-            };
-            return paged_attention_qkv(&epilogue, qkv.heads, &paged, &cfg);
+            return paged_attention_qkv(qkv, &paged, &cfg);
         }
     }
     let (acc, bias, pos, slots, heads) = (qkv.acc, qkv.bias, qkv.pos, qkv.slots, qkv.heads);
