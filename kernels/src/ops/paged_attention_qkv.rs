@@ -19,7 +19,6 @@ use super::paged_attention::{check_paged, paged_attention, Paged};
 use super::qkv_rope_cache::{
     check, check_table, qkv_rope_cache, qkv_rope_cache_table, Cache, RopeTable, Shape,
 };
-use super::{check_float, check_same};
 use crate::cuda::paged_attention::{paged_attention_qkv, qkv_split};
 use crate::{Device, Result, Tensor};
 
@@ -51,9 +50,8 @@ pub fn paged_attention_qkv_fused(
     scale: f32,
 ) -> Result<Tensor> {
     const OP: &str = "paged_attention_qkv";
-    // Every check before anything is written (the two-op path would write the caches first).
-    check_float(OP, k_cache)?;
-    check_same(OP, k_cache, &[v_cache])?;
+    // Every check before anything is written (the two-op path would write the caches first):
+    // `of_cache` checks the caches' dtype, `check` that k and v match.
     let shape = Shape::of_cache(OP, k_cache, qkv.heads)?;
     let theta = qkv.table.map_or(qkv.theta, RopeTable::theta);
     if let Some(t) = qkv.table {

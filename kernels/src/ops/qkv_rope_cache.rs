@@ -234,26 +234,11 @@ fn run(
     table: Option<&Tensor>,
 ) -> Result<Qkv> {
     check(acc, bias, pos, cache.as_ref(), shape, theta)?;
-    match acc.device() {
-        Device::Cpu => crate::cpu::qkv_rope_cache::qkv_rope_cache(
-            acc,
-            bias,
-            pos,
-            cache.as_mut(),
-            shape,
-            theta,
-            table,
-        ),
-        Device::Cuda(_) => crate::cuda::qkv_rope_cache::qkv_rope_cache(
-            acc,
-            bias,
-            pos,
-            cache.as_mut(),
-            shape,
-            theta,
-            table,
-        ),
-    }
+    let epilogue = match acc.device() {
+        Device::Cpu => crate::cpu::qkv_rope_cache::qkv_rope_cache,
+        Device::Cuda(_) => crate::cuda::qkv_rope_cache::qkv_rope_cache,
+    };
+    epilogue(acc, bias, pos, cache.as_mut(), shape, theta, table)
 }
 
 /// The epilogue's input checks (shapes, dtypes, devices, theta), for [`run`] and for the fused
