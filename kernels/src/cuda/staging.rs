@@ -130,8 +130,12 @@ impl Readback {
         }
         match src.storage() {
             Storage::Cuda(CudaStorage::U32(s)) => {
+                // cudarc's memcpy_dtoh copies size_of_val(dst) bytes: handing it the whole pinned
+                // buffer reads past a smaller source (CUDA_ERROR_INVALID_VALUE). Copy exactly n.
+                let src = s.slice(0..n);
+                let host = self.host.as_mut_slice().map_err(cuda_err)?;
                 self.stream
-                    .memcpy_dtoh(s, &mut self.host)
+                    .memcpy_dtoh(&src, &mut host[..n])
                     .map_err(cuda_err)?;
                 self.done.record(&self.stream).map_err(cuda_err)
             }
