@@ -9,10 +9,10 @@
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and PDL builds)
 # Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"].
 # Usage (device tool): PART=1 bash scripts/gpu_pending.sh, then PART=2 on the same warm machine
-# (each under ~9 minutes). PART=1: the training GEMM table measured for this card, the train-step
-# A/B (defaults vs table + PDL) beside the PyTorch peer, and the GPU tests of the overlapped
-# decode loop's read-back. PART=2: the PDL tests, the rollout A/B (serial / overlapped, PDL,
-# fused decode attention) beside HF generate, the train-step A/B again.
+# (each under ~9 minutes). PART=1: the GPU tests of the overlapped decode loop's read-back and its
+# rollout A/B, the training GEMM table measured for this card, the train-step A/B (defaults vs
+# table + PDL) beside the PyTorch peer, the actor's tests under PDL. PART=2: the other tests
+# (default and PDL), the rollout A/B beside HF generate, the train-step A/B again.
 set -u
 ROOT="$PWD"; mkdir -p /work && [ -e /work/main ] || ln -s "$ROOT" /work/main  # never over a checkout
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee -a $OUT/card.txt
@@ -33,27 +33,33 @@ train_ab() {  # defaults vs PDL + the table measured here, twice each, the PyTor
   echo "== main"; step $B/train_step_bench $TS
   echo "== table + PDL=1"; REALIGN_PDL=1 REALIGN_GEMM_TABLE=$TABLE step $B/train_step_bench $TS
 }
+R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
+roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step"; }
 if [ "${PART:-1}" = 1 ]; then
+  # The read-back fix (the overlapped loop) first, then its A/B, then the training table.
+  tests kernels--decode_feed actor--cuda_graphs
+  ( echo "== serial B256"; roll $R --batch 256 --serial
+    echo "== overlap B256"; roll $R --batch 256 --overlap
+    echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
+  ) 2>&1 | tee $OUT/rollout.txt
   ( echo "== gemm table for the training shapes"
     REALIGN_GEMM_LOG=$OUT/keys.txt $B/train_step_bench --device cuda --dtype bf16 --steps 1 --warmup 0 2>&1 | grep s/step
-    timeout 300 $B/gemm_bench --keys $OUT/keys.txt --table-out $OUT/train_gemms.txt 2>&1 | grep -E "^key|^all|gemm_bench"
+    timeout 200 $B/gemm_bench --keys $OUT/keys.txt --candidates 16 --table-out $OUT/train_gemms.txt 2>&1 | grep -E "^key|^all|gemm_bench"
     cp $OUT/train_gemms.txt $TABLE
   ) 2>&1 | tee $OUT/gemm.txt
   train_ab 2>&1 | tee $OUT/train.txt
-  tests actor--generate_against_hf actor--cuda_graphs actor--fused_attention kernels--decode_feed kernels--paged_attention_qkv
+  REALIGN_PDL=1 tests actor--cuda_graphs actor--generate_against_hf actor--fused_attention
 else
-  REALIGN_PDL=1 tests actor--cuda_graphs actor--generate_against_hf actor--fused_attention kernels--decode_feed kernels--fused_ops kernels--ops_cuda kernels--training_fused learner--device_parity
-  R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
-  roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step"; }
-  ( echo "== serial B256"; roll $R --batch 256 --serial
-    echo "== overlap B256"; roll $R --batch 256 --overlap
+  tests actor--generate_against_hf actor--fused_attention kernels--paged_attention_qkv
+  REALIGN_PDL=1 tests kernels--decode_feed kernels--fused_ops kernels--ops_cuda kernels--training_fused learner--device_parity
+  ( echo "== hf"; timeout 120 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -2
+    echo "== serial B256"; roll $R --batch 256 --serial
+    echo "== serial B256 PDL=1"; REALIGN_PDL=1 roll $R --batch 256 --serial
     echo "== overlap B256 PDL=1"; REALIGN_PDL=1 roll $R --batch 256 --overlap
     echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
-    echo "== serial B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --serial
-    echo "== hf"; timeout 120 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -2
     echo "== serial B64"; roll $R --batch 64 --serial
     echo "== overlap B64 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 64 --overlap
-  ) 2>&1 | tee $OUT/rollout.txt
+  ) 2>&1 | tee -a $OUT/rollout.txt
   train_ab 2>&1 | tee -a $OUT/train.txt
 fi
 echo "part ${PART:-1}: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt

@@ -6,9 +6,9 @@
 # Usage: scripts/gpu_run.sh [NAME ...]   (NAME as in the bundle, e.g. kernels--ops_cuda; default:
 # every test executable). Environment: GPU_BUNDLE (archive, default .gpu/bundle.tar.gz; e.g. the
 # .gpu/slim.tgz of scripts/gpu_slim.sh), GPU_RUN_DIR (where it is unpacked, default .gpu/run),
-# GPU_TEST_TIMEOUT (seconds per executable, default none). Summary lines are appended, and say
-# pdl=1 when REALIGN_PDL=1 is set. With .gpu/kcache.tgz (scripts/kernel_cache.sh) the kernels
-# load from that cache instead of being compiled here.
+# GPU_TEST_TIMEOUT (seconds per executable, default none). Summary lines are appended and name
+# REALIGN_PDL as set (`unset`: the binary's default). With .gpu/kcache.tgz (scripts/kernel_cache.sh)
+# the kernels load from that cache instead of being compiled here.
 set -uo pipefail
 ROOT="$(pwd)"
 OUT="${OUT:-$ROOT/.gpu/out}"
@@ -43,7 +43,7 @@ for t in "${tests[@]}"; do
   log="$OUT/.one.log"
   (cd "/work/main/$crate" 2>/dev/null || cd /work/main; timeout "$TIMEOUT" "$ROOT/$t" --test-threads=1) > "$log" 2>&1
   rc=$?
-  { echo "===== $name $RUN pdl=${REALIGN_PDL:-0} (rc=$rc)"; cat "$log"; } >> "$OUT/tests.log"
-  echo "$name $RUN pdl=${REALIGN_PDL:-0} rc=$rc $(grep -E '^test result' "$log" | tail -1) t=$(( $(date +%s) - T0 ))" | tee -a "$summary"
+  { echo "===== $name $RUN REALIGN_PDL=${REALIGN_PDL:-unset} (rc=$rc)"; cat "$log"; } >> "$OUT/tests.log"
+  echo "$name $RUN REALIGN_PDL=${REALIGN_PDL:-unset} rc=$rc $(grep -E '^test result' "$log" | tail -1) t=$(( $(date +%s) - T0 ))" | tee -a "$summary"
   rm -f "$log"
 done

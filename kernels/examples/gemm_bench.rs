@@ -11,7 +11,7 @@
 //! the host), median of 7 replays. A candidate counts only if its output is within 1e-2 (relative
 //! L2) of `cublasGemmEx`'s and two runs give identical bits. The fastest (ex included) goes into
 //! the table written to `--table-out FILE` (default: print only); `blas` reads it at run time
-//! from `REALIGN_GEMM_TABLE=FILE`, or built in from `kernels/src/cuda/blas/decode_gemms.txt`.
+//! from `REALIGN_GEMM_TABLE=FILE`, or built in from `kernels/src/cuda/blas/gemm_table.txt`.
 //!
 //! `cargo run -p kernels --release --example gemm_bench -- [--table-out FILE] [--rows 8,16,..]
 //! [--models qwen,smol] [--candidates 24]` on a machine with a GPU.

@@ -5,7 +5,7 @@
 //! plain IEEE f32 path (`CUBLAS_COMPUTE_32F` under the default math mode never uses TF32).
 //!
 //! Two ways to run one: `cublasGemmEx` (cuBLAS picks the kernel), or `cublasLtMatmul` with an
-//! algorithm fixed per shape (`lt`): from a table measured on the GPU (`blas/decode_gemms.txt`,
+//! algorithm fixed per shape (`lt`): from a table measured on the GPU (`blas/gemm_table.txt`,
 //! written by `kernels/examples/gemm_bench.rs`), else cuBLASLt's heuristic for a decode-sized
 //! forward product (bf16, at most [`HEURISTIC_MAX_ROWS`] rows). Neither choice is made by timing
 //! in the process, so a shape always runs the same kernel and gives the same bits run to run

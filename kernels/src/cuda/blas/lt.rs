@@ -18,7 +18,7 @@ use crate::cuda::CudaDevice;
 use crate::{DType, Error, Result};
 
 /// The built-in table (measured on the H200 by `kernels/examples/gemm_bench.rs`).
-const BUILT_IN: &str = include_str!("decode_gemms.txt");
+const BUILT_IN: &str = include_str!("gemm_table.txt");
 
 /// One cuBLASLt algorithm: the 8 words of `cublasLtMatmulAlgo_t`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
