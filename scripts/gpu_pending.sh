@@ -12,7 +12,10 @@
 # (each under ~9 minutes). PART=1: the GPU tests of the overlapped decode loop's read-back and its
 # rollout A/B, the training GEMM table measured for this card, the train-step A/B (defaults vs
 # table + PDL) beside the PyTorch peer, the actor's tests under PDL. PART=2: the other tests
-# (default and PDL), the rollout A/B beside HF generate, the train-step A/B again.
+# (default and PDL), the rollout A/B beside HF generate, the train-step A/B again. PART=short: the
+# read-back tests, the actor graph test under PDL and the overlap A/B (~3 minutes of machine).
+# After PART=1: the entries $OUT/train_gemms.txt adds after the built-in table go into
+# kernels/src/cuda/blas/gemm_table.txt (under its header line, with the date and card).
 set -u
 ROOT="$PWD"; mkdir -p /work && [ -e /work/main ] || ln -s "$ROOT" /work/main  # never over a checkout
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee -a $OUT/card.txt
@@ -35,20 +38,32 @@ train_ab() {  # defaults vs PDL + the table measured here, twice each, the PyTor
 }
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
 roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step"; }
-if [ "${PART:-1}" = 1 ]; then
-  # The read-back fix (the overlapped loop) first, then its A/B, then the training table.
+if [ "${PART:-1}" = short ]; then  # what ~3 minutes of a machine can check
+  tests kernels--decode_feed actor--cuda_graphs
+  REALIGN_PDL=1 tests actor--cuda_graphs
+  ( echo "== serial B256"; roll $R --batch 256 --serial
+    echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
+    echo "== overlap B256"; roll $R --batch 256 --overlap
+  ) 2>&1 | tee $OUT/rollout.txt
+elif [ "${PART:-1}" = 1 ]; then
+  # The read-back fix (the overlapped loop) first, then its A/B, the actor's tests under PDL, the
+  # train step with PDL, then the training table.
   tests kernels--decode_feed actor--cuda_graphs
   ( echo "== serial B256"; roll $R --batch 256 --serial
     echo "== overlap B256"; roll $R --batch 256 --overlap
     echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
   ) 2>&1 | tee $OUT/rollout.txt
+  REALIGN_PDL=1 tests actor--cuda_graphs actor--generate_against_hf actor--fused_attention
+  ( echo "== main"; step $B/train_step_bench $TS
+    echo "== PDL=1"; REALIGN_PDL=1 step $B/train_step_bench $TS
+    echo "== torch"; timeout 100 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
+  ) 2>&1 | tee $OUT/train.txt
   ( echo "== gemm table for the training shapes"
     REALIGN_GEMM_LOG=$OUT/keys.txt $B/train_step_bench --device cuda --dtype bf16 --steps 1 --warmup 0 2>&1 | grep s/step
     timeout 200 $B/gemm_bench --keys $OUT/keys.txt --candidates 16 --table-out $OUT/train_gemms.txt 2>&1 | grep -E "^key|^all|gemm_bench"
     cp $OUT/train_gemms.txt $TABLE
   ) 2>&1 | tee $OUT/gemm.txt
-  train_ab 2>&1 | tee $OUT/train.txt
-  REALIGN_PDL=1 tests actor--cuda_graphs actor--generate_against_hf actor--fused_attention
+  train_ab 2>&1 | tee -a $OUT/train.txt
 else
   tests actor--generate_against_hf actor--fused_attention kernels--paged_attention_qkv
   REALIGN_PDL=1 tests kernels--decode_feed kernels--fused_ops kernels--ops_cuda kernels--training_fused learner--device_parity
