@@ -27,7 +27,7 @@ export REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache; unset CUDA_HOME CUDA_PATH  # as g
 B=.gpu/run/bin; T0=$(date +%s)
 TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
 TABLE=.gpu/train_gemms.txt  # kept on the warm machine between the two parts
-step() { "$@" 2>&1 | grep -E "s/step|host queue"; }
+step() { "$@" 2>&1 | grep -E "^step|s/step|host queue"; }  # per-step times show clock drift
 train_ab() {  # defaults vs PDL + the table measured here, twice each, the PyTorch peer between
   [ -f $TABLE ] || { echo "no $TABLE (a cold machine): PART=1 measures it"; return; }
   echo "== main"; step $B/train_step_bench $TS
