@@ -14,8 +14,8 @@
 # table + PDL) beside the PyTorch peer, the actor's tests under PDL. PART=2: the other tests
 # (default and PDL), the rollout A/B beside HF generate, the train-step A/B again. PART=short: the
 # read-back tests, the actor graph test under PDL and the overlap A/B (~3 minutes of machine).
-# After PART=1: the entries $OUT/train_gemms.txt adds after the built-in table go into
-# kernels/src/cuda/blas/gemm_table.txt (under its header line, with the date and card).
+# After PART=1, here: scripts/merge_gemm_table.sh FILES_AT/train_gemms.txt "CARD, DATE, train
+# step 8 x 1024" appends the measured entries to kernels/src/cuda/blas/gemm_table.txt; commit it.
 set -u
 ROOT="$PWD"; mkdir -p /work && [ -e /work/main ] || ln -s "$ROOT" /work/main  # never over a checkout
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee -a $OUT/card.txt

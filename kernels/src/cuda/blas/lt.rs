@@ -706,6 +706,19 @@ mod tests {
         assert!(!t.contains_key(&GemmKey { n: 64, ..key }));
         assert!(parse_table(&text, "lt 130100 sm_90 114").is_empty());
         assert!(parse_line("1 0 5 6").is_none());
+        // A later section under the same header adds to it (scripts/merge_gemm_table.sh appends
+        // a measured section that way).
+        let more = format!(
+            "{text}# measured later\nlt 130100 sm_90 132\n{}\n",
+            table_line(&GemmKey { n: 8192, ..key }, None)
+        );
+        let t = parse_table(&more, "lt 130100 sm_90 132");
+        assert_eq!(t.len(), 3);
+        assert!(matches!(
+            t.get(&GemmKey { n: 8192, ..key }),
+            Some(Entry::Ex)
+        ));
+        assert!(!t.contains_key(&GemmKey { n: 64, ..key }));
     }
 
     /// A backward dW product at Qwen2.5-0.5B's MLP width: A as stored, B transposed, f32 C
