@@ -163,6 +163,20 @@ fn main() -> Result<()> {
         tps,
         100.0 * mfu
     );
+    // The spread shows clock drift: on the H200 a sustained step runs into the 700 W power cap
+    // and slows after the first few steps (docs/benchmarks.md, 2026-11-29 17:50).
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    if let (Some(&min), Some(&max)) = (sorted.first(), sorted.last()) {
+        let median = sorted[sorted.len() / 2];
+        println!(
+            "step times: min {min:.4} s ({:.1}% MFU), median {median:.4} s ({:.1}%), max {max:.4} s \
+             ({:.1}%)",
+            100.0 * tokens / min * flops_per_token / 989e12,
+            100.0 * tokens / median * flops_per_token / 989e12,
+            100.0 * tokens / max * flops_per_token / 989e12
+        );
+    }
     println!(
         "host queue time {:.4} s/step ({:.0}% of the step time; the rest the host waits)",
         mean_queue,
