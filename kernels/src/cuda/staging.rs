@@ -132,6 +132,12 @@ impl Readback {
             Storage::Cuda(CudaStorage::U32(s)) => {
                 // cudarc's memcpy_dtoh copies size_of_val(dst) bytes: handing it the whole pinned
                 // buffer reads past a smaller source (CUDA_ERROR_INVALID_VALUE). Copy exactly n.
+                if s.len() < n {
+                    return Err(Error::msg(format!(
+                        "readback: a tensor of {n} values over a buffer of {}",
+                        s.len()
+                    )));
+                }
                 let src = s.slice(0..n);
                 let host = self.host.as_mut_slice().map_err(cuda_err)?;
                 self.stream
