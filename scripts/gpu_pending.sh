@@ -38,21 +38,20 @@ train_ab() {  # defaults vs PDL + the table measured here, twice each, the PyTor
 }
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3 --cuda-graphs"
 roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step"; }
+readback_ab() {  # the read-back fix's tests, then the overlapped loop against the serial one
+  tests kernels--decode_feed actor--cuda_graphs
+  ( echo "== serial B256"; roll $R --batch 256 --serial
+    echo "== overlap B256"; roll $R --batch 256 --overlap
+    echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
+  ) 2>&1 | tee $OUT/rollout.txt
+}
 if [ "${PART:-1}" = short ]; then  # what ~3 minutes of a machine can check
-  tests kernels--decode_feed actor--cuda_graphs
+  readback_ab
   REALIGN_PDL=1 tests actor--cuda_graphs
-  ( echo "== serial B256"; roll $R --batch 256 --serial
-    echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
-    echo "== overlap B256"; roll $R --batch 256 --overlap
-  ) 2>&1 | tee $OUT/rollout.txt
 elif [ "${PART:-1}" = 1 ]; then
-  # The read-back fix (the overlapped loop) first, then its A/B, the actor's tests under PDL, the
-  # train step with PDL, then the training table.
-  tests kernels--decode_feed actor--cuda_graphs
-  ( echo "== serial B256"; roll $R --batch 256 --serial
-    echo "== overlap B256"; roll $R --batch 256 --overlap
-    echo "== overlap B256 PDL=1 fused attn"; REALIGN_PDL=1 REALIGN_DECODE_ATTN=fused roll $R --batch 256 --overlap
-  ) 2>&1 | tee $OUT/rollout.txt
+  # The read-back fix and its A/B first, the actor's tests under PDL, the train step with PDL,
+  # then the training table.
+  readback_ab
   REALIGN_PDL=1 tests actor--cuda_graphs actor--generate_against_hf actor--fused_attention
   ( echo "== main"; step $B/train_step_bench $TS
     echo "== PDL=1"; REALIGN_PDL=1 step $B/train_step_bench $TS

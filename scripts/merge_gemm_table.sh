@@ -19,15 +19,21 @@ if not text.startswith(built_in):
     sys.exit(f"{out_path} does not start with the current built-in table: it was measured "
              "against another version of gemm_table.txt; measure again")
 section = text[len(built_in):].strip("\n")
-entries = [l for l in section.splitlines() if l.strip() and not l.startswith(("#", "lt "))]
-if not any(l.startswith("lt ") for l in section.splitlines()) or not entries:
+
+def entries(t):  # table lines that are entries (not blank, comments or headers)
+    return [l for l in t.splitlines() if l.strip() and not l.startswith(("#", "lt "))]
+
+def key(line):  # the GEMM key: the first 11 fields (trans_a .. reads_c), without the algorithm
+    return " ".join(line.split("#")[0].split()[:11])
+
+new = entries(section)
+if not any(l.startswith("lt ") for l in section.splitlines()) or not new:
     sys.exit(f"{out_path} has no measured section after the built-in table")
-known = {" ".join(l.split("#")[0].split()[:11]) for l in built_in.splitlines()
-         if l.strip() and not l.startswith(("#", "lt "))}
-dup = [l for l in entries if " ".join(l.split("#")[0].split()[:11]) in known]
+known = {key(l) for l in entries(built_in)}
+dup = [l for l in new if key(l) in known]
 if dup:
     sys.exit(f"{len(dup)} entries of {out_path} are in the built-in table already, e.g. {dup[0]}")
 with open(built_in_path, "a") as f:
     f.write(f"# {note}\n{section}\n")
-print(f"{len(entries)} entries appended to {built_in_path}")
+print(f"{len(new)} entries appended to {built_in_path}")
 EOF

@@ -152,7 +152,8 @@ fn main() -> Result<()> {
     let matmul_params = l * per_layer + v * c; // + LM head
     let flops_per_token = 6.0 * matmul_params + 6.0 * l * h * d * seq_len as f64;
     let tps = tokens / mean;
-    let mfu = tps * flops_per_token / 989e12;
+    // MFU in percent of a step that takes `secs`.
+    let mfu_pct = |secs: f64| 100.0 * tokens / secs * flops_per_token / 989e12;
     println!(
         "{} × {} tokens, {:?} on {}: {:.3} s/step, {:.0} tokens/s, MFU {:.1}% (of 989 TFLOP/s)",
         seqs_n,
@@ -161,7 +162,7 @@ fn main() -> Result<()> {
         a.device,
         mean,
         tps,
-        100.0 * mfu
+        mfu_pct(mean)
     );
     // The spread shows clock drift: on the H200 a sustained step runs into the 700 W power cap
     // and slows after the first few steps (docs/benchmarks.md, 2026-11-29 17:50).
@@ -172,9 +173,9 @@ fn main() -> Result<()> {
         println!(
             "step times: min {min:.4} s ({:.1}% MFU), median {median:.4} s ({:.1}%), max {max:.4} s \
              ({:.1}%)",
-            100.0 * tokens / min * flops_per_token / 989e12,
-            100.0 * tokens / median * flops_per_token / 989e12,
-            100.0 * tokens / max * flops_per_token / 989e12
+            mfu_pct(min),
+            mfu_pct(median),
+            mfu_pct(max)
         );
     }
     println!(
@@ -192,7 +193,7 @@ fn main() -> Result<()> {
              tokens/s, MFU {:.1}%",
             t,
             tokens / t,
-            100.0 * tokens / t * flops_per_token / 989e12
+            mfu_pct(t)
         );
     }
     Ok(())
