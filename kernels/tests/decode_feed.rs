@@ -2,10 +2,12 @@
 //! `kernels::cuda::staging::Readback`): a step's tagged input tokens taken from the previous
 //! step's [R, 2] samples on the device equal the host reference; a step's samples copied into the
 //! runner's feed buffer; an async read-back returns the values queued before it, not those
-//! written after. GPU only (the host reference is what the CPU path runs).
+//! written after; an upload queued behind running work sends the values packed before it, not
+//! those the host packs next. GPU only (the host reference is what the CPU path runs).
 
 use kernels::cuda::graph_ops::{copy_u32_prefix, resolve_tokens, resolve_tokens_host, FROM_PREV};
-use kernels::cuda::staging::Readback;
+use kernels::cuda::staging::{Readback, Staging};
+use kernels::ops::linear;
 use kernels::testing::test_devices;
 use kernels::{DType, Device, Tensor};
 
@@ -87,5 +89,40 @@ fn samples_feed_the_next_step_and_come_back_asynchronously() {
             .is_err());
         rb.fetch(&src).unwrap();
         assert_eq!(rb.wait().unwrap(), &[9; 40][..]);
+    }
+}
+
+/// The overlapped loop packs step N + 1 into a graph's pinned buffer while step N's upload from it
+/// may still wait behind the device's queue: packing must wait for that copy, or step N runs on
+/// step N + 1's inputs (seen on an H100, 2026-12-07: preempted overlapped rollouts differed from
+/// HF greedy, and passed with CUDA_LAUNCH_BLOCKING=1).
+#[test]
+fn a_queued_upload_sends_what_was_packed_before_it() {
+    for dev in cuda_devices() {
+        let Device::Cuda(cuda) = &dev else {
+            unreachable!()
+        };
+        let mut st = Staging::new(cuda, 4096).unwrap();
+        // Milliseconds of queued work ahead of the upload: f32 products of 2048 × 2048.
+        let n = 2048;
+        let a = Tensor::from_f32(vec![1e-3; n * n], &[n, n], &dev).unwrap();
+        let mut busy = Vec::new();
+        for _ in 0..16 {
+            busy.push(linear(&a, &a, None).unwrap()); // [n,n]
+        }
+        st.host_mut().unwrap().fill(1);
+        st.send().unwrap();
+        st.host_mut().unwrap().fill(2); // the next step's inputs
+        let mut got = Tensor::zeros(&[4096], DType::U32, &dev).unwrap();
+        st.scatter(0, &mut got).unwrap();
+        assert!(
+            got.to_vec_u32().unwrap().iter().all(|&v| v == 1),
+            "the queued upload sent values packed after it"
+        );
+        // The next send carries the next values.
+        st.send().unwrap();
+        st.scatter(0, &mut got).unwrap();
+        assert!(got.to_vec_u32().unwrap().iter().all(|&v| v == 2));
+        drop(busy);
     }
 }

@@ -20,6 +20,10 @@ pub struct Staging {
     host: PinnedHostSlice<u32>,
     dev: CudaSlice<u32>,
     stream: Arc<CudaStream>,
+    /// Recorded behind each send. The device turns cudarc's event tracking off
+    /// (`CudaDevice::new`), so the pinned buffer's own event is never recorded and cannot say
+    /// whether a queued copy has read the buffer yet; this one can.
+    sent: CudaEvent,
 }
 
 impl Staging {
@@ -29,7 +33,13 @@ impl Staging {
         let host = unsafe { device.context().alloc_pinned::<u32>(len) }.map_err(cuda_err)?;
         let stream = device.stream().clone();
         let dev = stream.alloc_zeros::<u32>(len).map_err(cuda_err)?;
-        Ok(Staging { host, dev, stream })
+        let sent = device.context().new_event(None).map_err(cuda_err)?;
+        Ok(Staging {
+            host,
+            dev,
+            stream,
+            sent,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -41,8 +51,11 @@ impl Staging {
     }
 
     /// The host buffer to pack the next step's inputs into. Waits until the previous send has
-    /// read it.
+    /// read it: a send queued behind a running step copies when the device reaches it, and
+    /// packing the next step before then would hand the queued step the next one's inputs (the
+    /// overlapped decode loop packs step N + 1 while step N may still be queued).
     pub fn host_mut(&mut self) -> Result<&mut [u32]> {
+        self.sent.synchronize().map_err(cuda_err)?;
         self.host.as_mut_slice().map_err(cuda_err)
     }
 
@@ -50,7 +63,8 @@ impl Staging {
     pub fn send(&mut self) -> Result<()> {
         self.stream
             .memcpy_htod(&self.host, &mut self.dev)
-            .map_err(cuda_err)
+            .map_err(cuda_err)?;
+        self.sent.record(&self.stream).map_err(cuda_err)
     }
 
     /// Queues `dst` ← device buffer [offset, offset + dst.numel()) (a device-to-device copy, which a
