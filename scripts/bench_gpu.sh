@@ -52,10 +52,10 @@ part hf_generate_qwen 90 python3 scripts/peers/hf_generate.py \
   --batch 256 --prompt 128 --new 256 --iters 1
 part rollout_qwen_graphs 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
   --batch 256 --prompt 128 --new 256 --iters 3 --cuda-graphs
-# The overlapped decode loop (EngineConfig::overlap, off by default until measured here) against
-# the serial graphed run just above.
-part rollout_qwen_overlap 60 "$BIN/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b \
-  --batch 256 --prompt 128 --new 256 --iters 3 --cuda-graphs --overlap
+# The defaults before 2026-12-07 (serial loop, split decode attention, no PDL) against the
+# defaults just above (overlapped loop, fused decode attention, PDL).
+REALIGN_PDL=0 part rollout_qwen_serial 60 "$BIN/rollout_bench" --device cuda --dtype bf16 \
+  --shapes qwen2.5-0.5b --batch 256 --prompt 128 --new 256 --iters 3 --serial --split-attention
 REALIGN_PROFILE=1 part rollout_qwen_profile 40 "$BIN/rollout_bench" --device cuda --dtype bf16 \
   --shapes qwen2.5-0.5b --batch 256 --prompt 128 --new 32 --iters 1
 

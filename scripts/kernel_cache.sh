@@ -27,7 +27,7 @@ trap 'rm -f /usr/local/cuda' EXIT
 CACHE="$ROOT/.gpu/kcache"
 rm -rf "$CACHE" && mkdir -p "$CACHE"
 cd "$ROOT"
-# Both builds of every module: the default one and the PDL one (REALIGN_PDL=1).
+# Both builds of every module: the PDL one (the default on sm_90+) and the plain one (REALIGN_PDL=0).
 for pdl in 0 1; do
   env -u CUDA_HOME -u CUDA_PATH REALIGN_KERNEL_CACHE="$CACHE" LD_LIBRARY_PATH="$CU/lib" REALIGN_PDL=$pdl \
     cargo test --release -p kernels --test ops_cuda nvrtc_compiles_every_kernel

@@ -8,10 +8,11 @@
 //! Options: --shapes qwen2.5-0.5b|smollm2-135m|tiny (random weights, seed 0) or --model DIR (real
 //! weights), --batch B, --prompt P, --new N, --iters I, --kv-fraction F, --no-cuda-graphs (decode
 //! op by op; CUDA graphs, EngineConfig::cuda_graphs, are the default; --cuda-graphs is accepted),
-//! --overlap / --serial (the overlapped decode loop, EngineConfig::overlap, or the serial one, the
-//! default; REALIGN_OVERLAP=1 / =0 overrides both), --fused-attention (the decode step's q/k/v
-//! epilogue inside the attention kernel, EngineConfig::fused_attention; REALIGN_DECODE_ATTN=fused /
-//! =split overrides it), --out FILE (appends).
+//! --overlap / --serial (the overlapped decode loop, EngineConfig::overlap, the default, or the
+//! serial one; REALIGN_OVERLAP=1 / =0 overrides both), --fused-attention / --split-attention (the
+//! decode step's q/k/v epilogue inside the attention kernel, EngineConfig::fused_attention, the
+//! default, or two launches; REALIGN_DECODE_ATTN=fused / =split overrides both), --out FILE
+//! (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
 //! - tokens/s of new tokens (B·N / median seconds);
@@ -89,6 +90,7 @@ fn parse() -> Result<Args> {
             "--serial" => a.overlap = false,
             "--overlap" => a.overlap = true,
             "--fused-attention" => a.fused_attention = true,
+            "--split-attention" => a.fused_attention = false,
             other => bail!("unknown argument {other}"),
         }
     }

@@ -4,7 +4,7 @@
 //! CPU reference, f32 and bf16).
 
 use half::bf16;
-use kernels::cuda::{kv_cache, nvrtc, paged_attention as pa};
+use kernels::cuda::{kv_cache, launch, nvrtc, paged_attention as pa};
 use kernels::ops::paged_attention::Paged;
 use kernels::testing::{randn_vec, rel_err, test_devices};
 use kernels::{ops, DType, Device, Tensor};
@@ -641,7 +641,8 @@ fn the_split_fills_the_gpu_with_blocks() {
 /// Compiles the paged-attention modules the decode steps of the benchmarked and GPU-tested models
 /// ask for (every split `choose_split` gives them at 132 SMs, batch 1..512, contexts up to 4k), so
 /// that `scripts/kernel_cache.sh` can put them in the kernel cache and a GPU call does not spend
-/// its device time in NVRTC. With `REALIGN_PDL=1`, their PDL builds.
+/// its device time in NVRTC. Their PDL builds (the default) or, with `REALIGN_PDL=0`, the plain
+/// ones.
 #[test]
 #[ignore = "slow: compiles the decode shapes' variants for the kernel cache (scripts/kernel_cache.sh)"]
 fn nvrtc_compiles_the_decode_shapes() {
@@ -654,7 +655,7 @@ fn nvrtc_compiles_the_decode_shapes() {
     // (D, kv heads, group): Qwen2.5-0.5B, SmolLM2-135M, actor/tests/fused_attention.rs's model,
     // the D-128 case of kernels/tests/paged_attention_qkv.rs, the actor's HF fixtures.
     let models = [(64, 2, 7), (64, 3, 3), (64, 2, 2), (128, 2, 4), (16, 2, 2)];
-    let pdl = std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1");
+    let pdl = launch::pdl_env_allows(std::env::var("REALIGN_PDL").ok().as_deref());
     let mut seen = std::collections::HashSet::new();
     for (d, kh, g) in models {
         for dtype in [DType::BF16, DType::F32] {

@@ -9,8 +9,9 @@
 //! written by `kernels/examples/gemm_bench.rs`), else cuBLASLt's heuristic for a decode-sized
 //! forward product (bf16, at most [`HEURISTIC_MAX_ROWS`] rows). Neither choice is made by timing
 //! in the process, so a shape always runs the same kernel and gives the same bits run to run
-//! (cuBLAS's reproducibility contract: same library, same GPU model, one stream). Everything else
-//! (training shapes, f32) runs `cublasGemmEx` as before. `REALIGN_GEMM=ex` forces `cublasGemmEx`
+//! (cuBLAS's reproducibility contract: same library, same GPU model, one stream). The table also
+//! holds the training step's products (measured on an H100, 2026-12-07); everything else (other
+//! training shapes, f32) runs `cublasGemmEx`. `REALIGN_GEMM=ex` forces `cublasGemmEx`
 //! everywhere, `REALIGN_GEMM=heuristic` skips the table, `REALIGN_GEMM_TABLE=FILE` reads the table
 //! from FILE instead of the built-in one.
 

@@ -188,18 +188,25 @@ pub(crate) fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
 /// The NVRTC define that turns `pdl_entry()` (cu/common.cuh) on in every module.
 pub const PDL_DEFINE: &str = "-DREALIGN_PDL=1";
 
-/// Whether `REALIGN_PDL=1` asks for programmatic dependent launch (read once).
+/// Whether programmatic dependent launch is wanted (read once): on unless `REALIGN_PDL=0`.
 pub(crate) fn pdl_requested() -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
-    *ENV.get_or_init(|| std::env::var("REALIGN_PDL").is_ok_and(|v| v == "1"))
+    *ENV.get_or_init(|| pdl_env_allows(std::env::var("REALIGN_PDL").ok().as_deref()))
+}
+
+/// What a `REALIGN_PDL` value asks for: PDL unless it is `0` (the default since its GPU tests
+/// passed and it measured faster on an H100, 2026-12-07; docs/kernels.md). Test and cache builders
+/// call it to pick the same module builds as the devices will.
+pub fn pdl_env_allows(value: Option<&str>) -> bool {
+    value != Some("0")
 }
 
 /// Whether kernels are compiled and launched for programmatic dependent launch: when asked, on a
 /// device of compute capability 9.0 or newer (decided once per device: [`CudaDevice::pdl`]).
 /// Every kernel of this crate begins with `pdl_entry()` (cu/common.cuh), which, compiled with
 /// [`PDL_DEFINE`], waits for the previous kernel before touching memory, so the launch attribute
-/// only lets a kernel's launch overlap the previous kernel's tail. Off (the default), modules and
-/// launches are as before.
+/// only lets a kernel's launch overlap the previous kernel's tail. Off (`REALIGN_PDL=0`, or an
+/// older GPU), modules and launches are plain.
 pub(crate) fn pdl_allowed(requested: bool, cc_major: i32) -> bool {
     requested && cc_major >= 9
 }
@@ -294,7 +301,14 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::pdl_allowed;
+    use super::{pdl_allowed, pdl_env_allows};
+
+    #[test]
+    fn pdl_is_on_unless_the_environment_says_0() {
+        assert!(pdl_env_allows(None));
+        assert!(pdl_env_allows(Some("1")));
+        assert!(!pdl_env_allows(Some("0")));
+    }
 
     #[test]
     fn pdl_needs_the_request_and_compute_capability_9() {

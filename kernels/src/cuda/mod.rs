@@ -153,8 +153,8 @@ impl CudaDevice {
         &self.inner.arch
     }
 
-    /// Whether this device's kernels use programmatic dependent launch (`REALIGN_PDL=1` on
-    /// compute capability 9.0 or newer; decided when the device is opened).
+    /// Whether this device's kernels use programmatic dependent launch (compute capability 9.0 or
+    /// newer unless `REALIGN_PDL=0`; decided when the device is opened).
     pub fn pdl(&self) -> bool {
         self.inner.pdl
     }
