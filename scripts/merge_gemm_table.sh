@@ -26,10 +26,21 @@ def entries(t):  # table lines that are entries (not blank, comments or headers)
 def key(line):  # the GEMM key: the first 11 fields (trans_a .. reads_c), without the algorithm
     return " ".join(line.split("#")[0].split()[:11])
 
+def keys_by_header(t):  # header line -> keys of the entries under it (all its sections)
+    out, header = {}, None
+    for l in t.splitlines():
+        if l.startswith("lt "):
+            header = l.strip()
+        elif header and l.strip() and not l.startswith("#"):
+            out.setdefault(header, set()).add(key(l))
+    return out
+
 new = entries(section)
-if not any(l.startswith("lt ") for l in section.splitlines()) or not new:
+headers = [l.strip() for l in section.splitlines() if l.startswith("lt ")]
+if not headers or not new:
     sys.exit(f"{out_path} has no measured section after the built-in table")
-known = {key(l) for l in entries(built_in)}
+# Only the same header's entries count: another cuBLASLt version or card keeps its own.
+known = set().union(*(keys_by_header(built_in).get(h, set()) for h in headers))
 dup = [l for l in new if key(l) in known]
 if dup:
     sys.exit(f"{len(dup)} entries of {out_path} are in the built-in table already, e.g. {dup[0]}")

@@ -42,7 +42,7 @@ fn nvrtc_compiles_every_kernel() {
         for mut defs in define_sets {
             // The PDL build of every module (the default; `REALIGN_PDL=0`: the plain one), so the
             // kernel cache can hold both.
-            if launch::pdl_env_allows(std::env::var("REALIGN_PDL").ok().as_deref()) {
+            if launch::pdl_requested() {
                 defs.push(launch::PDL_DEFINE.to_string());
             }
             let cubin = nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)

@@ -655,7 +655,7 @@ fn nvrtc_compiles_the_decode_shapes() {
     // (D, kv heads, group): Qwen2.5-0.5B, SmolLM2-135M, actor/tests/fused_attention.rs's model,
     // the D-128 case of kernels/tests/paged_attention_qkv.rs, the actor's HF fixtures.
     let models = [(64, 2, 7), (64, 3, 3), (64, 2, 2), (128, 2, 4), (16, 2, 2)];
-    let pdl = launch::pdl_env_allows(std::env::var("REALIGN_PDL").ok().as_deref());
+    let pdl = launch::pdl_requested();
     let mut seen = std::collections::HashSet::new();
     for (d, kh, g) in models {
         for dtype in [DType::BF16, DType::F32] {

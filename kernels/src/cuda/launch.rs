@@ -188,16 +188,16 @@ pub(crate) fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
 /// The NVRTC define that turns `pdl_entry()` (cu/common.cuh) on in every module.
 pub const PDL_DEFINE: &str = "-DREALIGN_PDL=1";
 
-/// Whether programmatic dependent launch is wanted (read once): on unless `REALIGN_PDL=0`.
-pub(crate) fn pdl_requested() -> bool {
+/// Whether programmatic dependent launch is wanted (read once): on unless `REALIGN_PDL=0`. Test
+/// and cache builders call it to pick the same module builds as the devices will.
+pub fn pdl_requested() -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
     *ENV.get_or_init(|| pdl_env_allows(std::env::var("REALIGN_PDL").ok().as_deref()))
 }
 
 /// What a `REALIGN_PDL` value asks for: PDL unless it is `0` (the default since its GPU tests
-/// passed and it measured faster on an H100, 2026-12-07; docs/kernels.md). Test and cache builders
-/// call it to pick the same module builds as the devices will.
-pub fn pdl_env_allows(value: Option<&str>) -> bool {
+/// passed and it measured faster on an H100, 2026-12-07; docs/kernels.md).
+fn pdl_env_allows(value: Option<&str>) -> bool {
     value != Some("0")
 }
 
