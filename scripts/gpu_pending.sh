@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# One GPU call (~4 minutes of machine) that checks and measures the defaults as of 2026-12-07,
-# session 11 (PDL on, the overlapped decode loop, the fused decode attention, the training GEMM
-# table built in) against the defaults before them, beside both peers. Runs on the GPU machine from
-# the repository root and writes as it goes to $OUT (card.txt, summary.txt, tests.log,
-# rollout.txt, train.txt), so a call cut short still returns what ran.
+# One GPU call (~4 minutes of machine for everything) that checks and measures the defaults as of
+# 2026-12-07 (PDL on, the overlapped decode loop, the fused decode attention, the training GEMM
+# table built in) against the defaults before them, beside both peers. Runs on the GPU machine
+# from the repository root and writes as it goes to $OUT (card.txt, summary.txt, tests.log,
+# rollout.txt, train.txt, ncu_decode.*), so a call cut short still returns what ran.
+# Sections run in the order given (default: tests rollout train tests2):
+#   tests    the GPU tests of the decode loop (decode_feed, generate_against_hf, cuda_graphs,
+#            fused_attention)
+#   rollout  HF generate, then rollout_bench B 256 default / old defaults, B 64
+#   train    train_step_bench default / old defaults / PyTorch / default / default with --phases
+#   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
+#            training_fused, device_parity)
+#   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
-# Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh
-# What is still open on the GPU (docs/benchmarks.md): the train step on an H200 (issue 4's 40% MFU
-# was last measured there before PDL and the table), and SmolLM2-135M real-weight rollout rows
-# with the new defaults.
+# Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh [SECTION ...]
 set -u
 ROOT=$PWD; mkdir -p /work; [ -e /work/main ] || ln -s "$ROOT" /work/main  # never over a checkout
 nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv,noheader | tee -a $OUT/card.txt
@@ -20,19 +25,26 @@ mkdir -p .gpu/run
 export REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache; unset CUDA_HOME CUDA_PATH  # as gpu_run.sh sets them
 B=$ROOT/.gpu/run/bin; T0=$(date +%s)
 tests() { GPU_BUNDLE=.gpu/slim.tgz GPU_RUN_DIR=.gpu/run GPU_TEST_TIMEOUT=90 bash scripts/gpu_run.sh "$@"; }
-tests kernels--decode_feed actor--generate_against_hf actor--cuda_graphs actor--fused_attention
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3"
 roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step"; }
-{ echo "== hf"; timeout 150 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -1
-  echo "== default B256"; roll $R --batch 256
-  echo "== before 2026-12-07 B256 (serial, split, PDL=0)"; REALIGN_PDL=0 roll $R --batch 256 --serial --split-attention
-  echo "== default B64"; roll $R --batch 64; } 2>&1 | tee -a $OUT/rollout.txt
 TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
 step() { "$@" 2>&1 | grep -E "s/step|step times"; }  # per-step times show clock drift
-{ echo "== default"; step $B/train_step_bench $TS
-  echo "== before 2026-12-07 (PDL=0, GEMM=ex)"; REALIGN_PDL=0 REALIGN_GEMM=ex step $B/train_step_bench $TS
-  echo "== torch"; timeout 100 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
-  echo "== default"; step $B/train_step_bench $TS; } 2>&1 | tee -a $OUT/train.txt
-tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity
-echo "pending: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt
+for section in "${@:-tests rollout train tests2}"; do for s in $section; do case $s in
+  tests) tests kernels--decode_feed actor--generate_against_hf actor--cuda_graphs actor--fused_attention ;;
+  rollout)
+    { echo "== hf"; timeout 150 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -1
+      echo "== default B256"; roll $R --batch 256
+      echo "== before 2026-12-07 B256 (serial, split, PDL=0)"; REALIGN_PDL=0 roll $R --batch 256 --serial --split-attention
+      echo "== default B64"; roll $R --batch 64; } 2>&1 | tee -a $OUT/rollout.txt ;;
+  train)
+    { echo "== default"; step $B/train_step_bench $TS
+      echo "== before 2026-12-07 (PDL=0, GEMM=ex)"; REALIGN_PDL=0 REALIGN_GEMM=ex step $B/train_step_bench $TS
+      echo "== torch"; timeout 100 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
+      echo "== default"; step $B/train_step_bench $TS
+      echo "== default, phases (synchronised; where the time goes)"; $B/train_step_bench $TS --phases 2>&1 | tail -25
+    } 2>&1 | tee -a $OUT/train.txt ;;
+  tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
+  ncu) bash scripts/ncu_decode.sh ;;
+  *) echo "unknown section $s" | tee -a $OUT/summary.txt ;;
+esac; echo "after $s: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; done; done
 grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -40
