@@ -12,6 +12,7 @@
 #   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
 #            training_fused, device_parity)
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
+#   wgmma    our wgmma GEMM: its GPU test, then `cuda_bench wgmma` (beside cuBLAS)
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
@@ -45,6 +46,8 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     } 2>&1 | tee -a $OUT/train.txt ;;
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
   ncu) bash scripts/ncu_decode.sh ;;
+  wgmma) tests kernels--gemm_wgmma
+    timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|panicked" | tee -a $OUT/wgmma.txt ;;
   *) echo "unknown section $s" | tee -a $OUT/summary.txt ;;
 esac; echo "after $s: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; done; done
 grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -40

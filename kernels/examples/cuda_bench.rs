@@ -181,6 +181,52 @@ fn attention_variants(
     Ok(())
 }
 
+/// Our wgmma GEMM (`kernels::cuda::gemm_wgmma`) against cuBLAS (`ops::linear`, the tuned table)
+/// on Qwen2.5-0.5B's decode products at B 256 and two training products: time, TFLOP/s, the
+/// ratio, and ‖ours − cuBLAS‖ / ‖cuBLAS‖ (both bf16 out).
+fn wgmma_vs_cublas(cuda: &CudaDevice, dev: &Device) -> kernels::Result<()> {
+    use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, supported};
+    if !supported(cuda) {
+        println!("wgmma: skipped, {} is not sm_90", cuda.arch());
+        return Ok(());
+    }
+    let bf = DType::BF16;
+    let shapes = [
+        ("decode qkv B256", 256, 1152, 896),
+        ("decode o B256", 256, 896, 896),
+        ("decode gate_up B256", 256, 9728, 896),
+        ("decode down B256", 256, 896, 4864),
+        ("decode lm_head B256", 256, 151_936, 896),
+        ("train gate 8192", 8192, 4864, 896),
+        ("train down 8192", 8192, 896, 4864),
+    ];
+    for (i, (name, m, n, k)) in shapes.into_iter().enumerate() {
+        let x = t(&[m, k], 100 + i as u64, dev, bf);
+        let w = t(&[n, k], 200 + i as u64, dev, bf);
+        let flops = 2.0 * (m * n * k) as f64;
+        let bytes = ((m * k + n * k + m * n) * 2) as f64;
+        let theirs = time(cuda, || {
+            ops::linear(&x, &w, None).unwrap();
+        });
+        let ours = time(cuda, || {
+            gemm_wgmma_tn(&x, &w, bf).unwrap();
+        });
+        let err = rel_err(&gemm_wgmma_tn(&x, &w, bf)?, &ops::linear(&x, &w, None)?)?;
+        report(
+            &format!("wgmma {name} [{m}x{k}]·[{n}x{k}]ᵀ"),
+            ours,
+            flops,
+            bytes,
+        );
+        report(&format!("cublas {name}"), theirs, flops, bytes);
+        println!(
+            "ratio {name}: cuBLAS / ours {:.3} (rel err {err:.2e})",
+            theirs / ours
+        );
+    }
+    Ok(())
+}
+
 fn main() -> kernels::Result<()> {
     let dev = Device::cuda(0)?;
     let Device::Cuda(cuda) = &dev else {
@@ -202,8 +248,12 @@ fn main() -> kernels::Result<()> {
     let pos = Tensor::from_u32(pos, &[n], &dev)?;
     let scale = 1.0 / (d as f32).sqrt();
     let att_flops = 4.0 * (h * d) as f64 * (s * tlen * (tlen + 1) / 2) as f64;
-    // `cuda_bench attention [LABEL]`: only the attention variants (only LABEL's).
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cuda_bench wgmma`: our wgmma GEMM beside cuBLAS (ops::linear) on the model's products.
+    if args.first().map(String::as_str) == Some("wgmma") {
+        return wgmma_vs_cublas(cuda, &dev);
+    }
+    // `cuda_bench attention [LABEL]`: only the attention variants (only LABEL's).
     let only = args.get(1).map(String::as_str);
     attention_variants(cuda, &q, &k, &vv, &dout, &cu, &pos, scale, att_flops, only)?;
     if args.first().map(String::as_str) == Some("attention") {

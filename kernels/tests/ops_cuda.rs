@@ -45,7 +45,8 @@ fn nvrtc_compiles_every_kernel() {
             if launch::pdl_requested() {
                 defs.push(launch::PDL_DEFINE.to_string());
             }
-            let cubin = nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)
+            let arch = launch::arch_for(src.name, "sm_90");
+            let cubin = nvrtc::compile_cubin(src.name, &text, &arch, &defs)
                 .unwrap_or_else(|e| panic!("{}.cu {defs:?}: {e}", src.name));
             assert!(!cubin.is_empty());
         }

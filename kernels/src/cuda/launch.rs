@@ -53,7 +53,22 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("add_rmsnorm"),
         kernel_source!("swiglu_packed"),
         kernel_source!("policy_grad"),
+        super::gemm_wgmma::SRC,
     ]
+}
+
+/// Sources that use arch-specific instructions (Hopper's wgmma), which NVRTC only accepts for the
+/// arch-specific target (`sm_90a`), not the portable one (`sm_90`).
+const ARCH_SPECIFIC: &[&str] = &["gemm_wgmma"];
+
+/// The target `src` compiles for on a device of `arch`: `sm_90a` for the arch-specific sources on
+/// an `sm_90` device, else `arch` itself.
+pub fn arch_for(src: &str, arch: &str) -> String {
+    if ARCH_SPECIFIC.contains(&src) && arch == "sm_90" {
+        format!("{arch}a")
+    } else {
+        arch.to_string()
+    }
 }
 
 /// The full text NVRTC compiles for `src`.
@@ -71,7 +86,8 @@ pub(crate) fn load_module(
     if dev.pdl() {
         defines.push(PDL_DEFINE.to_string());
     }
-    let cubin = super::nvrtc::compile_cubin(src.name, &text, dev.arch(), &defines)?;
+    let arch = arch_for(src.name, dev.arch());
+    let cubin = super::nvrtc::compile_cubin(src.name, &text, &arch, &defines)?;
     dev.context()
         .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
         .map_err(|e| Error::Cuda(format!("loading module {}.cu: {e:?}", src.name)))
@@ -302,6 +318,13 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::{pdl_allowed, pdl_env_allows};
+
+    #[test]
+    fn only_the_wgmma_sources_compile_for_sm_90a() {
+        assert_eq!(super::arch_for("gemm_wgmma", "sm_90"), "sm_90a");
+        assert_eq!(super::arch_for("gemm_wgmma", "sm_80"), "sm_80");
+        assert_eq!(super::arch_for("linear", "sm_90"), "sm_90");
+    }
 
     #[test]
     fn pdl_is_on_unless_the_environment_says_0() {

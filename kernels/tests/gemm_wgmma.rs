@@ -1,0 +1,82 @@
+//! Our wgmma GEMM (`kernels::cuda::gemm_wgmma`, y = x · Wᵀ) against the CPU f32 product of the same
+//! bf16 values: ragged shapes (rows and columns that fill no tile, K not a multiple of the 64-wide
+//! stage), the decode and training shapes of Qwen2.5-0.5B, bf16 and f32 outputs. GPU only (sm_90);
+//! elsewhere it prints why it skipped.
+
+use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, supported};
+use kernels::ops::linear;
+use kernels::testing::{randn, rel_err, test_devices};
+use kernels::{DType, Device, Tensor};
+
+/// ‖got − cpu‖ / ‖cpu‖ for x [m, k] · w [n, k]ᵀ with output `out`.
+fn error_against_cpu(dev: &Device, m: usize, n: usize, k: usize, out: DType, seed: u64) -> f64 {
+    let x = randn(&[m, k], seed, dev, DType::BF16);
+    let w = randn(&[n, k], seed + 1, dev, DType::BF16);
+    let got = gemm_wgmma_tn(&x, &w, out).unwrap();
+    assert_eq!(got.shape(), &[m, n]);
+    assert_eq!(got.dtype(), out);
+    // The same bf16 values, multiplied in f32 on the CPU.
+    let to_cpu = |t: &Tensor| {
+        let v = t.to_vec_f32().unwrap();
+        Tensor::from_f32(v, t.shape(), &Device::Cpu).unwrap()
+    };
+    let want = linear(&to_cpu(&x), &to_cpu(&w), None).unwrap();
+    rel_err(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap())
+}
+
+#[test]
+fn wgmma_gemm_equals_the_cpu_product() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        let Device::Cuda(cuda) = &dev else { continue };
+        if !supported(cuda) {
+            eprintln!("skipped: {} is not sm_90 (wgmma)", cuda.arch());
+            continue;
+        }
+        let shapes = [
+            (1, 8, 8),
+            (77, 200, 72),     // nothing fills a tile; K ends mid-stage
+            (128, 128, 64),    // exactly one tile, one stage
+            (130, 129, 136),   // one past a tile in each direction
+            (256, 1152, 896),  // decode q/k/v at B 256
+            (256, 896, 4864),  // decode down
+            (64, 9728, 896),   // decode gate/up at B 64
+            (1024, 4864, 896), // a training product
+        ];
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            for out in [DType::F32, DType::BF16] {
+                let err = error_against_cpu(&dev, m, n, k, out, 10 * i as u64);
+                // f32 out: only the summation order differs; bf16 out adds one rounding.
+                let tol = if out == DType::F32 { 1e-5 } else { 8e-3 };
+                assert!(
+                    err < tol,
+                    "[{m}, {k}] · [{n}, {k}]ᵀ → {out:?}: rel err {err:e} (tol {tol:e})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wgmma_gemm_rejects_what_it_cannot_multiply() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        let Device::Cuda(cuda) = &dev else { continue };
+        if !supported(cuda) {
+            continue;
+        }
+        let x = randn(&[4, 12], 1, &dev, DType::BF16);
+        let w = randn(&[4, 12], 2, &dev, DType::BF16);
+        assert!(
+            gemm_wgmma_tn(&x, &w, DType::F32).is_err(),
+            "K 12 is not a multiple of 8"
+        );
+        let x = randn(&[4, 16], 1, &dev, DType::BF16);
+        let w = randn(&[4, 24], 2, &dev, DType::BF16);
+        assert!(
+            gemm_wgmma_tn(&x, &w, DType::F32).is_err(),
+            "inner sizes differ"
+        );
+        let xf = randn(&[4, 16], 1, &dev, DType::F32);
+        let w = randn(&[4, 16], 2, &dev, DType::BF16);
+        assert!(gemm_wgmma_tn(&xf, &w, DType::F32).is_err(), "f32 input");
+    }
+}
