@@ -105,7 +105,11 @@ __device__ __forceinline__ void wg_gemm_tn(const __nv_bfloat16* __restrict__ a, 
     const u32 base = (wg_smem_addr(wg_smem_raw) + 1023) & ~1023u;
     const u32 tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp = (tid % 128) / 32;
     const u32 row0 = blockIdx.y * WG_BM, col0 = blockIdx.x * WG_BN;
-    const u32 kts = (k + WG_BK - 1) / WG_BK;
+    // Split-K (gridDim.z > 1): block z takes k-tiles [kt0, kt0 + kts) and writes its partial
+    // product to slice z of d (an f32 workspace of gridDim.z slices, summed by gemm_splitk_reduce).
+    const u32 k_tiles = (k + WG_BK - 1) / WG_BK, per = (k_tiles + gridDim.z - 1) / gridDim.z;
+    const u32 kt0 = min(k_tiles, blockIdx.z * per), kts = min(k_tiles, kt0 + per) - kt0;
+    d += (size_t)blockIdx.z * m * ldd;
 
     float acc[64];
 #pragma unroll
@@ -115,8 +119,8 @@ __device__ __forceinline__ void wg_gemm_tn(const __nv_bfloat16* __restrict__ a, 
     for (u32 s = 0; s < WG_PREFETCH; ++s) {
         if (s < kts) {
             const u32 st = base + s * WG_STAGE_BYTES;
-            wg_load_tile(st, a, m, k, lda, row0, s, tid);
-            wg_load_tile(st + WG_TILE_BYTES, b, n, k, ldb, col0, s, tid);
+            wg_load_tile(st, a, m, k, lda, row0, kt0 + s, tid);
+            wg_load_tile(st + WG_TILE_BYTES, b, n, k, ldb, col0, kt0 + s, tid);
         }
         asm volatile("cp.async.commit_group;\n" ::);
     }
@@ -137,8 +141,8 @@ __device__ __forceinline__ void wg_gemm_tn(const __nv_bfloat16* __restrict__ a, 
         const u32 next = kt + WG_PREFETCH;
         if (next < kts) {
             const u32 sn = base + (next % WG_STAGES) * WG_STAGE_BYTES;
-            wg_load_tile(sn, a, m, k, lda, row0, next, tid);
-            wg_load_tile(sn + WG_TILE_BYTES, b, n, k, ldb, col0, next, tid);
+            wg_load_tile(sn, a, m, k, lda, row0, kt0 + next, tid);
+            wg_load_tile(sn + WG_TILE_BYTES, b, n, k, ldb, col0, kt0 + next, tid);
         }
         asm volatile("cp.async.commit_group;\n" ::);
     }
@@ -178,4 +182,26 @@ extern "C" __global__ void __launch_bounds__(256, 1)
                       u32 ldb, u32 ldd) {
     pdl_entry();
     wg_gemm_tn(a, b, d, m, n, k, lda, ldb, ldd);
+}
+
+// out[i] = Σ_z ws[z][i] over `splits` f32 slices of `count` elements (split-K's second pass; fixed
+// order, so the result does not depend on which block finished first).
+template <typename TOut>
+__device__ __forceinline__ void wg_splitk_reduce(const float* __restrict__ ws, TOut* __restrict__ out, u64 count,
+                                                 u32 splits) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (u32 z = 0; z < splits; ++z) acc += ws[z * count + i];
+        st(out, i, acc);
+    }
+}
+
+extern "C" __global__ void gemm_splitk_reduce_bf16(const float* ws, __nv_bfloat16* out, u64 count, u32 splits) {
+    pdl_entry();
+    wg_splitk_reduce(ws, out, count, splits);
+}
+
+extern "C" __global__ void gemm_splitk_reduce_f32(const float* ws, float* out, u64 count, u32 splits) {
+    pdl_entry();
+    wg_splitk_reduce(ws, out, count, splits);
 }

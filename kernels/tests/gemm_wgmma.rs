@@ -3,16 +3,26 @@
 //! stage), the decode and training shapes of Qwen2.5-0.5B, bf16 and f32 outputs. GPU only (sm_90);
 //! elsewhere it prints why it skipped.
 
-use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, supported};
+use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, gemm_wgmma_tn_split, supported};
 use kernels::ops::linear;
 use kernels::testing::{randn, rel_err, test_devices};
 use kernels::{DType, Device, Tensor};
 
-/// ‖got − cpu‖ / ‖cpu‖ for x [m, k] · w [n, k]ᵀ with output `out`.
-fn error_against_cpu(dev: &Device, m: usize, n: usize, k: usize, out: DType, seed: u64) -> f64 {
+/// ‖got − cpu‖ / ‖cpu‖ for x [m, k] · w [n, k]ᵀ with output `out`, K split `splits` ways (None:
+/// the op's own choice).
+fn error_against_cpu(
+    dev: &Device,
+    (m, n, k): (usize, usize, usize),
+    out: DType,
+    splits: Option<usize>,
+    seed: u64,
+) -> f64 {
     let x = randn(&[m, k], seed, dev, DType::BF16);
     let w = randn(&[n, k], seed + 1, dev, DType::BF16);
-    let got = gemm_wgmma_tn(&x, &w, out).unwrap();
+    let got = match splits {
+        None => gemm_wgmma_tn(&x, &w, out).unwrap(),
+        Some(s) => gemm_wgmma_tn_split(&x, &w, out, s).unwrap(),
+    };
     assert_eq!(got.shape(), &[m, n]);
     assert_eq!(got.dtype(), out);
     // The same bf16 values, multiplied in f32 on the CPU.
@@ -44,7 +54,7 @@ fn wgmma_gemm_equals_the_cpu_product() {
         ];
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             for out in [DType::F32, DType::BF16] {
-                let err = error_against_cpu(&dev, m, n, k, out, 10 * i as u64);
+                let err = error_against_cpu(&dev, (m, n, k), out, None, 10 * i as u64);
                 // f32 out: the summation order (and the tensor cores' adder) differs from the
                 // CPU's, ~1e-6 here; bf16 out adds one rounding (~3e-3).
                 let tol = if out == DType::F32 { 1e-4 } else { 8e-3 };
@@ -54,6 +64,42 @@ fn wgmma_gemm_equals_the_cpu_product() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn split_k_equals_the_cpu_product() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        let Device::Cuda(cuda) = &dev else { continue };
+        if !supported(cuda) {
+            continue;
+        }
+        // (shape, splits): even and uneven splits, splits left with no k-tile (14 tiles in 9
+        // splits of 2: the last two are empty and must add zeros), one k-tile a split.
+        let cases = [
+            ((256, 896, 4864), 9),
+            ((256, 1152, 896), 7),
+            ((256, 1152, 896), 9),
+            ((77, 200, 72), 2),
+            ((130, 129, 512), 8),
+        ];
+        for (i, &(shape, splits)) in cases.iter().enumerate() {
+            for out in [DType::F32, DType::BF16] {
+                let err = error_against_cpu(&dev, shape, out, Some(splits), 100 + i as u64);
+                let tol = if out == DType::F32 { 1e-4 } else { 8e-3 };
+                assert!(
+                    err < tol,
+                    "{shape:?} in {splits} splits → {out:?}: rel err {err:e}"
+                );
+            }
+        }
+        let x = randn(&[4, 128], 1, &dev, DType::BF16);
+        let w = randn(&[4, 128], 2, &dev, DType::BF16);
+        assert!(gemm_wgmma_tn_split(&x, &w, DType::F32, 0).is_err());
+        assert!(
+            gemm_wgmma_tn_split(&x, &w, DType::F32, 3).is_err(),
+            "2 k-tiles, 3 splits"
+        );
     }
 }
 

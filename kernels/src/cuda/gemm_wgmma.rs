@@ -21,9 +21,32 @@ pub fn supported(dev: &super::CudaDevice) -> bool {
 }
 
 /// x [M, K] · w [N, K]ᵀ → [M, N] in `out` (bf16 or f32), both inputs bf16 on one sm_90 GPU,
-/// K a multiple of 8 (16-byte rows for the copies).
+/// K a multiple of 8 (16-byte rows for the copies). Products with fewer output tiles than half the
+/// SMs split K ([`splits_for`]).
 pub fn gemm_wgmma_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
-    const OP: &str = "gemm_wgmma_tn";
+    let dev = device_of(x, OP)?;
+    let (m, k) = x.dims2(OP)?;
+    let (n, _) = w.dims2(OP)?;
+    let splits = splits_for(m, n, k, super::paged_attention::sm_count(&dev));
+    gemm_wgmma_tn_split(x, w, out, splits)
+}
+
+const OP: &str = "gemm_wgmma_tn";
+
+/// K-splits for an [m, k] · [n, k]ᵀ product on `sms` SMs: 1 when the output tiles fill at least
+/// half the SMs, else enough to reach about one block per SM, at least two 64-wide k-tiles each.
+pub fn splits_for(m: usize, n: usize, k: usize, sms: usize) -> usize {
+    let tiles = m.div_ceil(BM) * n.div_ceil(BN);
+    let k_tiles = k.div_ceil(64);
+    if tiles == 0 || 2 * tiles >= sms {
+        return 1;
+    }
+    (sms / tiles).min(k_tiles / 2).max(1)
+}
+
+/// [`gemm_wgmma_tn`] with `splits` K-splits: each writes an f32 partial product, and a second
+/// kernel sums them in a fixed order (deterministic) into `out`.
+pub fn gemm_wgmma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) -> Result<Tensor> {
     let dev = device_of(x, OP)?;
     if !supported(&dev) {
         return Err(Error::msg(format!(
@@ -46,6 +69,12 @@ pub fn gemm_wgmma_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
             "{OP}: x [{m}, {k}] and w [{n}, {kw}] need the same inner size, a non-zero multiple of 8"
         )));
     }
+    if splits == 0 || splits > k.div_ceil(64) {
+        return Err(Error::msg(format!(
+            "{OP}: {splits} K-splits for K {k} (1 to {} 64-wide tiles)",
+            k.div_ceil(64)
+        )));
+    }
     let dim = |v: usize| {
         u32::try_from(v).map_err(|_| Error::msg(format!("{OP}: dimension {v} exceeds u32")))
     };
@@ -53,10 +82,17 @@ pub fn gemm_wgmma_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
     if m == 0 || n == 0 {
         return Ok(y);
     }
+    // One split writes y directly; several write f32 slices [splits, m, n] first.
+    let ws = if splits > 1 {
+        Some(empty(&dev, &[splits, m, n], DType::F32)?)
+    } else {
+        None
+    };
+    let target = ws.as_ref().unwrap_or(&y);
     let args = Args::new()
         .ptr(x, &dev, OP)?
         .ptr(w, &dev, OP)?
-        .ptr(&y, &dev, OP)?
+        .ptr(target, &dev, OP)?
         .u32(dim(m)?)
         .u32(dim(n)?)
         .u32(dim(k)?)
@@ -64,11 +100,40 @@ pub fn gemm_wgmma_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
         .u32(dim(k)?) // ldb
         .u32(dim(n)?); // ldd
     let grid = Grid {
-        grid: (dim(n.div_ceil(BN))?, dim(m.div_ceil(BM))?, 1),
+        grid: (dim(n.div_ceil(BN))?, dim(m.div_ceil(BM))?, dim(splits)?),
         block: (256, 1, 1),
         smem: SMEM,
     };
-    let func = format!("gemm_wgmma_tn_{}", suffix(out, OP)?);
+    let func = format!("gemm_wgmma_tn_{}", suffix(target.dtype(), OP)?);
     run(&dev, &SRC, &[], &func, grid, args)?;
+    if let Some(ws) = &ws {
+        let count = m * n;
+        let args = Args::new()
+            .ptr(ws, &dev, OP)?
+            .ptr(&y, &dev, OP)?
+            .u64(count as u64)
+            .u32(dim(splits)?);
+        let func = format!("gemm_splitk_reduce_{}", suffix(out, OP)?);
+        run(&dev, &SRC, &[], &func, Grid::cover(count, 256), args)?;
+    }
     Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splits_for;
+
+    #[test]
+    fn only_products_with_few_output_tiles_split_k() {
+        // Training products fill the GPU: no split.
+        assert_eq!(splits_for(8192, 4864, 896, 132), 1);
+        // Decode at B 256: q/k/v has 2 × 9 tiles over 14 k-tiles, down 2 × 7 over 76.
+        assert_eq!(splits_for(256, 1152, 896, 132), 7);
+        assert_eq!(splits_for(256, 896, 4864, 132), 9);
+        // gate/up at B 256 has 152 tiles: no split.
+        assert_eq!(splits_for(256, 9728, 896, 132), 1);
+        // Short K never splits below two k-tiles a split.
+        assert_eq!(splits_for(1, 8, 8, 132), 1);
+        assert_eq!(splits_for(1, 8, 256, 132), 2);
+    }
 }

@@ -193,7 +193,7 @@ pub fn choose_split(
 
 /// Streaming multiprocessors of `dev` (asked once per process; 132, an H200's, if the driver
 /// does not say).
-fn sm_count(dev: &super::CudaDevice) -> usize {
+pub(crate) fn sm_count(dev: &super::CudaDevice) -> usize {
     static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *SMS.get_or_init(|| {
         use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
