@@ -47,7 +47,10 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
   ncu) bash scripts/ncu_decode.sh ;;
   wgmma) tests kernels--gemm_wgmma
-    timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|panicked" | tee -a $OUT/wgmma.txt ;;
+    timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|panicked" | tee -a $OUT/wgmma.txt
+    # In place: the decode step's bias-free products on it (REALIGN_GEMM=wgmma) beside cuBLAS.
+    { echo "== default B256"; roll $R --batch 256
+      echo "== REALIGN_GEMM=wgmma B256"; REALIGN_GEMM=wgmma roll $R --batch 256; } 2>&1 | tee -a $OUT/wgmma.txt ;;
   *) echo "unknown section $s" | tee -a $OUT/summary.txt ;;
 esac; echo "after $s: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; done; done
 grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -40

@@ -15,6 +15,14 @@ const BM: usize = 128;
 const BN: usize = 128;
 const SMEM: u32 = 4 * 2 * 128 * 64 * 2 + 1024;
 
+/// `REALIGN_GEMM=wgmma`: `ops::linear`'s bias-free bf16 forward products run this kernel instead
+/// of cuBLAS (an A/B switch for benchmarks while the kernel is being brought up; everything else,
+/// the backward products included, stays on cuBLAS).
+pub fn requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_GEMM").is_ok_and(|v| v == "wgmma"))
+}
+
 /// True when this device runs the wgmma kernel (compute capability 9.0: wgmma is sm_90a only).
 pub fn supported(dev: &super::CudaDevice) -> bool {
     dev.arch() == "sm_90"
