@@ -27,7 +27,7 @@ export REALIGN_KERNEL_CACHE=$ROOT/.gpu/kcache; unset CUDA_HOME CUDA_PATH  # as g
 B=$ROOT/.gpu/run/bin; T0=$(date +%s)
 tests() { GPU_BUNDLE=.gpu/slim.tgz GPU_RUN_DIR=.gpu/run GPU_TEST_TIMEOUT=90 bash scripts/gpu_run.sh "$@"; }
 R="--device cuda --dtype bf16 --shapes qwen2.5-0.5b --prompt 128 --new 256 --iters 3"
-roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step"; }
+roll() { timeout 60 $B/rollout_bench "$@" 2>&1 | grep -E "tokens/s|ratio|per decode step|[Ee]rror|panicked"; }
 TS="--device cuda --dtype bf16 --steps 6 --warmup 2"
 step() { "$@" 2>&1 | grep -E "s/step|step times"; }  # per-step times show clock drift
 for section in "${@:-tests rollout train tests2}"; do for s in $section; do case $s in
