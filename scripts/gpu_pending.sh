@@ -15,6 +15,10 @@
 #   wgmma    our wgmma GEMM: its GPU test, then `cuda_bench wgmma` (beside cuBLAS)
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
+#                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
+#                    actor--fused_attention kernels--ops_cuda kernels--paged_attention_qkv
+#                    kernels--fused_ops kernels--training_fused learner--device_parity
+#                    kernels--gemm_wgmma)
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
 # Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh [SECTION ...]
 set -u
