@@ -9,7 +9,8 @@
 // Every thread also copies: each stage is 2 × 128 rows × 128 B, 2048 16-byte cp.async chunks, 8 a
 // thread. Shared layout: the 128-byte swizzle wgmma's descriptors name (row r's 16-byte chunk c
 // sits at chunk c ^ (r % 8) of its 128-byte row; 8-row atoms of 1024 B, 1024-aligned), so the
-// hardware reads conflict-free and no ldmatrix is needed.
+// hardware reads conflict-free and no ldmatrix is needed. The cp.async helpers are mma.cuh's
+// (prepended, kernels/src/cuda/gemm_wgmma.rs).
 //
 // Pipeline: STAGES buffers, PREFETCH = STAGES - 2 tiles in flight ahead of the one being
 // multiplied. At tile kt: wait for its copy, fence it into the async proxy, barrier; issue four
@@ -28,13 +29,6 @@
 #define WG_PREFETCH (WG_STAGES - 2)
 #define WG_TILE_BYTES (WG_BM * WG_BK * 2)  // A and B tiles are both 128 × 64 bf16 = 16 KiB
 #define WG_STAGE_BYTES (2 * WG_TILE_BYTES)
-
-__device__ __forceinline__ u32 wg_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, zero-filled when !valid.
-__device__ __forceinline__ void wg_cp16(u32 dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
 
 // A shared-memory matrix descriptor for a K-major tile in the 128-byte swizzle: start address,
 // leading offset 1 (unused by this layout), stride 1024 B between 8-row atoms, swizzle mode 1.
@@ -87,7 +81,7 @@ __device__ __forceinline__ void wg_load_tile(u32 tile, const __nv_bfloat16* x, u
         const u32 gr = row0 + r, gk = kt * WG_BK + c * 8;
         const bool valid = gr < rows && gk < k;
         const __nv_bfloat16* src = valid ? x + (size_t)gr * ld + gk : x;
-        wg_cp16(tile + r * 128 + ((c ^ (r % 8)) << 4), src, valid);
+        cp_async16(tile + r * 128 + ((c ^ (r % 8)) << 4), src, valid);
     }
 }
 
@@ -102,7 +96,7 @@ __device__ __forceinline__ void wg_gemm_tn(const __nv_bfloat16* __restrict__ a, 
                                            TOut* __restrict__ d, u32 m, u32 n, u32 k, u32 lda, u32 ldb, u32 ldd) {
     extern __shared__ unsigned char wg_smem_raw[];
     // 1024-byte alignment for the swizzle atoms (the launch asks for 1 KiB more than the stages).
-    const u32 base = (wg_smem_addr(wg_smem_raw) + 1023) & ~1023u;
+    const u32 base = (mma_smem_addr(wg_smem_raw) + 1023) & ~1023u;
     const u32 tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp = (tid % 128) / 32;
     const u32 row0 = blockIdx.y * WG_BM, col0 = blockIdx.x * WG_BN;
     // Split-K (gridDim.z > 1): block z takes k-tiles [kt0, kt0 + kts) and writes its partial
@@ -122,11 +116,11 @@ __device__ __forceinline__ void wg_gemm_tn(const __nv_bfloat16* __restrict__ a, 
             wg_load_tile(st, a, m, k, lda, row0, kt0 + s, tid);
             wg_load_tile(st + WG_TILE_BYTES, b, n, k, ldb, col0, kt0 + s, tid);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
     }
 
     for (u32 kt = 0; kt < kts; ++kt) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(WG_PREFETCH - 1));
+        cp_async_wait<WG_PREFETCH - 1>();
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
         const u32 st = base + (kt % WG_STAGES) * WG_STAGE_BYTES;
@@ -144,7 +138,7 @@ __device__ __forceinline__ void wg_gemm_tn(const __nv_bfloat16* __restrict__ a, 
             wg_load_tile(sn, a, m, k, lda, row0, kt0 + next, tid);
             wg_load_tile(sn + WG_TILE_BYTES, b, n, k, ldb, col0, kt0 + next, tid);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
     }
     wg_wait<0>();
 

@@ -1,7 +1,7 @@
 // Tensor-core and async-copy primitives (sm_80+): mma.sync m16n8k16 (bf16 in, f32 accumulate),
 // ldmatrix fragment loads from shared memory, cp.async 16-byte copies. Prepended to the kernels
-// that use them: attention_mma.cu (kernels/src/cuda/attention.rs) and the paged decode kernels
-// (kernels/src/cuda/paged_attention.rs).
+// that use them: attention_mma.cu (kernels/src/cuda/attention.rs), the paged decode kernels
+// (kernels/src/cuda/paged_attention.rs) and gemm_wgmma.cu (its copies).
 //
 // Fragment layouts of mma.m16n8k16 (g = lane / 4, t = lane % 4; pairs hold consecutive k, the
 // lower k in the low 16 bits):
@@ -58,9 +58,12 @@ __device__ __forceinline__ void mma_frag_b_kn(u32* b, const __nv_bfloat16* s, u3
 
 // 16 bytes global -> shared without passing through registers; zero-fill (nothing read) when
 // !valid.
+// The same to a shared-window address (kernels that compute swizzled addresses as integers).
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mma_smem_addr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0));
+    cp_async16(mma_smem_addr(dst), src, valid);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }

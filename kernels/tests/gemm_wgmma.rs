@@ -34,14 +34,33 @@ fn error_against_cpu(
     rel_err(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap())
 }
 
-#[test]
-fn wgmma_gemm_equals_the_cpu_product() {
+/// The GPUs the kernel runs on (sm_90); the others are named and skipped.
+fn wgmma_devices() -> Vec<Device> {
+    let mut out = vec![];
     for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
         let Device::Cuda(cuda) = &dev else { continue };
-        if !supported(cuda) {
+        if supported(cuda) {
+            out.push(dev);
+        } else {
             eprintln!("skipped: {} is not sm_90 (wgmma)", cuda.arch());
-            continue;
         }
+    }
+    out
+}
+
+/// Tolerance on the relative error: with f32 out the summation order (and the tensor cores'
+/// adder) differs from the CPU's, ~1e-6 here; bf16 out adds one rounding (~3e-3).
+fn tol(out: DType) -> f64 {
+    if out == DType::F32 {
+        1e-4
+    } else {
+        8e-3
+    }
+}
+
+#[test]
+fn wgmma_gemm_equals_the_cpu_product() {
+    for dev in wgmma_devices() {
         let shapes = [
             (1, 8, 8),
             (77, 200, 72),     // nothing fills a tile; K ends mid-stage
@@ -55,9 +74,7 @@ fn wgmma_gemm_equals_the_cpu_product() {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             for out in [DType::F32, DType::BF16] {
                 let err = error_against_cpu(&dev, (m, n, k), out, None, 10 * i as u64);
-                // f32 out: the summation order (and the tensor cores' adder) differs from the
-                // CPU's, ~1e-6 here; bf16 out adds one rounding (~3e-3).
-                let tol = if out == DType::F32 { 1e-4 } else { 8e-3 };
+                let tol = tol(out);
                 assert!(
                     err < tol,
                     "[{m}, {k}] · [{n}, {k}]ᵀ → {out:?}: rel err {err:e} (tol {tol:e})"
@@ -69,11 +86,7 @@ fn wgmma_gemm_equals_the_cpu_product() {
 
 #[test]
 fn split_k_equals_the_cpu_product() {
-    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
-        let Device::Cuda(cuda) = &dev else { continue };
-        if !supported(cuda) {
-            continue;
-        }
+    for dev in wgmma_devices() {
         // (shape, splits): even and uneven splits, splits left with no k-tile (14 tiles in 9
         // splits of 2: the last two are empty and must add zeros), one k-tile a split.
         let cases = [
@@ -86,9 +99,8 @@ fn split_k_equals_the_cpu_product() {
         for (i, &(shape, splits)) in cases.iter().enumerate() {
             for out in [DType::F32, DType::BF16] {
                 let err = error_against_cpu(&dev, shape, out, Some(splits), 100 + i as u64);
-                let tol = if out == DType::F32 { 1e-4 } else { 8e-3 };
                 assert!(
-                    err < tol,
+                    err < tol(out),
                     "{shape:?} in {splits} splits → {out:?}: rel err {err:e}"
                 );
             }
@@ -105,11 +117,7 @@ fn split_k_equals_the_cpu_product() {
 
 #[test]
 fn wgmma_gemm_rejects_what_it_cannot_multiply() {
-    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
-        let Device::Cuda(cuda) = &dev else { continue };
-        if !supported(cuda) {
-            continue;
-        }
+    for dev in wgmma_devices() {
         let x = randn(&[4, 12], 1, &dev, DType::BF16);
         let w = randn(&[4, 12], 2, &dev, DType::BF16);
         assert!(

@@ -3,11 +3,21 @@
 //! (docs/rollout.md item 8), which cuBLAS cannot take: first it has to match cuBLAS on the bare
 //! product (`cuda_bench wgmma`). Not used by any model path yet; `ops::linear` stays on cuBLAS.
 
-use super::launch::{kernel_source, run, Args, Grid, KernelSource};
+use super::launch::{run, Args, Grid, KernelSource};
 use super::{device_of, empty, suffix};
 use crate::{DType, Error, Result, Tensor};
 
-pub(crate) const SRC: KernelSource = kernel_source!("gemm_wgmma");
+/// The kernel with the shared cp.async primitives (`cu/mma.cuh`) in front.
+pub(crate) const SRC: KernelSource = KernelSource {
+    name: "gemm_wgmma",
+    src: concat!(
+        include_str!("../../cu/mma.cuh"),
+        "#line 1 \"gemm_wgmma.cu\"\n",
+        include_str!("../../cu/gemm_wgmma.cu"),
+    ),
+};
+
+const OP: &str = "gemm_wgmma_tn";
 
 /// Tile of one thread block (rows of x × rows of W) and its shared memory: four stages of two
 /// 128 × 64 bf16 tiles, plus 1 KiB so the kernel can align the ring to the 1024-byte swizzle atom.
@@ -35,11 +45,9 @@ pub fn gemm_wgmma_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
     let dev = device_of(x, OP)?;
     let (m, k) = x.dims2(OP)?;
     let (n, _) = w.dims2(OP)?;
-    let splits = splits_for(m, n, k, super::paged_attention::sm_count(&dev));
+    let splits = splits_for(m, n, k, super::sm_count(&dev));
     gemm_wgmma_tn_split(x, w, out, splits)
 }
-
-const OP: &str = "gemm_wgmma_tn";
 
 /// K-splits for an [m, k] · [n, k]ᵀ product on `sms` SMs: 1 when the output tiles fill at least
 /// half the SMs, else enough to reach about one block per SM, at least two 64-wide k-tiles each.

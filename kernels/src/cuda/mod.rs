@@ -478,6 +478,21 @@ impl CudaStorage {
     }
 }
 
+/// Streaming multiprocessors of `dev` (asked once per process; 132, an H200's, if the driver
+/// does not say).
+pub(crate) fn sm_count(dev: &CudaDevice) -> usize {
+    static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SMS.get_or_init(|| {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        dev.context()
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(132)
+    })
+}
+
 /// The CUDA device a tensor lives on, or an error naming `op`.
 pub(crate) fn device_of(t: &Tensor, op: &'static str) -> Result<CudaDevice> {
     match t.device() {

@@ -191,21 +191,6 @@ pub fn choose_split(
     cfg
 }
 
-/// Streaming multiprocessors of `dev` (asked once per process; 132, an H200's, if the driver
-/// does not say).
-pub(crate) fn sm_count(dev: &super::CudaDevice) -> usize {
-    static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SMS.get_or_init(|| {
-        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-        dev.context()
-            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .ok()
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(132)
-    })
-}
-
 /// Head-dim slots per query head in the kernel's shared memory (its `ROW_PAD`): lanes per token
 /// (a power of two covering the `vec`-element chunks, at most 32) × elements per lane.
 fn row_pad(d: usize, wide: bool) -> usize {
@@ -292,7 +277,7 @@ fn split_for_shape(
         d,
         dtype,
         max_context_len,
-        sm_count(&dev),
+        super::sm_count(&dev),
     ))
 }
 
