@@ -8,11 +8,13 @@
 #   tests    the GPU tests of the decode loop (decode_feed, generate_against_hf, cuda_graphs,
 #            fused_attention)
 #   rollout  HF generate, then rollout_bench B 256 default / old defaults, B 64
-#   train    train_step_bench default / old defaults / PyTorch / default / default with --phases
+#   train    train_step_bench default / old defaults / PyTorch / default / without lean attention loads /
+#            default with --phases
 #   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
 #            training_fused, device_parity)
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   wgmma    our wgmma GEMM: its GPU test, then `cuda_bench wgmma` (beside cuBLAS)
+#   attn     `cuda_bench attention`: every FaConfig candidate (lean ones included) fwd and bwd
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
@@ -46,10 +48,12 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       echo "== before 2026-12-07 (PDL=0, GEMM=ex)"; REALIGN_PDL=0 REALIGN_GEMM=ex step $B/train_step_bench $TS
       echo "== torch"; timeout 100 python3 scripts/peers/torch_train_step.py --iters 10 2>&1 | tail -1
       echo "== default"; step $B/train_step_bench $TS
+      echo "== without the lean attention loads (REALIGN_ATTENTION_CFG=lean=0)"; REALIGN_ATTENTION_CFG=lean=0 step $B/train_step_bench $TS
       echo "== default, phases (synchronised; where the time goes)"; $B/train_step_bench $TS --phases 2>&1 | tail -25
     } 2>&1 | tee -a $OUT/train.txt ;;
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
   ncu) bash scripts/ncu_decode.sh ;;
+  attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
   wgmma) tests kernels--gemm_wgmma
     timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|panicked" | tee -a $OUT/wgmma.txt
     # In place: the decode step's bias-free products on it (REALIGN_GEMM=wgmma) beside cuBLAS.

@@ -2,8 +2,11 @@
 """Per-kernel sums of an Nsight Compute CSV (`ncu --metrics gpu__time_duration.sum --csv
 --print-units base`) of a rollout, for the decode steps only.
 
-A step starts at an embedding lookup (a `gather_rows*` kernel); the last `--steps` segments are
-taken as decode steps (the run must end with decode steps, e.g. scripts/ncu_decode.sh). Prints the
+A step starts at an embedding lookup (a `gather_rows*` kernel); a segment that runs a paged
+attention kernel is a decode step (prefill uses the training attention, and rollout_bench ends
+with a prefill-only rollout); of those, the steps of the whole batch (the widest lookup: prefill
+runs in token-budget chunks with the decode steps of the sequences already prefilled between them)
+are kept, and the last `--steps` of them summed. Prints the
 segment sizes, then per kernel name: calls per step, µs per step, share; then one step's kernels
 in order (the first `--layer` of them), so that a layer's sequence can be read off.
 
@@ -49,7 +52,16 @@ def main():
     segs = [ks[s:e] for s, e in zip(starts, starts[1:] + [len(ks)])]
     print(f"{len(ks)} kernels; segments (kernels, µs): "
           + ", ".join(f"{len(s)}/{sum(k[3] for k in s) / 1e3:.0f}" for s in segs[-8:]))
-    steps = segs[-a.steps:]
+    decode = [s for s in segs if any(k[0].startswith("paged_attention") for k in s)]
+    # Prefill runs in chunks of the token budget with the decode steps of the sequences already
+    # prefilled between them: keep the steps of the full batch (the widest embedding lookup).
+    width = lambda s: s[0][1]  # the lookup's grid, e.g. "(32, 1, 1)"
+    widest = max((width(s) for s in decode), key=lambda g: [int(x) for x in g.strip("()").split(",")],
+                 default=None)
+    decode = [s for s in decode if width(s) == widest]
+    if len(decode) < a.steps:
+        sys.exit(f"{len(segs)} steps, {len(decode)} of them decode steps: too few")
+    steps = decode[-a.steps:]
     total = sum(k[3] for s in steps for k in s) / len(steps)
     by = collections.defaultdict(lambda: [0, 0.0])
     for s in steps:

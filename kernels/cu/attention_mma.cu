@@ -40,6 +40,12 @@
 //   SCHED [0]: 1 = blocks in order of decreasing work over all sequences (see tile_of)
 //   STAGES [2]: depth of the cp.async ring that streams K/V (forward, dq) or Q/dO (backward)
 //               tiles: STAGES - 1 tiles are in flight while one is computed on
+//   LEAN [0]: 1 = the tile loader fully unrolled over compile-time row counts (no remainder
+//             loops), and the backward's per-query-tile lse / delta rows staged by 4-byte cp.async
+//             in the tile's commit group instead of plain loads whose shared stores stall the
+//             two warps that issue them (lse is scaled by log2 e where it is used; rows past the
+//             sequence get zeros instead of +inf, which the edge mask already zeroes). Same results
+//             bit for bit.
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<D>"
@@ -70,6 +76,9 @@
 #endif
 #ifndef STAGES
 #define STAGES 2
+#endif
+#ifndef LEAN
+#define LEAN 0
 #endif
 static_assert(STAGES >= 2 && STAGES <= 4, "2 to 4 pipeline stages");
 
@@ -143,6 +152,42 @@ __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* x, u32 r
         const bool ok = r < valid;
         cp_async16(tile + r * LDS + c, ok ? x + (size_t)(row0 + r) * stride + hoff + c : x, ok);
     }
+}
+
+#if LEAN
+// load_tile_async with the row count a template argument: when the block's threads divide the
+// tile's 16-byte chunks, every thread copies ROWS · D / 8 / NTHREADS chunks in a fully unrolled
+// loop whose shared offsets are constants from the thread's first one.
+template <int NTHREADS, int ROWS>
+__device__ __forceinline__ void load_rows_async(bf16* tile, const bf16* x, u32 row0, u32 valid, size_t stride,
+                                                size_t hoff) {
+    constexpr u32 chunks = D / 8, items = ROWS * chunks;
+    if constexpr (items % NTHREADS == 0 && NTHREADS % chunks == 0) {
+        constexpr u32 rows_per_pass = NTHREADS / chunks;
+        const u32 r0 = threadIdx.x / chunks, c = (threadIdx.x % chunks) * 8;
+        const u32 dst = mma_smem_addr(tile + r0 * LDS + c);
+        const bf16* src = x + (size_t)(row0 + r0) * stride + hoff + c;
+#pragma unroll
+        for (u32 i = 0; i < items / NTHREADS; ++i) {
+            const u32 r = r0 + i * rows_per_pass;
+            const bool ok = r < valid;
+            cp_async16(dst + i * rows_per_pass * LDS * 2, ok ? src + (size_t)i * rows_per_pass * stride : x, ok);
+        }
+    } else {
+        load_tile_async<NTHREADS>(tile, x, row0, ROWS, valid, stride, hoff);
+    }
+}
+#define LOAD_ROWS(NT, ROWS, tile, x, row0, valid, stride, hoff) \
+    load_rows_async<NT, ROWS>(tile, x, row0, valid, stride, hoff)
+#else
+#define LOAD_ROWS(NT, ROWS, tile, x, row0, valid, stride, hoff) \
+    load_tile_async<NT>(tile, x, row0, ROWS, valid, stride, hoff)
+#endif
+
+// 4 bytes global -> shared, zero-filled (nothing read) when !valid.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(mma_smem_addr(dst)), "l"(src),
+                 "r"(valid ? 4 : 0));
 }
 
 // p[0] += a, p[1] += b in one reduction (8-byte aligned p).
@@ -253,8 +298,8 @@ struct KvRing {
     __device__ __forceinline__ void stage(u32 kt) const {
         if (kt < n_kt) {
             const u32 k0 = kt * BN, kn = min((u32)BN, len - k0);
-            load_tile_async<NTHREADS>(Ks + (kt % STAGES) * BN * LDS, k, start + k0, BN, kn, ks, kvoff);
-            load_tile_async<NTHREADS>(Vs + (kt % STAGES) * BN * LDS, v, start + k0, BN, kn, ks, kvoff);
+            LOAD_ROWS(NTHREADS, BN, Ks + (kt % STAGES) * BN * LDS, k, start + k0, kn, ks, kvoff);
+            LOAD_ROWS(NTHREADS, BN, Vs + (kt % STAGES) * BN * LDS, v, start + k0, kn, ks, kvoff);
         }
         cp_async_commit();
     }
@@ -284,7 +329,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     const u32 n_kt = (q0 + qn + BN - 1) / BN;
     const KvRing<FWD_THREADS> ring{Ks, Vs, k, v, start, len, n_kt, (size_t)KH * D, (size_t)tile.kvh * D};
 
-    load_tile_async<FWD_THREADS>(Qs, q, start + q0, BM, qn, qs, (size_t)h * D);
+    LOAD_ROWS(FWD_THREADS, BM, Qs, q, start + q0, qn, qs, (size_t)h * D);
 #pragma unroll
     for (u32 i = 0; i < STAGES - 1; ++i) ring.stage(i);
 
@@ -489,7 +534,7 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
     bf16* Vs = Ks + BK * LDS;                          // [BK][LDS]
     bf16* Qs = Vs + BK * LDS;                          // [STAGES][BQ][LDS]
     bf16* dOs = Qs + STAGES * BQ * LDS;                // [STAGES][BQ][LDS]
-    float* lse_s = reinterpret_cast<float*>(dOs + STAGES * BQ * LDS);  // [STAGES][BQ], times log2 e
+    float* lse_s = reinterpret_cast<float*>(dOs + STAGES * BQ * LDS);  // [STAGES][BQ] (times log2 e unless LEAN)
     float* delta_s = lse_s + STAGES * BQ;                                // [STAGES][BQ]
 #if !SPLIT_DQ
     bf16* dSt = reinterpret_cast<bf16*>(delta_s + STAGES * BQ);  // [BK][LDST]  dS^T[key][query]
@@ -510,18 +555,27 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
         if (qt < n_qt) {
             const u32 b = (qt - qt0) % STAGES;
             const u32 q0 = qt * BQ, qn = min((u32)BQ, len - q0);
-            load_tile_async<BWD_THREADS>(Qs + b * BQ * LDS, q, start + q0, BQ, qn, qs, (size_t)h * D);
-            load_tile_async<BWD_THREADS>(dOs + b * BQ * LDS, dout, start + q0, BQ, qn, qs, (size_t)h * D);
+            LOAD_ROWS(BWD_THREADS, BQ, Qs + b * BQ * LDS, q, start + q0, qn, qs, (size_t)h * D);
+            LOAD_ROWS(BWD_THREADS, BQ, dOs + b * BQ * LDS, dout, start + q0, qn, qs, (size_t)h * D);
+#if LEAN
+            // One 4-byte copy per thread and row (lse rows, then delta rows), in this tile's group.
+            for (u32 i = threadIdx.x; i < 2 * BQ; i += BWD_THREADS) {
+                const u32 r = i % BQ;
+                const float* src = i < BQ ? lse : delta;
+                cp_async4((i < BQ ? lse_s : delta_s) + b * BQ + r, src + (size_t)(start + q0 + r) * H + h, r < qn);
+            }
+#else
             for (u32 r = threadIdx.x; r < BQ; r += BWD_THREADS) {
                 const size_t row = (size_t)(start + q0 + r) * H + h;
                 lse_s[b * BQ + r] = r < qn ? lse[row] * MMA_LOG2E : INFINITY;
                 delta_s[b * BQ + r] = r < qn ? delta[row] : 0.0f;
             }
+#endif
         }
         cp_async_commit();
     };
-    load_tile_async<BWD_THREADS>(Ks, k, start + k0, BK, kn, ks, (size_t)kvh * D);
-    load_tile_async<BWD_THREADS>(Vs, v, start + k0, BK, kn, ks, (size_t)kvh * D);
+    LOAD_ROWS(BWD_THREADS, BK, Ks, k, start + k0, kn, ks, (size_t)kvh * D);
+    LOAD_ROWS(BWD_THREADS, BK, Vs, v, start + k0, kn, ks, (size_t)kvh * D);
 #pragma unroll
     for (u32 i = 0; i < STAGES - 1; ++i) stage(qt0 + i);
 
@@ -577,7 +631,12 @@ __device__ __forceinline__ void fa_bwd_body(const bf16* __restrict__ dout, const
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const u32 qi = j * 8 + 2 * t + (e & 1);
+#if LEAN
+                    // __fmul_rn: never contracted, so the same bits as the staged product below.
+                    float p = mma_ex2(st[j][e] * sl2 - __fmul_rn(lse_c[qi], MMA_LOG2E));
+#else
                     float p = mma_ex2(st[j][e] * sl2 - lse_c[qi]);
+#endif
                     if (edge) {
                         const u32 qp = q0 + qi, key = kpos[e >> 1];
                         if (!(key <= qp && qp < len && key < len)) p = 0.0f;
@@ -715,8 +774,8 @@ extern "C" __global__ void __launch_bounds__(DQ_THREADS)
     const u32 n_kt = (q0 + qn + BN - 1) / BN;
     const KvRing<DQ_THREADS> ring{Ks, Vs, k, v, start, len, n_kt, (size_t)KH * D, (size_t)tile.kvh * D};
 
-    load_tile_async<DQ_THREADS>(Qs, q, start + q0, BMQ, qn, qs, (size_t)h * D);
-    load_tile_async<DQ_THREADS>(dOs, dout, start + q0, BMQ, qn, qs, (size_t)h * D);
+    LOAD_ROWS(DQ_THREADS, BMQ, Qs, q, start + q0, qn, qs, (size_t)h * D);
+    LOAD_ROWS(DQ_THREADS, BMQ, dOs, dout, start + q0, qn, qs, (size_t)h * D);
 #pragma unroll
     for (u32 i = 0; i < STAGES - 1; ++i) ring.stage(i);
 
