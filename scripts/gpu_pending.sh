@@ -13,7 +13,8 @@
 #   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
 #            training_fused, device_parity)
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
-#   wgmma    our wgmma GEMM: its GPU test, then `cuda_bench wgmma` (beside cuBLAS)
+#   wgmma    our GEMMs (cp.async wgmma, TMA): their GPU test, `cuda_bench wgmma` (beside cuBLAS),
+#            then a B 256 rollout with each (REALIGN_GEMM=wgmma / tma) beside the default
 #   attn     `cuda_bench attention`: every FaConfig candidate (lean ones included) fwd and bwd
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
@@ -55,10 +56,11 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
   ncu) bash scripts/ncu_decode.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
   wgmma) tests kernels--gemm_wgmma
-    timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|panicked" | tee -a $OUT/wgmma.txt
+    timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|tma|panicked" | tee -a $OUT/wgmma.txt
     # In place: the decode step's bias-free products on it (REALIGN_GEMM=wgmma) beside cuBLAS.
     { echo "== default B256"; roll $R --batch 256
-      echo "== REALIGN_GEMM=wgmma B256"; REALIGN_GEMM=wgmma roll $R --batch 256; } 2>&1 | tee -a $OUT/wgmma.txt ;;
+      echo "== REALIGN_GEMM=wgmma B256"; REALIGN_GEMM=wgmma roll $R --batch 256
+      echo "== REALIGN_GEMM=tma B256"; REALIGN_GEMM=tma roll $R --batch 256; } 2>&1 | tee -a $OUT/wgmma.txt ;;
   *) echo "unknown section $s" | tee -a $OUT/summary.txt ;;
 esac; echo "after $s: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; done; done
 grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -40

@@ -9,6 +9,7 @@ opcodes. Static only: it says how much a change shortens a kernel, not how fast 
 Needs the NVRTC wheels of scripts/kernel_cache.sh (REALIGN_NVRTC_WHEELS, default /tmp/cudaw) and
 nvdisasm (NVDISASM, default /tmp/nvd/x/nvidia/cu13/bin/nvdisasm: `pip download --no-deps
 "nvidia-cuda-nvdisasm==13.2.*"` and unzip the wheel; 13.2 reads 13.0's cubins).
+ARCH=sm_90a for the wgmma modules.
 Usage: LD_LIBRARY_PATH=/tmp/cudaw/x/nvidia/cu13/lib scripts/sass_stats.py OUT.cubin \\
            mma.cuh attention_mma.cu -- -DHEAD_DIM=64 -DLEAN=1 ...
 """
@@ -33,7 +34,7 @@ def main() -> None:
     src = open(os.path.join(ROOT, "common.cuh")).read()
     for f in files:
         src += f'\n#line 1 "{f}"\n' + open(os.path.join(ROOT, f)).read()
-    opts = ["--gpu-architecture=sm_90", "--std=c++17", "--ftz=false", "--prec-div=true",
+    opts = [f"--gpu-architecture={os.environ.get('ARCH', 'sm_90')}", "--std=c++17", "--ftz=false", "--prec-div=true",
             "--prec-sqrt=true", "--fmad=true", "-default-device", "-lineinfo",
             f"--include-path={CU}/include", "-diag-suppress=1556"] + defines
     lib = ctypes.CDLL(os.path.join(CU, "lib", "libnvrtc.so.13"))

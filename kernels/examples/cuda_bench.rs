@@ -181,10 +181,13 @@ fn attention_variants(
     Ok(())
 }
 
-/// Our wgmma GEMM (`kernels::cuda::gemm_wgmma`) against cuBLAS (`ops::linear`, the tuned table)
-/// on Qwen2.5-0.5B's decode products at B 256 and two training products: time, TFLOP/s, the
-/// ratio, and ‖ours − cuBLAS‖ / ‖cuBLAS‖ (both bf16 out).
+/// Our Hopper GEMMs (`kernels::cuda::gemm_wgmma`, cp.async; `kernels::cuda::gemm_tma`, TMA +
+/// producer warp) against cuBLAS (`ops::linear`, the tuned table) on Qwen2.5-0.5B's decode
+/// products at B 256 and two training products: time, TFLOP/s, the ratio, and
+/// ‖ours − cuBLAS‖ / ‖cuBLAS‖ (all bf16 out). Single launches timed with events: the decode rows
+/// include launch latency.
 fn wgmma_vs_cublas(cuda: &CudaDevice, dev: &Device) -> kernels::Result<()> {
+    use kernels::cuda::gemm_tma::gemm_tma_tn;
     use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, supported};
     if !supported(cuda) {
         println!("wgmma: skipped, {} is not sm_90", cuda.arch());
@@ -208,21 +211,32 @@ fn wgmma_vs_cublas(cuda: &CudaDevice, dev: &Device) -> kernels::Result<()> {
         let theirs = time(cuda, || {
             ops::linear(&x, &w, None).unwrap();
         });
-        let ours = time(cuda, || {
-            gemm_wgmma_tn(&x, &w, bf).unwrap();
-        });
-        let err = rel_err(&gemm_wgmma_tn(&x, &w, bf)?, &ops::linear(&x, &w, None)?)?;
-        report(
-            &format!("wgmma {name} [{m}x{k}]·[{n}x{k}]ᵀ"),
-            ours,
-            flops,
-            bytes,
-        );
         report(&format!("cublas {name}"), theirs, flops, bytes);
-        println!(
-            "ratio {name}: cuBLAS / ours {:.3} (rel err {err:.2e})",
-            theirs / ours
-        );
+        let cublas = ops::linear(&x, &w, None)?;
+        type Op = fn(&Tensor, &Tensor, DType) -> kernels::Result<Tensor>;
+        let ours: [(&str, Op); 2] = [("wgmma", gemm_wgmma_tn), ("tma", gemm_tma_tn)];
+        for (label, op) in ours {
+            let err = match op(&x, &w, bf) {
+                Ok(y) => rel_err(&y, &cublas)?,
+                Err(e) => {
+                    println!("{label} {name}: {e}");
+                    continue;
+                }
+            };
+            let ms = time(cuda, || {
+                op(&x, &w, bf).unwrap();
+            });
+            report(
+                &format!("{label} {name} [{m}x{k}]·[{n}x{k}]ᵀ"),
+                ms,
+                flops,
+                bytes,
+            );
+            println!(
+                "ratio {label} {name}: cuBLAS / ours {:.3} (rel err {err:.2e})",
+                theirs / ms
+            );
+        }
     }
     Ok(())
 }

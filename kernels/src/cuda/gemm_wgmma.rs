@@ -123,16 +123,25 @@ pub fn gemm_wgmma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) ->
     let func = format!("gemm_wgmma_tn_{}", suffix(target.dtype(), OP)?);
     run(&dev, &SRC, &[], &func, grid, args)?;
     if let Some(ws) = &ws {
-        let count = m * n;
-        let args = Args::new()
-            .ptr(ws, &dev, OP)?
-            .ptr(&y, &dev, OP)?
-            .u64(count as u64)
-            .u32(dim(splits)?);
-        let func = format!("gemm_splitk_reduce_{}", suffix(out, OP)?);
-        run(&dev, &SRC, &[], &func, Grid::cover(count, 256), args)?;
+        splitk_reduce(ws, &y, splits)?;
     }
     Ok(y)
+}
+
+/// y [m, n] = Σ_z ws[z] over the `splits` f32 slices [splits, m, n] of a split-K product, in a
+/// fixed order (deterministic), rounded once to y's dtype.
+pub(crate) fn splitk_reduce(ws: &Tensor, y: &Tensor, splits: usize) -> Result<()> {
+    let dev = device_of(y, OP)?;
+    let count = y.numel();
+    let splits = u32::try_from(splits)
+        .map_err(|_| Error::msg(format!("{OP}: {splits} K-splits exceed u32")))?;
+    let args = Args::new()
+        .ptr(ws, &dev, OP)?
+        .ptr(y, &dev, OP)?
+        .u64(count as u64)
+        .u32(splits);
+    let func = format!("gemm_splitk_reduce_{}", suffix(y.dtype(), OP)?);
+    run(&dev, &SRC, &[], &func, Grid::cover(count, 256), args)
 }
 
 #[cfg(test)]

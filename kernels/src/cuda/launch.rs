@@ -54,12 +54,13 @@ pub fn all_sources() -> Vec<KernelSource> {
         kernel_source!("swiglu_packed"),
         kernel_source!("policy_grad"),
         super::gemm_wgmma::SRC,
+        super::gemm_tma::SRC,
     ]
 }
 
 /// Sources that use arch-specific instructions (Hopper's wgmma), which NVRTC only accepts for the
 /// arch-specific target (`sm_90a`), not the portable one (`sm_90`).
-const ARCH_SPECIFIC: &[&str] = &["gemm_wgmma"];
+const ARCH_SPECIFIC: &[&str] = &["gemm_wgmma", "gemm_tma"];
 
 /// The target `src` compiles for on a device of `arch`: `sm_90a` for the arch-specific sources on
 /// an `sm_90` device, else `arch` itself.
@@ -95,61 +96,75 @@ pub(crate) fn load_module(
 
 /// Packed kernel arguments. Each value sits in its own 8-byte slot: the driver copies as many bytes
 /// as the parameter's size from the slot's start, so 4-byte values in the low half are read right
-/// (little-endian).
+/// (little-endian). A TMA tensor map (a 128-byte by-value struct) sits at its own alignment.
 #[derive(Default)]
 pub struct Args {
     slots: Vec<u64>,
+    maps: Vec<TensorMap>,
+    /// The parameters in order: an index into `slots` or into `maps`.
+    order: Vec<Param>,
 }
+
+enum Param {
+    Slot(usize),
+    Map(usize),
+}
+
+/// A `CUtensorMap` (cudarc's type carries the driver's alignment).
+pub type TensorMap = cudarc::driver::sys::CUtensorMap;
 
 impl Args {
     pub fn new() -> Args {
         Args::default()
     }
 
+    fn push(mut self, v: u64) -> Args {
+        self.order.push(Param::Slot(self.slots.len()));
+        self.slots.push(v);
+        self
+    }
+
+    /// A TMA tensor map, passed by value (`const __grid_constant__` in the kernel).
+    pub fn tensor_map(mut self, map: TensorMap) -> Args {
+        self.order.push(Param::Map(self.maps.len()));
+        self.maps.push(map);
+        self
+    }
+
     /// A tensor's device address (`T*` in the kernel).
-    pub fn ptr(mut self, t: &Tensor, dev: &CudaDevice, op: &'static str) -> Result<Args> {
-        self.slots.push(ptr(t, dev, op)?);
-        Ok(self)
+    pub fn ptr(self, t: &Tensor, dev: &CudaDevice, op: &'static str) -> Result<Args> {
+        let p = ptr(t, dev, op)?;
+        Ok(self.push(p))
     }
 
     /// A raw device address.
-    pub fn raw(mut self, p: u64) -> Args {
-        self.slots.push(p);
-        self
+    pub fn raw(self, p: u64) -> Args {
+        self.push(p)
     }
 
     /// An optional tensor: its address, or a null pointer.
-    pub fn opt_ptr(
-        mut self,
-        t: Option<&Tensor>,
-        dev: &CudaDevice,
-        op: &'static str,
-    ) -> Result<Args> {
-        self.slots.push(match t {
+    pub fn opt_ptr(self, t: Option<&Tensor>, dev: &CudaDevice, op: &'static str) -> Result<Args> {
+        let p = match t {
             Some(t) => ptr(t, dev, op)?,
             None => 0,
-        });
-        Ok(self)
+        };
+        Ok(self.push(p))
     }
 
-    pub fn u32(mut self, v: u32) -> Args {
-        self.slots.push(v as u64);
-        self
+    pub fn u32(self, v: u32) -> Args {
+        self.push(v as u64)
     }
 
-    pub fn i32(mut self, v: i32) -> Args {
-        self.slots.push(v as u32 as u64);
-        self
+    pub fn i32(self, v: i32) -> Args {
+        self.push(v as u32 as u64)
     }
 
-    pub fn f32(mut self, v: f32) -> Args {
-        self.slots.push(v.to_bits() as u64);
-        self
+    pub fn f32(self, v: f32) -> Args {
+        self.push(v.to_bits() as u64)
     }
 
-    pub fn u64(mut self, v: u64) -> Args {
-        self.slots.push(v);
-        self
+    pub fn u64(self, v: u64) -> Args {
+        self.push(v)
     }
 }
 
@@ -269,10 +284,17 @@ pub fn launch(dev: &CudaDevice, f: &CudaFunction, name: &str, g: Grid, args: Arg
     if g.grid.0 == 0 || g.grid.1 == 0 || g.grid.2 == 0 {
         return Ok(()); // nothing to do (empty tensor)
     }
-    let mut slots = args.slots;
-    let mut params: Vec<*mut c_void> = slots
-        .iter_mut()
-        .map(|s| s as *mut u64 as *mut c_void)
+    let Args {
+        mut slots,
+        mut maps,
+        order,
+    } = args;
+    let mut params: Vec<*mut c_void> = order
+        .iter()
+        .map(|p| match *p {
+            Param::Slot(i) => &mut slots[i] as *mut u64 as *mut c_void,
+            Param::Map(i) => &mut maps[i] as *mut TensorMap as *mut c_void,
+        })
         .collect();
     dev.context().bind_to_thread().map_err(cuda_err)?;
     let launched = if dev.pdl() {
@@ -323,6 +345,7 @@ mod tests {
     fn only_the_wgmma_sources_compile_for_sm_90a() {
         assert_eq!(super::arch_for("gemm_wgmma", "sm_90"), "sm_90a");
         assert_eq!(super::arch_for("gemm_wgmma", "sm_80"), "sm_80");
+        assert_eq!(super::arch_for("gemm_tma", "sm_90"), "sm_90a");
         assert_eq!(super::arch_for("linear", "sm_90"), "sm_90");
     }
 

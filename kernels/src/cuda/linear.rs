@@ -31,14 +31,19 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> R
     let (n, i) = x.dims2(OP)?;
     let (o, _) = w.dims2(OP)?;
     let dtype = x.dtype();
+    // Our own Hopper GEMMs, when asked for (REALIGN_GEMM=wgmma / tma), on what they take.
     if b.is_none()
         && dtype == DType::BF16
         && w.dtype() == DType::BF16
         && i.is_multiple_of(8)
-        && super::gemm_wgmma::requested()
         && super::gemm_wgmma::supported(&dev)
     {
-        return super::gemm_wgmma::gemm_wgmma_tn(x, w, out_dtype);
+        if super::gemm_wgmma::requested() {
+            return super::gemm_wgmma::gemm_wgmma_tn(x, w, out_dtype);
+        }
+        if super::gemm_tma::requested() {
+            return super::gemm_tma::gemm_tma_tn(x, w, out_dtype);
+        }
     }
     // The GEMM's C: f32 whenever a bias has to be added before the one rounding to bf16.
     let c_type = if b.is_some() { DType::F32 } else { out_dtype };

@@ -27,6 +27,7 @@ pub mod cast;
 pub mod concat;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemm_tma;
 pub mod gemm_wgmma;
 pub mod graph_ops;
 pub mod kv_cache;
