@@ -15,8 +15,8 @@
 // edges need no code.
 //
 // Pipeline, per stage s: full[s] (the producer's arrive with the stage's byte count, completed by
-// the TMA unit when both copies landed) and empty[s] (one arrive per consumer warpgroup when its
-// wgmmas on the stage are done). The producer waits for empty before refilling; the consumers wait
+// the TMA unit when both copies landed) and empty[s] (an arrive from every consumer thread once its
+// wgmmas on the stage are done: wgmma.wait_group speaks for the executing thread only). The producer waits for empty before refilling; the consumers wait
 // for full, issue four k16 wgmmas, commit, wait until at most this group is pending, and release
 // the previous stage. No block-wide barrier inside the loop.
 //
@@ -145,7 +145,7 @@ __device__ __forceinline__ void tma_gemm_tn(const TmaMap* ta, const TmaMap* tb, 
     if (tid == 0) {
         for (u32 s = 0; s < TMA_STAGES; ++s) {
             mbar_init(bars + 8 * s, 1);                 // full: the producer's arrive (+ the bytes)
-            mbar_init(bars + 8 * (TMA_STAGES + s), 2);  // empty: one arrive per consumer warpgroup
+            mbar_init(bars + 8 * (TMA_STAGES + s), 256);  // empty: every consumer thread arrives
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -182,8 +182,8 @@ __device__ __forceinline__ void tma_gemm_tn(const TmaMap* ta, const TmaMap* tb, 
         for (u32 ks = 0; ks < TMA_BK / 16; ++ks)  // k16 steps: 32 bytes along each 128-byte row
             tma_mma_64x256x16(acc, tma_desc(a_tile + ks * 32), tma_desc(b_tile + ks * 32));
         tma_wg_commit();
-        tma_wg_wait<1>();  // the previous tile's wgmmas are done: its stage can be refilled
-        if (kt > 0 && tid % 128 == 0) mbar_arrive(bars + 8 * (TMA_STAGES + (kt - 1) % TMA_STAGES));
+        tma_wg_wait<1>();  // this thread's wgmmas of the previous tile are done: release its stage
+        if (kt > 0) mbar_arrive(bars + 8 * (TMA_STAGES + (kt - 1) % TMA_STAGES));
     }
     tma_wg_wait<0>();
 
