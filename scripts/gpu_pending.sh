@@ -13,6 +13,8 @@
 #   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
 #            training_fused, device_parity)
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
+#   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
+#            the TMA GEMM and the attention backward
 #   wgmma    our GEMMs (cp.async wgmma, TMA): their GPU test, `cuda_bench wgmma` (beside cuBLAS),
 #            then a B 256 rollout with each (REALIGN_GEMM=wgmma / tma) beside the default
 #   attn     `cuda_bench attention`: every FaConfig candidate (lean ones included) fwd and bwd
@@ -54,6 +56,7 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     } 2>&1 | tee -a $OUT/train.txt ;;
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
   ncu) bash scripts/ncu_decode.sh ;;
+  ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
   wgmma) tests kernels--gemm_wgmma
     timeout 120 $B/cuda_bench wgmma 2>&1 | grep -E "^bench|^ratio|wgmma|tma|panicked" | tee -a $OUT/wgmma.txt

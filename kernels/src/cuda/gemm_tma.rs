@@ -7,7 +7,7 @@
 
 use super::gemm_wgmma;
 use super::launch::{run, Args, Grid, KernelSource, TensorMap};
-use super::{device_of, empty, suffix};
+use super::{device_of, suffix};
 use crate::{DType, Error, Result, Tensor};
 use cudarc::driver::sys;
 
@@ -16,6 +16,8 @@ pub(crate) const SRC: KernelSource = KernelSource {
     name: "gemm_tma",
     src: concat!(
         include_str!("../../cu/mma.cuh"),
+        "#line 1 \"wgmma.cuh\"\n",
+        include_str!("../../cu/wgmma.cuh"),
         "#line 1 \"gemm_tma.cu\"\n",
         include_str!("../../cu/gemm_tma.cu"),
     ),
@@ -111,46 +113,14 @@ fn tensor_map(
 /// [`gemm_tma_tn`] with `splits` K-splits: each writes an f32 partial product, and
 /// `gemm_wgmma`'s reduce kernel sums them in a fixed order (deterministic) into `out`.
 pub fn gemm_tma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) -> Result<Tensor> {
-    let dev = device_of(x, OP)?;
-    if !gemm_wgmma::supported(&dev) {
-        return Err(Error::msg(format!(
-            "{OP}: needs a compute capability 9.0 GPU (TMA and wgmma), this one is {}",
-            dev.arch()
-        )));
-    }
-    for (name, t) in [("x", x), ("w", w)] {
-        if t.dtype() != DType::BF16 {
-            return Err(Error::msg(format!(
-                "{OP}: {name} must be bf16, got {:?}",
-                t.dtype()
-            )));
-        }
-    }
-    let (m, k) = x.dims2(OP)?;
-    let (n, kw) = w.dims2(OP)?;
-    if k != kw || !k.is_multiple_of(8) || k == 0 {
-        return Err(Error::msg(format!(
-            "{OP}: x [{m}, {k}] and w [{n}, {kw}] need the same inner size, a non-zero multiple of 8"
-        )));
-    }
-    if splits == 0 || splits > k.div_ceil(BK) {
-        return Err(Error::msg(format!(
-            "{OP}: {splits} K-splits for K {k} (1 to {} 64-wide tiles)",
-            k.div_ceil(BK)
-        )));
-    }
+    let (dev, m, n, k) = gemm_wgmma::check_operands(OP, x, w, splits)?;
     let dim = |v: usize| {
         u32::try_from(v).map_err(|_| Error::msg(format!("{OP}: dimension {v} exceeds u32")))
     };
-    let y = empty(&dev, &[m, n], out)?;
+    let (y, ws) = gemm_wgmma::outputs(&dev, m, n, out, splits)?;
     if m == 0 || n == 0 {
         return Ok(y);
     }
-    let ws = if splits > 1 {
-        Some(empty(&dev, &[splits, m, n], DType::F32)?)
-    } else {
-        None
-    };
     let target = ws.as_ref().unwrap_or(&y);
     let args = Args::new()
         .tensor_map(tensor_map(x, m, k, BM, &dev)?)

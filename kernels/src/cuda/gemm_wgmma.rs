@@ -12,6 +12,8 @@ pub(crate) const SRC: KernelSource = KernelSource {
     name: "gemm_wgmma",
     src: concat!(
         include_str!("../../cu/mma.cuh"),
+        "#line 1 \"wgmma.cuh\"\n",
+        include_str!("../../cu/wgmma.cuh"),
         "#line 1 \"gemm_wgmma.cu\"\n",
         include_str!("../../cu/gemm_wgmma.cu"),
     ),
@@ -63,47 +65,14 @@ pub fn splits_for(m: usize, n: usize, k: usize, sms: usize) -> usize {
 /// [`gemm_wgmma_tn`] with `splits` K-splits: each writes an f32 partial product, and a second
 /// kernel sums them in a fixed order (deterministic) into `out`.
 pub fn gemm_wgmma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) -> Result<Tensor> {
-    let dev = device_of(x, OP)?;
-    if !supported(&dev) {
-        return Err(Error::msg(format!(
-            "{OP}: needs a compute capability 9.0 GPU (wgmma), this one is {}",
-            dev.arch()
-        )));
-    }
-    for (name, t) in [("x", x), ("w", w)] {
-        if t.dtype() != DType::BF16 {
-            return Err(Error::msg(format!(
-                "{OP}: {name} must be bf16, got {:?}",
-                t.dtype()
-            )));
-        }
-    }
-    let (m, k) = x.dims2(OP)?;
-    let (n, kw) = w.dims2(OP)?;
-    if k != kw || !k.is_multiple_of(8) || k == 0 {
-        return Err(Error::msg(format!(
-            "{OP}: x [{m}, {k}] and w [{n}, {kw}] need the same inner size, a non-zero multiple of 8"
-        )));
-    }
-    if splits == 0 || splits > k.div_ceil(64) {
-        return Err(Error::msg(format!(
-            "{OP}: {splits} K-splits for K {k} (1 to {} 64-wide tiles)",
-            k.div_ceil(64)
-        )));
-    }
+    let (dev, m, n, k) = check_operands(OP, x, w, splits)?;
     let dim = |v: usize| {
         u32::try_from(v).map_err(|_| Error::msg(format!("{OP}: dimension {v} exceeds u32")))
     };
-    let y = empty(&dev, &[m, n], out)?;
+    let (y, ws) = outputs(&dev, m, n, out, splits)?;
     if m == 0 || n == 0 {
         return Ok(y);
     }
-    // One split writes y directly; several write f32 slices [splits, m, n] first.
-    let ws = if splits > 1 {
-        Some(empty(&dev, &[splits, m, n], DType::F32)?)
-    } else {
-        None
-    };
     let target = ws.as_ref().unwrap_or(&y);
     let args = Args::new()
         .ptr(x, &dev, OP)?
@@ -126,6 +95,64 @@ pub fn gemm_wgmma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) ->
         splitk_reduce(ws, &y, splits)?;
     }
     Ok(y)
+}
+
+/// The checks both of our GEMMs make before a launch: an sm_90 device, bf16 x [m, k] and
+/// w [n, k] with the same K, a non-zero multiple of 8 (16-byte rows), and 1 to K/64 K-splits.
+/// Returns the device and (m, n, k).
+pub(crate) fn check_operands(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    splits: usize,
+) -> Result<(super::CudaDevice, usize, usize, usize)> {
+    let dev = device_of(x, op)?;
+    if !supported(&dev) {
+        return Err(Error::msg(format!(
+            "{op}: needs a compute capability 9.0 GPU (wgmma), this one is {}",
+            dev.arch()
+        )));
+    }
+    for (name, t) in [("x", x), ("w", w)] {
+        if t.dtype() != DType::BF16 {
+            return Err(Error::msg(format!(
+                "{op}: {name} must be bf16, got {:?}",
+                t.dtype()
+            )));
+        }
+    }
+    let (m, k) = x.dims2(op)?;
+    let (n, kw) = w.dims2(op)?;
+    if k != kw || !k.is_multiple_of(8) || k == 0 {
+        return Err(Error::msg(format!(
+            "{op}: x [{m}, {k}] and w [{n}, {kw}] need the same inner size, a non-zero multiple of 8"
+        )));
+    }
+    if splits == 0 || splits > k.div_ceil(64) {
+        return Err(Error::msg(format!(
+            "{op}: {splits} K-splits for K {k} (1 to {} 64-wide tiles)",
+            k.div_ceil(64)
+        )));
+    }
+    Ok((dev, m, n, k))
+}
+
+/// The product y [m, n] in `out` and, with several K-splits, the f32 workspace [splits, m, n] the
+/// splits write first (one split writes y directly).
+pub(crate) fn outputs(
+    dev: &super::CudaDevice,
+    m: usize,
+    n: usize,
+    out: DType,
+    splits: usize,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let y = empty(dev, &[m, n], out)?;
+    let ws = if splits > 1 && m > 0 && n > 0 {
+        Some(empty(dev, &[splits, m, n], DType::F32)?)
+    } else {
+        None
+    };
+    Ok((y, ws))
 }
 
 /// y [m, n] = Σ_z ws[z] over the `splits` f32 slices [splits, m, n] of a split-K product, in a
