@@ -63,7 +63,8 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     # In place: the decode step's bias-free products on it (REALIGN_GEMM=wgmma) beside cuBLAS.
     { echo "== default B256"; roll $R --batch 256
       echo "== REALIGN_GEMM=wgmma B256"; REALIGN_GEMM=wgmma roll $R --batch 256
-      echo "== REALIGN_GEMM=tma B256"; REALIGN_GEMM=tma roll $R --batch 256; } 2>&1 | tee -a $OUT/wgmma.txt ;;
+      echo "== REALIGN_GEMM=tma B256"; REALIGN_GEMM=tma roll $R --batch 256
+      echo "== REALIGN_GEMM=tma_pp B256"; REALIGN_GEMM=tma_pp roll $R --batch 256; } 2>&1 | tee -a $OUT/wgmma.txt ;;
   *) echo "unknown section $s" | tee -a $OUT/summary.txt ;;
 esac; echo "after $s: $(( $(date +%s) - T0 )) s" | tee -a $OUT/summary.txt; done; done
 grep -E "panicked|FAILED" -A6 $OUT/tests.log 2>/dev/null | head -40

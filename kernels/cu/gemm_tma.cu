@@ -144,3 +144,112 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     pdl_entry();
     tma_gemm_tn(&ta, &tb, d, m, n, k, ldd);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Persistent ping-pong variant (gemm_tma_pp_*): what the kernel above leaves exposed at short K
+// (the ring's fill at a tile's start, its epilogue at the end) hidden behind another tile's math.
+// gridDim.x blocks (about one per SM) walk the 128 × 128 output tiles t = blockIdx.x + i·gridDim.x,
+// row tiles outer, column tiles inner. Consumer warpgroup w takes the block's tiles i ≡ w (mod 2),
+// the whole 128 × 128 tile each (two m64n128k16 a k16 step, 128 accumulators a thread); the
+// producer fills the PP_STAGES-stage ring with the k-tiles of tile 0, then tile 1, ... in that
+// order. The two main loops alternate through two order barriers (warpgroup w starts a tile's main
+// loop once the other has issued its previous one), so one warpgroup's epilogue runs while the
+// other multiplies. The alternation also keeps each warpgroup's full-barrier waits within one
+// phase of the producer, as parity waits need. No split-K here (the op splits with the kernel
+// above).
+
+#define PP_BM 128
+#define PP_BN 128
+#define PP_STAGES 6
+#define PP_A_BYTES (PP_BM * TMA_BK * 2)               // 16 KiB
+#define PP_STAGE_BYTES (PP_A_BYTES + PP_BN * TMA_BK * 2)  // + 16 KiB
+
+template <typename TOut>
+__device__ __forceinline__ void tma_pp_gemm_tn(const TmaMap* ta, const TmaMap* tb, TOut* __restrict__ d, u32 m,
+                                               u32 n, u32 k, u32 ldd) {
+    extern __shared__ unsigned char tma_smem_raw[];
+    const u32 base = (mma_smem_addr(tma_smem_raw) + 1023) & ~1023u;
+    // full[s] at bars + 8s, empty[s] at bars + 8(S + s), order[w] at bars + 8(2S + w).
+    const u32 bars = base + PP_STAGES * PP_STAGE_BYTES;
+    const u32 order = bars + 8 * 2 * PP_STAGES;
+    const u32 tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const u32 n_ct = (n + PP_BN - 1) / PP_BN, tiles = ((m + PP_BM - 1) / PP_BM) * n_ct;
+    const u32 kts = (k + TMA_BK - 1) / TMA_BK;
+
+    if (tid == 0) {
+        for (u32 s = 0; s < PP_STAGES; ++s) {
+            mbar_init(bars + 8 * s, 1);                  // full: the producer's arrive (+ the bytes)
+            mbar_init(bars + 8 * (PP_STAGES + s), 128);  // empty: the consuming warpgroup's threads
+        }
+        mbar_init(order, 128);      // order[0]: warpgroup 1 has issued a main loop
+        mbar_init(order + 8, 128);  // order[1]: warpgroup 0 has issued a main loop
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp == 8) {
+        if (lane == 0) {
+            u32 g = 0;  // k-tiles issued so far, over all of the block's tiles
+            for (u32 t = blockIdx.x; t < tiles; t += gridDim.x) {
+                const int row0 = (int)((t / n_ct) * PP_BM), col0 = (int)((t % n_ct) * PP_BN);
+                for (u32 kt = 0; kt < kts; ++kt, ++g) {
+                    const u32 s = g % PP_STAGES, use = g / PP_STAGES;
+                    if (use > 0) mbar_wait(bars + 8 * (PP_STAGES + s), (use - 1) & 1);
+                    const u32 full = bars + 8 * s, st = base + s * PP_STAGE_BYTES;
+                    mbar_arrive_expect_tx(full, PP_STAGE_BYTES);
+                    tma_load_2d(st, ta, full, (int)(kt * TMA_BK), row0);
+                    tma_load_2d(st + PP_A_BYTES, tb, full, (int)(kt * TMA_BK), col0);
+                }
+            }
+        }
+        return;
+    }
+
+    const u32 wg = warp / 4;
+    float acc[128];
+    u32 j = 0;  // this warpgroup's tiles so far
+    for (u32 i = wg, t = blockIdx.x + wg * gridDim.x; t < tiles; i += 2, t += 2 * gridDim.x, ++j) {
+        // Warpgroup 0 waits for warpgroup 1's previous main loop (none before its first tile),
+        // warpgroup 1 for warpgroup 0's main loop of the tile before this one.
+        if (wg == 1) mbar_wait(order + 8, j & 1);
+        else if (j > 0) mbar_wait(order, (j - 1) & 1);
+#pragma unroll
+        for (int e = 0; e < 128; ++e) acc[e] = 0.0f;
+        const u32 g0 = i * kts;
+        for (u32 kt = 0; kt < kts; ++kt) {
+            const u32 g = g0 + kt, s = g % PP_STAGES;
+            mbar_wait(bars + 8 * s, (g / PP_STAGES) & 1);
+            const u32 a_tile = base + s * PP_STAGE_BYTES, b_tile = a_tile + PP_A_BYTES;
+            wg_fence();
+#pragma unroll
+            for (u32 ks = 0; ks < TMA_BK / 16; ++ks) {
+                const u64 db = wg_desc(b_tile + ks * 32);
+                wg_mma_64x128x16(acc, wg_desc(a_tile + ks * 32), db);              // rows 0..63
+                wg_mma_64x128x16(acc + 64, wg_desc(a_tile + 8192 + ks * 32), db);  // rows 64..127
+            }
+            wg_commit();
+            wg_wait<1>();  // this thread's wgmmas of the previous k-tile are done: release its stage
+            if (kt > 0) mbar_arrive(bars + 8 * (PP_STAGES + (g - 1) % PP_STAGES));
+        }
+        mbar_arrive(order + 8 * (1 - wg));  // the other warpgroup may start its main loop
+        wg_wait<0>();
+        if (kts > 0) mbar_arrive(bars + 8 * (PP_STAGES + (g0 + kts - 1) % PP_STAGES));
+        const u32 row0 = (t / n_ct) * PP_BM, col0 = (t % n_ct) * PP_BN;
+        wg_store_acc<PP_BN / 8>(d, acc, row0, col0, m, n, ldd);
+        wg_store_acc<PP_BN / 8>(d, acc + 64, row0 + 64, col0, m, n, ldd);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_pp_tn_bf16(const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, __nv_bfloat16* d,
+                        u32 m, u32 n, u32 k, u32 ldd) {
+    pdl_entry();
+    tma_pp_gemm_tn(&ta, &tb, d, m, n, k, ldd);
+}
+
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_pp_tn_f32(const __grid_constant__ TmaMap ta, const __grid_constant__ TmaMap tb, float* d, u32 m, u32 n,
+                       u32 k, u32 ldd) {
+    pdl_entry();
+    tma_pp_gemm_tn(&ta, &tb, d, m, n, k, ldd);
+}

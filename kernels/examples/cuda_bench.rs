@@ -187,7 +187,7 @@ fn attention_variants(
 /// ‖ours − cuBLAS‖ / ‖cuBLAS‖ (all bf16 out). Single launches timed with events: the decode rows
 /// include launch latency.
 fn wgmma_vs_cublas(cuda: &CudaDevice, dev: &Device) -> kernels::Result<()> {
-    use kernels::cuda::gemm_tma::gemm_tma_tn;
+    use kernels::cuda::gemm_tma::{gemm_tma_pp_tn, gemm_tma_tn};
     use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, supported};
     if !supported(cuda) {
         println!("wgmma: skipped, {} is not sm_90", cuda.arch());
@@ -214,7 +214,11 @@ fn wgmma_vs_cublas(cuda: &CudaDevice, dev: &Device) -> kernels::Result<()> {
         report(&format!("cublas {name}"), theirs, flops, bytes);
         let cublas = ops::linear(&x, &w, None)?;
         type Op = fn(&Tensor, &Tensor, DType) -> kernels::Result<Tensor>;
-        let ours: [(&str, Op); 2] = [("wgmma", gemm_wgmma_tn), ("tma", gemm_tma_tn)];
+        let ours: [(&str, Op); 3] = [
+            ("wgmma", gemm_wgmma_tn),
+            ("tma", gemm_tma_tn),
+            ("tma_pp", gemm_tma_pp_tn),
+        ];
         for (label, op) in ours {
             let err = match op(&x, &w, bf) {
                 Ok(y) => rel_err(&y, &cublas)?,

@@ -4,7 +4,7 @@
 //! 64-wide stage), the decode and training shapes of Qwen2.5-0.5B, bf16 and f32 outputs, split K.
 //! One test body for both kernels. GPU only (sm_90); elsewhere it prints why it skipped.
 
-use kernels::cuda::gemm_tma::{gemm_tma_tn, gemm_tma_tn_split};
+use kernels::cuda::gemm_tma::{gemm_tma_pp_tn, gemm_tma_tn, gemm_tma_tn_split};
 use kernels::cuda::gemm_wgmma::{gemm_wgmma_tn, gemm_wgmma_tn_split, supported};
 use kernels::ops::linear;
 use kernels::testing::{randn, rel_err, test_devices};
@@ -17,7 +17,16 @@ struct Gemm {
     split: fn(&Tensor, &Tensor, DType, usize) -> Result<Tensor>,
 }
 
-const GEMMS: [Gemm; 2] = [
+/// The ping-pong kernel has no K split of its own: one split runs it, more the split kernel.
+fn tma_pp_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) -> Result<Tensor> {
+    if splits == 1 {
+        gemm_tma_pp_tn(x, w, out)
+    } else {
+        gemm_tma_tn_split(x, w, out, splits)
+    }
+}
+
+const GEMMS: [Gemm; 3] = [
     Gemm {
         name: "wgmma",
         run: gemm_wgmma_tn,
@@ -27,6 +36,11 @@ const GEMMS: [Gemm; 2] = [
         name: "tma",
         run: gemm_tma_tn,
         split: gemm_tma_tn_split,
+    },
+    Gemm {
+        name: "tma_pp",
+        run: gemm_tma_pp_tn,
+        split: tma_pp_split,
     },
 ];
 

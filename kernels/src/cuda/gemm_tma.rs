@@ -35,11 +35,28 @@ const THREADS: u32 = 288;
 /// kernel can align the ring to the 1024-byte swizzle atom.
 const SMEM: u32 = (STAGES * (BM + BN) * BK * 2 + 2 * STAGES * 8 + 1024) as u32;
 
-/// `REALIGN_GEMM=tma`: `ops::linear`'s bias-free bf16 forward products run this kernel instead of
-/// cuBLAS (an A/B switch while the kernel is brought up; the backward products stay on cuBLAS).
-pub fn requested() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("REALIGN_GEMM").is_ok_and(|v| v == "tma"))
+/// The persistent ping-pong kernel (`gemm_tma_pp_*`): 128 × 128 tiles a consumer warpgroup, six
+/// 32 KiB stages, six full, six empty and two order mbarriers.
+const PP_TILE: usize = 128;
+const PP_SMEM: u32 = (6 * 2 * PP_TILE * BK * 2 + (2 * 6 + 2) * 8 + 1024) as u32;
+
+/// Which of our TMA kernels `REALIGN_GEMM` asks `ops::linear` to use for its bias-free bf16
+/// forward products (an A/B switch while they are brought up; the backward products stay on
+/// cuBLAS): `tma` the one-tile-a-block kernel, `tma_pp` the persistent ping-pong one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requested {
+    Tiles,
+    PingPong,
+}
+
+/// See [`Requested`]; None unless `REALIGN_GEMM` is `tma` or `tma_pp`.
+pub fn requested() -> Option<Requested> {
+    static ON: std::sync::OnceLock<Option<Requested>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("REALIGN_GEMM").as_deref() {
+        Ok("tma") => Some(Requested::Tiles),
+        Ok("tma_pp") => Some(Requested::PingPong),
+        _ => None,
+    })
 }
 
 /// x [M, K] · w [N, K]ᵀ → [M, N] in `out` (bf16 or f32), both inputs bf16 on one sm_90 GPU, K a
@@ -110,6 +127,49 @@ fn tensor_map(
     Ok(unsafe { map.assume_init() })
 }
 
+/// x [M, K] · w [N, K]ᵀ → [M, N] by the persistent ping-pong kernel (no K split: about one block
+/// per SM walks the 128 × 128 output tiles, its two consumer warpgroups alternating, so that one's
+/// epilogue hides behind the other's main loop). Same operand rules as [`gemm_tma_tn`].
+pub fn gemm_tma_pp_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
+    let (dev, m, n, k) = gemm_wgmma::check_operands(OP, x, w, 1)?;
+    let dim = |v: usize| {
+        u32::try_from(v).map_err(|_| Error::msg(format!("{OP}: dimension {v} exceeds u32")))
+    };
+    let (y, _) = gemm_wgmma::outputs(&dev, m, n, out, 1)?;
+    if m == 0 || n == 0 {
+        return Ok(y);
+    }
+    let tiles = m.div_ceil(PP_TILE) * n.div_ceil(PP_TILE);
+    let args = Args::new()
+        .tensor_map(tensor_map(x, m, k, PP_TILE, &dev)?)
+        .tensor_map(tensor_map(w, n, k, PP_TILE, &dev)?)
+        .ptr(&y, &dev, OP)?
+        .u32(dim(m)?)
+        .u32(dim(n)?)
+        .u32(dim(k)?)
+        .u32(dim(n)?); // ldd
+    let grid = Grid {
+        grid: (dim(tiles.min(super::sm_count(&dev)))?, 1, 1),
+        block: (THREADS, 1, 1),
+        smem: PP_SMEM,
+    };
+    let func = format!("gemm_tma_pp_tn_{}", suffix(out, OP)?);
+    run(&dev, &SRC, &[], &func, grid, args)?;
+    Ok(y)
+}
+
+/// `REALIGN_GEMM=tma_pp`'s choice: the ping-pong kernel where the output tiles fill the GPU, the
+/// split-K kernel ([`gemm_tma_tn`]) where they do not (decode products).
+pub fn gemm_tma_auto_tn(x: &Tensor, w: &Tensor, out: DType) -> Result<Tensor> {
+    let dev = device_of(x, OP)?;
+    let (m, k) = x.dims2(OP)?;
+    let (n, _) = w.dims2(OP)?;
+    match splits_for(m, n, k, super::sm_count(&dev)) {
+        1 => gemm_tma_pp_tn(x, w, out),
+        splits => gemm_tma_tn_split(x, w, out, splits),
+    }
+}
+
 /// [`gemm_tma_tn`] with `splits` K-splits: each writes an f32 partial product, and
 /// `gemm_wgmma`'s reduce kernel sums them in a fixed order (deterministic) into `out`.
 pub fn gemm_tma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) -> Result<Tensor> {
@@ -145,11 +205,12 @@ pub fn gemm_tma_tn_split(x: &Tensor, w: &Tensor, out: DType, splits: usize) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::{splits_for, SMEM};
+    use super::{splits_for, PP_SMEM, SMEM};
 
     #[test]
     fn the_ring_fits_an_sm_and_only_few_tiles_split_k() {
         assert!(SMEM as usize <= 227 * 1024);
+        assert!(PP_SMEM as usize <= 227 * 1024);
         // Training products fill the GPU: 64 × 19 tiles.
         assert_eq!(splits_for(8192, 4864, 896, 132), 1);
         // Decode at B 256: q/k/v 2 × 5 tiles over 14 k-tiles, down 2 × 4 over 76, gate/up 2 × 38.

@@ -41,8 +41,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> R
         if super::gemm_wgmma::requested() {
             return super::gemm_wgmma::gemm_wgmma_tn(x, w, out_dtype);
         }
-        if super::gemm_tma::requested() {
-            return super::gemm_tma::gemm_tma_tn(x, w, out_dtype);
+        match super::gemm_tma::requested() {
+            Some(super::gemm_tma::Requested::Tiles) => {
+                return super::gemm_tma::gemm_tma_tn(x, w, out_dtype)
+            }
+            Some(super::gemm_tma::Requested::PingPong) => {
+                return super::gemm_tma::gemm_tma_auto_tn(x, w, out_dtype)
+            }
+            None => {}
         }
     }
     // The GEMM's C: f32 whenever a bias has to be added before the one rounding to bf16.
