@@ -18,6 +18,8 @@
 #   wgmma    our GEMMs (cp.async wgmma, TMA): their GPU test, `cuda_bench wgmma` (beside cuBLAS),
 #            then a B 256 rollout with each (REALIGN_GEMM=wgmma / tma) beside the default
 #   attn     `cuda_bench attention`: every FaConfig candidate (lean ones included) fwd and bwd
+#   early    the fused decode attention's GPU tests with REALIGN_PAGED_EARLY=1 (run before the
+#            rollout section's EARLY rows are trusted)
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
@@ -45,7 +47,9 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     { echo "== hf"; timeout 150 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -1
       echo "== default B256"; roll $R --batch 256
       echo "== before 2026-12-07 B256 (serial, split, PDL=0)"; REALIGN_PDL=0 roll $R --batch 256 --serial --split-attention
-      echo "== default B64"; roll $R --batch 64; } 2>&1 | tee -a $OUT/rollout.txt ;;
+      echo "== default B64"; roll $R --batch 64
+      echo "== REALIGN_PAGED_EARLY=1 B256 (first K/V tiles before the query rows)"; REALIGN_PAGED_EARLY=1 roll $R --batch 256
+      echo "== REALIGN_PAGED_EARLY=1 B64"; REALIGN_PAGED_EARLY=1 roll $R --batch 64; } 2>&1 | tee -a $OUT/rollout.txt ;;
   train)
     { echo "== default"; step $B/train_step_bench $TS
       echo "== before 2026-12-07 (PDL=0, GEMM=ex)"; REALIGN_PDL=0 REALIGN_GEMM=ex step $B/train_step_bench $TS
@@ -55,6 +59,7 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       echo "== default, phases (synchronised; where the time goes)"; $B/train_step_bench $TS --phases 2>&1 | tail -25
     } 2>&1 | tee -a $OUT/train.txt ;;
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
+  early) REALIGN_PAGED_EARLY=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;

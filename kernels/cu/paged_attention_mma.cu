@@ -63,14 +63,48 @@ __device__ __forceinline__ void load_q_frags(u32 (&qa)[KS_D][4], const __nv_bflo
     }
 }
 
+// Tile `tile` of the partition into ring buffer `stage` (the K ring at the start of dynamic shared
+// memory, the V ring after it): TN rows of K and V, zeros past `end`. The caller commits.
+__device__ __forceinline__ void paged_mma_load_tile(const PagedWork& w, const __nv_bfloat16* __restrict__ kc,
+                                                    const __nv_bfloat16* __restrict__ vc, const u32* sm_blocks,
+                                                    u32 b0, u32 kv_heads, u32 block_size, u32 tile, u32 stage) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+    __nv_bfloat16* sv = sk + STAGES * TN * LDS;
+    const u32 t0 = w.start + tile * TN;
+    for (u32 idx = threadIdx.x; idx < TN * (HEAD_DIM / 8); idx += blockDim.x) {
+        const u32 r = idx / (HEAD_DIM / 8), c = (idx % (HEAD_DIM / 8)) * 8;
+        const u32 pos = t0 + r;
+        const bool ok = pos < w.end;
+        const size_t slot = ok ? (size_t)sm_blocks[pos / block_size - b0] * block_size + pos % block_size : 0;
+        const size_t row = (slot * kv_heads + w.kh) * HEAD_DIM + c;
+        const u32 at = (stage * TN + r) * LDS + c;
+        cp_async16(sk + at, kc + row, ok);
+        cp_async16(sv + at, vc + row, ok);
+    }
+}
+
+// The ring's first STAGES - 1 tiles, one commit group each (empty past the partition's tiles).
+__device__ __forceinline__ void paged_mma_prologue(const PagedWork& w, const __nv_bfloat16* __restrict__ kc,
+                                                   const __nv_bfloat16* __restrict__ vc, const u32* sm_blocks,
+                                                   u32 b0, u32 kv_heads, u32 block_size) {
+    const u32 ntiles = (w.end - w.start + TN - 1) / TN;
+#pragma unroll
+    for (u32 st = 0; st < STAGES - 1; ++st) {
+        if (st < ntiles) paged_mma_load_tile(w, kc, vc, sm_blocks, b0, kv_heads, block_size, st, st);
+        cp_async_commit();
+    }
+}
+
 // The partition's attention for query fragments `qa`, once sm_blocks is visible to every thread:
-// streams the K/V tiles through the ring, then merges the warps and stores the result.
+// streams the K/V tiles through the ring (its first tiles already requested when `prefetched`),
+// then merges the warps and stores the result.
 __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (&qa)[KS_D][4],
                                                  const __nv_bfloat16* __restrict__ kc,
                                                  const __nv_bfloat16* __restrict__ vc, const u32* sm_blocks, u32 b0,
                                                  __nv_bfloat16* __restrict__ out, float* __restrict__ part_ml,
                                                  float* __restrict__ part_acc, u32 heads, u32 kv_heads,
-                                                 u32 block_size, float scale) {
+                                                 u32 block_size, float scale, bool prefetched) {
     extern __shared__ __align__(16) unsigned char smem[];
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* sv = sk + STAGES * TN * LDS;
@@ -78,25 +112,7 @@ __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (
     const int g = lane / 4, t = lane % 4;  // fragment row and column pair
 
     const u32 ntiles = (w.end - w.start + TN - 1) / TN;
-    // Tile `tile` of the partition into ring buffer `stage`: TN rows of K and V, zeros past `end`.
-    auto load_tile = [&](u32 tile, u32 stage) {
-        const u32 t0 = w.start + tile * TN;
-        for (u32 idx = threadIdx.x; idx < TN * (HEAD_DIM / 8); idx += blockDim.x) {
-            const u32 r = idx / (HEAD_DIM / 8), c = (idx % (HEAD_DIM / 8)) * 8;
-            const u32 pos = t0 + r;
-            const bool ok = pos < w.end;
-            const size_t slot = ok ? (size_t)sm_blocks[pos / block_size - b0] * block_size + pos % block_size : 0;
-            const size_t row = (slot * kv_heads + w.kh) * HEAD_DIM + c;
-            const u32 at = (stage * TN + r) * LDS + c;
-            cp_async16(sk + at, kc + row, ok);
-            cp_async16(sv + at, vc + row, ok);
-        }
-    };
-#pragma unroll
-    for (u32 st = 0; st < STAGES - 1; ++st) {
-        if (st < ntiles) load_tile(st, st);
-        cp_async_commit();
-    }
+    if (!prefetched) paged_mma_prologue(w, kc, vc, sm_blocks, b0, kv_heads, block_size);
 
     const float sl2 = scale * MMA_LOG2E;  // scores in base 2
     float m[2] = {-INFINITY, -INFINITY};  // running max of rows g and g + 8 (base-2 units)
@@ -108,7 +124,9 @@ __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (
     for (u32 tile = 0; tile < ntiles; ++tile) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // tile's copies visible to all; the buffer refilled below is free
-        if (tile + STAGES - 1 < ntiles) load_tile(tile + STAGES - 1, (tile + STAGES - 1) % STAGES);
+        if (tile + STAGES - 1 < ntiles)
+            paged_mma_load_tile(w, kc, vc, sm_blocks, b0, kv_heads, block_size, tile + STAGES - 1,
+                                (tile + STAGES - 1) % STAGES);
         cp_async_commit();
 
         const u32 stage = tile % STAGES;
@@ -232,7 +250,8 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
     u32 qa[KS_D][4];
     load_q_frags(qa, q + ((size_t)w.s * heads + w.kh * GROUP) * HEAD_DIM, threadIdx.x & 31);
     __syncthreads();  // sm_blocks
-    paged_mma_attend(w, qa, kc, vc, sm_blocks, b0, out, part_ml, part_acc, heads, kv_heads, block_size, scale);
+    paged_mma_attend(w, qa, kc, vc, sm_blocks, b0, out, part_ml, part_acc, heads, kv_heads, block_size, scale,
+                     false);
 }
 
 
@@ -246,6 +265,15 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
 // barrier after the store orders it before the block's own cp.async copies of that slot, and no
 // other block reads the slot in this launch (every other partition ends before it). One launch
 // instead of two, and no q/k/v tensors written or read.
+//
+// EARLY (1 with REALIGN_PAGED_EARLY=1, kernels/src/cuda/paged_attention.rs): the ring's first
+// tiles are requested as soon as the block-table entries are in shared memory, before the query
+// rows are made, so that their load latency overlaps that work instead of following it; except
+// in the block that writes the newest token when that token lies in those tiles (its copy must
+// follow the write).
+#ifndef EARLY
+#define EARLY 0
+#endif
 
 #define HALF_D (HEAD_DIM / 2)
 
@@ -294,7 +322,15 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
             rope_cos_sin(p, i, HEAD_DIM, theta, &cs[i], &cs[HALF_D + i]);
         }
     }
-    __syncthreads();  // cs
+    __syncthreads();  // cs (and sm_blocks)
+#if EARLY
+    const u32 len = lens[w.s], slot = slots[w.s];
+    const bool writes = len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots;
+    const bool early = !writes || len - 1 >= w.start + (STAGES - 1) * TN;
+    if (early) paged_mma_prologue(w, kc, vc, sm_blocks, b0, kv_heads, block_size);
+#else
+    const bool early = false;
+#endif
 
     const float* arow = acc + (size_t)w.s * (heads + 2 * kv_heads) * HEAD_DIM;
     for (u32 idx = threadIdx.x; idx < GROUP * HALF_D; idx += blockDim.x) {
@@ -304,8 +340,11 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
         sq[r * HEAD_DIM + i] = __float2bfloat16_rn(y1);
         sq[r * HEAD_DIM + HALF_D + i] = __float2bfloat16_rn(y2);
     }
+#if !EARLY
     const u32 len = lens[w.s], slot = slots[w.s];
-    if (len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots) {
+    const bool writes = len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots;
+#endif
+    if (writes) {
         const size_t row = ((size_t)slot * kv_heads + w.kh) * HEAD_DIM;
         for (u32 idx = threadIdx.x; idx < 2 * HALF_D; idx += blockDim.x) {
             const bool is_v = idx >= HALF_D;
@@ -322,7 +361,8 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
 
     u32 qa[KS_D][4];
     load_q_frags(qa, sq, threadIdx.x & 31);
-    paged_mma_attend(w, qa, kc, vc, sm_blocks, b0, out, part_ml, part_acc, heads, kv_heads, block_size, scale);
+    paged_mma_attend(w, qa, kc, vc, sm_blocks, b0, out, part_ml, part_acc, heads, kv_heads, block_size, scale,
+                     early);
 }
 
 #endif  // MMA

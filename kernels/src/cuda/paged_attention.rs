@@ -225,7 +225,16 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
         format!("-DCHUNKED={}", u8::from(cfg.chunked)),
         format!("-DMMA={}", u8::from(cfg.mma_stages > 0)),
         format!("-DSTAGES={}", cfg.mma_stages.max(2)),
+        format!("-DEARLY={}", u8::from(early_requested())),
     ]
+}
+
+/// `REALIGN_PAGED_EARLY=1` (read once): the fused decode attention requests its first K/V tiles
+/// before it makes its query rows (`EARLY` in cu/paged_attention_mma.cu), an A/B switch until it
+/// has been measured on a GPU.
+pub fn early_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_PAGED_EARLY").is_ok_and(|v| v == "1"))
 }
 
 /// Dynamic shared memory of the tensor-core kernel: the K and V rings (`stages` tiles of 64 rows
