@@ -4,6 +4,7 @@
 #   attn_decode  paged_attention_qkv_bf16 in place, in the last decode steps of a Qwen2.5-0.5B-shapes
 #                rollout at B 256 (30% of a decode step on an H100, 1.4 TB/s: docs/benchmarks.md)
 #   gemm_tma     our TMA GEMM on the training gate product 8192 × 4864 × 896 (0.62× of cuBLAS)
+#   gemm_tma_pp  the persistent ping-pong TMA GEMM on the same product (not in the default list)
 #   attn_bwd     the training attention's dk/dv kernel (attention_fa_bwd, 8 × 1024 tokens)
 # Runs on the GPU machine after scripts/gpu_pending.sh (or gpu_run.sh) has unpacked the bundle;
 # writes $OUT/ncu_<name>.txt. Usage: bash scripts/ncu_kernels.sh [NAME ...] (default: all three).
@@ -25,6 +26,9 @@ for name in "${@:-attn_decode gemm_tma attn_bwd}"; do for n in $name; do case $n
   gemm_tma)
     full -k regex:gemm_tma_tn --launch-skip 120 --launch-count 1 "$B/cuda_bench" wgmma \
       > "$OUT/ncu_gemm_tma.txt" 2>&1 ;;
+  gemm_tma_pp)
+    full -k regex:gemm_tma_pp_tn --launch-skip 120 --launch-count 1 "$B/cuda_bench" wgmma \
+      > "$OUT/ncu_gemm_tma_pp.txt" 2>&1 ;;
   attn_bwd)
     full -k regex:attention_fa_bwd --launch-skip 2 --launch-count 1 "$B/cuda_bench" attention default \
       > "$OUT/ncu_attn_bwd.txt" 2>&1 ;;
