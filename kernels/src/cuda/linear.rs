@@ -31,8 +31,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> R
     let (n, i) = x.dims2(OP)?;
     let (o, _) = w.dims2(OP)?;
     let dtype = x.dtype();
-    // Our own Hopper GEMMs, when asked for (REALIGN_GEMM=wgmma / tma), on what they take.
-    if b.is_none()
+    // Our own Hopper GEMMs, when asked for (REALIGN_GEMM=wgmma / tma / tma_pp), on what they
+    // take. The environment is read once; the default path checks nothing else.
+    let own = super::gemm_wgmma::requested() || super::gemm_tma::requested().is_some();
+    if own
+        && b.is_none()
         && dtype == DType::BF16
         && w.dtype() == DType::BF16
         && i.is_multiple_of(8)
