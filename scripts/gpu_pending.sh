@@ -20,6 +20,9 @@
 #   attn     `cuda_bench attention`: every FaConfig candidate (lean ones included) fwd and bwd
 #   early    the fused decode attention's GPU tests with REALIGN_PAGED_EARLY=1 (run before the
 #            rollout section's EARLY rows are trusted)
+#   split    B 256 / B 64 rollouts with the decode attention's split forced (REALIGN_PAGED_SPLIT):
+#            a deeper K/V ring (3, 4 tiles) and shorter partitions (256, 128 tokens + combine),
+#            in place, where the isolated benchmark's L2-resident caches do not hide the latency
 # Needs, prepared here:
 #   .gpu/slim.tgz    scripts/gpu_bundle.sh, then scripts/gpu_slim.sh with the test names below
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
@@ -60,6 +63,13 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     } 2>&1 | tee -a $OUT/train.txt ;;
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
   early) REALIGN_PAGED_EARLY=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf ;;
+  split)
+    { echo "== default B256"; roll $R --batch 256
+      for sp in 512,0,1,0,0,3 512,0,1,0,0,4 256,0,1,0,0,2 128,0,1,0,0,2; do
+        echo "== REALIGN_PAGED_SPLIT=$sp B256"; REALIGN_PAGED_SPLIT=$sp roll $R --batch 256; done
+      echo "== default B64"; roll $R --batch 64
+      echo "== REALIGN_PAGED_SPLIT=512,0,1,0,0,4 B64"; REALIGN_PAGED_SPLIT=512,0,1,0,0,4 roll $R --batch 64
+    } 2>&1 | tee -a $OUT/split.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
