@@ -12,6 +12,9 @@
 #            default with --phases
 #   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
 #            training_fused, device_parity)
+#   ksplit   REALIGN_DOWN_KSPLIT=S (the down projection as S strided-batched partial products summed
+#            in the next add_rmsnorm): fused_ops GPU test, HF greedy parity with it, then B 256
+#            rollouts with S = 2, 4, 8 beside the default, and B 64
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -70,6 +73,14 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       echo "== default B64"; roll $R --batch 64
       echo "== REALIGN_PAGED_SPLIT=512,0,1,0,0,4 B64"; REALIGN_PAGED_SPLIT=512,0,1,0,0,4 roll $R --batch 64
     } 2>&1 | tee -a $OUT/split.txt ;;
+  ksplit) tests kernels--fused_ops
+    REALIGN_DOWN_KSPLIT=4 tests actor--generate_against_hf
+    { echo "== default B256"; roll $R --batch 256
+      for sp in 2 4 8; do echo "== REALIGN_DOWN_KSPLIT=$sp B256"; REALIGN_DOWN_KSPLIT=$sp roll $R --batch 256; done
+      echo "== default B64"; roll $R --batch 64
+      echo "== REALIGN_DOWN_KSPLIT=4 B64"; REALIGN_DOWN_KSPLIT=4 roll $R --batch 64
+      echo "== default B256 (again)"; roll $R --batch 256
+    } 2>&1 | tee -a $OUT/ksplit.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;

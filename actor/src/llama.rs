@@ -29,9 +29,9 @@ use kernels::ops::paged_attention_qkv::{paged_attention_qkv_fused, QkvInputs};
 use kernels::ops::qkv_rope_cache::{qkv_rope_cache_table, RopeTable};
 use kernels::ops::sampling::SPEC_HEAD;
 use kernels::ops::{
-    add_rmsnorm, attention, concat_rows, gather_rows, kv_cache_copy_blocks, linear,
-    paged_attention, qkv_rope_cache, read_samples, rmsnorm, sample_tokens, sample_tokens_into,
-    swiglu_packed, SampleSpec,
+    add_rmsnorm, add_rmsnorm_partials, attention, concat_rows, gather_rows, kv_cache_copy_blocks,
+    linear, linear_ksplit, paged_attention, qkv_rope_cache, read_samples, rmsnorm, sample_tokens,
+    sample_tokens_into, swiglu_packed, SampleSpec,
 };
 use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
@@ -396,11 +396,44 @@ fn layer(
     let act = swiglu_packed(&gu)?; // [N,F]
     drop(gu);
     sw.mark(dev, "d:swiglu");
-    let down = linear(&act, &lp.down, None)?; // [N,C]
-    sw.mark(dev, "d:down_linear");
-    let out = add_rmsnorm(&mid.r, &down, next_norm, eps)?; // r = mid + down, next norm
+    let out = match down_splits(&act, next_norm) {
+        Some(splits) => {
+            let parts = linear_ksplit(&act, &lp.down, splits)?; // [S,N,C] f32
+            sw.mark(dev, "d:down_linear");
+            add_rmsnorm_partials(&mid.r, &parts, next_norm, eps)? // r = mid + Σ parts, next norm
+        }
+        None => {
+            let down = linear(&act, &lp.down, None)?; // [N,C]
+            sw.mark(dev, "d:down_linear");
+            add_rmsnorm(&mid.r, &down, next_norm, eps)? // r = mid + down, next norm
+        }
+    };
     sw.mark(dev, "d:add_rmsnorm");
     Ok((out.r, out.out))
+}
+
+/// `REALIGN_DOWN_KSPLIT=S` (read once; an A/B switch until measured on a GPU): decode-sized steps
+/// on a GPU (at most 256 rows) run the down projection as S partial products over slices of F
+/// (`linear_ksplit`, one strided-batched cuBLAS call) and sum them in the residual add + norm
+/// that follows (`add_rmsnorm_partials`), instead of cuBLAS's own split-K, whose reduce is a
+/// kernel of its own. None where the switch is off or the shapes do not allow it.
+fn down_splits(act: &Tensor, norm: &Tensor) -> Option<usize> {
+    static SPLITS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let splits = (*SPLITS.get_or_init(|| {
+        std::env::var("REALIGN_DOWN_KSPLIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&s| s >= 1)
+    }))?;
+    let (rows, f) = (act.shape()[0], act.shape()[1]);
+    let c = norm.shape()[0];
+    let fits = matches!(act.device(), Device::Cuda(_))
+        && rows <= 256
+        && f.is_multiple_of(splits)
+        && (f / splits).is_multiple_of(8)
+        && c.is_multiple_of(8)
+        && c <= 8192;
+    fits.then_some(splits)
 }
 
 impl StepModel for LlamaRunner<'_> {

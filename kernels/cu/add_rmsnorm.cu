@@ -8,9 +8,35 @@
 // of dependent memory accesses for the decode step's few hundred rows. add_rmsnorm (any C): a warp
 // per row, 8 rows per block (grid-stride), 8-wide chunks when C allows, else one element per lane.
 // The two sum the squares in different orders (f32 rounding differences in rstd).
+// add_rmsnorm_partials_row: the same as add_rmsnorm_row with y given as S f32 partial products
+// [S, N, C] (linear_ksplit's), summed in order s = 0..S-1 and rounded once to T, as the GEMM that
+// would have written y in T: the reduce of a split-K GEMM folded into the op that reads its result.
 
-template <typename T>
-__device__ void add_rmsnorm_row_impl(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+// Where the row kernel's y comes from: a [N, C] tensor of T ...
+template <typename T> struct YRows {
+    const T* __restrict__ y;
+    __device__ __forceinline__ void load8(size_t at, float* v) const { ld8(y, at, v); }
+};
+// ... or the sum of S f32 partial products [S, N, C], rounded to T.
+template <typename T> struct YPartials {
+    const float* __restrict__ p;
+    size_t plane;  // N * C
+    u32 splits;
+    __device__ __forceinline__ void load8(size_t at, float* v) const {
+        ld8(p, at, v);
+        for (u32 s = 1; s < splits; ++s) {
+            float t[8];
+            ld8(p + s * plane, at, t);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] += t[k];
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = round_to<T>(v[k]);
+    }
+};
+
+template <typename T, typename Y>
+__device__ void add_rmsnorm_row_impl(const T* __restrict__ x, const Y y, const T* __restrict__ w,
                                      T* __restrict__ r, T* __restrict__ out, float* __restrict__ rstd_out, u32 n,
                                      u32 c, float eps) {
     __shared__ float scratch[32];
@@ -21,7 +47,7 @@ __device__ void add_rmsnorm_row_impl(const T* __restrict__ x, const T* __restric
         float ss = 0.0f;
         if (j < c) {
             ld8(x, off + j, xv);
-            ld8(y, off + j, yv);
+            y.load8(off + j, yv);
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
                 xv[k] = round_to<T>(xv[k] + yv[k]);
@@ -89,12 +115,23 @@ __device__ void add_rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ 
 
 extern "C" __global__ void add_rmsnorm_row_f32(const float* x, const float* y, const float* w, float* r, float* out,
                                                float* rstd, u32 n, u32 c, float eps) { pdl_entry();
-    add_rmsnorm_row_impl(x, y, w, r, out, rstd, n, c, eps);
+    add_rmsnorm_row_impl(x, YRows<float>{y}, w, r, out, rstd, n, c, eps);
 }
 extern "C" __global__ void add_rmsnorm_row_bf16(const __nv_bfloat16* x, const __nv_bfloat16* y,
                                                 const __nv_bfloat16* w, __nv_bfloat16* r, __nv_bfloat16* out,
                                                 float* rstd, u32 n, u32 c, float eps) { pdl_entry();
-    add_rmsnorm_row_impl(x, y, w, r, out, rstd, n, c, eps);
+    add_rmsnorm_row_impl(x, YRows<__nv_bfloat16>{y}, w, r, out, rstd, n, c, eps);
+}
+extern "C" __global__ void add_rmsnorm_partials_row_f32(const float* x, const float* p, u32 splits, const float* w,
+                                                        float* r, float* out, float* rstd, u32 n, u32 c, float eps) {
+    pdl_entry();
+    add_rmsnorm_row_impl(x, YPartials<float>{p, (size_t)n * c, splits}, w, r, out, rstd, n, c, eps);
+}
+extern "C" __global__ void add_rmsnorm_partials_row_bf16(const __nv_bfloat16* x, const float* p, u32 splits,
+                                                         const __nv_bfloat16* w, __nv_bfloat16* r,
+                                                         __nv_bfloat16* out, float* rstd, u32 n, u32 c, float eps) {
+    pdl_entry();
+    add_rmsnorm_row_impl(x, YPartials<__nv_bfloat16>{p, (size_t)n * c, splits}, w, r, out, rstd, n, c, eps);
 }
 extern "C" __global__ void add_rmsnorm_f32(const float* x, const float* y, const float* w, float* r, float* out,
                                            float* rstd, u32 n, u32 c, float eps) { pdl_entry();

@@ -439,3 +439,136 @@ fn concat_rows_stacks_parts() {
     }
     assert!(ops::concat_rows(&[]).is_err());
 }
+
+/// Partial products of one (rounded) x, w: the sum over the splits is the whole product, and each
+/// partial is the product of its slice of the inner dimension (checked against the CPU op on the
+/// same values, whose slices are checked against `linear` of the sliced matrices).
+#[test]
+fn linear_ksplit_partials_are_the_slices_products() {
+    // (N, I, O, S): ragged small shapes, and the decode step's down projection at B 256.
+    let cases = [
+        (5usize, 48usize, 7usize, 3usize),
+        (37, 96, 40, 4),
+        (16, 64, 8, 1),
+        (256, 4864, 896, 4),
+    ];
+    for dev in test_devices() {
+        for dtype in dtypes(&dev) {
+            for &(n, i, o, s) in &cases {
+                if n * i * o > 1 << 22 && !dev.is_cuda() {
+                    continue; // the big shape only where it is fast
+                }
+                let x = float_tensor(randn_vec(n * i, 11), &[n, i], &dev, dtype);
+                let w = float_tensor(randn_vec(o * i, 12), &[o, i], &dev, dtype);
+                let p = ops::linear_ksplit(&x, &w, s).unwrap();
+                assert_eq!(p.shape(), &[s, n, o]);
+                assert_eq!(p.dtype(), DType::F32);
+                let ph = host(&p);
+                let label = format!("linear_ksplit N={n} I={i} O={o} S={s}");
+                // Σ_s p[s] against the whole product in f32 on the same device.
+                let whole = ops::linear::linear_out(&x, &w, None, DType::F32).unwrap();
+                let mut sum = vec![0.0f32; n * o];
+                for plane in ph.chunks_exact(n * o) {
+                    sum.iter_mut().zip(plane).for_each(|(a, b)| *a += b);
+                }
+                assert_close(
+                    &format!("{label} sum"),
+                    &dev,
+                    dtype,
+                    &sum,
+                    &host(&whole),
+                    1e-5,
+                );
+                // Each partial against its slice, computed on the CPU from the same values.
+                let (xh, wh) = (host(&x), host(&w));
+                let step = i / s;
+                for sp in 0..s {
+                    let slice = |m: &[f32], rows: usize| -> Vec<f32> {
+                        (0..rows)
+                            .flat_map(|r| m[r * i + sp * step..r * i + (sp + 1) * step].to_vec())
+                            .collect()
+                    };
+                    let xs = Tensor::from_f32(slice(&xh, n), &[n, step], &Device::Cpu).unwrap();
+                    let ws = Tensor::from_f32(slice(&wh, o), &[o, step], &Device::Cpu).unwrap();
+                    let want = host(&ops::linear(&xs, &ws, None).unwrap());
+                    let got = &ph[sp * n * o..(sp + 1) * n * o];
+                    let l = format!("{label} partial {sp}");
+                    assert_close(&l, &dev, dtype, got, &want, 1e-5);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_ksplit_rejects_bad_splits() {
+    let dev = Device::Cpu;
+    let x = Tensor::from_f32(randn_vec(4 * 48, 1), &[4, 48], &dev).unwrap();
+    let w = Tensor::from_f32(randn_vec(6 * 48, 2), &[6, 48], &dev).unwrap();
+    let w_bad = Tensor::from_f32(randn_vec(6 * 40, 2), &[6, 40], &dev).unwrap();
+    // 0 splits, 5 does not divide 48, 4 gives slices of 12 (not a multiple of 8), wrong inner size.
+    for (w, s) in [(&w, 0usize), (&w, 5), (&w, 4), (&w_bad, 1)] {
+        let err = ops::linear_ksplit(&x, w, s).unwrap_err().to_string();
+        assert!(err.contains("linear_ksplit"), "{err}");
+    }
+    assert!(ops::linear_ksplit(&x, &w, 6).is_ok());
+}
+
+/// add_rmsnorm_partials(x, p) gives the bits of add_rmsnorm(x, y) with y = Σ_s p[s] summed in
+/// order in f32 and rounded once to the dtype, on every device.
+#[test]
+fn add_rmsnorm_partials_equals_add_rmsnorm_of_the_rounded_sum() {
+    for dev in test_devices() {
+        for dtype in dtypes(&dev) {
+            for (n, c, s) in [
+                (33usize, 896usize, 1usize),
+                (33, 896, 3),
+                (256, 896, 4),
+                (7, 576, 2),
+            ] {
+                let x = float_tensor(randn_vec(n * c, 21), &[n, c], &dev, dtype);
+                let w = float_tensor(randn_vec(c, 22), &[c], &dev, dtype);
+                let ph = randn_vec(s * n * c, 23);
+                let p = Tensor::from_f32(ph.clone(), &[s, n, c], &dev).unwrap();
+                let mut sum = vec![0.0f32; n * c];
+                for plane in ph.chunks_exact(n * c) {
+                    sum.iter_mut().zip(plane).for_each(|(a, b)| *a += b);
+                }
+                let y = float_tensor(sum, &[n, c], &dev, dtype); // one rounding to the dtype
+                let got = ops::add_rmsnorm_partials(&x, &p, &w, 1e-6).unwrap();
+                let want = ops::add_rmsnorm(&x, &y, &w, 1e-6).unwrap();
+                let label = |t: &str| format!("add_rmsnorm_partials {t} N={n} C={c} S={s}");
+                for (name, g, e) in [
+                    ("r", &got.r, &want.r),
+                    ("out", &got.out, &want.out),
+                    ("rstd", &got.rstd, &want.rstd),
+                ] {
+                    let (g, e) = (host(g), host(e));
+                    assert_close(&label(name), &dev, dtype, &g, &e, 0.0);
+                    assert!(
+                        g.iter().zip(&e).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} [{dev} {dtype}]: not bit-equal",
+                        label(name)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn add_rmsnorm_partials_rejects_bad_partials() {
+    let dev = Device::Cpu;
+    let (n, c) = (3usize, 16usize);
+    let x = Tensor::from_f32(randn_vec(n * c, 1), &[n, c], &dev).unwrap();
+    let w = Tensor::from_f32(randn_vec(c, 2), &[c], &dev).unwrap();
+    for shape in [vec![0, n, c], vec![2, n + 1, c], vec![n, c]] {
+        let numel = shape.iter().product();
+        let p = Tensor::from_f32(randn_vec(numel, 3), &shape, &dev).unwrap();
+        let Err(err) = ops::add_rmsnorm_partials(&x, &p, &w, 1e-6) else {
+            panic!("partials {shape:?} were accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("add_rmsnorm_partials"), "{shape:?}: {err}");
+    }
+}

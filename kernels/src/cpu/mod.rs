@@ -18,6 +18,7 @@ pub mod embedding;
 pub mod grad_norm;
 pub mod kv_cache;
 pub mod linear;
+pub mod linear_ksplit;
 pub mod lm_head;
 pub mod logsoftmax_gather;
 pub mod paged_attention;

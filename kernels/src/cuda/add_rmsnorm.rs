@@ -40,3 +40,33 @@ pub fn add_rmsnorm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f32) -> Result<AddNo
     }
     Ok(AddNorm { r, out, rstd })
 }
+
+/// [`add_rmsnorm`] with y the sum of the f32 partials p [S, N, C] (`add_rmsnorm_partials_row_*`:
+/// a block per row; the op checked that C is a multiple of 8, at most 8192).
+pub fn add_rmsnorm_partials(x: &Tensor, p: &Tensor, w: &Tensor, eps: f32) -> Result<AddNorm> {
+    const OP: &str = "add_rmsnorm_partials";
+    let dev = device_of(x, OP)?;
+    let (n, c) = x.dims2(OP)?;
+    let r = empty(&dev, &[n, c], x.dtype())?;
+    let out = empty(&dev, &[n, c], x.dtype())?;
+    let rstd = empty(&dev, &[n], DType::F32)?;
+    if n == 0 || c == 0 {
+        return Ok(AddNorm { r, out, rstd });
+    }
+    let args = Args::new()
+        .ptr(x, &dev, OP)?
+        .ptr(p, &dev, OP)?
+        .u32(u32_dim(OP, p.shape()[0])?)
+        .ptr(w, &dev, OP)?
+        .ptr(&r, &dev, OP)?
+        .ptr(&out, &dev, OP)?
+        .ptr(&rstd, &dev, OP)?
+        .u32(u32_dim(OP, n)?)
+        .u32(u32_dim(OP, c)?)
+        .f32(eps);
+    let threads = (c / 8).next_multiple_of(32) as u32;
+    let g = Grid::d1(n.clamp(1, 1 << 20) as u32, threads);
+    let func = format!("add_rmsnorm_partials_row_{}", suffix(x.dtype(), OP)?);
+    run(&dev, &SRC, &[], &func, g, args)?;
+    Ok(AddNorm { r, out, rstd })
+}

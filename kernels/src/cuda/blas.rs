@@ -219,6 +219,67 @@ impl Gemm {
             ))
         })
     }
+
+    /// `batch` GEMMs of this shape in one `cublasGemmStridedBatchedEx` call, GEMM i on A, B and C
+    /// offset by i times the strides (in elements). cuBLAS picks the kernel.
+    pub(crate) fn run_strided_batched(
+        &self,
+        dev: &CudaDevice,
+        strides: [usize; 3],
+        batch: usize,
+    ) -> Result<()> {
+        if self.m == 0 || self.n == 0 || batch == 0 {
+            return Ok(());
+        }
+        let op = |t: bool| {
+            if t {
+                sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let stride = |v: usize| {
+            i64::try_from(v).map_err(|_| Error::msg(format!("gemm: stride {v} exceeds i64")))
+        };
+        let (alpha, beta) = (self.alpha, self.beta);
+        dev.context().bind_to_thread().map_err(cuda_err)?;
+        // SAFETY: the caller passes device addresses of buffers that hold `batch` operands at
+        // these strides with these dimensions and leading dimensions (checked by the op's shape
+        // checks); alpha/beta are host f32 scalars, matching the f32 compute type.
+        unsafe {
+            cublas::gemm_strided_batched_ex(
+                *dev.blas().handle(),
+                op(self.trans_a),
+                op(self.trans_b),
+                dim(self.m, "m")?,
+                dim(self.n, "n")?,
+                dim(self.k, "k")?,
+                &alpha as *const f32 as *const c_void,
+                self.a as *const c_void,
+                data_type(self.ab)?,
+                dim(self.lda.max(1), "lda")?,
+                stride(strides[0])?,
+                self.b as *const c_void,
+                data_type(self.ab)?,
+                dim(self.ldb.max(1), "ldb")?,
+                stride(strides[1])?,
+                &beta as *const f32 as *const c_void,
+                self.c as *mut c_void,
+                data_type(self.c_type)?,
+                dim(self.ldc.max(1), "ldc")?,
+                stride(strides[2])?,
+                dim(batch, "batch")?,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "cublasGemmStridedBatchedEx (m={}, n={}, k={}, batch {batch}, {} x {} -> {}): {e:?}",
+                self.m, self.n, self.k, self.ab, self.ab, self.c_type
+            ))
+        })
+    }
 }
 
 /// y[N,O] = x[N,I] · w[O,I]ᵀ + beta · y, run as `choice` says: for benchmarks and tests that

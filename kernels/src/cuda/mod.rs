@@ -33,6 +33,7 @@ pub mod graph_ops;
 pub mod kv_cache;
 pub mod launch;
 pub mod linear;
+pub mod linear_ksplit;
 pub mod lm_head;
 pub mod logsoftmax;
 pub mod nvrtc;

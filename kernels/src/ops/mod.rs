@@ -17,6 +17,7 @@ pub mod grad_norm;
 pub mod kv_cache;
 pub mod linear;
 pub mod linear_acc;
+pub mod linear_ksplit;
 pub mod lm_head;
 pub mod logsoftmax_gather;
 pub mod paged_attention;
@@ -32,7 +33,7 @@ pub mod swiglu_packed;
 pub use adamw::{
     adamw_step, adamw_step_many, adamw_step_many_clipped, AdamWItem, AdamWParams, AdamWScalars,
 };
-pub use add_rmsnorm::{add_rmsnorm, AddNorm};
+pub use add_rmsnorm::{add_rmsnorm, add_rmsnorm_partials, AddNorm};
 pub use attention::{attention, attention_backward, attention_backward_rope};
 pub use cast::{bias_cast, cast};
 pub use concat::{concat_cols, concat_rows, split_store};
@@ -44,6 +45,7 @@ pub use grad_norm::{grad_clip, sum_squares, sum_squares_each, ClipDecision, Grad
 pub use kv_cache::{kv_cache_copy_blocks, kv_cache_write};
 pub use linear::{linear, linear_backward, GradStore};
 pub use linear_acc::linear_backward_acc;
+pub use linear_ksplit::linear_ksplit;
 pub use logsoftmax_gather::{logsoftmax_gather, logsoftmax_gather_backward, NO_TARGET};
 pub use paged_attention::paged_attention;
 pub use paged_attention_qkv::{paged_attention_qkv_fused, QkvInputs};
