@@ -13,16 +13,16 @@
 #   tests2   the kernel and learner GPU tests (ops_cuda, paged_attention_qkv, fused_ops,
 #            training_fused, device_parity)
 #   ksplit   REALIGN_DOWN_KSPLIT=S (the down projection as S strided-batched partial products summed
-#            in the next add_rmsnorm): fused_ops GPU test, HF greedy parity with it, then B 256
-#            rollouts with S = 2, 4, 8 beside the default, and B 64
+#            in the next add_rmsnorm; S = 4 by default since session 14): fused_ops GPU test, HF
+#            greedy parity with S = 4, then B 256 rollouts with S = 0 (off), 2, 4, 8, and B 64
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
 #   wgmma    our GEMMs (cp.async wgmma, TMA): their GPU test, `cuda_bench wgmma` (beside cuBLAS),
 #            then a B 256 rollout with each (REALIGN_GEMM=wgmma / tma) beside the default
 #   attn     `cuda_bench attention`: every FaConfig candidate (lean ones included) fwd and bwd
-#   early    the fused decode attention's GPU tests with REALIGN_PAGED_EARLY=1 (run before the
-#            rollout section's EARLY rows are trusted)
+#   early    the fused decode attention's GPU tests with REALIGN_PAGED_EARLY=0 (the fallback without
+#            the early tile requests, default since session 14)
 #   split    B 256 / B 64 rollouts with the decode attention's split forced (REALIGN_PAGED_SPLIT):
 #            a deeper K/V ring (3, 4 tiles) and shorter partitions (256, 128 tokens + combine),
 #            in place, where the isolated benchmark's L2-resident caches do not hide the latency
@@ -54,8 +54,9 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       echo "== default B256"; roll $R --batch 256
       echo "== before 2026-12-07 B256 (serial, split, PDL=0)"; REALIGN_PDL=0 roll $R --batch 256 --serial --split-attention
       echo "== default B64"; roll $R --batch 64
-      echo "== REALIGN_PAGED_EARLY=1 B256 (first K/V tiles before the query rows)"; REALIGN_PAGED_EARLY=1 roll $R --batch 256
-      echo "== REALIGN_PAGED_EARLY=1 B64"; REALIGN_PAGED_EARLY=1 roll $R --batch 64; } 2>&1 | tee -a $OUT/rollout.txt ;;
+      echo "== REALIGN_PAGED_EARLY=0 REALIGN_DOWN_KSPLIT=0 B256 (the defaults before session 14)"
+      REALIGN_PAGED_EARLY=0 REALIGN_DOWN_KSPLIT=0 roll $R --batch 256
+      echo "== default B256 (again)"; roll $R --batch 256; } 2>&1 | tee -a $OUT/rollout.txt ;;
   train)
     { echo "== default"; step $B/train_step_bench $TS
       echo "== before 2026-12-07 (PDL=0, GEMM=ex)"; REALIGN_PDL=0 REALIGN_GEMM=ex step $B/train_step_bench $TS
@@ -65,7 +66,7 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       echo "== default, phases (synchronised; where the time goes)"; $B/train_step_bench $TS --phases 2>&1 | tail -25
     } 2>&1 | tee -a $OUT/train.txt ;;
   tests2) tests kernels--ops_cuda kernels--paged_attention_qkv kernels--fused_ops kernels--training_fused learner--device_parity ;;
-  early) REALIGN_PAGED_EARLY=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf ;;
+  early) REALIGN_PAGED_EARLY=0 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf ;;
   split)
     { echo "== default B256"; roll $R --batch 256
       for sp in 512,0,1,0,0,3 512,0,1,0,0,4 256,0,1,0,0,2 128,0,1,0,0,2; do
@@ -76,9 +77,9 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
   ksplit) tests kernels--fused_ops
     REALIGN_DOWN_KSPLIT=4 tests actor--generate_against_hf
     { echo "== default B256"; roll $R --batch 256
-      for sp in 2 4 8; do echo "== REALIGN_DOWN_KSPLIT=$sp B256"; REALIGN_DOWN_KSPLIT=$sp roll $R --batch 256; done
+      for sp in 0 2 4 8; do echo "== REALIGN_DOWN_KSPLIT=$sp B256"; REALIGN_DOWN_KSPLIT=$sp roll $R --batch 256; done
       echo "== default B64"; roll $R --batch 64
-      echo "== REALIGN_DOWN_KSPLIT=4 B64"; REALIGN_DOWN_KSPLIT=4 roll $R --batch 64
+      echo "== REALIGN_DOWN_KSPLIT=0 B64"; REALIGN_DOWN_KSPLIT=0 roll $R --batch 64
       echo "== default B256 (again)"; roll $R --batch 256
     } 2>&1 | tee -a $OUT/ksplit.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;

@@ -8,9 +8,8 @@
 #   attn_bwd     the training attention's dk/dv kernel (attention_fa_bwd, 8 × 1024 tokens)
 # Runs on the GPU machine after scripts/gpu_pending.sh (or gpu_run.sh) has unpacked the bundle;
 # writes $OUT/ncu_<name>.txt. Usage: bash scripts/ncu_kernels.sh [NAME ...] (default: all three).
-# Launch indices: rollout_bench runs a warm-up and one timed rollout of 11 decode steps each (24
-# attention launches a step; the last ~3 steps of the timed one have all 256 rows), then a
-# prefill-only rollout; `cuda_bench wgmma` launches each of our GEMMs 24 times a product (one
+# Launch indices: rollout_bench runs a warm-up and one timed rollout (24 attention launches a
+# decode step each), then a prefill-only rollout; `cuda_bench wgmma` launches each of our GEMMs 24 times a product (one
 # checked, 3 warm-up, 20 timed), the training gate product being the sixth.
 set -u
 B=$PWD/.gpu/run/bin
@@ -20,9 +19,13 @@ export REALIGN_KERNEL_CACHE=$PWD/.gpu/kcache
 full() { timeout 240 "$NCU" --set full --clock-control none --cache-control all "$@"; }
 for name in "${@:-attn_decode gemm_tma attn_bwd}"; do for n in $name; do case $n in
   attn_decode)
-    REALIGN_CUDA_GRAPHS=0 full -k regex:paged_attention_qkv --launch-skip 480 --launch-count 2 \
-      "$B/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b --batch 256 --prompt 256 \
-      --new 12 --iters 1 --no-cuda-graphs > "$OUT/ncu_attn_decode.txt" 2>&1 ;;
+    # The warm-up rollout launches the kernel too (24 a decode step, ~67 steps at P 128 + N 64),
+    # so 2,400 launches land ~33 steps into the timed rollout, well past its first steps, which
+    # run before the last prefill chunk and have fewer rows (session 14's run at skip 480 caught a
+    # 63-row step of the timed rollout's start).
+    REALIGN_CUDA_GRAPHS=0 full -k regex:paged_attention_qkv --launch-skip 2400 --launch-count 2 \
+      "$B/rollout_bench" --device cuda --dtype bf16 --shapes qwen2.5-0.5b --batch 256 --prompt 128 \
+      --new 64 --iters 1 --no-cuda-graphs > "$OUT/ncu_attn_decode.txt" 2>&1 ;;
   gemm_tma)
     full -k regex:gemm_tma_tn --launch-skip 120 --launch-count 1 "$B/cuda_bench" wgmma \
       > "$OUT/ncu_gemm_tma.txt" 2>&1 ;;

@@ -412,20 +412,28 @@ fn layer(
     Ok((out.r, out.out))
 }
 
-/// `REALIGN_DOWN_KSPLIT=S` (read once; an A/B switch until measured on a GPU): decode-sized steps
-/// on a GPU (at most 256 rows) run the down projection as S partial products over slices of F
-/// (`linear_ksplit`, one strided-batched cuBLAS call) and sum them in the residual add + norm
-/// that follows (`add_rmsnorm_partials`), instead of cuBLAS's own split-K, whose reduce is a
-/// kernel of its own. None where the switch is off or the shapes do not allow it.
+/// K-splits of the down projection in decode-sized steps on a GPU: it runs as S partial products
+/// over slices of F (`linear_ksplit`, one strided-batched cuBLAS call) summed in the residual add +
+/// norm that follows (`add_rmsnorm_partials`), instead of cuBLAS's own split-K, whose reduce is a
+/// kernel of its own (docs/rollout.md item 11). Default: S = [`DOWN_KSPLIT`] for steps of 64 to
+/// 256 rows (measured on an H100, 2026-12-07: B 256 and B 64, docs/benchmarks.md).
+/// `REALIGN_DOWN_KSPLIT=S` (read once) forces S for every step of at most 256 rows; `=0` turns the
+/// path off. None where it is off or the shapes do not allow it (S must divide F into slices of a
+/// multiple of 8; C a multiple of 8 up to 8192).
 fn down_splits(act: &Tensor, norm: &Tensor) -> Option<usize> {
-    static SPLITS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let splits = (*SPLITS.get_or_init(|| {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
         std::env::var("REALIGN_DOWN_KSPLIT")
             .ok()
             .and_then(|v| v.parse().ok())
-            .filter(|&s| s >= 1)
-    }))?;
+    });
     let (rows, f) = (act.shape()[0], act.shape()[1]);
+    let splits = match forced {
+        Some(0) => return None,
+        Some(s) => s,
+        None if rows >= 64 => DOWN_KSPLIT,
+        None => return None,
+    };
     let c = norm.shape()[0];
     let fits = matches!(act.device(), Device::Cuda(_))
         && rows <= 256
@@ -435,6 +443,10 @@ fn down_splits(act: &Tensor, norm: &Tensor) -> Option<usize> {
         && c <= 8192;
     fits.then_some(splits)
 }
+
+/// The default K-splits of [`down_splits`]: 4 (Qwen2.5-0.5B's F 4864 in slices of 1216) measured
+/// fastest of 2, 4 and 8 at B 256 on an H100.
+const DOWN_KSPLIT: usize = 4;
 
 impl StepModel for LlamaRunner<'_> {
     fn vocab_size(&self) -> usize {

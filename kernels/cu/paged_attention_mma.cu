@@ -266,11 +266,11 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
 // other block reads the slot in this launch (every other partition ends before it). One launch
 // instead of two, and no q/k/v tensors written or read.
 //
-// EARLY (1 with REALIGN_PAGED_EARLY=1, kernels/src/cuda/paged_attention.rs): the ring's first
-// tiles are requested as soon as the block-table entries are in shared memory, before the query
-// rows are made, so that their load latency overlaps that work instead of following it; except
-// in the block that writes the newest token when that token lies in those tiles (its copy must
-// follow the write).
+// EARLY (1 by default; 0 with REALIGN_PAGED_EARLY=0, kernels/src/cuda/paged_attention.rs): the
+// ring's first tiles are requested as soon as the block-table entries are in shared memory, before
+// the query rows are made, so that their load latency overlaps that work instead of following it;
+// except in the block that writes the newest token when that token lies in those tiles (its copy
+// must follow the write).
 #ifndef EARLY
 #define EARLY 0
 #endif
@@ -323,9 +323,9 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
         }
     }
     __syncthreads();  // cs (and sm_blocks)
-#if EARLY
     const u32 len = lens[w.s], slot = slots[w.s];
     const bool writes = len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots;
+#if EARLY
     const bool early = !writes || len - 1 >= w.start + (STAGES - 1) * TN;
     if (early) paged_mma_prologue(w, kc, vc, sm_blocks, b0, kv_heads, block_size);
 #else
@@ -340,10 +340,6 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
         sq[r * HEAD_DIM + i] = __float2bfloat16_rn(y1);
         sq[r * HEAD_DIM + HALF_D + i] = __float2bfloat16_rn(y2);
     }
-#if !EARLY
-    const u32 len = lens[w.s], slot = slots[w.s];
-    const bool writes = len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots;
-#endif
     if (writes) {
         const size_t row = ((size_t)slot * kv_heads + w.kh) * HEAD_DIM;
         for (u32 idx = threadIdx.x; idx < 2 * HALF_D; idx += blockDim.x) {

@@ -229,12 +229,13 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
     ]
 }
 
-/// `REALIGN_PAGED_EARLY=1` (read once): the fused decode attention requests its first K/V tiles
-/// before it makes its query rows (`EARLY` in cu/paged_attention_mma.cu), an A/B switch until it
-/// has been measured on a GPU.
+/// Whether the fused decode attention requests its first K/V tiles before it makes its query rows
+/// (`EARLY` in cu/paged_attention_mma.cu): on by default since its GPU tests passed and it was
+/// measured on an H100 (2026-12-07, with `REALIGN_DOWN_KSPLIT`: docs/benchmarks.md);
+/// `REALIGN_PAGED_EARLY=0` (read once) turns it off.
 pub fn early_requested() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("REALIGN_PAGED_EARLY").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("REALIGN_PAGED_EARLY").map_or(true, |v| v != "0"))
 }
 
 /// Dynamic shared memory of the tensor-core kernel: the K and V rings (`stages` tiles of 64 rows
