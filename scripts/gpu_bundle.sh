@@ -33,9 +33,10 @@ cargo build --release -p kernels --example cuda_bench || echo "warning: example 
 cargo build --release -p learner --example train_step_bench || echo "warning: example train_step_bench did not build; not bundled" >&2
 cargo build --release -p actor --example rollout_bench || echo "warning: example rollout_bench did not build; not bundled" >&2
 cargo build --release -p kernels --example gemm_bench || echo "warning: example gemm_bench did not build; not bundled" >&2
+cargo build --release -p kernels --example paged_attention_bench || echo "warning: example paged_attention_bench did not build; not bundled" >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 cp "$TARGET/release/realign" "$STAGE/bin/"
-for ex in cuda_bench train_step_bench rollout_bench gemm_bench; do
+for ex in cuda_bench train_step_bench rollout_bench gemm_bench paged_attention_bench; do
   [ -f "$TARGET/release/examples/$ex" ] && cp "$TARGET/release/examples/$ex" "$STAGE/bin/"
 done
 strip "$STAGE"/tests/* "$STAGE"/bin/*

@@ -15,6 +15,10 @@
 #   ksplit   REALIGN_DOWN_KSPLIT=S (the down projection as S strided-batched partial products summed
 #            in the next add_rmsnorm; S = 4 by default since session 14): fused_ops GPU test, HF
 #            greedy parity with S = 4, then B 256 rollouts with S = 0 (off), 2, 4, 8, and B 64
+#   plean    REALIGN_PAGED_LEAN=1 (the decode attention's lean tile loader and merge, session 14, not
+#            yet run): the paged attention GPU tests (its bit-identity test included) and the
+#            decode loop's with it on, paged_attention_bench (isolated, beside the plain kernel),
+#            then B 256 rollouts alternating default / lean, and B 64
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -31,7 +35,7 @@
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
 #                    actor--fused_attention kernels--ops_cuda kernels--paged_attention_qkv
 #                    kernels--fused_ops kernels--training_fused learner--device_parity
-#                    kernels--gemm_wgmma)
+#                    kernels--gemm_wgmma kernels--paged_attention)
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
 # Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh [SECTION ...]
 set -u
@@ -82,6 +86,14 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       echo "== REALIGN_DOWN_KSPLIT=0 B64"; REALIGN_DOWN_KSPLIT=0 roll $R --batch 64
       echo "== default B256 (again)"; roll $R --batch 256
     } 2>&1 | tee -a $OUT/ksplit.txt ;;
+  plean) tests kernels--paged_attention
+    REALIGN_PAGED_LEAN=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf actor--cuda_graphs
+    timeout 60 $B/paged_attention_bench 2>&1 | grep -E "default|lean|stages 2" | tee -a $OUT/plean.txt
+    { for i in 1 2 3; do echo "round $i: default $(roll $R --batch 256 | grep -o 'step [0-9.]* ms excl')" \
+        "| lean $(REALIGN_PAGED_LEAN=1 roll $R --batch 256 | grep -o 'step [0-9.]* ms excl')"; done
+      echo "B64: default $(roll $R --batch 64 | grep -o 'step [0-9.]* ms excl')" \
+        "| lean $(REALIGN_PAGED_LEAN=1 roll $R --batch 64 | grep -o 'step [0-9.]* ms excl')"
+    } 2>&1 | tee -a $OUT/plean.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;

@@ -63,11 +63,82 @@ __device__ __forceinline__ void load_q_frags(u32 (&qa)[KS_D][4], const __nv_bflo
     }
 }
 
+// LEAN (0 by default; 1 with REALIGN_PAGED_LEAN=1, kernels/src/cuda/paged_attention.rs): the
+// tile loader below with a fixed per-thread plan instead of a loop over chunk indices, and the
+// warps' merge through padded rows with 8-byte stores. Nsight on an H100 (docs/benchmarks.md,
+// session 14) showed the kernel latency-bound on one block's chain of dependent instructions
+// (one warp a scheduler, ~6.8 cycles an instruction), with the loader's copy loop about half of
+// a tile's instructions: a runtime u32 division (pos / block_size, reciprocal included) and
+// 64-bit address arithmetic per 16-byte copy, in a loop that was not unrolled. Here each thread
+// copies chunk column c of rows r0 + RSTEP·k of every tile; its block-table index and offset come
+// from one division per tile and advance by compile-time steps (no division at all for the
+// default 16-token blocks, which get their own instantiation), and the LROWS copies are unrolled
+// so their table reads issue together. The merge's f32 rows were HEAD_DIM floats apart, so the
+// eight fragment rows of a store hit one bank (8-way conflicts; Nsight: 5.6-way on average over
+// the kernel's shared stores); padded by 8 floats and stored as float2 they are conflict-free.
+// Same results bit for bit (the same copies and the same arithmetic).
+#ifndef LEAN
+#define LEAN 0
+#endif
+#define LCH (HEAD_DIM / 8)          // 16-byte chunks of a K/V row
+#define RSTEP (NWARPS * 32 / LCH)   // rows one pass of the block's threads covers
+#define LROWS (TN / RSTEP)          // passes a tile
+// The per-thread plan needs the block's threads to cover whole rows and a tile whole passes
+// (HEAD_DIM 16, 32, 64, 128); other head dims keep the plain loader (and the padded merge).
+#define LEAN_LOADER (LEAN && (NWARPS * 32) % LCH == 0 && TN % RSTEP == 0)
+#if LEAN_LOADER
+// The lean loader for a block size of BS tokens (0: the runtime block_size).
+template <u32 BS>
+__device__ __forceinline__ void paged_mma_load_tile_lean(const PagedWork& w, const __nv_bfloat16* __restrict__ kc,
+                                                         const __nv_bfloat16* __restrict__ vc, const u32* sm_blocks,
+                                                         u32 b0, u32 kv_heads, u32 block_size, u32 tile, u32 stage) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
+    __nv_bfloat16* sv = sk + STAGES * TN * LDS;
+    const u32 bs = BS ? BS : block_size;
+    const u32 r0 = threadIdx.x / LCH, c = (threadIdx.x % LCH) * 8;
+    u32 pos = w.start + tile * TN + r0;
+    u32 blk = pos / bs - b0, off = pos % bs;                 // sm_blocks index and offset of row r0
+    const u32 step_blk = RSTEP / bs, step_off = RSTEP % bs;  // loop-invariant: hoisted
+    // First every row's table entry (the shared loads issue together), then the copies, with the
+    // byte offset of a row one 32 × 32 -> 64-bit multiply-add: slot · (bytes a slot) + (kh, c).
+    u32 slot[LROWS];
+    bool ok[LROWS];
+#pragma unroll
+    for (int k = 0; k < LROWS; ++k) {
+        ok[k] = pos < w.end;
+        slot[k] = (ok[k] ? sm_blocks[blk] : 0u) * bs + off;
+        pos += RSTEP;
+        blk += step_blk;
+        off += step_off;
+        if (off >= bs) {
+            off -= bs;
+            ++blk;
+        }
+    }
+    const u32 slot_bytes = kv_heads * HEAD_DIM * 2, head_bytes = (w.kh * HEAD_DIM + c) * 2;
+    const u32 at = (stage * TN + r0) * LDS + c;
+#pragma unroll
+    for (int k = 0; k < LROWS; ++k) {
+        const size_t byte = (size_t)slot[k] * slot_bytes + head_bytes;
+        cp_async16(sk + at + k * RSTEP * LDS, reinterpret_cast<const char*>(kc) + byte, ok[k]);
+        cp_async16(sv + at + k * RSTEP * LDS, reinterpret_cast<const char*>(vc) + byte, ok[k]);
+    }
+}
+#endif
+
 // Tile `tile` of the partition into ring buffer `stage` (the K ring at the start of dynamic shared
 // memory, the V ring after it): TN rows of K and V, zeros past `end`. The caller commits.
 __device__ __forceinline__ void paged_mma_load_tile(const PagedWork& w, const __nv_bfloat16* __restrict__ kc,
                                                     const __nv_bfloat16* __restrict__ vc, const u32* sm_blocks,
                                                     u32 b0, u32 kv_heads, u32 block_size, u32 tile, u32 stage) {
+#if LEAN_LOADER
+    if (block_size == 16)
+        paged_mma_load_tile_lean<16>(w, kc, vc, sm_blocks, b0, kv_heads, block_size, tile, stage);
+    else
+        paged_mma_load_tile_lean<0>(w, kc, vc, sm_blocks, b0, kv_heads, block_size, tile, stage);
+    return;
+#endif
     extern __shared__ __align__(16) unsigned char smem[];
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* sv = sk + STAGES * TN * LDS;
@@ -197,7 +268,12 @@ __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (
     // Merge the warps in shared memory (the K ring, free once every copy has landed).
     cp_async_wait<0>();
     __syncthreads();
-    float* sm_o = reinterpret_cast<float*>(smem);  // [NWARPS][16][HEAD_DIM]
+#if LEAN
+#define MERGE_LD (HEAD_DIM + 8)  // padded merge rows: the 8 fragment rows of a store in 8 bank groups
+#else
+#define MERGE_LD HEAD_DIM
+#endif
+    float* sm_o = reinterpret_cast<float*>(smem);  // [NWARPS][16][MERGE_LD]
     __shared__ float sm_m[NWARPS][16], sm_l[NWARPS][16];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -210,11 +286,16 @@ __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (
     }
 #pragma unroll
     for (int n = 0; n < NT_D; ++n) {
-        float* r0 = sm_o + ((size_t)warp * 16 + g) * HEAD_DIM + n * 8 + 2 * t;
+        float* r0 = sm_o + ((size_t)warp * 16 + g) * MERGE_LD + n * 8 + 2 * t;
+#if LEAN
+        *reinterpret_cast<float2*>(r0) = make_float2(o[n][0], o[n][1]);
+        *reinterpret_cast<float2*>(r0 + 8 * MERGE_LD) = make_float2(o[n][2], o[n][3]);
+#else
         r0[0] = o[n][0];
         r0[1] = o[n][1];
-        r0[8 * HEAD_DIM] = o[n][2];
-        r0[8 * HEAD_DIM + 1] = o[n][3];
+        r0[8 * MERGE_LD] = o[n][2];
+        r0[8 * MERGE_LD + 1] = o[n][3];
+#endif
     }
     __syncthreads();
     for (u32 idx = threadIdx.x; idx < GROUP * HEAD_DIM; idx += blockDim.x) {
@@ -228,7 +309,7 @@ __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (
             for (int v = 0; v < NWARPS; ++v) {
                 const float c = mma_ex2(sm_m[v][r] - mm);
                 ll += sm_l[v][r] * c;
-                a += sm_o[((size_t)v * 16 + r) * HEAD_DIM + i] * c;
+                a += sm_o[((size_t)v * 16 + r) * MERGE_LD + i] * c;
             }
         }
         // The combine works in natural-log units.

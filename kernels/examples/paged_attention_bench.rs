@@ -71,12 +71,21 @@ fn variants(s: usize, kh: usize, g: usize) -> Vec<(String, Option<PagedConfig>)>
             }
         }
     }
+    // The lean tile loader and merge at the chooser's split (REALIGN_PAGED_LEAN's).
+    let lean = PagedConfig {
+        lean: true,
+        ..chosen
+    };
+    if lean != chosen {
+        v.push((label(&lean), Some(lean)));
+    }
     v
 }
 
 fn label(c: &PagedConfig) -> String {
     if c.mma_stages > 0 {
-        format!("mma part {} stages {}", c.part, c.mma_stages)
+        let lean = if c.lean { " lean" } else { "" };
+        format!("mma part {} stages {}{lean}", c.part, c.mma_stages)
     } else {
         format!(
             "part {} wide {} unroll {} q_smem {} chunked {}",

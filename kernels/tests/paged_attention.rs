@@ -45,6 +45,19 @@ fn paged_vs_packed(
     seed: u64,
     split: Option<pa::PagedConfig>,
 ) -> f64 {
+    let (got, want) = paged_and_packed(case, dev, dtype, seed, split);
+    rel_err(&got, &want)
+}
+
+/// Paged attention's decode rows on `dev` with `split` (None: the chooser's) and the reference's
+/// (packed causal attention on the CPU, each sequence's last row) for the same seeded inputs.
+fn paged_and_packed(
+    case: &Case,
+    dev: &Device,
+    dtype: DType,
+    seed: u64,
+    split: Option<pa::PagedConfig>,
+) -> (Vec<f32>, Vec<f32>) {
     let Case {
         lens,
         h,
@@ -134,7 +147,7 @@ fn paged_vs_packed(
     .unwrap();
     assert_eq!(out.shape(), &[s, h, d]);
     assert_eq!(out.dtype(), dtype);
-    rel_err(&out.to_vec_f32().unwrap(), &want)
+    (out.to_vec_f32().unwrap(), want)
 }
 
 fn cases() -> Vec<Case> {
@@ -222,6 +235,7 @@ fn flag_splits(q_smem: bool) -> Vec<pa::PagedConfig> {
                     q_smem,
                     chunked: false,
                     mma_stages: 0,
+                    lean: false,
                 });
             }
         }
@@ -380,6 +394,7 @@ fn nvrtc_compiles_paged_kernels() {
                 q_smem,
                 chunked: false,
                 mma_stages: 0,
+                lean: false,
             };
             nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
                 .unwrap_or_else(|e| panic!("paged_attention.cu D={d} G={g} {cfg:?}: {e}"));
@@ -418,15 +433,18 @@ fn chunked_splits() -> Vec<Option<pa::PagedConfig>> {
 /// The tensor-core splits the GPU tests run: partitions of 16 tokens (inside one 64-token tile,
 /// several partitions and the combine), 128 (two tiles) and 512 and 1024 (the 513-token context
 /// in one or two partitions, several tiles through the cp.async ring), with rings of 2, 3 and 4
-/// tiles.
+/// tiles; each with the plain and the lean tile loader.
 fn mma_splits() -> Vec<Option<pa::PagedConfig>> {
     [(16, 2), (128, 2), (128, 3), (512, 3), (512, 4), (1024, 2)]
         .into_iter()
-        .map(|(part, mma_stages)| {
-            Some(pa::PagedConfig {
-                part,
-                mma_stages,
-                ..pa::PagedConfig::DEFAULT
+        .flat_map(|(part, mma_stages)| {
+            [false, true].map(|lean| {
+                Some(pa::PagedConfig {
+                    part,
+                    mma_stages,
+                    lean,
+                    ..pa::PagedConfig::DEFAULT
+                })
             })
         })
         .collect()
@@ -473,6 +491,34 @@ fn tensor_core_kernel_gives_the_same_attention() {
     }
 }
 
+/// The lean tile loader and merge (`PagedConfig::lean`) make the same copies and the same
+/// arithmetic as the plain kernel: the same bits at every split and block size (16: its own
+/// instantiation; 6 and 8: the runtime one).
+#[test]
+fn lean_tensor_core_kernel_gives_the_same_bits() {
+    for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
+        for (i, case) in mma_cases() {
+            for split in mma_splits().into_iter().flatten().filter(|c| !c.lean) {
+                let seed = 300 + i as u64;
+                let (plain, _) = paged_and_packed(&case, &dev, DType::BF16, seed, Some(split));
+                let lean = pa::PagedConfig {
+                    lean: true,
+                    ..split
+                };
+                let (got, _) = paged_and_packed(&case, &dev, DType::BF16, seed, Some(lean));
+                let same = got
+                    .iter()
+                    .zip(&plain)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "case {i} {split:?}: lean output differs from the plain kernel's"
+                );
+            }
+        }
+    }
+}
+
 /// The tensor-core kernel compiles for real models' groups at D 64 and 128 and every ring depth
 /// (and a head dim of 96).
 #[test]
@@ -484,9 +530,10 @@ fn nvrtc_compiles_the_tensor_core_kernel() {
     let src = pa::source();
     let text = kernels::cuda::launch::full_source(&src);
     for (d, g) in [(64, 7), (64, 3), (64, 1), (128, 8), (128, 16), (96, 4)] {
-        for mma_stages in [2, 3, 4] {
+        for (mma_stages, lean) in [(2, false), (3, false), (4, false), (2, true), (4, true)] {
             let cfg = pa::PagedConfig {
                 mma_stages,
+                lean,
                 ..pa::PagedConfig::DEFAULT
             };
             nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
@@ -628,7 +675,17 @@ fn the_split_fills_the_gpu_with_blocks() {
     );
     assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,1"), None);
     assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,5"), None);
-    assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,2,1"), None);
+    assert_eq!(
+        pa::PagedConfig::parse("256,0,1,0,0,2,1"),
+        Some(pa::PagedConfig {
+            part: 256,
+            mma_stages: 2,
+            lean: true,
+            ..pa::PagedConfig::DEFAULT
+        })
+    );
+    assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,2,2"), None);
+    assert_eq!(pa::PagedConfig::parse("256,0,1,0,0,2,1,0"), None);
     assert_eq!(
         pa::PagedConfig::parse("512,0,1,0,1"),
         Some(pa::PagedConfig {

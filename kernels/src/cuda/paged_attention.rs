@@ -60,6 +60,11 @@ pub struct PagedConfig {
     /// `q_smem` and `chunked` do not apply to it. Needs bf16, a head dim that is a multiple of 16
     /// up to 128 and a GQA group of at most 16.
     pub mma_stages: usize,
+    /// The tensor-core kernel's lean tile loader and merge (`LEAN` in cu/paged_attention_mma.cu:
+    /// one block-table division a tile, unrolled copies, conflict-free merge; the same bits).
+    /// [`choose_split`] sets it from `REALIGN_PAGED_LEAN=1` until it has run on a GPU. Ignored
+    /// by the CUDA-core kernels.
+    pub lean: bool,
 }
 
 impl PagedConfig {
@@ -71,30 +76,37 @@ impl PagedConfig {
         q_smem: false,
         chunked: false,
         mma_stages: 0,
+        lean: false,
     };
 
-    /// The benchmark knob `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem[,chunked[,mma_stages]]]`
-    /// (e.g. `128,1,2` or `256,0,1,0,0,3`): when set, every call uses that split instead of
-    /// [`choose_split`]'s (read once; a malformed value is reported and ignored). A forced
+    /// The benchmark knob
+    /// `REALIGN_PAGED_SPLIT=part,wide,unroll[,q_smem[,chunked[,mma_stages[,lean]]]]` (e.g.
+    /// `128,1,2` or `256,0,1,0,0,3`): when set, every call uses that split instead of
+    /// [`choose_split`]'s (read once; a malformed value is reported and ignored;
+    /// `REALIGN_PAGED_LEAN=1` turns `lean` on in it too). A forced
     /// tensor-core split falls back to [`choose_split`]'s on calls it cannot take (f32).
     pub fn forced() -> Option<PagedConfig> {
         static SPLIT: std::sync::OnceLock<Option<PagedConfig>> = std::sync::OnceLock::new();
         *SPLIT.get_or_init(|| {
             let v = std::env::var("REALIGN_PAGED_SPLIT").ok()?;
-            let c = PagedConfig::parse(&v);
+            let c = PagedConfig::parse(&v).map(|c| PagedConfig {
+                lean: c.lean || lean_requested(),
+                ..c
+            });
             if c.is_none() {
                 tracing::warn!(
-                    "REALIGN_PAGED_SPLIT={v:?} is not part,wide,unroll[,q_smem[,chunked[,mma_stages]]] \
-                     (e.g. 128,1,2) with part >= 1, wide 0/1, unroll 1/2, mma_stages 0 or 2..4; \
-                     choosing the split per call"
+                    "REALIGN_PAGED_SPLIT={v:?} is not \
+                     part,wide,unroll[,q_smem[,chunked[,mma_stages[,lean]]]] (e.g. 128,1,2) with \
+                     part >= 1, wide 0/1, unroll 1/2, mma_stages 0 or 2..4, lean 0/1; choosing \
+                     the split per call"
                 );
             }
             c
         })
     }
 
-    /// `part,wide,unroll[,q_smem[,chunked[,mma_stages]]]`, e.g. `128,1,2`, `512,0,1,0,1` or
-    /// `512,0,1,0,0,3`.
+    /// `part,wide,unroll[,q_smem[,chunked[,mma_stages[,lean]]]]`, e.g. `128,1,2`, `512,0,1,0,1`
+    /// or `512,0,1,0,0,3,1`.
     pub fn parse(v: &str) -> Option<PagedConfig> {
         let f: Vec<&str> = v.split(',').map(str::trim).collect();
         let flag = |x: &str| match x {
@@ -103,7 +115,7 @@ impl PagedConfig {
             _ => None,
         };
         let (part, wide, unroll) = match f[..] {
-            [p, w, u, ..] if f.len() <= 6 => (p, w, u),
+            [p, w, u, ..] if f.len() <= 7 => (p, w, u),
             _ => return None,
         };
         let c = PagedConfig {
@@ -113,6 +125,7 @@ impl PagedConfig {
             q_smem: f.get(3).map_or(Some(false), |x| flag(x))?,
             chunked: f.get(4).map_or(Some(false), |x| flag(x))?,
             mma_stages: f.get(5).map_or(Some(0), |x| x.parse().ok())?,
+            lean: f.get(6).map_or(Some(false), |x| flag(x))?,
         };
         c.is_valid().then_some(c)
     }
@@ -184,6 +197,7 @@ pub fn choose_split(
     }
     if mma {
         cfg.mma_stages = MMA_STAGES;
+        cfg.lean = lean_requested();
     } else if group <= MAX_CHUNKED_GROUP && d <= 128 {
         cfg.chunked = true;
         cfg.wide = group * row_pad(d, true) <= MAX_GROUP_DIM;
@@ -226,7 +240,15 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
         format!("-DMMA={}", u8::from(cfg.mma_stages > 0)),
         format!("-DSTAGES={}", cfg.mma_stages.max(2)),
         format!("-DEARLY={}", u8::from(early_requested())),
+        format!("-DLEAN={}", u8::from(cfg.lean && cfg.mma_stages > 0)),
     ]
+}
+
+/// `REALIGN_PAGED_LEAN=1` (read once): [`choose_split`] (and a forced split) turn on
+/// [`PagedConfig::lean`]. An A/B switch until it has run on a GPU.
+pub fn lean_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_PAGED_LEAN").is_ok_and(|v| v == "1"))
 }
 
 /// Whether the fused decode attention requests its first K/V tiles before it makes its query rows
