@@ -176,7 +176,9 @@ impl Gemm {
         }
     }
 
-    fn run_ex(&self, dev: &CudaDevice) -> Result<()> {
+    /// The GEMM's cuBLAS arguments: operations, dimensions (checked against cuBLAS's i32) and
+    /// data types.
+    fn ex_args(&self) -> Result<ExArgs> {
         let op = |t: bool| {
             if t {
                 sys::cublasOperation_t::CUBLAS_OP_T
@@ -184,6 +186,29 @@ impl Gemm {
                 sys::cublasOperation_t::CUBLAS_OP_N
             }
         };
+        Ok(ExArgs {
+            ops: [op(self.trans_a), op(self.trans_b)],
+            mnk: [dim(self.m, "m")?, dim(self.n, "n")?, dim(self.k, "k")?],
+            ld: [
+                dim(self.lda.max(1), "lda")?,
+                dim(self.ldb.max(1), "ldb")?,
+                dim(self.ldc.max(1), "ldc")?,
+            ],
+            ab: data_type(self.ab)?,
+            c: data_type(self.c_type)?,
+        })
+    }
+
+    /// A cuBLAS call's failure, naming the call and the GEMM.
+    fn ex_error(&self, call: &str, e: impl std::fmt::Debug) -> Error {
+        Error::Cuda(format!(
+            "{call} (m={}, n={}, k={}, {} x {} -> {}): {e:?}",
+            self.m, self.n, self.k, self.ab, self.ab, self.c_type
+        ))
+    }
+
+    fn run_ex(&self, dev: &CudaDevice) -> Result<()> {
+        let x = self.ex_args()?;
         let (alpha, beta) = (self.alpha, self.beta);
         dev.context().bind_to_thread().map_err(cuda_err)?;
         // SAFETY: the caller passes device addresses of buffers sized for these dimensions and
@@ -192,32 +217,27 @@ impl Gemm {
         unsafe {
             cublas::gemm_ex(
                 *dev.blas().handle(),
-                op(self.trans_a),
-                op(self.trans_b),
-                dim(self.m, "m")?,
-                dim(self.n, "n")?,
-                dim(self.k, "k")?,
+                x.ops[0],
+                x.ops[1],
+                x.mnk[0],
+                x.mnk[1],
+                x.mnk[2],
                 &alpha as *const f32 as *const c_void,
                 self.a as *const c_void,
-                data_type(self.ab)?,
-                dim(self.lda.max(1), "lda")?,
+                x.ab,
+                x.ld[0],
                 self.b as *const c_void,
-                data_type(self.ab)?,
-                dim(self.ldb.max(1), "ldb")?,
+                x.ab,
+                x.ld[1],
                 &beta as *const f32 as *const c_void,
                 self.c as *mut c_void,
-                data_type(self.c_type)?,
-                dim(self.ldc.max(1), "ldc")?,
+                x.c,
+                x.ld[2],
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| {
-            Error::Cuda(format!(
-                "cublasGemmEx (m={}, n={}, k={}, {} x {} -> {}): {e:?}",
-                self.m, self.n, self.k, self.ab, self.ab, self.c_type
-            ))
-        })
+        .map_err(|e| self.ex_error("cublasGemmEx", e))
     }
 
     /// `batch` GEMMs of this shape in one `cublasGemmStridedBatchedEx` call, GEMM i on A, B and C
@@ -231,13 +251,7 @@ impl Gemm {
         if self.m == 0 || self.n == 0 || batch == 0 {
             return Ok(());
         }
-        let op = |t: bool| {
-            if t {
-                sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
+        let x = self.ex_args()?;
         let stride = |v: usize| {
             i64::try_from(v).map_err(|_| Error::msg(format!("gemm: stride {v} exceeds i64")))
         };
@@ -249,37 +263,42 @@ impl Gemm {
         unsafe {
             cublas::gemm_strided_batched_ex(
                 *dev.blas().handle(),
-                op(self.trans_a),
-                op(self.trans_b),
-                dim(self.m, "m")?,
-                dim(self.n, "n")?,
-                dim(self.k, "k")?,
+                x.ops[0],
+                x.ops[1],
+                x.mnk[0],
+                x.mnk[1],
+                x.mnk[2],
                 &alpha as *const f32 as *const c_void,
                 self.a as *const c_void,
-                data_type(self.ab)?,
-                dim(self.lda.max(1), "lda")?,
+                x.ab,
+                x.ld[0],
                 stride(strides[0])?,
                 self.b as *const c_void,
-                data_type(self.ab)?,
-                dim(self.ldb.max(1), "ldb")?,
+                x.ab,
+                x.ld[1],
                 stride(strides[1])?,
                 &beta as *const f32 as *const c_void,
                 self.c as *mut c_void,
-                data_type(self.c_type)?,
-                dim(self.ldc.max(1), "ldc")?,
+                x.c,
+                x.ld[2],
                 stride(strides[2])?,
                 dim(batch, "batch")?,
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| {
-            Error::Cuda(format!(
-                "cublasGemmStridedBatchedEx (m={}, n={}, k={}, batch {batch}, {} x {} -> {}): {e:?}",
-                self.m, self.n, self.k, self.ab, self.ab, self.c_type
-            ))
-        })
+        .map_err(|e| self.ex_error(&format!("cublasGemmStridedBatchedEx (batch {batch})"), e))
     }
+}
+
+/// A [`Gemm`]'s arguments as cuBLAS takes them (`Gemm::ex_args`).
+struct ExArgs {
+    ops: [sys::cublasOperation_t; 2],
+    mnk: [i32; 3],
+    /// lda, ldb, ldc.
+    ld: [i32; 3],
+    ab: sys::cudaDataType,
+    c: sys::cudaDataType,
 }
 
 /// y[N,O] = x[N,I] · w[O,I]ᵀ + beta · y, run as `choice` says: for benchmarks and tests that

@@ -18,19 +18,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// 2⁻⁹ of a logit of size ~10) goes straight into every log-prob.
 pub fn linear_out(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> Result<Tensor> {
     const OP: &str = "linear";
-    check_float(OP, x)?;
-    let (_n, i) = x.dims2(OP)?;
-    let (o, wi) = w.dims2(OP)?;
-    check_same(OP, x, &[w])?;
-    if wi != i {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "x has {i} input features but w has shape {:?} (expected [O, {i}])",
-                w.shape()
-            ),
-        ));
-    }
+    let (_n, _i, o) = check_operands(OP, x, w)?;
     if let Some(b) = b {
         check_same(OP, x, &[b])?;
         check_shape(OP, "bias b", b, &[o])?;
@@ -46,6 +34,29 @@ pub fn linear_out(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) 
         Device::Cpu => crate::cpu::linear::linear(x, w, b),
         Device::Cuda(_) => crate::cuda::linear::linear(x, w, b, out_dtype),
     }
+}
+
+/// The checks of a product x[N,I] · w[O,I]ᵀ: x a float tensor, w of its dtype and device with I
+/// columns. Returns (N, I, O).
+pub(crate) fn check_operands(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+) -> Result<(usize, usize, usize)> {
+    check_float(op, x)?;
+    let (n, i) = x.dims2(op)?;
+    let (o, wi) = w.dims2(op)?;
+    check_same(op, x, &[w])?;
+    if wi != i {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x has {i} input features but w has shape {:?} (expected [O, {i}])",
+                w.shape()
+            ),
+        ));
+    }
+    Ok((n, i, o))
 }
 
 /// How a backward stores the weight gradient that its GEMM produces.

@@ -6,26 +6,13 @@
 //! reduce kernel before the next op (the residual add + RMSNorm) reads the result. Handing out the
 //! partials lets that next op do the sum (`add_rmsnorm_partials`): one kernel fewer per layer.
 
-use super::{check_float, check_same};
 use crate::{Device, Error, Result, Tensor};
 
 /// x[N,I], w[O,I] (one float dtype and device), `splits` S dividing I into slices of a multiple
 /// of 8 elements (16-byte aligned bf16 rows on the GPU) -> p[S,N,O] f32 with Σ_s p[s] = x · wᵀ.
 pub fn linear_ksplit(x: &Tensor, w: &Tensor, splits: usize) -> Result<Tensor> {
     const OP: &str = "linear_ksplit";
-    check_float(OP, x)?;
-    check_same(OP, x, &[w])?;
-    let (_n, i) = x.dims2(OP)?;
-    let (_o, wi) = w.dims2(OP)?;
-    if wi != i {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "x has {i} input features but w has shape {:?} (expected [O, {i}])",
-                w.shape()
-            ),
-        ));
-    }
+    let (_n, i, _o) = super::linear::check_operands(OP, x, w)?;
     if splits == 0 || !i.is_multiple_of(splits) || !(i / splits).is_multiple_of(8) {
         return Err(Error::msg(format!(
             "{OP}: {splits} splits of the inner size {i}: need a split count that divides it \
