@@ -76,7 +76,8 @@ __device__ __forceinline__ void load_q_frags(u32 (&qa)[KS_D][4], const __nv_bflo
 // so their table reads issue together. The merge's f32 rows were HEAD_DIM floats apart, so the
 // eight fragment rows of a store hit one bank (8-way conflicts; Nsight: 5.6-way on average over
 // the kernel's shared stores); padded by 8 floats and stored as float2 they are conflict-free.
-// Same results bit for bit (the same copies and the same arithmetic).
+// In paged_attention_qkv_bf16 (with EARLY) LEAN also requests the first tiles before the RoPE
+// row is read. Same results bit for bit (the same copies and the same arithmetic).
 #ifndef LEAN
 #define LEAN 0
 #endif
@@ -395,6 +396,20 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
     const PagedWork w = paged_work(tables, lens, max_blocks);
     const u32 b0 = stage_block_table(w, sm_blocks, max_blocks, block_size);
     const u32 p = pos[w.s];
+#define NEWEST_WRITE                                                                                        \
+    const u32 len = lens[w.s], slot = slots[w.s];                                                           \
+    const bool writes = len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots;
+#define EARLY_TILES                                                                                         \
+    const bool early = !writes || len - 1 >= w.start + (STAGES - 1) * TN;                                   \
+    if (early) paged_mma_prologue(w, kc, vc, sm_blocks, b0, kv_heads, block_size);
+#if LEAN && EARLY
+    // The first tiles are requested before the RoPE row is read (position -> table row: two
+    // dependent loads off the path to the first copy), at the cost of one more barrier. Without
+    // LEAN the order below is the one measured on the GPU (its SASS unchanged).
+    __syncthreads();  // sm_blocks
+    NEWEST_WRITE
+    EARLY_TILES
+#endif
     for (u32 i = threadIdx.x; i < HALF_D; i += blockDim.x) {
         if (rope_tab != nullptr && p < rope_rows) {
             cs[i] = rope_tab[(size_t)p * HEAD_DIM + i];
@@ -404,14 +419,16 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
         }
     }
     __syncthreads();  // cs (and sm_blocks)
-    const u32 len = lens[w.s], slot = slots[w.s];
-    const bool writes = len > 0 && len - 1 >= w.start && len - 1 < w.end && slot < num_slots;
+#if !(LEAN && EARLY)
+    NEWEST_WRITE
 #if EARLY
-    const bool early = !writes || len - 1 >= w.start + (STAGES - 1) * TN;
-    if (early) paged_mma_prologue(w, kc, vc, sm_blocks, b0, kv_heads, block_size);
+    EARLY_TILES
 #else
     const bool early = false;
 #endif
+#endif
+#undef NEWEST_WRITE
+#undef EARLY_TILES
 
     const float* arow = acc + (size_t)w.s * (heads + 2 * kv_heads) * HEAD_DIM;
     for (u32 idx = threadIdx.x; idx < GROUP * HALF_D; idx += blockDim.x) {
