@@ -89,11 +89,10 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
   plean) tests kernels--paged_attention
     REALIGN_PAGED_LEAN=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf actor--cuda_graphs
     timeout 60 $B/paged_attention_bench 2>&1 | grep -E "default|lean|stages 2" | tee -a $OUT/plean.txt
-    { for i in 1 2 3; do echo "round $i: default $(roll $R --batch 256 | grep -o 'step [0-9.]* ms excl')" \
-        "| lean $(REALIGN_PAGED_LEAN=1 roll $R --batch 256 | grep -o 'step [0-9.]* ms excl')"; done
-      echo "B64: default $(roll $R --batch 64 | grep -o 'step [0-9.]* ms excl')" \
-        "| lean $(REALIGN_PAGED_LEAN=1 roll $R --batch 64 | grep -o 'step [0-9.]* ms excl')"
-    } 2>&1 | tee -a $OUT/plean.txt ;;
+    # Alternating rounds (scripts/ab_rounds.sh): the decode step excluding prefill, ms.
+    STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
+    ROUNDS=4 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_PAGED_LEAN=1
+    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_PAGED_LEAN=1 ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
