@@ -427,15 +427,32 @@ fn down_splits(act: &Tensor, norm: &Tensor) -> Option<usize> {
             .ok()
             .and_then(|v| v.parse().ok())
     });
-    let (rows, f) = (act.shape()[0], act.shape()[1]);
+    let on_gpu = matches!(act.device(), Device::Cuda(_));
+    down_splits_for(
+        forced,
+        on_gpu,
+        act.shape()[0],
+        act.shape()[1],
+        norm.shape()[0],
+    )
+}
+
+/// [`down_splits`]'s rule for `rows` × F activations and C outputs, given the forced split
+/// count (`REALIGN_DOWN_KSPLIT`, if set) and whether the step runs on a GPU.
+fn down_splits_for(
+    forced: Option<usize>,
+    on_gpu: bool,
+    rows: usize,
+    f: usize,
+    c: usize,
+) -> Option<usize> {
     let splits = match forced {
         Some(0) => return None,
         Some(s) => s,
         None if rows >= 64 => DOWN_KSPLIT,
         None => return None,
     };
-    let c = norm.shape()[0];
-    let fits = matches!(act.device(), Device::Cuda(_))
+    let fits = on_gpu
         && rows <= 256
         && f.is_multiple_of(splits)
         && (f / splits).is_multiple_of(8)
@@ -981,5 +998,32 @@ impl LlamaRunner<'_> {
             copy_u32_prefix(&g.out, self.feed.as_mut().expect("ensure_feed"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::down_splits_for;
+
+    #[test]
+    fn the_down_projection_splits_only_decode_sized_gpu_steps_that_divide() {
+        // Qwen2.5-0.5B: F 4864, C 896. Default: 4 splits from 64 to 256 rows on a GPU.
+        let qwen = |forced, gpu, rows| down_splits_for(forced, gpu, rows, 4864, 896);
+        assert_eq!(qwen(None, true, 256), Some(4));
+        assert_eq!(qwen(None, true, 64), Some(4));
+        assert_eq!(qwen(None, true, 63), None); // small steps: unmeasured, off
+        assert_eq!(qwen(None, true, 257), None); // prefill-sized
+        assert_eq!(qwen(None, false, 256), None); // the CPU path never splits
+                                                  // Forced: any step of at most 256 rows; 0 turns it off.
+        assert_eq!(qwen(Some(2), true, 8), Some(2));
+        assert_eq!(qwen(Some(0), true, 256), None);
+        assert_eq!(qwen(Some(2), true, 300), None);
+        // S must divide F into slices of a multiple of 8: 4864 / 16 = 304 does, 5 does not divide.
+        assert_eq!(qwen(Some(16), true, 128), Some(16));
+        assert_eq!(qwen(Some(5), true, 128), None);
+        // SmolLM2-135M (F 1536, C 576); C not a multiple of 8 or too wide: off.
+        assert_eq!(down_splits_for(None, true, 256, 1536, 576), Some(4));
+        assert_eq!(down_splits_for(None, true, 256, 1536, 580), None);
+        assert_eq!(down_splits_for(None, true, 256, 1536, 8200), None);
     }
 }
