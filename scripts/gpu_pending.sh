@@ -16,9 +16,10 @@
 #            in the next add_rmsnorm; S = 4 by default since session 14): fused_ops GPU test, HF
 #            greedy parity with S = 4, then B 256 rollouts with S = 0 (off), 2, 4, 8, and B 64
 #   plean    REALIGN_PAGED_LEAN=1 (the decode attention's lean tile loader and merge, session 14, not
-#            yet run): the paged attention GPU tests (its bit-identity test included) and the
-#            decode loop's with it on, paged_attention_bench (isolated, beside the plain kernel),
-#            then B 256 rollouts alternating default / lean, and B 64
+#            yet run) and REALIGN_PAGED_PREWAIT=1 with it: the paged attention GPU tests (its
+#            bit-identity test included) and the decode loop's with them on, paged_attention_bench
+#            (isolated, beside the plain kernel), then B 256 and B 64 rollouts in alternating
+#            rounds: default / lean / lean + prewait
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -88,11 +89,14 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     } 2>&1 | tee -a $OUT/ksplit.txt ;;
   plean) tests kernels--paged_attention
     REALIGN_PAGED_LEAN=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf actor--cuda_graphs
+    REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1 tests kernels--paged_attention_qkv actor--cuda_graphs
     timeout 60 $B/paged_attention_bench 2>&1 | grep -E "default|lean|stages 2" | tee -a $OUT/plean.txt
     # Alternating rounds (scripts/ab_rounds.sh): the decode step excluding prefill, ms.
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
-    ROUNDS=4 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_PAGED_LEAN=1
-    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_PAGED_LEAN=1 ;;
+    ROUNDS=4 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_PAGED_LEAN=1 \
+      "REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1"
+    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_PAGED_LEAN=1 \
+      "REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1" ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;

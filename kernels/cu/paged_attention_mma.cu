@@ -356,6 +356,15 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
 #ifndef EARLY
 #define EARLY 0
 #endif
+// PREWAIT (0 by default; 1 with REALIGN_PAGED_PREWAIT=1, only with LEAN and EARLY, not yet run on
+// a GPU): the block stages its table entries and requests its first tiles before
+// `griddepcontrol.wait`, i.e. possibly while the q/k/v product is still being computed, since
+// none of that depends on it (the comment at the wait says why it is safe). It gains only where
+// the previous kernel lets this one start early (PDL).
+#ifndef PREWAIT
+#define PREWAIT 0
+#endif
+#define PREWAIT_ON (PREWAIT && LEAN && EARLY)
 
 #define HALF_D (HEAD_DIM / 2)
 
@@ -388,7 +397,10 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
                              __nv_bfloat16* kc, __nv_bfloat16* vc, const u32* __restrict__ tables,
                              const u32* __restrict__ lens, __nv_bfloat16* __restrict__ out,
                              float* __restrict__ part_ml, float* __restrict__ part_acc, u32 heads, u32 kv_heads,
-                             u32 max_blocks, u32 block_size, float scale) { pdl_entry();
+                             u32 max_blocks, u32 block_size, float scale) {
+#if !PREWAIT_ON
+    pdl_entry();
+#endif
     extern __shared__ __align__(16) unsigned char smem[];
     u32* sm_blocks = reinterpret_cast<u32*>(smem + 2 * STAGES * TN * LDS * sizeof(__nv_bfloat16));
     __shared__ float cs[HEAD_DIM];                                  // cos | sin at the token's position
@@ -409,6 +421,12 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32)
     __syncthreads();  // sm_blocks
     NEWEST_WRITE
     EARLY_TILES
+#endif
+#if PREWAIT_ON
+    // Everything above reads only what was written before this decode step's first kernel (the
+    // step's uploads: tables, lens, slots, pos; older tokens' K/V rows; the RoPE table), never the
+    // q/k/v product: so it may run while that product's kernel finishes. Wait for it here.
+    pdl_entry();
 #endif
     for (u32 i = threadIdx.x; i < HALF_D; i += blockDim.x) {
         if (rope_tab != nullptr && p < rope_rows) {

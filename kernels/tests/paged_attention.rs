@@ -538,6 +538,19 @@ fn nvrtc_compiles_the_tensor_core_kernel() {
             };
             nvrtc::compile_cubin(src.name, &text, "sm_90", &pa::defines_with(d, g, &cfg))
                 .unwrap_or_else(|e| panic!("paged_attention.cu MMA D={d} G={g} {cfg:?}: {e}"));
+            if lean {
+                // REALIGN_PAGED_PREWAIT=1's build of the same split, with the early tiles.
+                let defs: Vec<String> = pa::defines_with(d, g, &cfg)
+                    .into_iter()
+                    .map(|x| match x.split('=').next() {
+                        Some("-DPREWAIT") => "-DPREWAIT=1".to_string(),
+                        Some("-DEARLY") => "-DEARLY=1".to_string(),
+                        _ => x,
+                    })
+                    .collect();
+                nvrtc::compile_cubin(src.name, &text, "sm_90", &defs)
+                    .unwrap_or_else(|e| panic!("paged_attention.cu PREWAIT D={d} G={g}: {e}"));
+            }
         }
     }
 }

@@ -241,7 +241,17 @@ pub fn defines_with(d: usize, group: usize, cfg: &PagedConfig) -> Vec<String> {
         format!("-DSTAGES={}", cfg.mma_stages.max(2)),
         format!("-DEARLY={}", u8::from(early_requested())),
         format!("-DLEAN={}", u8::from(cfg.lean && cfg.mma_stages > 0)),
+        format!("-DPREWAIT={}", u8::from(prewait_requested())),
     ]
+}
+
+/// `REALIGN_PAGED_PREWAIT=1` (read once): with [`PagedConfig::lean`] and the early tile requests,
+/// the fused decode attention stages its table entries and requests its first tiles before it
+/// waits for the previous kernel (`PREWAIT` in cu/paged_attention_mma.cu). An A/B switch until it
+/// has run on a GPU.
+pub fn prewait_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_PAGED_PREWAIT").is_ok_and(|v| v == "1"))
 }
 
 /// `REALIGN_PAGED_LEAN=1` (read once): [`choose_split`] (and a forced split) turn on
