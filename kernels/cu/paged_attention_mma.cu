@@ -84,6 +84,11 @@ __device__ __forceinline__ void load_q_frags(u32 (&qa)[KS_D][4], const __nv_bflo
 #define LCH (HEAD_DIM / 8)          // 16-byte chunks of a K/V row
 #define RSTEP (NWARPS * 32 / LCH)   // rows one pass of the block's threads covers
 #define LROWS (TN / RSTEP)          // passes a tile
+#if LEAN
+#define MERGE_LD (HEAD_DIM + 8)     // padded merge rows: the 8 fragment rows of a store in 8 bank groups
+#else
+#define MERGE_LD HEAD_DIM           // the warps' merge rows in shared memory, in floats
+#endif
 // The per-thread plan needs the block's threads to cover whole rows and a tile whole passes
 // (HEAD_DIM 16, 32, 64, 128); other head dims keep the plain loader (and the padded merge).
 #define LEAN_LOADER (LEAN && (NWARPS * 32) % LCH == 0 && TN % RSTEP == 0)
@@ -138,8 +143,7 @@ __device__ __forceinline__ void paged_mma_load_tile(const PagedWork& w, const __
         paged_mma_load_tile_lean<16>(w, kc, vc, sm_blocks, b0, kv_heads, block_size, tile, stage);
     else
         paged_mma_load_tile_lean<0>(w, kc, vc, sm_blocks, b0, kv_heads, block_size, tile, stage);
-    return;
-#endif
+#else
     extern __shared__ __align__(16) unsigned char smem[];
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* sv = sk + STAGES * TN * LDS;
@@ -154,6 +158,7 @@ __device__ __forceinline__ void paged_mma_load_tile(const PagedWork& w, const __
         cp_async16(sk + at, kc + row, ok);
         cp_async16(sv + at, vc + row, ok);
     }
+#endif
 }
 
 // The ring's first STAGES - 1 tiles, one commit group each (empty past the partition's tiles).
@@ -269,11 +274,6 @@ __device__ __forceinline__ void paged_mma_attend(const PagedWork& w, const u32 (
     // Merge the warps in shared memory (the K ring, free once every copy has landed).
     cp_async_wait<0>();
     __syncthreads();
-#if LEAN
-#define MERGE_LD (HEAD_DIM + 8)  // padded merge rows: the 8 fragment rows of a store in 8 bank groups
-#else
-#define MERGE_LD HEAD_DIM
-#endif
     float* sm_o = reinterpret_cast<float*>(smem);  // [NWARPS][16][MERGE_LD]
     __shared__ float sm_m[NWARPS][16], sm_l[NWARPS][16];
 #pragma unroll
