@@ -20,6 +20,10 @@
 #            bit-identity test included) and the decode loop's with them on, paged_attention_bench
 #            (isolated, beside the plain kernel), then B 256 and B 64 rollouts in alternating
 #            rounds: default / lean / lean + prewait
+#   lanes    REALIGN_DECODE_LANES=2 (a wide decode step's two row halves on two streams, session 15,
+#            not yet run): its GPU test (lanes against the whole step, f32 and bf16, graphs and
+#            overlap), HF greedy parity and the graph tests with it on, then B 256 rounds of
+#            default / lanes / lanes + lean and B 64 rounds of default / lanes
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -36,7 +40,7 @@
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
 #                    actor--fused_attention kernels--ops_cuda kernels--paged_attention_qkv
 #                    kernels--fused_ops kernels--training_fused learner--device_parity
-#                    kernels--gemm_wgmma kernels--paged_attention)
+#                    kernels--gemm_wgmma kernels--paged_attention actor--decode_lanes)
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
 # Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh [SECTION ...]
 set -u
@@ -97,6 +101,14 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       "REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1"
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_PAGED_LEAN=1 \
       "REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1" ;;
+  lanes) REALIGN_DECODE_LANES= tests actor--decode_lanes
+    REALIGN_DECODE_LANES=2 tests actor--generate_against_hf actor--cuda_graphs
+    # Alternating rounds (scripts/ab_rounds.sh): the decode step excluding prefill, ms.
+    STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
+    ROUNDS=4 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 \
+      "REALIGN_DECODE_LANES=2 REALIGN_PAGED_LEAN=1"
+    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2
+    roll $R --batch 256 --lanes 2 | tee -a $OUT/lanes.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;

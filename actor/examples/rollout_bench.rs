@@ -11,7 +11,8 @@
 //! --overlap / --serial (the overlapped decode loop, EngineConfig::overlap, the default, or the
 //! serial one; REALIGN_OVERLAP=1 / =0 overrides both), --fused-attention / --split-attention (the
 //! decode step's q/k/v epilogue inside the attention kernel, EngineConfig::fused_attention, the
-//! default, or two launches; REALIGN_DECODE_ATTN=fused / =split overrides both), --out FILE
+//! default, or two launches; REALIGN_DECODE_ATTN=fused / =split overrides both), --lanes 1|2
+//! (EngineConfig::decode_lanes; REALIGN_DECODE_LANES overrides it), --out FILE
 //! (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
@@ -50,6 +51,7 @@ struct Args {
     cuda_graphs: bool,
     overlap: bool,
     fused_attention: bool,
+    lanes: usize,
     out: Option<PathBuf>,
 }
 
@@ -67,6 +69,7 @@ fn parse() -> Result<Args> {
         cuda_graphs: EngineConfig::default().cuda_graphs,
         overlap: EngineConfig::default().overlap,
         fused_attention: EngineConfig::default().fused_attention,
+        lanes: EngineConfig::default().decode_lanes,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -85,6 +88,7 @@ fn parse() -> Result<Args> {
                 a.kv_fraction = val()?.parse().context("--kv-fraction must be a number")?
             }
             "--out" => a.out = Some(val()?.into()),
+            "--lanes" => a.lanes = val()?.parse().context("--lanes must be 1 or 2")?,
             "--cuda-graphs" => a.cuda_graphs = true,
             "--no-cuda-graphs" => a.cuda_graphs = false,
             "--serial" => a.overlap = false,
@@ -224,6 +228,7 @@ fn main() -> Result<()> {
             cuda_graphs: a.cuda_graphs,
             overlap: a.overlap,
             fused_attention: a.fused_attention,
+            decode_lanes: a.lanes,
             ..EngineConfig::default()
         },
     )?;
@@ -231,6 +236,7 @@ fn main() -> Result<()> {
     // What the engine runs (REALIGN_OVERLAP overrides the flag).
     let overlap = actor::engine::overlap_env().unwrap_or(a.overlap);
     let fused_attention = actor::engine::fused_attention_env().unwrap_or(a.fused_attention);
+    let lanes = actor::engine::decode_lanes_env().unwrap_or(a.lanes);
     let (warm_s, _) = timed_rollout(&engine, &params, &device, &requests)?;
     eprintln!("warm-up: {warm_s:.3} s");
     let mut times = vec![];
@@ -279,8 +285,8 @@ fn main() -> Result<()> {
     let floor_step_s = (weight_bytes as f64 + kv_bytes) / HBM_BYTES_PER_S;
 
     eprintln!(
-        "{name}, {:?} on {}, {} loop, {} decode attention: B {} × P {} + N {}: {seconds:.3} s, \
-         {tokens_per_s:.0} new tokens/s",
+        "{name}, {:?} on {}, {} loop, {} decode attention, {lanes} lane(s): B {} × P {} + N {}: \
+         {seconds:.3} s, {tokens_per_s:.0} new tokens/s",
         a.dtype,
         a.device,
         if overlap { "overlapped" } else { "serial" },
@@ -369,6 +375,7 @@ fn main() -> Result<()> {
         "cuda_graphs": a.cuda_graphs,
         "overlap": overlap,
         "fused_attention": fused_attention,
+        "decode_lanes": lanes,
         "drains": last.drains,
         "discarded_tokens": last.discarded_tokens,
         "graph_replays": last.graph_replays,

@@ -48,6 +48,13 @@ pub struct EngineConfig {
     /// On by default since its GPU tests passed and it measured faster on an H100 (2026-12-07).
     /// `REALIGN_DECODE_ATTN=fused` / `=split` turns it on / off for every engine.
     pub fused_attention: bool,
+    /// Split each GPU decode step of at least [`crate::llama::LANE_MIN_ROWS`] rows into this many
+    /// row blocks (1 or 2) whose layers run side by side on two streams of the device, so that one
+    /// block's latency-bound kernels fill the SMs the other's leave idle (docs/rollout.md, item
+    /// 14; same completions). 1 (off) by default until it is measured on a GPU.
+    /// `REALIGN_DECODE_LANES=1` / `=2` sets it for every engine. The CPU splits any step of two
+    /// or more rows (for testing) and runs the blocks one after the other.
+    pub decode_lanes: usize,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +68,7 @@ impl Default for EngineConfig {
             cuda_graphs: true,
             overlap: true,
             fused_attention: true,
+            decode_lanes: 1,
         }
     }
 }
@@ -73,6 +81,11 @@ impl EngineConfig {
             "max_batch_tokens must be at least 1"
         );
         anyhow::ensure!(self.max_running > 0, "max_running must be at least 1");
+        anyhow::ensure!(
+            matches!(self.decode_lanes, 1 | 2),
+            "decode_lanes must be 1 or 2, got {}",
+            self.decode_lanes
+        );
         if let KvBudget::FreeFraction(f) = self.kv_budget {
             anyhow::ensure!(
                 f > 0.0 && f <= 1.0,
@@ -120,6 +133,7 @@ impl Engine {
         let overlap = overlap_env().unwrap_or(self.cfg.overlap);
         runner.use_overlap(overlap);
         runner.use_fused_attention(fused_attention_env().unwrap_or(self.cfg.fused_attention));
+        runner.use_decode_lanes(decode_lanes_env().unwrap_or(self.cfg.decode_lanes));
         let num_blocks = self.num_blocks(&runner, params.embed.device(), requests)?;
         let cfg = RolloutConfig {
             block_size: self.cfg.block_size,
@@ -181,6 +195,17 @@ pub fn fused_attention_env() -> Option<bool> {
     *ON.get_or_init(|| match std::env::var("REALIGN_DECODE_ATTN").as_deref() {
         Ok("fused") => Some(true),
         Ok("split") => Some(false),
+        _ => None,
+    })
+}
+
+/// `REALIGN_DECODE_LANES`: `1` / `2` force [`EngineConfig::decode_lanes`] for every engine (read
+/// once); unset or anything else leaves each engine's setting.
+pub fn decode_lanes_env() -> Option<usize> {
+    static ON: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("REALIGN_DECODE_LANES").as_deref() {
+        Ok("1") => Some(1),
+        Ok("2") => Some(2),
         _ => None,
     })
 }

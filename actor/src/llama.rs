@@ -36,6 +36,10 @@ use kernels::ops::{
 use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
 
+mod lanes;
+pub use lanes::LANE_MIN_ROWS;
+use lanes::{lane_split_for, LaneRows};
+
 use crate::block_manager::BlockCopy;
 use crate::profile::Stopwatch;
 use crate::step_model::{
@@ -141,6 +145,8 @@ pub struct LlamaRunner<'a> {
     overlap: bool,
     /// Paged decode steps run `paged_attention_qkv_fused` (see [`LlamaRunner::use_fused_attention`]).
     fused_attention: bool,
+    /// Decode lanes (1 or 2, see [`LlamaRunner::use_decode_lanes`]).
+    lanes: usize,
 }
 
 /// How a layer's attention reads K/V.
@@ -196,6 +202,7 @@ impl<'a> LlamaRunner<'a> {
             queued: 0,
             overlap: false,
             fused_attention: false,
+            lanes: 1,
         })
     }
 
@@ -216,6 +223,17 @@ impl<'a> LlamaRunner<'a> {
     /// (`EngineConfig::fused_attention`); off, the two ops run as before.
     pub fn use_fused_attention(&mut self, on: bool) {
         self.fused_attention = on;
+    }
+
+    /// Splits wide decode steps into `lanes` row blocks (`EngineConfig::decode_lanes`, 1 or 2;
+    /// llama/lanes.rs) whose layers run side by side on a GPU.
+    pub fn use_decode_lanes(&mut self, lanes: usize) {
+        self.lanes = lanes;
+    }
+
+    /// Rows of the first lane of a decode step of `rows` rows, or None to run it whole.
+    fn lane_split(&self, rows: usize) -> Option<usize> {
+        lane_split_for(self.lanes, rows, self.device.is_cuda())
     }
 
     fn u32s(&self, v: &[u32]) -> anyhow::Result<Tensor> {
@@ -691,6 +709,16 @@ impl StepModel for LlamaRunner<'_> {
             !batch.reads_prev(),
             "internal error: an unresolved decode batch"
         );
+        let s = batch.num_seqs();
+        if let Some(first_rows) = self.lane_split(s).filter(|_| !self.sw.on()) {
+            let lanes = [
+                LaneRows::of_batch(&self.device, batch, 0, first_rows)?,
+                LaneRows::of_batch(&self.device, batch, first_rows, s - first_rows)?,
+            ];
+            let max_ctx = batch.context_lens.iter().copied().max().unwrap_or(0) as usize;
+            let x = self.layers_in_lanes(&lanes, max_ctx, false)?; // [S,C]
+            return self.logits(&x, None, false);
+        }
         let tokens = self.u32s(&batch.tokens)?;
         self.decode_logits_of(&tokens, batch)
     }
@@ -816,16 +844,33 @@ struct DecodeGraph {
     /// [S, cols] sampling specs and the [S, 2] sampled (token, log-prob bits).
     spec: Tensor,
     out: Tensor,
+    /// With decode lanes: the step's inputs per lane, scattered there instead of into the
+    /// whole-step tensors above (which then go unused, except spec and out).
+    lanes: Vec<LaneRows>,
 }
 
 /// Graph key: (bucket S, table width M, spec columns).
 type GraphKey = (usize, usize, usize);
 
 impl DecodeGraph {
-    fn new(dev: &Device, cuda: &kernels::cuda::CudaDevice, key: GraphKey) -> anyhow::Result<Self> {
+    /// `first_lane`: the first lane's rows when the step is split into two lanes.
+    fn new(
+        dev: &Device,
+        cuda: &kernels::cuda::CudaDevice,
+        key: GraphKey,
+        first_lane: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let (b, m, cols) = key;
         let u32s = |shape: &[usize]| Tensor::zeros(shape, DType::U32, dev);
+        let lanes = match first_lane {
+            Some(r) => vec![
+                LaneRows::zeros(dev, 0, r, m)?,
+                LaneRows::zeros(dev, r, b - r, m)?,
+            ],
+            None => Vec::new(),
+        };
         Ok(DecodeGraph {
+            lanes,
             graph: None,
             staging: Staging::new(cuda, b * (4 + cols + m))?,
             tokens: u32s(&[b])?,
@@ -888,6 +933,18 @@ impl DecodeGraph {
     fn scatter(&mut self, key: GraphKey) -> anyhow::Result<()> {
         let [o_tok, o_pos, o_slot, o_len, o_spec, o_tab] = Self::layout(key);
         let st = &self.staging;
+        if !self.lanes.is_empty() {
+            let m = key.1;
+            for lane in &mut self.lanes {
+                let r = lane.first;
+                st.scatter(o_tok + r, &mut lane.tokens)?;
+                st.scatter(o_pos + r, &mut lane.positions)?;
+                st.scatter(o_slot + r, &mut lane.slots)?;
+                st.scatter(o_len + r, &mut lane.lens)?;
+                st.scatter(o_tab + r * m, &mut lane.tables)?;
+            }
+            return st.scatter(o_spec, &mut self.spec).map_err(Into::into);
+        }
         st.scatter(o_tok, &mut self.tokens)?;
         st.scatter(o_pos, &mut self.positions)?;
         st.scatter(o_slot, &mut self.slots)?;
@@ -920,7 +977,7 @@ impl LlamaRunner<'_> {
         let max_ctx = m * self.block_size;
         let mut g = match self.graphs.remove(&key) {
             Some(g) => g,
-            None => DecodeGraph::new(&dev, &cuda, key)?,
+            None => DecodeGraph::new(&dev, &cuda, key, self.lane_split(b))?,
         };
         let t_pack = Instant::now();
         let result = g
@@ -989,9 +1046,19 @@ impl LlamaRunner<'_> {
         };
         if self.overlap {
             let feed = self.feed.as_ref().expect("ensure_feed");
-            resolve_tokens(&mut g.tokens, feed)?; // tagged rows: the previous step's samples
+            if g.lanes.is_empty() {
+                resolve_tokens(&mut g.tokens, feed)?; // tagged rows: the previous step's samples
+            }
+            for lane in &mut g.lanes {
+                resolve_tokens(&mut lane.tokens, feed)?;
+            }
         }
-        let x = self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?; // [S,C]
+        let x = if g.lanes.is_empty() {
+            self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?
+        // [S,C]
+        } else {
+            self.layers_in_lanes(&g.lanes, max_context_len, in_graph)? // [S,C]
+        };
         let logits = self.logits(&x, None, false)?; // [S,V]
         sample_tokens_into(&logits, &g.spec, &mut g.out)?; // [S,2]
         if self.overlap {

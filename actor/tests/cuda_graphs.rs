@@ -71,6 +71,7 @@ fn roomy(cfg: &model::ModelConfig, graphs: bool, overlap: bool) -> Engine {
             cuda_graphs: graphs,
             overlap,
             fused_attention: false,
+            decode_lanes: 1,
         },
     )
     .unwrap()
@@ -89,6 +90,7 @@ fn engine_with(cfg: &model::ModelConfig, kv: KvBudget, graphs: bool, overlap: bo
             cuda_graphs: graphs,
             overlap,
             fused_attention: false,
+            decode_lanes: 1,
         },
     )
     .unwrap()

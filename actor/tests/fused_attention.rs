@@ -6,23 +6,13 @@
 //! dim 16 does not), with contexts long enough for several partitions. GPU only; without a GPU
 //! there is nothing to run (`REALIGN_REQUIRE_GPU=1` makes that a failure).
 
-use actor::{Completion, Engine, EngineConfig, KvBudget, Request, SamplingParams};
+use actor::{Completion, EngineConfig, Request, SamplingParams};
 use kernels::testing::test_devices;
 use kernels::DType;
-use model::{Arch, ModelConfig, Params};
+use model::{ModelConfig, Params};
 
 mod common;
-use common::gpu_lock;
-
-/// C 256, F 512, 2 layers, 4 query / 2 kv heads (D 64), V 512; weights std 0.2 so that the
-/// attention is far from uniform (a wrong query or key row changes the tokens).
-fn config() -> ModelConfig {
-    let mut c = ModelConfig::new(Arch::Qwen2, 256, 512, 2, 4, 2, 512);
-    c.max_position_embeddings = 4096;
-    c.initializer_range = 0.2;
-    c.tie_word_embeddings = true;
-    c
-}
+use common::{gpu_lock, qwen2_d64, rollout_with};
 
 /// Prompts of 3 to ~330 tokens, greedy and sampled (T 0.9, n 2), 40 new tokens each.
 fn requests() -> Vec<Request> {
@@ -54,18 +44,13 @@ fn rollout(
     overlap: bool,
     fused: bool,
 ) -> Vec<Completion> {
-    let engine = Engine::new(
-        cfg.clone(),
-        EngineConfig {
-            kv_budget: KvBudget::Bytes(64 << 20),
-            cuda_graphs: graphs,
-            overlap,
-            fused_attention: fused,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    engine.generate(params, requests()).unwrap()
+    let engine = EngineConfig {
+        cuda_graphs: graphs,
+        overlap,
+        fused_attention: fused,
+        ..Default::default()
+    };
+    rollout_with(cfg, params, requests(), engine)
 }
 
 #[test]
@@ -77,7 +62,7 @@ fn fused_decode_attention_gives_the_same_rollout() {
         return;
     }
     for dev in test_devices().into_iter().filter(|d| d.is_cuda()) {
-        let cfg = config();
+        let cfg = qwen2_d64();
         let params = Params::init(&cfg, 3, &dev, DType::BF16).unwrap();
         for (graphs, overlap) in [(false, false), (true, false), (true, true)] {
             let split = rollout(&cfg, &params, graphs, overlap, false);

@@ -440,6 +440,36 @@ fn concat_rows_stacks_parts() {
     assert!(ops::concat_rows(&[]).is_err());
 }
 
+#[test]
+fn write_rows_fills_its_block_of_rows_only() {
+    for dev in test_devices() {
+        for dtype in dtypes(&dev) {
+            let src = float_tensor(randn_vec(6, 3), &[2, 3], &dev, dtype);
+            let mut dst = float_tensor(randn_vec(15, 4), &[5, 3], &dev, dtype);
+            let before = host(&dst);
+            ops::write_rows(&mut dst, 2, &src).unwrap();
+            let mut want = before.clone();
+            want[6..12].copy_from_slice(&host(&src));
+            assert_eq!(host(&dst), want);
+            // The last rows, an empty source, and what does not fit or does not match.
+            ops::write_rows(&mut dst, 3, &src).unwrap();
+            assert_eq!(&host(&dst)[9..15], &host(&src)[..]);
+            let empty = Tensor::zeros(&[0, 3], dtype, &dev).unwrap();
+            ops::write_rows(&mut dst, 5, &empty).unwrap();
+            let msg = ops::write_rows(&mut dst, 4, &src)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains("do not fit"), "{msg}");
+            let wide = Tensor::zeros(&[1, 4], dtype, &dev).unwrap();
+            assert!(ops::write_rows(&mut dst, 0, &wide).is_err());
+        }
+        let mut ids = u32s(&[0, 0, 0, 0], &dev);
+        ops::write_rows(&mut ids, 1, &u32s(&[7, 8], &dev)).unwrap();
+        assert_eq!(ids.to_vec_u32().unwrap(), vec![0, 7, 8, 0]);
+    }
+}
+
 /// Partial products of one (rounded) x, w: the sum over the splits is the whole product, and each
 /// partial is the product of its slice of the inner dimension (checked against the CPU op on the
 /// same values, whose slices are checked against `linear` of the sliced matrices).

@@ -49,3 +49,32 @@ pub fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// C 256, F 512, 2 layers, 4 query / 2 kv heads (D 64: the GPU's tensor-core decode attention),
+/// V 512, q/k/v biases (Qwen2); weights std 0.2 so that the attention is far from uniform (a
+/// wrong query or key row changes the tokens).
+pub fn qwen2_d64() -> model::ModelConfig {
+    let mut c = model::ModelConfig::new(model::Arch::Qwen2, 256, 512, 2, 4, 2, 512);
+    c.max_position_embeddings = 4096;
+    c.initializer_range = 0.2;
+    c.tie_word_embeddings = true;
+    c
+}
+
+/// `requests` through an engine with a 64 MiB KV pool and the rest of `engine`'s settings.
+pub fn rollout_with(
+    cfg: &model::ModelConfig,
+    params: &model::Params,
+    requests: Vec<actor::Request>,
+    engine: actor::EngineConfig,
+) -> Vec<actor::Completion> {
+    let engine = actor::Engine::new(
+        cfg.clone(),
+        actor::EngineConfig {
+            kv_budget: actor::KvBudget::Bytes(64 << 20),
+            ..engine
+        },
+    )
+    .unwrap();
+    engine.generate(params, requests).unwrap()
+}

@@ -36,6 +36,20 @@ pub fn concat_rows(parts: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
     Tensor::from_storage(storage, shape, Device::Cpu)
 }
 
+/// src's elements into dst's from element `offset` (same dtype, checked by the op).
+pub fn write_rows(dst: &mut Tensor, offset: usize, src: &Tensor) -> Result<()> {
+    fn put<T: Copy>(d: &mut [T], offset: usize, s: &[T]) {
+        d[offset..offset + s.len()].copy_from_slice(s);
+    }
+    match (dst.storage_mut(), src.storage()) {
+        (Storage::CpuF32(d), Storage::CpuF32(s)) => put(d, offset, s),
+        (Storage::CpuBF16(d), Storage::CpuBF16(s)) => put(d, offset, s),
+        (Storage::CpuU32(d), Storage::CpuU32(s)) => put(d, offset, s),
+        _ => return Err(Error::msg("write_rows: expected cpu tensors of one dtype")),
+    }
+    Ok(())
+}
+
 pub fn concat_cols(parts: &[&Tensor], n: usize, width: usize) -> Result<Tensor> {
     const OP: &str = "concat_cols";
     let mut out = vec![0.0f32; n * width];

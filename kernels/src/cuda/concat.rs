@@ -37,6 +37,30 @@ pub fn concat_rows(parts: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
     Ok(out)
 }
 
+pub fn write_rows(dst: &mut Tensor, offset: usize, src: &Tensor) -> Result<()> {
+    const OP: &str = "write_rows";
+    let dev = device_of(dst, OP)?;
+    let elem = src.dtype().size_in_bytes();
+    let bytes = src.numel() * elem;
+    if bytes == 0 {
+        return Ok(());
+    }
+    let base = ptr(dst, &dev, OP)?;
+    let from = ptr(src, &dev, OP)?;
+    dev.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: src's `bytes` fit dst from element `offset` (checked by the op); queued on the
+    // device's current stream, behind the work that wrote src.
+    unsafe {
+        cudarc::driver::result::memcpy_dtod_async(
+            base + (offset * elem) as u64,
+            from,
+            bytes,
+            dev.stream().cu_stream(),
+        )
+    }
+    .map_err(|e| Error::Cuda(format!("{OP}: device copy of {bytes} bytes: {e:?}")))
+}
+
 pub fn concat_cols(parts: &[&Tensor], n: usize, width: usize) -> Result<Tensor> {
     const OP: &str = "concat_cols";
     let dev = device_of(parts[0], OP)?;

@@ -8,7 +8,9 @@
 //! results in program order and device memory freed by a dropped tensor is reused only after the
 //! work queued before the drop (cudarc frees stream-ordered). It is a created (non-blocking)
 //! stream, not the legacy default stream, because only such a stream can be captured into a CUDA
-//! graph ([`CudaDevice::capture`]).
+//! graph ([`CudaDevice::capture`]). The one exception is [`CudaDevice::fork_lane`], which lets a
+//! caller queue two independent pieces of work side by side on a second stream of the same device
+//! (the decode step's two row halves), forked from and joined back into the device's stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -89,6 +91,22 @@ struct Inner {
     pdl: bool,
     /// Loaded kernels by (module name, compile defines, function name).
     functions: Mutex<HashMap<(String, String), CudaFunction>>,
+    /// The second stream of [`CudaDevice::fork_lane`], made on its first use.
+    lane: OnceLock<Lane>,
+}
+
+/// A second stream with its own cuBLAS handle and workspace: two GEMMs in flight at once must not
+/// share a workspace.
+struct Lane {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    blas_workspace: CudaSlice<u8>,
+}
+
+thread_local! {
+    /// The ordinal of the device whose work this thread is queuing on its lane (inside
+    /// [`Lanes::on_lane`]), if any.
+    static ON_LANE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 impl CudaDevice {
@@ -132,6 +150,7 @@ impl CudaDevice {
                 arch: format!("sm_{major}{minor}"),
                 pdl: launch::pdl_allowed(launch::pdl_requested(), major),
                 functions: Mutex::new(HashMap::new()),
+                lane: OnceLock::new(),
             }),
         };
         tracing::debug!(ordinal, arch = %dev.inner.arch, "opened CUDA device");
@@ -147,8 +166,67 @@ impl CudaDevice {
         &self.inner.ctx
     }
 
+    /// The stream this thread queues this device's work on: the device's stream, or its lane
+    /// inside [`Lanes::on_lane`].
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.inner.stream
+        match self.current_lane() {
+            Some(lane) => &lane.stream,
+            None => &self.inner.stream,
+        }
+    }
+
+    /// The lane, when this thread is queuing on it.
+    fn current_lane(&self) -> Option<&Lane> {
+        let on = ON_LANE.with(|c| c.get());
+        match on {
+            Some(ordinal) if ordinal == self.ordinal() => self.inner.lane.get(),
+            _ => None,
+        }
+    }
+
+    /// Forks this device's second stream (its lane) from its stream: work queued through
+    /// [`Lanes::on_lane`] starts after everything queued so far and may run on the GPU at the same
+    /// time as what is queued on the device's stream meanwhile; [`Lanes::join`] (or dropping the
+    /// guard) makes the device's stream wait for the lane. A CUDA graph capture records the two
+    /// as parallel branches. The work on the two streams must not touch each other's outputs, and
+    /// what `on_lane` work allocates must be dropped inside it (its memory is freed on the lane,
+    /// which a capture must see joined): it writes its results into buffers made before the fork.
+    /// The lane is made on the first fork (a stream, a cuBLAS handle, a 32 MiB workspace): fork
+    /// once outside a capture before forking inside one.
+    pub fn fork_lane(&self) -> Result<Lanes<'_>> {
+        let lane = self.lane()?;
+        if ON_LANE.with(|c| c.get()).is_some() {
+            return Err(Error::msg("fork_lane: already queuing on a lane"));
+        }
+        lane.stream
+            .join(&self.inner.stream)
+            .map_err(|e| Error::Cuda(format!("forking the lane from the device stream: {e:?}")))?;
+        Ok(Lanes {
+            dev: self,
+            lane,
+            joined: false,
+        })
+    }
+
+    /// The lane, made on first use.
+    fn lane(&self) -> Result<&Lane> {
+        if let Some(lane) = self.inner.lane.get() {
+            return Ok(lane);
+        }
+        let stream = self.inner.ctx.new_stream().map_err(cuda_err)?;
+        let blas = blas::new_handle(&stream)?;
+        let blas_workspace = set_blas_workspace(&blas, &stream)?;
+        // The workspace's zeroing ran on the new stream: finish it before either stream uses it.
+        stream.synchronize().map_err(cuda_err)?;
+        let _ = self.inner.lane.set(Lane {
+            stream,
+            blas,
+            blas_workspace,
+        });
+        self.inner
+            .lane
+            .get()
+            .ok_or_else(|| Error::msg("fork_lane: the lane was not kept"))
     }
 
     /// The NVRTC target of this GPU, e.g. `sm_90` on an H100/H200.
@@ -162,14 +240,21 @@ impl CudaDevice {
         self.inner.pdl
     }
 
+    /// The cuBLAS handle bound to [`CudaDevice::stream`].
     pub(crate) fn blas(&self) -> &CudaBlas {
-        &self.inner.blas
+        match self.current_lane() {
+            Some(lane) => &lane.blas,
+            None => &self.inner.blas,
+        }
     }
 
-    /// The cuBLAS workspace: (device address, bytes).
+    /// The cuBLAS workspace of [`CudaDevice::blas`]: (device address, bytes).
     pub(crate) fn blas_workspace(&self) -> (u64, usize) {
-        let ws = &self.inner.blas_workspace;
-        (ws.device_ptr(&self.inner.stream).0, BLAS_WORKSPACE)
+        let ws = match self.current_lane() {
+            Some(lane) => &lane.blas_workspace,
+            None => &self.inner.blas_workspace,
+        };
+        (ws.device_ptr(self.stream()).0, BLAS_WORKSPACE)
     }
 
     /// Waits for the stream, then returns the default pool's unused memory to the driver, so that
@@ -247,7 +332,7 @@ impl CudaDevice {
     }
 
     pub fn zeros(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
-        let s = &self.inner.stream;
+        let s = self.stream();
         if n == 0 {
             return self.alloc(dtype, 0);
         }
@@ -261,7 +346,7 @@ impl CudaDevice {
     /// Storage for `n` elements whose content is unspecified: only for outputs a kernel fully
     /// writes.
     pub fn alloc(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
-        let s = &self.inner.stream;
+        let s = self.stream();
         // SAFETY: the memory is handed only to kernels that write every element before any read.
         unsafe {
             Ok(match dtype {
@@ -274,7 +359,7 @@ impl CudaDevice {
 
     /// Host storage to device storage (same dtype).
     pub fn upload(&self, host: &Storage) -> Result<CudaStorage> {
-        let s = &self.inner.stream;
+        let s = self.stream();
         Ok(match host {
             Storage::CpuF32(v) if v.is_empty() => self.alloc(DType::F32, 0)?,
             Storage::CpuBF16(v) if v.is_empty() => self.alloc(DType::BF16, 0)?,
@@ -288,7 +373,7 @@ impl CudaDevice {
 
     /// Device-to-device copy onto this device's stream.
     pub fn copy_from(&self, src: &CudaStorage) -> Result<CudaStorage> {
-        let s = &self.inner.stream;
+        let s = self.stream();
         if src.is_empty() {
             return self.alloc(src.dtype(), 0);
         }
@@ -342,6 +427,50 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
     .result()
     .map_err(|e| Error::Cuda(format!("setting the cuBLAS workspace: {e:?}")))?;
     Ok(ws)
+}
+
+/// A forked lane ([`CudaDevice::fork_lane`]); joined into the device's stream by
+/// [`Lanes::join`] or on drop.
+pub struct Lanes<'d> {
+    dev: &'d CudaDevice,
+    lane: &'d Lane,
+    joined: bool,
+}
+
+impl Lanes<'_> {
+    /// Runs `f` with this thread's ops on the device queued on the lane. What `f` returns must not
+    /// own device memory allocated inside it (see [`CudaDevice::fork_lane`]).
+    pub fn on_lane<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Back on the device's stream when `f` returns or unwinds.
+        struct Off;
+        impl Drop for Off {
+            fn drop(&mut self) {
+                ON_LANE.with(|c| c.set(None));
+            }
+        }
+        ON_LANE.with(|c| c.set(Some(self.dev.ordinal())));
+        let _off = Off;
+        f()
+    }
+
+    /// Makes the device's stream wait for everything queued on the lane.
+    pub fn join(mut self) -> Result<()> {
+        self.joined = true;
+        self.dev
+            .inner
+            .stream
+            .join(&self.lane.stream)
+            .map_err(|e| Error::Cuda(format!("joining the lane into the device stream: {e:?}")))
+    }
+}
+
+impl Drop for Lanes<'_> {
+    fn drop(&mut self) {
+        if !self.joined {
+            // An error path: join anyway so that a capture in progress can still end.
+            let _ = self.dev.inner.stream.join(&self.lane.stream);
+        }
+    }
 }
 
 /// A captured CUDA graph ([`CudaDevice::capture`]): replays the recorded kernels on the device's

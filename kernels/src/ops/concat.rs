@@ -3,6 +3,8 @@
 //!   [H·D, C], [K·D, C], [K·D, C] into one [(H+2K)·D, C] weight so one GEMM computes all three;
 //! - concat_cols: [N, W_i] matrices side by side, e.g. dq, dk, dv into the [N, (H+2K)·D] output
 //!   gradient of that fused projection (its backward is then one dx GEMM and one dW GEMM);
+//! - write_rows: a tensor's rows into a block of rows of a bigger one, e.g. each half of a decode
+//!   step's final hidden rows into the whole step's [S, C] (actor's decode lanes);
 //! - split_store: the fused dW [(H+2K)·D, C] (or db) back into the parts' gradient buffers,
 //!   written or added as a `GradStore` says.
 
@@ -37,6 +39,39 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
     match first.device() {
         Device::Cpu => crate::cpu::concat::concat_rows(parts, &shape),
         Device::Cuda(_) => crate::cuda::concat::concat_rows(parts, &shape),
+    }
+}
+
+/// src [r, ...rest] into rows [row, row + r) of dst [R, ...rest] (same rest, dtype and device;
+/// any dtype). On a GPU it is one device copy queued on the device's current stream.
+pub fn write_rows(dst: &mut Tensor, row: usize, src: &Tensor) -> Result<()> {
+    const OP: &str = "write_rows";
+    check_same(OP, dst, &[src])?;
+    if dst.rank() == 0 || src.rank() != dst.rank() || src.shape()[1..] != dst.shape()[1..] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "src {:?} must be [r, ...] with the trailing dims of dst {:?}",
+                src.shape(),
+                dst.shape()
+            ),
+        ));
+    }
+    let r = src.shape()[0];
+    if row + r > dst.shape()[0] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "rows [{row}, {}) do not fit dst's {} rows",
+                row + r,
+                dst.shape()[0]
+            ),
+        ));
+    }
+    let offset = row * src.numel() / r.max(1); // elements before row `row`
+    match dst.device() {
+        Device::Cpu => crate::cpu::concat::write_rows(dst, offset, src),
+        Device::Cuda(_) => crate::cuda::concat::write_rows(dst, offset, src),
     }
 }
 

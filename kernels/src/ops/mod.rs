@@ -36,7 +36,7 @@ pub use adamw::{
 pub use add_rmsnorm::{add_rmsnorm, add_rmsnorm_partials, AddNorm};
 pub use attention::{attention, attention_backward, attention_backward_rope};
 pub use cast::{bias_cast, cast};
-pub use concat::{concat_cols, concat_rows, split_store};
+pub use concat::{concat_cols, concat_rows, split_store, write_rows};
 pub use elementwise::{add, add_inplace, fill_inplace, fill_many, scale_inplace};
 pub use embedding::{
     gather_rows, gather_rows_host_ids, scatter_add_rows, scatter_add_rows_host_ids,

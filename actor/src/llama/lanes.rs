@@ -1,0 +1,163 @@
+//! Decode lanes: a decode step's rows split into two blocks whose layers run side by side on two
+//! streams of the GPU (`CudaDevice::fork_lane`), then meet again for the LM head and sampling.
+//!
+//! Why: at Qwen2.5-0.5B shapes a B 256 decode step is a chain of ~200 kernels, each too small to
+//! keep the H100 busy to its end (latency-bound GEMMs, a row kernel per norm, one partition of
+//! attention per sequence): their sum is the step time, at ~4× the memory floor (docs/rollout.md).
+//! Two independent halves give the GPU a second chain to fill each kernel's ramp and tail with.
+//! Rows never interact inside the layers (attention reads each row's own sequence), so the halves
+//! compute the same function of each row as the whole step. On the CPU the bits are the same; on a
+//! GPU a GEMM of fewer rows may take another cuBLAS algorithm, so the last bits can differ (the
+//! GPU tests check completions against the unsplit step and greedy parity with HF).
+
+use kernels::ops::write_rows;
+use kernels::{Device, Tensor};
+
+use super::{Attend, LlamaRunner};
+use crate::step_model::DecodeBatch;
+
+/// Fewest rows a GPU decode step must have to be split into lanes: below it a step is short
+/// enough that the second chain's launches cost more than they overlap.
+pub const LANE_MIN_ROWS: usize = 64;
+
+/// Rows of the first lane of a decode step of `rows` rows, or None to run it whole: the step is
+/// halved when two lanes are asked for and it has at least [`LANE_MIN_ROWS`] rows on a GPU (any
+/// two rows on the CPU, which runs the halves one after the other: for testing).
+pub(super) fn lane_split_for(lanes: usize, rows: usize, on_gpu: bool) -> Option<usize> {
+    let min_rows = if on_gpu { LANE_MIN_ROWS } else { 2 };
+    (lanes >= 2 && rows >= min_rows).then_some(rows / 2)
+}
+
+/// One lane's share of a decode step's inputs, on the device.
+pub(super) struct LaneRows {
+    /// First row of the step that this lane computes.
+    pub first: usize,
+    /// [R] tokens, positions, slots, context lengths.
+    pub tokens: Tensor,
+    pub positions: Tensor,
+    pub slots: Tensor,
+    pub lens: Tensor,
+    /// [R, M] block tables.
+    pub tables: Tensor,
+}
+
+impl LaneRows {
+    /// Zeroed inputs for rows [first, first + rows) of a step with block tables M wide.
+    pub fn zeros(dev: &Device, first: usize, rows: usize, m: usize) -> anyhow::Result<LaneRows> {
+        let u32s = |shape: &[usize]| Tensor::zeros(shape, kernels::DType::U32, dev);
+        Ok(LaneRows {
+            first,
+            tokens: u32s(&[rows])?,
+            positions: u32s(&[rows])?,
+            slots: u32s(&[rows])?,
+            lens: u32s(&[rows])?,
+            tables: u32s(&[rows, m])?,
+        })
+    }
+
+    /// Rows [first, first + rows) of a (resolved) host batch.
+    pub fn of_batch(
+        dev: &Device,
+        batch: &DecodeBatch,
+        first: usize,
+        rows: usize,
+    ) -> anyhow::Result<LaneRows> {
+        let r = first..first + rows;
+        let u32s = |v: &[u32], shape: &[usize]| Tensor::from_u32(v.to_vec(), shape, dev);
+        let m = batch.max_blocks;
+        Ok(LaneRows {
+            first,
+            tokens: u32s(&batch.tokens[r.clone()], &[rows])?,
+            positions: u32s(&batch.positions[r.clone()], &[rows])?,
+            slots: u32s(&batch.slots[r.clone()], &[rows])?,
+            lens: u32s(&batch.context_lens[r], &[rows])?,
+            tables: u32s(
+                &batch.block_tables[first * m..(first + rows) * m],
+                &[rows, m],
+            )?,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tokens.numel()
+    }
+}
+
+impl LlamaRunner<'_> {
+    /// The layers of a decode step given as lanes (row blocks in order, covering the step):
+    /// returns the final-normed hidden rows [S,C] of the whole step. On a GPU with two lanes the
+    /// second runs on the device's lane stream beside the first; otherwise one after the other.
+    pub(super) fn layers_in_lanes(
+        &mut self,
+        lanes: &[LaneRows],
+        max_context_len: usize,
+        in_graph: bool,
+    ) -> anyhow::Result<Tensor> {
+        let s: usize = lanes.iter().map(LaneRows::rows).sum();
+        let c = self.cfg.hidden_size;
+        let mut out = Tensor::zeros(&[s, c], self.dtype, &self.device)?; // [S,C]
+        match (&self.device, lanes) {
+            (Device::Cuda(cuda), [first, second]) => {
+                let cuda = cuda.clone();
+                let fork = cuda.fork_lane()?;
+                fork.on_lane(|| -> anyhow::Result<()> {
+                    // Everything this allocates is dropped here, on the lane (fork_lane's rule).
+                    let x = self.lane_layers(second, max_context_len, in_graph)?; // [R,C]
+                    Ok(write_rows(&mut out, second.first, &x)?)
+                })?;
+                let x = self.lane_layers(first, max_context_len, in_graph)?; // [R,C]
+                write_rows(&mut out, first.first, &x)?;
+                fork.join()?;
+            }
+            _ => {
+                for lane in lanes {
+                    let x = self.lane_layers(lane, max_context_len, in_graph)?; // [R,C]
+                    write_rows(&mut out, lane.first, &x)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One lane's layers: its final-normed hidden rows [R,C].
+    fn lane_layers(
+        &mut self,
+        lane: &LaneRows,
+        max_context_len: usize,
+        in_graph: bool,
+    ) -> anyhow::Result<Tensor> {
+        let attend = Attend::Paged {
+            block_tables: &lane.tables,
+            context_lens: &lane.lens,
+            block_size: self.block_size,
+            max_context_len,
+            fused: self.fused_attention,
+        };
+        self.layers(
+            &lane.tokens,
+            &lane.positions,
+            &lane.slots,
+            &attend,
+            false,
+            in_graph,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_halved_only_when_two_lanes_are_asked_for_and_the_step_is_wide_enough() {
+        assert_eq!(lane_split_for(1, 256, true), None);
+        assert_eq!(lane_split_for(2, 256, true), Some(128));
+        assert_eq!(
+            lane_split_for(2, LANE_MIN_ROWS, true),
+            Some(LANE_MIN_ROWS / 2)
+        );
+        assert_eq!(lane_split_for(2, LANE_MIN_ROWS - 1, true), None);
+        assert_eq!(lane_split_for(2, 3, false), Some(1));
+        assert_eq!(lane_split_for(2, 1, false), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! Decode lanes (`EngineConfig::decode_lanes`: each wide decode step split into two row blocks
+//! whose layers run side by side on two streams of the GPU) give the rollout of the unsplit step.
+//! On the CPU the halves run one after the other and every step of two or more rows is split: the
+//! completions are the same bits. On a GPU (steps of at least `LANE_MIN_ROWS` rows split, op by op
+//! and as CUDA graphs, serial and overlapped) a GEMM of half the rows may take another cuBLAS
+//! algorithm, so the log-probs are compared to a tolerance and the tokens exactly (the weights make
+//! the distributions peaked enough that no greedy choice is a near tie).
+
+use actor::{Completion, EngineConfig, Request, SamplingParams, LANE_MIN_ROWS};
+use kernels::testing::test_devices;
+use kernels::{DType, Device};
+use model::{ModelConfig, Params};
+
+mod common;
+use common::{gpu_lock, qwen2_d64, rollout_with};
+
+/// `prompts` prompts of 3 to ~200 tokens, half greedy, half sampled (T 0.9, n 2), 24 new tokens.
+fn requests(prompts: usize) -> Vec<Request> {
+    let prompt = |len: usize, k: usize| (0..len).map(|i| ((i * 31 + k * 7) % 509) as u32).collect();
+    (0..prompts)
+        .map(|k| {
+            let len = 3 + (k * 37) % 200;
+            let sampling = if k % 2 == 0 {
+                SamplingParams::greedy(24)
+            } else {
+                SamplingParams {
+                    temperature: 0.9,
+                    max_new_tokens: 24,
+                    ..Default::default()
+                }
+            };
+            Request {
+                tokens: prompt(len, k),
+                sampling,
+                n: 1 + k % 2,
+                seed: 11 + k as u64,
+            }
+        })
+        .collect()
+}
+
+fn rollout(
+    cfg: &ModelConfig,
+    params: &Params,
+    requests: &[Request],
+    graphs: bool,
+    overlap: bool,
+    lanes: usize,
+) -> Vec<Completion> {
+    let engine = EngineConfig {
+        cuda_graphs: graphs,
+        overlap,
+        decode_lanes: lanes,
+        ..Default::default()
+    };
+    rollout_with(cfg, params, requests.to_vec(), engine)
+}
+
+fn same(whole: &[Completion], split: &[Completion], tol: f32, what: &str) {
+    assert_eq!(whole.len(), split.len(), "{what}");
+    for (a, b) in whole.iter().zip(split) {
+        let which = format!("{what}: request {} sample {}", a.request, a.sample);
+        assert_eq!(a.tokens, b.tokens, "{which}");
+        assert_eq!(a.finish_reason, b.finish_reason, "{which}");
+        for (i, (x, y)) in a.logprobs.iter().zip(&b.logprobs).enumerate() {
+            assert!(
+                (x - y).abs() <= tol,
+                "{which}: log-prob {i}: {x} unsplit, {y} in lanes"
+            );
+        }
+    }
+    // The rollouts did decode past the prompts (24 tokens each, no stop tokens).
+    assert!(whole.iter().all(|c| c.tokens.len() == 24), "{what}");
+}
+
+#[test]
+fn decode_lanes_give_the_same_rollout() {
+    let _gpu = gpu_lock();
+    if actor::engine::decode_lanes_env().is_some() {
+        // REALIGN_DECODE_LANES forces one setting for every engine: nothing to compare.
+        eprintln!("skipped: REALIGN_DECODE_LANES is set");
+        return;
+    }
+    let cfg = qwen2_d64();
+    for dev in test_devices() {
+        match dev {
+            Device::Cpu => {
+                let params = Params::init(&cfg, 3, &dev, DType::F32).unwrap();
+                let reqs = requests(6);
+                let whole = rollout(&cfg, &params, &reqs, false, false, 1);
+                let split = rollout(&cfg, &params, &reqs, false, false, 2);
+                same(&whole, &split, 0.0, "cpu");
+            }
+            Device::Cuda(_) => {
+                // 72 sequences (48 prompts, half sampled twice): the decode steps are wide
+                // enough to be split.
+                let reqs = requests(48);
+                let seqs: usize = reqs.iter().map(|r| r.n).sum();
+                assert!(seqs >= LANE_MIN_ROWS);
+                for (dtype, tol) in [(DType::F32, 1e-3), (DType::BF16, 0.05)] {
+                    let params = Params::init(&cfg, 3, &dev, dtype).unwrap();
+                    for (graphs, overlap) in [(false, false), (true, false), (true, true)] {
+                        let whole = rollout(&cfg, &params, &reqs, graphs, overlap, 1);
+                        let split = rollout(&cfg, &params, &reqs, graphs, overlap, 2);
+                        let what = format!("gpu {dtype} graphs {graphs} overlap {overlap}");
+                        same(&whole, &split, tol, &what);
+                    }
+                }
+            }
+        }
+    }
+}
