@@ -26,6 +26,7 @@
 #            default / lanes / lanes + lean and B 64 rounds of default / lanes
 #   combo    lanes and plean in one call (their main tests, then B 256 rounds of default / lanes /
 #            lean / lanes + lean and B 64 rounds of default / lanes / lean)
+#   lanes_min  the lanes test, HF parity with lanes, B 256 rounds of default / lanes
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -121,6 +122,11 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       REALIGN_PAGED_LEAN=1 "REALIGN_DECODE_LANES=2 REALIGN_PAGED_LEAN=1"
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2 \
       REALIGN_PAGED_LEAN=1 ;;
+  lanes_min) # the least that says whether lanes work and pay (a short call)
+    REALIGN_DECODE_LANES= tests actor--decode_lanes
+    REALIGN_DECODE_LANES=2 tests actor--generate_against_hf
+    STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
+    ROUNDS=3 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
