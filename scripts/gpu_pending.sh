@@ -26,7 +26,7 @@
 #            default / lanes / lanes + lean and B 64 rounds of default / lanes
 #   combo    lanes and plean in one call (their main tests, then B 256 rounds of default / lanes /
 #            lean / lanes + lean and B 64 rounds of default / lanes / lean)
-#   lanes_min  the lanes test, HF parity with lanes, B 256 rounds of default / lanes
+#   lanes_min  the lanes tests (kernels' fork/join, actor's rollout), HF parity with lanes, B 256 rounds of default / lanes
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -43,7 +43,7 @@
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
 #                    actor--fused_attention kernels--ops_cuda kernels--paged_attention_qkv
 #                    kernels--fused_ops kernels--training_fused learner--device_parity
-#                    kernels--gemm_wgmma kernels--paged_attention actor--decode_lanes)
+#                    kernels--gemm_wgmma kernels--paged_attention actor--decode_lanes kernels--lanes)
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
 # Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh [SECTION ...]
 set -u
@@ -104,7 +104,8 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       "REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1"
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_PAGED_LEAN=1 \
       "REALIGN_PAGED_LEAN=1 REALIGN_PAGED_PREWAIT=1" ;;
-  lanes) REALIGN_DECODE_LANES= tests actor--decode_lanes
+  lanes) tests kernels--lanes
+    REALIGN_DECODE_LANES= tests actor--decode_lanes
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf actor--cuda_graphs
     # Alternating rounds (scripts/ab_rounds.sh): the decode step excluding prefill, ms.
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
@@ -113,6 +114,7 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2
     roll $R --batch 256 --lanes 2 | tee -a $OUT/lanes.txt ;;
   combo) # lanes and plean in one call: their tests, then one set of alternating rounds.
+    tests kernels--lanes
     REALIGN_DECODE_LANES= tests actor--decode_lanes
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf actor--cuda_graphs
     tests kernels--paged_attention
@@ -123,6 +125,7 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2 \
       REALIGN_PAGED_LEAN=1 ;;
   lanes_min) # the least that says whether lanes work and pay (a short call)
+    tests kernels--lanes
     REALIGN_DECODE_LANES= tests actor--decode_lanes
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
