@@ -1053,11 +1053,11 @@ impl LlamaRunner<'_> {
                 resolve_tokens(&mut lane.tokens, feed)?;
             }
         }
+        // [S,C] the final-normed rows, whole or by lanes.
         let x = if g.lanes.is_empty() {
             self.layers(&g.tokens, &g.positions, &g.slots, &attend, false, in_graph)?
-        // [S,C]
         } else {
-            self.layers_in_lanes(&g.lanes, max_context_len, in_graph)? // [S,C]
+            self.layers_in_lanes(&g.lanes, max_context_len, in_graph)?
         };
         let logits = self.logits(&x, None, false)?; // [S,V]
         sample_tokens_into(&logits, &g.spec, &mut g.out)?; // [S,2]
