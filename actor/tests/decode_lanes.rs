@@ -6,7 +6,7 @@
 //! algorithm, so the log-probs are compared to a tolerance and the tokens exactly (the weights make
 //! the distributions peaked enough that no greedy choice is a near tie).
 
-use actor::{Completion, EngineConfig, Request, SamplingParams, LANE_MIN_ROWS};
+use actor::{Completion, Engine, EngineConfig, KvBudget, Request, SamplingParams, LANE_MIN_ROWS};
 use kernels::testing::test_devices;
 use kernels::{DType, Device};
 use model::{ModelConfig, Params};
@@ -109,4 +109,38 @@ fn decode_lanes_give_the_same_rollout() {
             }
         }
     }
+}
+
+/// With a KV pool too small for every sequence at once, sequences are preempted and recomputed
+/// between steps, so the decode steps' rows (and the split between the lanes) change as the
+/// rollout goes: still the same completions (CPU, the same bits).
+#[test]
+fn decode_lanes_give_the_same_rollout_when_sequences_are_preempted() {
+    if actor::engine::decode_lanes_env().is_some() {
+        eprintln!("skipped: REALIGN_DECODE_LANES is set");
+        return;
+    }
+    let cfg = qwen2_d64();
+    let params = Params::init(&cfg, 3, &Device::Cpu, DType::F32).unwrap();
+    let reqs = requests(6);
+    let run = |lanes: usize| {
+        let engine = Engine::new(
+            cfg.clone(),
+            EngineConfig {
+                // 2 KiB of K/V a token (2 layers × 2 kv heads × D 64 × k, v × f32): 20 blocks of
+                // 16 tokens, against ~55 for all nine sequences at their longest (the longest
+                // alone needs 14).
+                kv_budget: KvBudget::Bytes(20 * 16 * 2048),
+                decode_lanes: lanes,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        engine.generate_with_stats(&params, &reqs).unwrap()
+    };
+    let (whole, whole_stats) = run(1);
+    let (split, split_stats) = run(2);
+    assert!(whole_stats.preemptions > 0, "the pool must run out");
+    assert_eq!(whole_stats.preemptions, split_stats.preemptions);
+    same(&whole, &split, 0.0, "cpu, preempting");
 }
