@@ -95,10 +95,12 @@ impl LlamaRunner<'_> {
     ) -> anyhow::Result<Tensor> {
         let s: usize = lanes.iter().map(LaneRows::rows).sum();
         let c = self.cfg.hidden_size;
-        let mut out = Tensor::zeros(&[s, c], self.dtype, &self.device)?; // [S,C]
         match (&self.device, lanes) {
             (Device::Cuda(cuda), [first, second]) => {
                 let cuda = cuda.clone();
+                // [S,C], unfilled: the two lanes write every row of it.
+                let storage = kernels::Storage::Cuda(cuda.alloc(self.dtype, s * c)?);
+                let mut out = Tensor::from_storage(storage, &[s, c], self.device.clone())?;
                 let fork = cuda.fork_lane()?;
                 fork.on_lane(|| -> anyhow::Result<()> {
                     // Everything this allocates is dropped here, on the lane (fork_lane's rule).
@@ -108,15 +110,17 @@ impl LlamaRunner<'_> {
                 let x = self.lane_layers(first, max_context_len, in_graph)?; // [R,C]
                 write_rows(&mut out, first.first, &x)?;
                 fork.join()?;
+                Ok(out)
             }
             _ => {
+                let mut out = Tensor::zeros(&[s, c], self.dtype, &self.device)?; // [S,C]
                 for lane in lanes {
                     let x = self.lane_layers(lane, max_context_len, in_graph)?; // [R,C]
                     write_rows(&mut out, lane.first, &x)?;
                 }
+                Ok(out)
             }
         }
-        Ok(out)
     }
 
     /// One lane's layers: its final-normed hidden rows [R,C].

@@ -145,6 +145,28 @@ fn dim(v: usize, what: &str) -> Result<i32> {
 }
 
 impl Gemm {
+    /// The GEMM of `key` on device addresses `[a, b, c]`, alpha 1 (the inverse of
+    /// [`Gemm::key`]; `beta` ≠ 0 exactly when `key.reads_c`).
+    pub(crate) fn of_key(key: &GemmKey, [a, b, c]: [u64; 3], beta: f32) -> Gemm {
+        Gemm {
+            trans_a: key.trans_a,
+            trans_b: key.trans_b,
+            m: key.m,
+            n: key.n,
+            k: key.k,
+            a,
+            lda: key.lda,
+            b,
+            ldb: key.ldb,
+            c,
+            ldc: key.ldc,
+            alpha: 1.0,
+            beta,
+            ab: key.ab,
+            c_type: key.c_type,
+        }
+    }
+
     pub(crate) fn key(&self) -> GemmKey {
         GemmKey {
             trans_a: self.trans_a,
@@ -366,22 +388,14 @@ pub fn gemm_with(
             "{OP}: beta {beta} on a key that does not read C"
         )));
     }
+    let ptrs = [
+        super::ptr(a, &dev, OP)?,
+        super::ptr(b, &dev, OP)?,
+        super::ptr(c, &dev, OP)?,
+    ];
     Gemm {
-        trans_a: key.trans_a,
-        trans_b: key.trans_b,
-        m: key.m,
-        n: key.n,
-        k: key.k,
-        a: super::ptr(a, &dev, OP)?,
-        lda: key.lda,
-        b: super::ptr(b, &dev, OP)?,
-        ldb: key.ldb,
-        c: super::ptr(c, &dev, OP)?,
-        ldc: key.ldc,
         alpha,
-        beta,
-        ab: key.ab,
-        c_type: key.c_type,
+        ..Gemm::of_key(key, ptrs, beta)
     }
     .run_as(&dev, choice)
 }

@@ -7,7 +7,7 @@
 //! - backward  dw[O,I] += dyᵀ x: column-major dw(I×O) = x(I×N) · dyᵀ(N×O), f32 C, beta = 1
 //!   (beta = 0 for the first write of a step, `GradStore::Overwrite`).
 
-use super::blas::Gemm;
+use super::blas::{Gemm, GemmKey};
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, ptr, suffix};
 use crate::ops::GradStore;
@@ -75,24 +75,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out_dtype: DType) -> R
         }
         None => 0.0,
     };
-    Gemm {
-        trans_a: true,
-        trans_b: false,
-        m: o,
-        n,
-        k: i,
-        a: ptr(w, &dev, OP)?,
-        lda: i,
-        b: ptr(x, &dev, OP)?,
-        ldb: i,
-        c: ptr(&y, &dev, OP)?,
-        ldc: o,
-        alpha: 1.0,
-        beta,
-        ab: dtype,
-        c_type,
-    }
-    .run(&dev)?;
+    let key = GemmKey::linear(n, i, o, dtype, c_type, beta != 0.0);
+    let ptrs = [ptr(w, &dev, OP)?, ptr(x, &dev, OP)?, ptr(&y, &dev, OP)?];
+    Gemm::of_key(&key, ptrs, beta).run(&dev)?;
     if c_type == out_dtype {
         Ok(y)
     } else {

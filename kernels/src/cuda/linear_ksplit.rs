@@ -6,7 +6,7 @@
 //! a strided batch with A = w (lda I, stride I/S), B = x (ldb I, stride I/S), C = p (ldc O,
 //! stride N·O).
 
-use super::blas::Gemm;
+use super::blas::{Gemm, GemmKey};
 use super::{device_of, empty, ptr};
 use crate::{DType, Result, Tensor};
 
@@ -20,23 +20,12 @@ pub fn linear_ksplit(x: &Tensor, w: &Tensor, splits: usize) -> Result<Tensor> {
         return Ok(p);
     }
     let step = i / splits;
-    Gemm {
-        trans_a: true,
-        trans_b: false,
-        m: o,
-        n,
+    // `linear`'s product over the first slice of I (leading dimensions still I).
+    let key = GemmKey {
         k: step,
-        a: ptr(w, &dev, OP)?,
-        lda: i,
-        b: ptr(x, &dev, OP)?,
-        ldb: i,
-        c: ptr(&p, &dev, OP)?,
-        ldc: o,
-        alpha: 1.0,
-        beta: 0.0,
-        ab: x.dtype(),
-        c_type: DType::F32,
-    }
-    .run_strided_batched(&dev, [step, step, n * o], splits)?;
+        ..GemmKey::linear(n, i, o, x.dtype(), DType::F32, false)
+    };
+    let ptrs = [ptr(w, &dev, OP)?, ptr(x, &dev, OP)?, ptr(&p, &dev, OP)?];
+    Gemm::of_key(&key, ptrs, 0.0).run_strided_batched(&dev, [step, step, n * o], splits)?;
     Ok(p)
 }

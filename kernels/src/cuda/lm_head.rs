@@ -19,7 +19,7 @@
 //!
 //! Row-major [R, C] is column-major C×R, as in `linear.rs`.
 
-use super::blas::Gemm;
+use super::blas::{Gemm, GemmKey};
 use super::launch::{kernel_source, run, Args, Grid, KernelSource};
 use super::{device_of, empty, ptr, suffix, CudaDevice};
 use crate::ops::lm_head::{chunk_rows, LmHeadGrad, LmHeadRows, LmHeadSaved};
@@ -47,24 +47,9 @@ fn logits_gemm(
     let (_, c) = hidden.dims2(op)?;
     let (v, _) = w.dims2(op)?;
     let es = hidden.dtype().size_in_bytes();
-    Gemm {
-        trans_a: true,
-        trans_b: false,
-        m: v,
-        n: m,
-        k: c,
-        a: ptr(w, dev, op)?,
-        lda: c,
-        b: ptr(hidden, dev, op)? + (r0 * c * es) as u64,
-        ldb: c,
-        c: out,
-        ldc: v,
-        alpha: 1.0,
-        beta: 0.0,
-        ab: hidden.dtype(),
-        c_type: DType::F32,
-    }
-    .run(dev)
+    let key = GemmKey::linear(m, c, v, hidden.dtype(), DType::F32, false);
+    let rows = ptr(hidden, dev, op)? + (r0 * c * es) as u64; // hidden rows [r0, r0 + m)
+    Gemm::of_key(&key, [ptr(w, dev, op)?, rows, out], 0.0).run(dev)
 }
 
 /// Blocks per row of `logsoftmax_residual` (RES_CLUSTER in logsoftmax.cu).
