@@ -27,6 +27,7 @@
 #   combo    lanes and plean in one call (their main tests, then B 256 rounds of default / lanes /
 #            lean / lanes + lean and B 64 rounds of default / lanes / lean)
 #   lanes_min  the lanes tests (kernels' fork/join, actor's rollout), HF parity with lanes, B 256 rounds of default / lanes
+#   hf       HF generate at B 256 and our default rollout beside it (#3's ratio on this card)
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
 #            the TMA GEMM and the attention backward
@@ -130,6 +131,8 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
     ROUNDS=3 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 ;;
+  hf) { echo "== hf B256"; timeout 150 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -1
+      echo "== default B256"; roll $R --batch 256; } 2>&1 | tee -a $OUT/rollout.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;
   ncuk) bash scripts/ncu_kernels.sh ;;
   attn) timeout 150 $B/cuda_bench attention 2>&1 | grep -E "^bench|^check|^config|panicked" | tee -a $OUT/attn.txt ;;
