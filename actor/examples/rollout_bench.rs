@@ -11,8 +11,8 @@
 //! --overlap / --serial (the overlapped decode loop, EngineConfig::overlap, the default, or the
 //! serial one; REALIGN_OVERLAP=1 / =0 overrides both), --fused-attention / --split-attention (the
 //! decode step's q/k/v epilogue inside the attention kernel, EngineConfig::fused_attention, the
-//! default, or two launches; REALIGN_DECODE_ATTN=fused / =split overrides both), --lanes 1|2
-//! (EngineConfig::decode_lanes; REALIGN_DECODE_LANES overrides it), --out FILE
+//! default, or two launches; REALIGN_DECODE_ATTN=fused / =split overrides both), --lanes N
+//! (1 to 4: EngineConfig::decode_lanes; REALIGN_DECODE_LANES overrides it), --out FILE
 //! (appends).
 //!
 //! One warm-up rollout, then I timed ones (median wall time, device synchronised). Reported:
@@ -88,7 +88,11 @@ fn parse() -> Result<Args> {
                 a.kv_fraction = val()?.parse().context("--kv-fraction must be a number")?
             }
             "--out" => a.out = Some(val()?.into()),
-            "--lanes" => a.lanes = val()?.parse().context("--lanes must be 1 or 2")?,
+            "--lanes" => {
+                a.lanes = val()?
+                    .parse()
+                    .context("--lanes must be a number of lanes, 1 to 4")?
+            }
             "--cuda-graphs" => a.cuda_graphs = true,
             "--no-cuda-graphs" => a.cuda_graphs = false,
             "--serial" => a.overlap = false,

@@ -48,12 +48,13 @@ pub struct EngineConfig {
     /// On by default since its GPU tests passed and it measured faster on an H100 (2026-12-07).
     /// `REALIGN_DECODE_ATTN=fused` / `=split` turns it on / off for every engine.
     pub fused_attention: bool,
-    /// Split each GPU decode step of at least [`crate::llama::LANE_MIN_ROWS`] rows into this many
-    /// row blocks (1 or 2) whose layers run side by side on two streams of the device, so that one
-    /// block's latency-bound kernels fill the SMs the other's leave idle (docs/rollout.md, item
-    /// 14; same completions). 1 (off) by default until it is measured on a GPU.
-    /// `REALIGN_DECODE_LANES=1` / `=2` sets it for every engine. The CPU splits any step of two
-    /// or more rows (for testing) and runs the blocks one after the other.
+    /// Split each GPU decode step of at least [`crate::llama::LANE_MIN_ROWS`] rows into up to this
+    /// many row blocks (1 to [`crate::llama::MAX_DECODE_LANES`], at least
+    /// `LANE_MIN_ROWS / 2` rows each) whose layers run side by side on as many streams of the
+    /// device, so that one block's latency-bound kernels fill the SMs the others leave idle
+    /// (docs/rollout.md, item 14; same completions). 1 (off) by default until it is measured on a
+    /// GPU. `REALIGN_DECODE_LANES=N` sets it for every engine. The CPU splits any step of two or
+    /// more rows (for testing) and runs the blocks one after the other.
     pub decode_lanes: usize,
 }
 
@@ -82,8 +83,9 @@ impl EngineConfig {
         );
         anyhow::ensure!(self.max_running > 0, "max_running must be at least 1");
         anyhow::ensure!(
-            matches!(self.decode_lanes, 1 | 2),
-            "decode_lanes must be 1 or 2, got {}",
+            (1..=crate::llama::MAX_DECODE_LANES).contains(&self.decode_lanes),
+            "decode_lanes must be 1 to {}, got {}",
+            crate::llama::MAX_DECODE_LANES,
             self.decode_lanes
         );
         if let KvBudget::FreeFraction(f) = self.kv_budget {
@@ -199,14 +201,16 @@ pub fn fused_attention_env() -> Option<bool> {
     })
 }
 
-/// `REALIGN_DECODE_LANES`: `1` / `2` force [`EngineConfig::decode_lanes`] for every engine (read
-/// once); unset or anything else leaves each engine's setting.
+/// `REALIGN_DECODE_LANES`: `1` to [`crate::llama::MAX_DECODE_LANES`] forces
+/// [`EngineConfig::decode_lanes`] for every engine (read once); unset or anything else leaves each
+/// engine's setting.
 pub fn decode_lanes_env() -> Option<usize> {
     static ON: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("REALIGN_DECODE_LANES").as_deref() {
-        Ok("1") => Some(1),
-        Ok("2") => Some(2),
-        _ => None,
+    *ON.get_or_init(|| {
+        std::env::var("REALIGN_DECODE_LANES")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| (1..=crate::llama::MAX_DECODE_LANES).contains(n))
     })
 }
 

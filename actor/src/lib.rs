@@ -23,7 +23,7 @@ pub mod scheduler;
 pub mod step_model;
 
 pub use engine::{Engine, EngineConfig, KvBudget};
-pub use llama::LANE_MIN_ROWS;
+pub use llama::{LANE_MIN_ROWS, MAX_DECODE_LANES};
 pub use request::{Completion, FinishReason, HostTime, Request, RolloutStats};
 pub use rollout::{run_rollout, RolloutConfig};
 pub use sampling::SamplingParams;

@@ -37,8 +37,8 @@ use kernels::{DType, Device, Tensor};
 use model::{LayerParams, ModelConfig, Params};
 
 mod lanes;
-pub use lanes::LANE_MIN_ROWS;
 use lanes::{lane_split_for, LaneRows};
+pub use lanes::{LANE_MIN_ROWS, MAX_DECODE_LANES};
 
 use crate::block_manager::BlockCopy;
 use crate::profile::Stopwatch;
@@ -145,7 +145,7 @@ pub struct LlamaRunner<'a> {
     overlap: bool,
     /// Paged decode steps run `paged_attention_qkv_fused` (see [`LlamaRunner::use_fused_attention`]).
     fused_attention: bool,
-    /// Decode lanes (1 or 2, see [`LlamaRunner::use_decode_lanes`]).
+    /// Decode lanes (1 to [`MAX_DECODE_LANES`], see [`LlamaRunner::use_decode_lanes`]).
     lanes: usize,
 }
 
@@ -231,8 +231,8 @@ impl<'a> LlamaRunner<'a> {
         self.lanes = lanes;
     }
 
-    /// Rows of the first lane of a decode step of `rows` rows, or None to run it whole.
-    fn lane_split(&self, rows: usize) -> Option<usize> {
+    /// The row blocks (first row, rows) of a decode step of `rows` rows, or None to run it whole.
+    fn lane_split(&self, rows: usize) -> Option<Vec<(usize, usize)>> {
         lane_split_for(self.lanes, rows, self.device.is_cuda())
     }
 
@@ -710,11 +710,11 @@ impl StepModel for LlamaRunner<'_> {
             "internal error: an unresolved decode batch"
         );
         let s = batch.num_seqs();
-        if let Some(first_rows) = self.lane_split(s).filter(|_| !self.sw.on()) {
-            let lanes = [
-                LaneRows::of_batch(&self.device, batch, 0, first_rows)?,
-                LaneRows::of_batch(&self.device, batch, first_rows, s - first_rows)?,
-            ];
+        if let Some(blocks) = self.lane_split(s).filter(|_| !self.sw.on()) {
+            let lanes = blocks
+                .iter()
+                .map(|&(first, rows)| LaneRows::of_batch(&self.device, batch, first, rows))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let max_ctx = batch.context_lens.iter().copied().max().unwrap_or(0) as usize;
             let x = self.layers_in_lanes(&lanes, max_ctx, false)?; // [S,C]
             return self.logits(&x, None, false);
@@ -853,22 +853,20 @@ struct DecodeGraph {
 type GraphKey = (usize, usize, usize);
 
 impl DecodeGraph {
-    /// `first_lane`: the first lane's rows when the step is split into two lanes.
+    /// `lane_blocks`: the lanes' row blocks (first row, rows) when the step is split.
     fn new(
         dev: &Device,
         cuda: &kernels::cuda::CudaDevice,
         key: GraphKey,
-        first_lane: Option<usize>,
+        lane_blocks: Option<Vec<(usize, usize)>>,
     ) -> anyhow::Result<Self> {
         let (b, m, cols) = key;
         let u32s = |shape: &[usize]| Tensor::zeros(shape, DType::U32, dev);
-        let lanes = match first_lane {
-            Some(r) => vec![
-                LaneRows::zeros(dev, 0, r, m)?,
-                LaneRows::zeros(dev, r, b - r, m)?,
-            ],
-            None => Vec::new(),
-        };
+        let lanes = lane_blocks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(first, rows)| LaneRows::zeros(dev, first, rows, m))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(DecodeGraph {
             lanes,
             graph: None,

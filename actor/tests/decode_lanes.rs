@@ -1,12 +1,15 @@
-//! Decode lanes (`EngineConfig::decode_lanes`: each wide decode step split into two row blocks
-//! whose layers run side by side on two streams of the GPU) give the rollout of the unsplit step.
-//! On the CPU the halves run one after the other and every step of two or more rows is split: the
-//! completions are the same bits. On a GPU (steps of at least `LANE_MIN_ROWS` rows split, op by op
-//! and as CUDA graphs, serial and overlapped) a GEMM of half the rows may take another cuBLAS
-//! algorithm, so the log-probs are compared to a tolerance and the tokens exactly (the weights make
-//! the distributions peaked enough that no greedy choice is a near tie).
+//! Decode lanes (`EngineConfig::decode_lanes`: each wide decode step split into two to four row
+//! blocks whose layers run side by side on as many streams of the GPU) give the rollout of the
+//! unsplit step. On the CPU the blocks run one after the other and every step of two or more rows
+//! is split: the completions are the same bits. On a GPU (steps of at least `LANE_MIN_ROWS` rows
+//! split, op by op and as CUDA graphs, serial and overlapped) a GEMM of fewer rows may take another
+//! cuBLAS algorithm, so the log-probs are compared to a tolerance and the tokens exactly (the
+//! weights make the distributions peaked enough that no greedy choice is a near tie).
 
-use actor::{Completion, Engine, EngineConfig, KvBudget, Request, SamplingParams, LANE_MIN_ROWS};
+use actor::{
+    Completion, Engine, EngineConfig, KvBudget, Request, SamplingParams, LANE_MIN_ROWS,
+    MAX_DECODE_LANES,
+};
 use kernels::testing::test_devices;
 use kernels::{DType, Device};
 use model::{ModelConfig, Params};
@@ -88,22 +91,29 @@ fn decode_lanes_give_the_same_rollout() {
                 let params = Params::init(&cfg, 3, &dev, DType::F32).unwrap();
                 let reqs = requests(6);
                 let whole = rollout(&cfg, &params, &reqs, false, false, 1);
-                let split = rollout(&cfg, &params, &reqs, false, false, 2);
-                same(&whole, &split, 0.0, "cpu");
+                for lanes in [2, 3, MAX_DECODE_LANES] {
+                    let split = rollout(&cfg, &params, &reqs, false, false, lanes);
+                    same(&whole, &split, 0.0, &format!("cpu, {lanes} lanes"));
+                }
             }
             Device::Cuda(_) => {
-                // 72 sequences (48 prompts, half sampled twice): the decode steps are wide
-                // enough to be split.
-                let reqs = requests(48);
+                // 144 sequences (96 prompts, half sampled twice): the decode steps are wide
+                // enough for every lane to get its share (LANE_MIN_ROWS / 2 rows or more), and
+                // the chunked prefill makes the steps before it narrower (fewer lanes).
+                let reqs = requests(96);
                 let seqs: usize = reqs.iter().map(|r| r.n).sum();
-                assert!(seqs >= LANE_MIN_ROWS);
+                assert!(seqs >= MAX_DECODE_LANES * LANE_MIN_ROWS / 2);
                 for (dtype, tol) in [(DType::F32, 1e-3), (DType::BF16, 0.05)] {
                     let params = Params::init(&cfg, 3, &dev, dtype).unwrap();
                     for (graphs, overlap) in [(false, false), (true, false), (true, true)] {
                         let whole = rollout(&cfg, &params, &reqs, graphs, overlap, 1);
-                        let split = rollout(&cfg, &params, &reqs, graphs, overlap, 2);
-                        let what = format!("gpu {dtype} graphs {graphs} overlap {overlap}");
-                        same(&whole, &split, tol, &what);
+                        for lanes in [2, MAX_DECODE_LANES] {
+                            let split = rollout(&cfg, &params, &reqs, graphs, overlap, lanes);
+                            let what = format!(
+                                "gpu {dtype} graphs {graphs} overlap {overlap}, {lanes} lanes"
+                            );
+                            same(&whole, &split, tol, &what);
+                        }
                     }
                 }
             }
@@ -139,8 +149,15 @@ fn decode_lanes_give_the_same_rollout_when_sequences_are_preempted() {
         engine.generate_with_stats(&params, &reqs).unwrap()
     };
     let (whole, whole_stats) = run(1);
-    let (split, split_stats) = run(2);
     assert!(whole_stats.preemptions > 0, "the pool must run out");
-    assert_eq!(whole_stats.preemptions, split_stats.preemptions);
-    same(&whole, &split, 0.0, "cpu, preempting");
+    for lanes in [2, MAX_DECODE_LANES] {
+        let (split, split_stats) = run(lanes);
+        assert_eq!(whole_stats.preemptions, split_stats.preemptions);
+        same(
+            &whole,
+            &split,
+            0.0,
+            &format!("cpu, preempting, {lanes} lanes"),
+        );
+    }
 }

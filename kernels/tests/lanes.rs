@@ -1,15 +1,16 @@
-//! `CudaDevice::fork_lane`: ops queued on the device's second stream (its lane) between a fork and
+//! `CudaDevice::fork_lanes`: ops queued on the device's side streams (its lanes) between a fork and
 //! a join give what the same ops give on the device's one stream, run op by op and captured into
-//! a CUDA graph (where fork and join make two branches). Each lane writes its rows of one output
-//! through `write_rows`; the work on the lane allocates and frees its temporaries there (GEMM
-//! outputs, norm results), as the decode lanes of the actor do. GPU only (one test in this binary:
-//! a capture records whatever the thread queues on the device meanwhile).
+//! a CUDA graph (where fork and join make parallel branches). Each lane writes its rows of one
+//! output through `write_rows`; the work on a lane allocates and frees its temporaries there (GEMM
+//! outputs, norm results), as the decode lanes of the actor do. With one side lane and with every
+//! side lane there is. GPU only (one test in this binary: a capture records whatever the thread
+//! queues on the device meanwhile).
 
-use kernels::cuda::CudaDevice;
+use kernels::cuda::{CudaDevice, MAX_SIDE_LANES};
 use kernels::testing::{float_tensor, randn_vec, test_devices};
 use kernels::{ops, DType, Device, Tensor};
 
-/// N rows per half, C in, O out.
+/// N rows per block, C in, O out.
 const N: usize = 96;
 const C: usize = 256;
 const O: usize = 512;
@@ -19,25 +20,27 @@ fn t(seed: u64, shape: &[usize], dev: &Device) -> Tensor {
     float_tensor(randn_vec(n, seed), shape, dev, DType::BF16)
 }
 
-/// One half's work: a product, then a norm of its rows (a GEMM on the lane's cuBLAS handle and a
+/// One block's work: a product, then a norm of its rows (a GEMM on the lane's cuBLAS handle and a
 /// row kernel), written into rows [row, row + N) of `out`.
-fn half(x: &Tensor, w: &Tensor, g: &Tensor, out: &mut Tensor, row: usize) -> kernels::Result<()> {
+fn block(x: &Tensor, w: &Tensor, g: &Tensor, out: &mut Tensor, row: usize) -> kernels::Result<()> {
     let y = ops::linear(x, w, None)?; // [N,O]
     let (yn, _) = ops::rmsnorm(&y, g, 1e-6)?; // [N,O]
     ops::write_rows(out, row, &yn)
 }
 
-/// Both halves: the second on the lane, the first on the device's stream.
-fn both_in_lanes(
+/// Every block: block 0 on the device's stream, block i on side lane i - 1.
+fn blocks_in_lanes(
     cuda: &CudaDevice,
-    xs: &[Tensor; 2],
+    xs: &[Tensor],
     w: &Tensor,
     g: &Tensor,
     out: &mut Tensor,
 ) -> kernels::Result<()> {
-    let fork = cuda.fork_lane()?;
-    fork.on_lane(|| half(&xs[1], w, g, out, N))?;
-    half(&xs[0], w, g, out, 0)?;
+    let fork = cuda.fork_lanes(xs.len() - 1)?;
+    for (i, x) in xs.iter().enumerate().skip(1) {
+        fork.on(i - 1, || block(x, w, g, out, i * N))??;
+    }
+    block(&xs[0], w, g, out, 0)?;
     fork.join()
 }
 
@@ -57,26 +60,33 @@ fn lane_work_gives_what_one_stream_gives_op_by_op_and_captured() {
     let Device::Cuda(cuda) = &dev else {
         unreachable!()
     };
-    let xs = [t(1, &[N, C], &dev), t(2, &[N, C], &dev)];
+    assert!(cuda.fork_lanes(MAX_SIDE_LANES + 1).is_err());
     let w = t(3, &[O, C], &dev);
     let g = t(4, &[O], &dev);
+    for k in [2, 1 + MAX_SIDE_LANES] {
+        let xs: Vec<Tensor> = (0..k).map(|i| t(10 + i as u64, &[N, C], &dev)).collect();
+        let mut want = Tensor::zeros(&[k * N, O], DType::BF16, &dev).unwrap();
+        for (i, x) in xs.iter().enumerate() {
+            block(x, &w, &g, &mut want, i * N).unwrap();
+        }
 
-    let mut want = Tensor::zeros(&[2 * N, O], DType::BF16, &dev).unwrap();
-    half(&xs[0], &w, &g, &mut want, 0).unwrap();
-    half(&xs[1], &w, &g, &mut want, N).unwrap();
+        let mut eager = Tensor::zeros(&[k * N, O], DType::BF16, &dev).unwrap();
+        blocks_in_lanes(cuda, &xs, &w, &g, &mut eager).unwrap();
+        assert_eq!(bits(&eager), bits(&want), "{k} blocks, op by op");
 
-    let mut eager = Tensor::zeros(&[2 * N, O], DType::BF16, &dev).unwrap();
-    both_in_lanes(cuda, &xs, &w, &g, &mut eager).unwrap();
-    assert_eq!(bits(&eager), bits(&want), "op by op");
-
-    let mut captured = Tensor::zeros(&[2 * N, O], DType::BF16, &dev).unwrap();
-    let graph = cuda
-        .capture(|| both_in_lanes(cuda, &xs, &w, &g, &mut captured))
-        .unwrap();
-    // Recording ran nothing.
-    assert!(bits(&captured).iter().all(|&b| b == 0));
-    for _ in 0..3 {
-        graph.launch().unwrap();
+        let mut captured = Tensor::zeros(&[k * N, O], DType::BF16, &dev).unwrap();
+        let graph = cuda
+            .capture(|| blocks_in_lanes(cuda, &xs, &w, &g, &mut captured))
+            .unwrap();
+        // Recording ran nothing.
+        assert!(bits(&captured).iter().all(|&b| b == 0), "{k} blocks");
+        for _ in 0..3 {
+            graph.launch().unwrap();
+        }
+        assert_eq!(
+            bits(&captured),
+            bits(&want),
+            "{k} blocks, captured, replayed"
+        );
     }
-    assert_eq!(bits(&captured), bits(&want), "captured, replayed");
 }

@@ -91,11 +91,14 @@ struct Inner {
     pdl: bool,
     /// Loaded kernels by (module name, compile defines, function name).
     functions: Mutex<HashMap<(String, String), CudaFunction>>,
-    /// The second stream of [`CudaDevice::fork_lane`], made on its first use.
-    lane: OnceLock<Lane>,
+    /// The side streams of [`CudaDevice::fork_lanes`], each made on its first use.
+    lanes: [OnceLock<Lane>; MAX_SIDE_LANES],
 }
 
-/// A second stream with its own cuBLAS handle and workspace: two GEMMs in flight at once must not
+/// Most side lanes one fork can open beside the device's stream ([`CudaDevice::fork_lanes`]).
+pub const MAX_SIDE_LANES: usize = 3;
+
+/// A side stream with its own cuBLAS handle and workspace: two GEMMs in flight at once must not
 /// share a workspace.
 struct Lane {
     stream: Arc<CudaStream>,
@@ -104,9 +107,9 @@ struct Lane {
 }
 
 thread_local! {
-    /// The ordinal of the device whose work this thread is queuing on its lane (inside
-    /// [`Lanes::on_lane`]), if any.
-    static ON_LANE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// The ordinal of the device whose work this thread is queuing on one of its side lanes, and
+    /// which one (inside [`Lanes::on`]), if any.
+    static ON_LANE: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
 }
 
 impl CudaDevice {
@@ -150,7 +153,7 @@ impl CudaDevice {
                 arch: format!("sm_{major}{minor}"),
                 pdl: launch::pdl_allowed(launch::pdl_requested(), major),
                 functions: Mutex::new(HashMap::new()),
-                lane: OnceLock::new(),
+                lanes: std::array::from_fn(|_| OnceLock::new()),
             }),
         };
         tracing::debug!(ordinal, arch = %dev.inner.arch, "opened CUDA device");
@@ -166,8 +169,8 @@ impl CudaDevice {
         &self.inner.ctx
     }
 
-    /// The stream this thread queues this device's work on: the device's stream, or its lane
-    /// inside [`Lanes::on_lane`].
+    /// The stream this thread queues this device's work on: the device's stream, or a side lane
+    /// inside [`Lanes::on`].
     pub fn stream(&self) -> &Arc<CudaStream> {
         match self.current_lane() {
             Some(lane) => &lane.stream,
@@ -179,38 +182,54 @@ impl CudaDevice {
     fn current_lane(&self) -> Option<&Lane> {
         let on = ON_LANE.with(|c| c.get());
         match on {
-            Some(ordinal) if ordinal == self.ordinal() => self.inner.lane.get(),
+            Some((ordinal, i)) if ordinal == self.ordinal() => self.inner.lanes[i].get(),
             _ => None,
         }
     }
 
-    /// Forks this device's second stream (its lane) from its stream: work queued through
-    /// [`Lanes::on_lane`] starts after everything queued so far and may run on the GPU at the same
-    /// time as what is queued on the device's stream meanwhile; [`Lanes::join`] (or dropping the
-    /// guard) makes the device's stream wait for the lane. A CUDA graph capture records the two
-    /// as parallel branches. The work on the two streams must not touch each other's outputs, and
-    /// what `on_lane` work allocates must be dropped inside it (its memory is freed on the lane,
-    /// which a capture must see joined): it writes its results into buffers made before the fork.
-    /// The lane is made on the first fork (a stream, a cuBLAS handle, a 32 MiB workspace): fork
-    /// once outside a capture before forking inside one.
+    /// Forks one side lane from this device's stream: [`CudaDevice::fork_lanes`] with one.
     pub fn fork_lane(&self) -> Result<Lanes<'_>> {
-        let lane = self.lane()?;
-        if ON_LANE.with(|c| c.get()).is_some() {
-            return Err(Error::msg("fork_lane: already queuing on a lane"));
+        self.fork_lanes(1)
+    }
+
+    /// Forks `n` side streams (lanes, 1 to [`MAX_SIDE_LANES`]) from this device's stream: work
+    /// queued through [`Lanes::on`] starts after everything queued so far and may run on the GPU at
+    /// the same time as what is queued on the device's stream and the other lanes meanwhile;
+    /// [`Lanes::join`] (or dropping the guard) makes the device's stream wait for every lane. A
+    /// CUDA graph capture records them as parallel branches. The work on different streams must
+    /// not touch each other's outputs, and what `on` work allocates must be dropped inside it (its
+    /// memory is freed on the lane, which a capture must see joined): it writes its results into
+    /// buffers made before the fork. Each lane is made on the first fork that uses it (a stream, a
+    /// cuBLAS handle, a 32 MiB workspace): fork as many outside a capture before forking inside
+    /// one.
+    pub fn fork_lanes(&self, n: usize) -> Result<Lanes<'_>> {
+        if n == 0 || n > MAX_SIDE_LANES {
+            return Err(Error::msg(format!(
+                "fork_lanes: {n} side lanes asked for; 1 to {MAX_SIDE_LANES} are possible"
+            )));
         }
-        lane.stream
-            .join(&self.inner.stream)
-            .map_err(|e| Error::Cuda(format!("forking the lane from the device stream: {e:?}")))?;
+        if ON_LANE.with(|c| c.get()).is_some() {
+            return Err(Error::msg("fork_lanes: already queuing on a lane"));
+        }
+        let mut lanes = Vec::with_capacity(n);
+        for i in 0..n {
+            let lane = self.lane(i)?;
+            lane.stream.join(&self.inner.stream).map_err(|e| {
+                Error::Cuda(format!("forking lane {i} from the device stream: {e:?}"))
+            })?;
+            lanes.push(lane);
+        }
         Ok(Lanes {
             dev: self,
-            lane,
+            lanes,
             joined: false,
         })
     }
 
-    /// The lane, made on first use.
-    fn lane(&self) -> Result<&Lane> {
-        if let Some(lane) = self.inner.lane.get() {
+    /// Side lane `i`, made on first use.
+    fn lane(&self, i: usize) -> Result<&Lane> {
+        let slot = &self.inner.lanes[i];
+        if let Some(lane) = slot.get() {
             return Ok(lane);
         }
         let stream = self.inner.ctx.new_stream().map_err(cuda_err)?;
@@ -218,15 +237,13 @@ impl CudaDevice {
         let blas_workspace = set_blas_workspace(&blas, &stream)?;
         // The workspace's zeroing ran on the new stream: finish it before either stream uses it.
         stream.synchronize().map_err(cuda_err)?;
-        let _ = self.inner.lane.set(Lane {
+        let _ = slot.set(Lane {
             stream,
             blas,
             blas_workspace,
         });
-        self.inner
-            .lane
-            .get()
-            .ok_or_else(|| Error::msg("fork_lane: the lane was not kept"))
+        slot.get()
+            .ok_or_else(|| Error::msg(format!("fork_lanes: lane {i} was not kept")))
     }
 
     /// The NVRTC target of this GPU, e.g. `sm_90` on an H100/H200.
@@ -429,18 +446,39 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Result<CudaS
     Ok(ws)
 }
 
-/// A forked lane ([`CudaDevice::fork_lane`]); joined into the device's stream by
+/// Forked side lanes ([`CudaDevice::fork_lanes`]); joined into the device's stream by
 /// [`Lanes::join`] or on drop.
 pub struct Lanes<'d> {
     dev: &'d CudaDevice,
-    lane: &'d Lane,
+    lanes: Vec<&'d Lane>,
     joined: bool,
 }
 
 impl Lanes<'_> {
-    /// Runs `f` with this thread's ops on the device queued on the lane. What `f` returns must not
-    /// own device memory allocated inside it (see [`CudaDevice::fork_lane`]).
+    /// How many side lanes this fork opened.
+    pub fn count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Runs `f` with this thread's ops on the device queued on side lane 0.
     pub fn on_lane<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.queue_on(0, f)
+    }
+
+    /// Runs `f` with this thread's ops on the device queued on side lane `i` (below
+    /// [`Lanes::count`]). What `f` returns must not own device memory allocated inside it (see
+    /// [`CudaDevice::fork_lanes`]).
+    pub fn on<T>(&self, i: usize, f: impl FnOnce() -> T) -> Result<T> {
+        if i >= self.lanes.len() {
+            return Err(Error::msg(format!(
+                "Lanes::on: lane {i} of a fork of {} lanes",
+                self.lanes.len()
+            )));
+        }
+        Ok(self.queue_on(i, f))
+    }
+
+    fn queue_on<T>(&self, i: usize, f: impl FnOnce() -> T) -> T {
         /// Back on the device's stream when `f` returns or unwinds.
         struct Off;
         impl Drop for Off {
@@ -448,19 +486,24 @@ impl Lanes<'_> {
                 ON_LANE.with(|c| c.set(None));
             }
         }
-        ON_LANE.with(|c| c.set(Some(self.dev.ordinal())));
+        ON_LANE.with(|c| c.set(Some((self.dev.ordinal(), i))));
         let _off = Off;
         f()
     }
 
-    /// Makes the device's stream wait for everything queued on the lane.
+    /// Makes the device's stream wait for everything queued on every lane.
     pub fn join(mut self) -> Result<()> {
         self.joined = true;
-        self.dev
-            .inner
-            .stream
-            .join(&self.lane.stream)
-            .map_err(|e| Error::Cuda(format!("joining the lane into the device stream: {e:?}")))
+        self.join_all()
+    }
+
+    fn join_all(&self) -> Result<()> {
+        for (i, lane) in self.lanes.iter().enumerate() {
+            self.dev.inner.stream.join(&lane.stream).map_err(|e| {
+                Error::Cuda(format!("joining lane {i} into the device stream: {e:?}"))
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -468,7 +511,7 @@ impl Drop for Lanes<'_> {
     fn drop(&mut self) {
         if !self.joined {
             // An error path: join anyway so that a capture in progress can still end.
-            let _ = self.dev.inner.stream.join(&self.lane.stream);
+            let _ = self.join_all();
         }
     }
 }
