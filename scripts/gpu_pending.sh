@@ -20,14 +20,16 @@
 #            bit-identity test included) and the decode loop's with them on, paged_attention_bench
 #            (isolated, beside the plain kernel), then B 256 and B 64 rollouts in alternating
 #            rounds: default / lean / lean + prewait
-#   lanes    REALIGN_DECODE_LANES=2 (a wide decode step's two row halves on two streams, session 15,
-#            not yet run): its GPU test (lanes against the whole step, f32 and bf16, graphs and
-#            overlap), HF greedy parity and the graph tests with it on, then B 256 rounds of
-#            default / lanes / lanes + lean and B 64 rounds of default / lanes
+#   lanes    REALIGN_DECODE_LANES=N (a wide decode step's row blocks on N streams, sessions 15-16,
+#            not yet run): its GPU tests (lanes against the whole step, f32 and bf16, graphs and
+#            overlap), HF greedy parity and the graph tests with 2 lanes, then B 256 rounds of
+#            default / 2 / 2 sharing the SMs / 4 / 4 sharing, and B 64 rounds of default / 2 / 2
+#            sharing
 #   combo    lanes and plean in one call (their main tests, then B 256 rounds of default / 2 lanes /
-#            4 lanes / lean / 2 lanes + lean and B 64 rounds of default / 2 lanes / lean)
+#            2 lanes sharing the SMs (REALIGN_LANE_SMS=share) / 4 sharing / lean, and B 64 rounds of
+#            default / 2 lanes sharing)
 #   lanes_min  the lanes tests (kernels' fork/join, actor's rollout), HF parity with lanes, B 256
-#            rounds of default / 2 lanes / 4 lanes
+#            rounds of default / 2 lanes / 2 sharing the SMs / 4 sharing
 #   hf       HF generate at B 256 and our default rollout beside it (#3's ratio on this card)
 #   ncu      scripts/ncu_decode.sh: a decode step kernel by kernel (Nsight Compute)
 #   ncuk     scripts/ncu_kernels.sh: full Nsight sections (stall reasons) of the decode attention,
@@ -111,28 +113,31 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf actor--cuda_graphs
     # Alternating rounds (scripts/ab_rounds.sh): the decode step excluding prefill, ms.
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
-    ROUNDS=4 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 \
-      "REALIGN_DECODE_LANES=2 REALIGN_PAGED_LEAN=1"
-    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2
-    roll $R --batch 256 --lanes 2 | tee -a $OUT/lanes.txt ;;
+    ROUNDS=3 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 \
+      "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" REALIGN_DECODE_LANES=4 \
+      "REALIGN_DECODE_LANES=4 REALIGN_LANE_SMS=share"
+    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2 \
+      "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" ;;
   combo) # lanes and plean in one call: their tests, then one set of alternating rounds.
     tests kernels--lanes
     REALIGN_DECODE_LANES= tests actor--decode_lanes
+    REALIGN_DECODE_LANES= REALIGN_LANE_SMS=share tests actor--decode_lanes
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf actor--cuda_graphs
     tests kernels--paged_attention
     REALIGN_PAGED_LEAN=1 tests kernels--paged_attention_qkv actor--fused_attention actor--generate_against_hf
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
     ROUNDS=3 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 \
-      REALIGN_DECODE_LANES=4 REALIGN_PAGED_LEAN=1 "REALIGN_DECODE_LANES=2 REALIGN_PAGED_LEAN=1"
-    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - REALIGN_DECODE_LANES=2 \
-      REALIGN_PAGED_LEAN=1 ;;
+      "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" "REALIGN_DECODE_LANES=4 REALIGN_LANE_SMS=share" \
+      REALIGN_PAGED_LEAN=1
+    ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - \
+      "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" ;;
   lanes_min) # the least that says whether lanes work and pay (a short call)
     tests kernels--lanes
     REALIGN_DECODE_LANES= tests actor--decode_lanes
     REALIGN_DECODE_LANES=2 tests actor--generate_against_hf
     STEP='s/.*decode step ([0-9.]+) ms excluding.*/\1/p'
     ROUNDS=3 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 256" "$STEP" - REALIGN_DECODE_LANES=2 \
-      REALIGN_DECODE_LANES=4 ;;
+      "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" "REALIGN_DECODE_LANES=4 REALIGN_LANE_SMS=share" ;;
   hf) { echo "== hf B256"; timeout 150 python3 scripts/peers/hf_generate.py --batch 256 --prompt 128 --new 256 --iters 1 2>&1 | tail -1
       echo "== default B256"; roll $R --batch 256; } 2>&1 | tee -a $OUT/rollout.txt ;;
   ncu) bash scripts/ncu_decode.sh ;;

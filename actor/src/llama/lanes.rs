@@ -44,6 +44,13 @@ pub(super) fn lane_split_for(
     })
 }
 
+/// `REALIGN_LANE_SMS=share`: the GEMMs of a split step plan for an equal share of the SMs each
+/// (`Lanes::share_sms`) instead of the whole GPU; an A/B knob until measured (read once).
+fn share_sms_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("REALIGN_LANE_SMS").as_deref() == Ok("share"))
+}
+
 /// One lane's share of a decode step's inputs, on the device.
 pub(super) struct LaneRows {
     /// First row of the step that this lane computes.
@@ -119,6 +126,9 @@ impl LlamaRunner<'_> {
                 let storage = kernels::Storage::Cuda(cuda.alloc(self.dtype, s * c)?);
                 let mut out = Tensor::from_storage(storage, &[s, c], self.device.clone())?;
                 let fork = cuda.fork_lanes(rest.len())?;
+                if share_sms_requested() {
+                    fork.share_sms();
+                }
                 for (i, lane) in rest.iter().enumerate() {
                     fork.on(i, || -> anyhow::Result<()> {
                         // Everything this allocates is dropped here, on the lane (fork_lanes' rule).

@@ -233,6 +233,7 @@ impl Gemm {
         let x = self.ex_args()?;
         let (alpha, beta) = (self.alpha, self.beta);
         dev.context().bind_to_thread().map_err(cuda_err)?;
+        let _sms = SmTarget::apply(dev)?;
         // SAFETY: the caller passes device addresses of buffers sized for these dimensions and
         // leading dimensions (checked by the op's shape checks); alpha/beta are host f32 scalars,
         // matching the f32 compute type.
@@ -279,6 +280,7 @@ impl Gemm {
         };
         let (alpha, beta) = (self.alpha, self.beta);
         dev.context().bind_to_thread().map_err(cuda_err)?;
+        let _sms = SmTarget::apply(dev)?;
         // SAFETY: the caller passes device addresses of buffers that hold `batch` operands at
         // these strides with these dimensions and leading dimensions (checked by the op's shape
         // checks); alpha/beta are host f32 scalars, matching the f32 compute type.
@@ -310,6 +312,33 @@ impl Gemm {
             )
         }
         .map_err(|e| self.ex_error(&format!("cublasGemmStridedBatchedEx (batch {batch})"), e))
+    }
+}
+
+/// The SM count target of the thread's shared lanes ([`super::Lanes::share_sms`]) set on the
+/// cuBLAS handle for one call, and reset to the whole GPU (0) when dropped.
+struct SmTarget(Option<sys::cublasHandle_t>);
+
+impl SmTarget {
+    fn apply(dev: &CudaDevice) -> Result<SmTarget> {
+        let Some(n) = super::gemm_sm_target() else {
+            return Ok(SmTarget(None));
+        };
+        let handle = *dev.blas().handle();
+        // SAFETY: a live handle; the setting is host-side state read by the next calls.
+        unsafe { sys::cublasSetSmCountTarget(handle, n as i32) }
+            .result()
+            .map_err(|e| Error::Cuda(format!("cublasSetSmCountTarget({n}): {e:?}")))?;
+        Ok(SmTarget(Some(handle)))
+    }
+}
+
+impl Drop for SmTarget {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0 {
+            // SAFETY: as in `apply`; 0 means the device's SM count.
+            let _ = unsafe { sys::cublasSetSmCountTarget(handle, 0) };
+        }
     }
 }
 

@@ -110,6 +110,15 @@ thread_local! {
     /// The ordinal of the device whose work this thread is queuing on one of its side lanes, and
     /// which one (inside [`Lanes::on`]), if any.
     static ON_LANE: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
+    /// The SM count the GEMMs this thread queues plan for while forked lanes share the GPU
+    /// ([`Lanes::share_sms`]), if any.
+    static GEMM_SM_TARGET: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// The SM count this thread's GEMMs should plan for now ([`Lanes::share_sms`]), or None for the
+/// whole GPU.
+pub(crate) fn gemm_sm_target() -> Option<u32> {
+    GEMM_SM_TARGET.with(|c| c.get())
 }
 
 impl CudaDevice {
@@ -491,6 +500,17 @@ impl Lanes<'_> {
         f()
     }
 
+    /// Until the join, every GEMM this thread queues (on the device's stream and on the lanes)
+    /// asks cuBLAS to plan for an equal share of the GPU's SMs (SMs / (side lanes + 1);
+    /// `CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET`, `cublasSetSmCountTarget`), the way a GEMM next to a
+    /// concurrent stream is meant to be told: a GEMM whose grid assumes the whole GPU leaves the
+    /// other lanes' kernels waiting for SMs. cuBLAS may then pick other kernels, so the bits may
+    /// differ from an unshared GEMM's.
+    pub fn share_sms(&self) {
+        let share = sm_count(self.dev) / (self.lanes.len() + 1);
+        GEMM_SM_TARGET.with(|c| c.set(Some(share.max(1) as u32)));
+    }
+
     /// Makes the device's stream wait for everything queued on every lane.
     pub fn join(mut self) -> Result<()> {
         self.joined = true;
@@ -498,6 +518,7 @@ impl Lanes<'_> {
     }
 
     fn join_all(&self) -> Result<()> {
+        GEMM_SM_TARGET.with(|c| c.set(None));
         for (i, lane) in self.lanes.iter().enumerate() {
             self.dev.inner.stream.join(&lane.stream).map_err(|e| {
                 Error::Cuda(format!("joining lane {i} into the device stream: {e:?}"))

@@ -269,7 +269,8 @@ struct Descs {
     c: lt::cublasLtMatrixLayout_t,
 }
 
-fn descs(key: &GemmKey) -> Result<Descs> {
+/// `sm_target`: the SM count to plan for ([`super::super::Lanes::share_sms`]), None for the GPU's.
+fn descs(key: &GemmKey, sm_target: Option<u32>) -> Result<Descs> {
     let err = |what: &str, s| lt_err(what, key, s);
     let mut desc = std::ptr::null_mut();
     // SAFETY: out-pointers to locals; attribute buffers are i32 as the API documents for TRANSA/B.
@@ -300,6 +301,17 @@ fn descs(key: &GemmKey) -> Result<Descs> {
             )
             .result()
             .map_err(|e| err("cublasLtMatmulDescSetAttribute", e.0))?;
+        }
+        if let Some(n) = sm_target {
+            let n = n as i32;
+            lt::cublasLtMatmulDescSetAttribute(
+                desc,
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET,
+                &n as *const i32 as *const c_void,
+                std::mem::size_of::<i32>(),
+            )
+            .result()
+            .map_err(|e| err("cublasLtMatmulDescSetAttribute(SM_COUNT_TARGET)", e.0))?;
         }
     }
     // Column-major stored shapes: op(A) is m×k (stored k×m when transposed), op(B) k×n.
@@ -490,7 +502,7 @@ pub fn candidates(dev: &CudaDevice, key: &GemmKey, count: usize) -> Result<Vec<C
     use lt::cublasLtMatmulAlgoCapAttributes_t as Cap;
     use lt::cublasLtMatmulAlgoConfigAttributes_t as C;
     dev.context().bind_to_thread().map_err(super::cuda_err)?;
-    let d = descs(key)?;
+    let d = descs(key, None)?;
     let (_, ws) = dev.blas_workspace();
     let heur = heuristic(dev, key, &d, count)?;
     let mut out: Vec<Candidate> = Vec::new();
@@ -563,7 +575,7 @@ pub(crate) fn plan(dev: &CudaDevice, g: &Gemm, choice: &Choice) -> Result<Option
     let Some(algo) = want else {
         return Ok(None);
     };
-    let plan = cached_plan(dev, &key, algo)?;
+    let plan = cached_plan(dev, &key, algo, super::super::gemm_sm_target())?;
     // The algorithm's alignment needs, checked per call (addresses differ call to call).
     let aligned = |p: u64| plan.as_ref().is_some_and(|pl| p.is_multiple_of(pl.align));
     let elem = |d: DType| d.size_in_bytes();
@@ -579,12 +591,17 @@ pub(crate) fn plan(dev: &CudaDevice, g: &Gemm, choice: &Choice) -> Result<Option
     }
 }
 
-/// Plans by (device, shape, requested algorithm: None = heuristic); a failed plan is cached as
-/// None (the shape then runs `cublasGemmEx`).
-fn cached_plan(dev: &CudaDevice, key: &GemmKey, algo: Option<Algo>) -> Result<Option<Arc<Plan>>> {
-    type Cache = HashMap<(usize, GemmKey, Option<Algo>), Option<Arc<Plan>>>;
+/// Plans by (device, shape, requested algorithm: None = heuristic, SM count target); a failed
+/// plan is cached as None (the shape then runs `cublasGemmEx`).
+fn cached_plan(
+    dev: &CudaDevice,
+    key: &GemmKey,
+    algo: Option<Algo>,
+    sm_target: Option<u32>,
+) -> Result<Option<Arc<Plan>>> {
+    type Cache = HashMap<(usize, GemmKey, Option<Algo>, Option<u32>), Option<Arc<Plan>>>;
     static PLANS: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let id = (dev.ordinal(), *key, algo);
+    let id = (dev.ordinal(), *key, algo, sm_target);
     let mut plans = PLANS
         .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
@@ -592,7 +609,7 @@ fn cached_plan(dev: &CudaDevice, key: &GemmKey, algo: Option<Algo>) -> Result<Op
     if let Some(p) = plans.get(&id) {
         return Ok(p.clone());
     }
-    let made = make_plan(dev, key, algo);
+    let made = make_plan(dev, key, algo, sm_target);
     let p = match made {
         Ok(p) => p.map(Arc::new),
         Err(e) => {
@@ -604,10 +621,15 @@ fn cached_plan(dev: &CudaDevice, key: &GemmKey, algo: Option<Algo>) -> Result<Op
     Ok(p)
 }
 
-fn make_plan(dev: &CudaDevice, key: &GemmKey, algo: Option<Algo>) -> Result<Option<Plan>> {
+fn make_plan(
+    dev: &CudaDevice,
+    key: &GemmKey,
+    algo: Option<Algo>,
+    sm_target: Option<u32>,
+) -> Result<Option<Plan>> {
     use lt::cublasLtMatmulAlgoCapAttributes_t as Cap;
     dev.context().bind_to_thread().map_err(super::cuda_err)?;
-    let d = descs(key)?;
+    let d = descs(key, sm_target)?;
     let (_, ws) = dev.blas_workspace();
     // The workspace an algorithm needs must fit the device's (it is passed whole to each call).
     let raw = match algo {
