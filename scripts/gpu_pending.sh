@@ -28,6 +28,10 @@
 #   combo    lanes and plean in one call (their main tests, then B 256 rounds of default / 2 lanes /
 #            2 lanes sharing the SMs (REALIGN_LANE_SMS=share) / 4 sharing / lean, and B 64 rounds of
 #            default / 2 lanes sharing)
+#   toverlap REALIGN_TRAIN_OVERLAP (the decoder backward's weight gradients on a side lane beside
+#            the input gradients, session 16, not yet run): the split backward's op test, the
+#            model's overlap test, device parity with it on, then train step rounds of default /
+#            lane / lane GEMMs planned for 100 SMs / for 66, and the phases with it on
 #   lanes_min  the lanes tests (kernels' fork/join, actor's rollout), HF parity with lanes, B 256
 #            rounds of default / 2 lanes / 2 sharing the SMs / 4 sharing
 #   hf       HF generate at B 256 and our default rollout beside it (#3's ratio on this card)
@@ -47,7 +51,8 @@
 #                    (kernels--decode_feed actor--generate_against_hf actor--cuda_graphs
 #                    actor--fused_attention kernels--ops_cuda kernels--paged_attention_qkv
 #                    kernels--fused_ops kernels--training_fused learner--device_parity
-#                    kernels--gemm_wgmma kernels--paged_attention actor--decode_lanes kernels--lanes)
+#                    kernels--gemm_wgmma kernels--paged_attention actor--decode_lanes kernels--lanes
+#                    kernels--linear_parts model--backward_overlap)
 #   .gpu/kcache.tgz  scripts/kernel_cache.sh (default and REALIGN_PDL=0 builds)
 # Carry: [".gpu/slim.tgz", ".gpu/kcache.tgz"]. Usage (device tool): bash scripts/gpu_pending.sh [SECTION ...]
 set -u
@@ -131,6 +136,14 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
       REALIGN_PAGED_LEAN=1
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - \
       "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" ;;
+  toverlap) # the backward's weight gradients on a side lane (REALIGN_TRAIN_OVERLAP, session 16)
+    tests kernels--linear_parts model--backward_overlap
+    REALIGN_TRAIN_OVERLAP=1 tests learner--device_parity
+    SPS='s/.*median ([0-9.]+) s .*/\1/p'  # the median step, seconds
+    ROUNDS=3 bash scripts/ab_rounds.sh "$B/train_step_bench $TS" "$SPS" - REALIGN_TRAIN_OVERLAP=1 \
+      REALIGN_TRAIN_OVERLAP=sms=100 REALIGN_TRAIN_OVERLAP=sms=66
+    echo "== REALIGN_TRAIN_OVERLAP=1, phases"
+    REALIGN_TRAIN_OVERLAP=1 $B/train_step_bench $TS --phases 2>&1 | grep -E "^phase|s/step" ;;
   lanes_min) # the least that says whether lanes work and pay (a short call)
     tests kernels--lanes
     REALIGN_DECODE_LANES= tests actor--decode_lanes

@@ -155,7 +155,7 @@ fn main() -> Result<()> {
     // MFU in percent of a step that takes `secs`.
     let mfu_pct = |secs: f64| 100.0 * tokens / secs * flops_per_token / 989e12;
     println!(
-        "{} × {} tokens, {:?} on {}: {:.3} s/step, {:.0} tokens/s, MFU {:.1}% (of 989 TFLOP/s)",
+        "{} × {} tokens, {:?} on {}: {:.4} s/step, {:.0} tokens/s, MFU {:.1}% (of 989 TFLOP/s)",
         seqs_n,
         seq_len,
         a.dtype,

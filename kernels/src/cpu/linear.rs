@@ -35,6 +35,34 @@ pub fn linear_backward(
     super::tensor(dx, &[n, i])
 }
 
+/// dx[N,I] = dy[N,O] · w[O,I] (the input half of [`linear_backward`]).
+pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_backward_input";
+    let (n, o) = dy.dims2(OP)?;
+    let (_, i) = w.dims2(OP)?;
+    let mut dx = vec![0.0f32; n * i];
+    let (dyv, wv) = (view(f32s(OP, dy)?, n, o)?, view(f32s(OP, w)?, o, i)?);
+    general_mat_mul(1.0, &dyv, &wv, 0.0, &mut view_mut(&mut dx, n, i)?);
+    super::tensor(dx, &[n, i])
+}
+
+/// dw (+)= dyᵀ · x as `store` says, db += Σ_n dy[n] (the weight half of [`linear_backward`]),
+/// with the arithmetic of [`linear_backward_slices`].
+pub fn linear_backward_weight(
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+    store: GradStore,
+) -> Result<()> {
+    const OP: &str = "linear_backward_weight";
+    let (n, i) = x.dims2(OP)?;
+    let (_, o) = dy.dims2(OP)?;
+    let (dy, x) = (f32s(OP, dy)?, f32s(OP, x)?);
+    let db = db.map(|db| f32s_mut(OP, db)).transpose()?;
+    weight_grad_slices(dy, x, f32s_mut(OP, dw)?, store, db, n, i, o)
+}
+
 fn view<'a>(data: &'a [f32], rows: usize, cols: usize) -> Result<ArrayView2<'a, f32>> {
     ArrayView2::from_shape((rows, cols), data).map_err(|e| Error::msg(format!("linear: {e}")))
 }
@@ -80,8 +108,24 @@ pub fn linear_backward_slices(
     i: usize,
     o: usize,
 ) -> Result<()> {
-    let (dyv, xv, wv) = (view(dy, n, o)?, view(x, n, i)?, view(w, o, i)?);
+    let (dyv, wv) = (view(dy, n, o)?, view(w, o, i)?);
     general_mat_mul(1.0, &dyv, &wv, 0.0, &mut view_mut(dx, n, i)?);
+    weight_grad_slices(dy, x, dw, store, db, n, i, o)
+}
+
+/// dw[O,I] (+)= dyᵀ · x as `store` says; db[O] += Σ_n dy[n].
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_slices(
+    dy: &[f32],
+    x: &[f32],
+    dw: &mut [f32],
+    store: GradStore,
+    db: Option<&mut [f32]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
+    let (dyv, xv) = (view(dy, n, o)?, view(x, n, i)?);
     if store == GradStore::Overwrite {
         // Cleared, then added to: exactly the sums a zeroed buffer gets, and the old contents
         // (even NaNs) never reach the product.

@@ -129,10 +129,22 @@ fn backward_into(
     dx: &Tensor,
     beta_dx: f32,
 ) -> Result<()> {
-    let dev = device_of(x, op)?;
-    let (n, i) = x.dims2(op)?;
-    let (o, _) = w.dims2(op)?;
-    let dtype = x.dtype();
+    input_grad_into(op, dy, w, dx, beta_dx)?;
+    weight_grad_into(op, dy, x, dw, db, store)
+}
+
+/// dx[N,I] = beta_dx · dx + dy[N,O] · w[O,I], in w's dtype.
+fn input_grad_into(
+    op: &'static str,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    beta_dx: f32,
+) -> Result<()> {
+    let dev = device_of(w, op)?;
+    let (n, _) = dy.dims2(op)?;
+    let (o, i) = w.dims2(op)?;
+    let dtype = w.dtype();
     // dx(I×N) = beta_dx · dx + w(I×O) · dy(O×N), column-major.
     Gemm {
         trans_a: false,
@@ -151,7 +163,22 @@ fn backward_into(
         ab: dtype,
         c_type: dtype,
     }
-    .run(&dev)?;
+    .run(&dev)
+}
+
+/// dw[O,I] (+)= dyᵀ · x (f32; beta 0 for [`GradStore::Overwrite`]), db[O] += column sums of dy.
+fn weight_grad_into(
+    op: &'static str,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+    store: GradStore,
+) -> Result<()> {
+    let dev = device_of(x, op)?;
+    let (n, i) = x.dims2(op)?;
+    let (_, o) = dy.dims2(op)?;
+    let dtype = x.dtype();
     // dw(I×O) (+)= x(I×N) · dyᵀ(N×O), f32 C.
     Gemm {
         trans_a: false,
@@ -195,4 +222,32 @@ fn backward_into(
         run(&dev, &SRC, &[], &func, g, args)?;
     }
     Ok(())
+}
+
+/// dx[N,I] = dy[N,O] · w[O,I] (the input half of [`linear_backward`]).
+pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_backward_input";
+    let dev = device_of(w, OP)?;
+    let (n, _) = dy.dims2(OP)?;
+    let (_, i) = w.dims2(OP)?;
+    let dx = empty(&dev, &[n, i], w.dtype())?;
+    input_grad_into(OP, dy, w, &dx, 0.0)?;
+    Ok(dx)
+}
+
+/// dx_acc[N,I] += dy[N,O] · w[O,I] (the GEMM's beta = 1).
+pub fn linear_backward_input_acc(dy: &Tensor, w: &Tensor, dx_acc: &mut Tensor) -> Result<()> {
+    input_grad_into("linear_backward_input_acc", dy, w, dx_acc, 1.0)
+}
+
+/// dw (+)= dyᵀ · x as `store` says, db += column sums of dy (the weight half of
+/// [`linear_backward`]).
+pub fn linear_backward_weight(
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &mut Tensor,
+    db: Option<&mut Tensor>,
+    store: GradStore,
+) -> Result<()> {
+    weight_grad_into("linear_backward_weight", dy, x, dw, db, store)
 }

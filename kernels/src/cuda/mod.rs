@@ -115,10 +115,24 @@ thread_local! {
     static GEMM_SM_TARGET: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
-/// The SM count this thread's GEMMs should plan for now ([`Lanes::share_sms`]), or None for the
-/// whole GPU.
+/// The SM count this thread's GEMMs should plan for now ([`Lanes::share_sms`],
+/// [`with_gemm_sm_target`]), or None for the whole GPU.
 pub(crate) fn gemm_sm_target() -> Option<u32> {
     GEMM_SM_TARGET.with(|c| c.get())
+}
+
+/// Runs `f` with the GEMMs this thread queues planned for `sms` SMs (cuBLASLt's
+/// `SM_COUNT_TARGET`, `cublasSetSmCountTarget`) instead of the whole GPU: for GEMMs that run
+/// beside other work on a side lane. The previous target is restored when `f` returns or unwinds.
+pub fn with_gemm_sm_target<T>(sms: u32, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<u32>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GEMM_SM_TARGET.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(GEMM_SM_TARGET.with(|c| c.replace(Some(sms.max(1)))));
+    f()
 }
 
 impl CudaDevice {
@@ -478,12 +492,7 @@ impl Lanes<'_> {
     /// [`Lanes::count`]). What `f` returns must not own device memory allocated inside it (see
     /// [`CudaDevice::fork_lanes`]).
     pub fn on<T>(&self, i: usize, f: impl FnOnce() -> T) -> Result<T> {
-        if i >= self.lanes.len() {
-            return Err(Error::msg(format!(
-                "Lanes::on: lane {i} of a fork of {} lanes",
-                self.lanes.len()
-            )));
-        }
+        self.lane_at(i)?;
         Ok(self.queue_on(i, f))
     }
 
@@ -511,6 +520,45 @@ impl Lanes<'_> {
         GEMM_SM_TARGET.with(|c| c.set(Some(share.max(1) as u32)));
     }
 
+    /// Makes side lane `i` wait for everything queued on the device's stream so far (as at the
+    /// fork), so that work queued on it next may read what the device's stream produced since.
+    pub fn catch_up(&self, i: usize) -> Result<()> {
+        let lane = self.lane_at(i)?;
+        lane.stream.join(&self.dev.inner.stream).map_err(|e| {
+            Error::Cuda(format!(
+                "lane {i} catching up with the device stream: {e:?}"
+            ))
+        })
+    }
+
+    /// A mark of everything queued on side lane `i` so far, for [`Lanes::wait_for`].
+    pub fn mark(&self, i: usize) -> Result<LaneMark> {
+        let lane = self.lane_at(i)?;
+        let event = lane
+            .stream
+            .record_event(None)
+            .map_err(|e| Error::Cuda(format!("marking lane {i}: {e:?}")))?;
+        Ok(LaneMark { event })
+    }
+
+    /// Makes the device's stream wait for the lane's work up to `mark` (not what was queued on the
+    /// lane after it): a partial join, after which the device's stream may read or free what that
+    /// work used.
+    pub fn wait_for(&self, mark: &LaneMark) -> Result<()> {
+        self.dev
+            .inner
+            .stream
+            .wait(&mark.event)
+            .map_err(|e| Error::Cuda(format!("waiting for a lane mark: {e:?}")))
+    }
+
+    fn lane_at(&self, i: usize) -> Result<&Lane> {
+        self.lanes
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::msg(format!("lane {i} of a fork of {} lanes", self.lanes.len())))
+    }
+
     /// Makes the device's stream wait for everything queued on every lane.
     pub fn join(mut self) -> Result<()> {
         self.joined = true;
@@ -535,6 +583,11 @@ impl Drop for Lanes<'_> {
             let _ = self.join_all();
         }
     }
+}
+
+/// A point in a side lane's queue ([`Lanes::mark`]).
+pub struct LaneMark {
+    event: cudarc::driver::CudaEvent,
 }
 
 /// A captured CUDA graph ([`CudaDevice::capture`]): replays the recorded kernels on the device's

@@ -84,6 +84,26 @@ impl GradStore {
     }
 }
 
+/// The checks of a weight gradient dw[O,I] and bias gradient db[O]: f32, on x's device.
+pub(crate) fn check_weight_grads(
+    op: &'static str,
+    x: &Tensor,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+    o: usize,
+    i: usize,
+) -> Result<()> {
+    check_shape(op, "dw", dw, &[o, i])?;
+    check_dtype(op, dw, DType::F32)?;
+    x.check_same_device(dw, op)?;
+    if let Some(db) = db {
+        check_shape(op, "db", db, &[o])?;
+        check_dtype(op, db, DType::F32)?;
+        x.check_same_device(db, op)?;
+    }
+    Ok(())
+}
+
 /// Backward of [`linear`]: returns dx[N,I] = dy[N,O] · w[O,I] (dtype of x), stores
 /// dw[O,I] (+)= dyᵀ · x as `store` says, and accumulates db[O] += Σ_n dy[n] (both F32).
 pub fn linear_backward(
@@ -101,14 +121,7 @@ pub fn linear_backward(
     check_same(OP, x, &[w, dy])?;
     check_shape(OP, "w", w, &[o, i])?;
     check_shape(OP, "dy", dy, &[n, o])?;
-    check_shape(OP, "dw", dw, &[o, i])?;
-    check_dtype(OP, dw, DType::F32)?;
-    x.check_same_device(dw, OP)?;
-    if let Some(db) = &db {
-        check_shape(OP, "db", db, &[o])?;
-        check_dtype(OP, db, DType::F32)?;
-        x.check_same_device(db, OP)?;
-    }
+    check_weight_grads(OP, x, dw, db.as_deref(), o, i)?;
     match x.device() {
         Device::Cpu => crate::cpu::linear::linear_backward(dy, x, w, dw, db, store),
         Device::Cuda(_) => crate::cuda::linear::linear_backward(dy, x, w, dw, db, store),

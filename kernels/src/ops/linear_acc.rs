@@ -7,8 +7,9 @@
 //! product to bf16 before adding it to the bf16 accumulator, which is what `linear_backward`
 //! (bf16 dx) followed by `add_inplace` (one more rounding) computes too.
 
-use super::{check_dtype, check_float, check_same, check_shape, GradStore};
-use crate::{DType, Device, Result, Tensor};
+use super::linear::check_weight_grads;
+use super::{check_float, check_same, check_shape, GradStore};
+use crate::{Device, Result, Tensor};
 
 /// dx_acc[N,I] += dy[N,O] · w[O,I];  dw[O,I] (+)= dyᵀ · x as `store` says;  db[O] += Σ_n dy[n]
 /// (dw, db F32).
@@ -29,14 +30,7 @@ pub fn linear_backward_acc(
     check_shape(OP, "w", w, &[o, i])?;
     check_shape(OP, "dy", dy, &[n, o])?;
     check_shape(OP, "dx_acc", dx_acc, &[n, i])?;
-    check_shape(OP, "dw", dw, &[o, i])?;
-    check_dtype(OP, dw, DType::F32)?;
-    x.check_same_device(dw, OP)?;
-    if let Some(db) = &db {
-        check_shape(OP, "db", db, &[o])?;
-        check_dtype(OP, db, DType::F32)?;
-        x.check_same_device(db, OP)?;
-    }
+    check_weight_grads(OP, x, dw, db.as_deref(), o, i)?;
     match x.device() {
         Device::Cpu => {
             let dx = crate::cpu::linear::linear_backward(dy, x, w, dw, db, store)?;

@@ -12,13 +12,15 @@
 
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
-    add_inplace, attention_backward_rope, fill_many, linear_backward, linear_backward_acc,
-    rmsnorm_backward, rmsnorm_backward_acc, scatter_add_rows_host_ids, swiglu_backward, GradStore,
+    add_inplace, attention_backward_rope, fill_many, linear_backward_input,
+    linear_backward_input_acc, rmsnorm_backward, rmsnorm_backward_acc, scatter_add_rows_host_ids,
+    swiglu_backward, GradStore,
 };
 use kernels::{DType, Tensor};
 
 use super::activations::{Activations, LayerActs};
 use super::batch::Batch;
+use super::grad_lane::{cuda_of, overlap_requested, GradLane, Overlap};
 use super::qkv::qkv_backward;
 use crate::config::ModelConfig;
 use crate::params::{LayerParams, Params};
@@ -31,6 +33,9 @@ use crate::params::{LayerParams, Params};
 /// it first, except when the embeddings are tied to the LM head (`params` has neither `lm_head`
 /// nor `score`): then the head's backward, which runs first, wrote it (give it the same `store`)
 /// and the rows are added onto that.
+///
+/// On a GPU with `REALIGN_TRAIN_OVERLAP` set, the layers' weight gradients are queued on a side
+/// lane beside the input gradients (`grad_lane.rs`; the same bits with `1`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     params: &Params,
@@ -40,6 +45,30 @@ pub fn backward(
     d_hidden: &Tensor,
     grads: &mut Params,
     store: GradStore,
+) -> Result<()> {
+    backward_with_overlap(
+        params,
+        cfg,
+        batch,
+        acts,
+        d_hidden,
+        grads,
+        store,
+        overlap_requested(),
+    )
+}
+
+/// [`backward`] with the weight gradients queued as `overlap` says (on the CPU always in place).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_overlap(
+    params: &Params,
+    cfg: &ModelConfig,
+    batch: &Batch,
+    acts: Activations,
+    d_hidden: &Tensor,
+    grads: &mut Params,
+    store: GradStore,
+    overlap: Overlap,
 ) -> Result<()> {
     check_grads(grads)?;
     if store == GradStore::Overwrite {
@@ -72,6 +101,8 @@ pub fn backward(
     }
     drop(final_in);
 
+    let device = params.embed.device().clone();
+    let mut lane = GradLane::open(cuda_of(&device), overlap)?;
     let mut layers = layers;
     for l in (0..params.layers.len()).rev() {
         let saved = layers
@@ -85,9 +116,12 @@ pub fn backward(
             cfg,
             batch,
             store,
+            &mut lane,
         )
         .with_context(|| format!("backward of layer {l}"))?;
     }
+    // Every weight gradient is queued: the device's stream waits for them.
+    lane.finish()?;
 
     // The embedding rows of the batch's tokens receive d(layer-0 input); repeated ids add up.
     // (Ids checked on the host: no device read-back before the launch.)
@@ -97,7 +131,8 @@ pub fn backward(
 }
 
 /// Backward of one layer: d(layer output) in, d(layer input) out; matrix gradients are stored
-/// into `g` as `store` says, bias and norm gradients added.
+/// into `g` as `store` says (queued on `lane`), bias and norm gradients added.
+#[allow(clippy::too_many_arguments)]
 fn layer_backward(
     d_out: Tensor,
     lp: &LayerParams,
@@ -106,6 +141,7 @@ fn layer_backward(
     cfg: &ModelConfig,
     batch: &Batch,
     store: GradStore,
+    lane: &mut GradLane,
 ) -> Result<Tensor> {
     let n = batch.num_tokens();
     let (h, k, d) = (
@@ -117,13 +153,27 @@ fn layer_backward(
     let scale = 1.0 / (d as f32).sqrt();
 
     // MLP block: x_out = x2 + down(silu(gate(xn2)) * up(xn2)).
-    let d_act = linear_backward(&d_out, &s.act, &lp.down, &mut g.down, None, store)?; // [N,F]
-    drop(s.act);
+    let d_act = linear_backward_input(&d_out, &lp.down)?; // [N,F]
+                                                          // d_out becomes d_x2 and is added to in place below: the lane reads a copy.
+    let d_out_copy = lane.snapshot(&d_out)?;
+    lane.weight_grad(
+        d_out_copy.as_ref().unwrap_or(&d_out),
+        &s.act,
+        &mut g.down,
+        None,
+        store,
+    )?;
+    d_out_copy.into_iter().for_each(|t| lane.keep(t));
+    lane.keep(s.act);
     let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
-    drop(d_act);
-    let mut d_xn2 = linear_backward(&d_gate, &s.xn2, &lp.gate, &mut g.gate, None, store)?; // [N,C]
-    linear_backward_acc(&d_up, &s.xn2, &lp.up, &mut g.up, None, store, &mut d_xn2)?; // d_xn2 +=
-    drop((d_gate, d_up));
+    drop((d_act, s.gate, s.up));
+    let mut d_xn2 = linear_backward_input(&d_gate, &lp.gate)?; // [N,C]
+    linear_backward_input_acc(&d_up, &lp.up, &mut d_xn2)?; // d_xn2 +=
+    lane.weight_grad(&d_gate, &s.xn2, &mut g.gate, None, store)?;
+    lane.weight_grad(&d_up, &s.xn2, &mut g.up, None, store)?;
+    lane.keep(d_gate);
+    lane.keep(d_up);
+    lane.keep(s.xn2);
     // The residual passes d_out straight through to x2; the norm's dx is added onto it.
     let mut d_x2 = d_out;
     rmsnorm_backward_acc(
@@ -138,11 +188,22 @@ fn layer_backward(
 
     // Attention block: x2 = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))).
     let att = s.att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
-    let d_att = linear_backward(&d_x2, &att, &lp.o, &mut g.o, None, store)?; // [N,H*D]
+    let d_att = linear_backward_input(&d_x2, &lp.o)?; // [N,H*D]
+                                                      // d_x2 becomes d_x and is added to in place below: the lane reads a copy.
+    let d_x2_copy = lane.snapshot(&d_x2)?;
+    lane.weight_grad(
+        d_x2_copy.as_ref().unwrap_or(&d_x2),
+        &att,
+        &mut g.o,
+        None,
+        store,
+    )?;
+    d_x2_copy.into_iter().for_each(|t| lane.keep(t));
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
-                                            // dq, dk come back already rotated by RoPE's −a (the gradients of the unrotated q, k): the
-                                            // inverse rotation is fused into the attention backward's stores.
+
+    // dq, dk come back already rotated by RoPE's −a (the gradients of the unrotated q, k): the
+    // inverse rotation is fused into the attention backward's stores.
     let (dq, dk, dv) = attention_backward_rope(
         &d_att,
         &s.q,
@@ -155,13 +216,13 @@ fn layer_backward(
         &batch.positions,
         theta,
     )?;
-    drop((d_att, att, s.q, s.k, s.v, s.lse));
+    drop((d_att, s.q, s.k, s.v, s.lse));
+    lane.keep(att); // the o projection's weight gradient reads it
     let dq = dq.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let dk = dk.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
-    let d_xn = qkv_backward(&dq, &dk, &dv, &s.xn, lp, g, store)?; // [N,C]
-    drop((dq, dk, dv));
-    // d(layer input) = d_x2 (residual) + the attention norm's dx.
+    let d_xn = qkv_backward(dq, dk, dv, s.xn, lp, g, store, lane)?; // [N,C]
+                                                                    // d(layer input) = d_x2 (residual) + the attention norm's dx.
     let mut d_x = d_x2;
     rmsnorm_backward_acc(
         &d_xn,
@@ -171,6 +232,7 @@ fn layer_backward(
         &mut d_x,
         &mut g.attn_norm,
     )?;
+    lane.end_layer()?;
     Ok(d_x)
 }
 

@@ -24,15 +24,17 @@ mod activations;
 mod backward;
 mod batch;
 mod forward;
+mod grad_lane;
 mod lm_head;
 mod qkv;
 mod score;
 mod score_head;
 
 pub use activations::{Activations, LayerActs};
-pub use backward::backward;
+pub use backward::{backward, backward_with_overlap};
 pub use batch::{Batch, NO_TARGET};
 pub use forward::{forward, Keep};
+pub use grad_lane::{overlap_requested, Overlap};
 pub use lm_head::{LmHead, LmHeadOutput, LOGITS_CHUNK_ELEMS};
 pub use score::{score_sequences, SeqScores};
 pub use score_head::{last_token_scores, values, values_backward};

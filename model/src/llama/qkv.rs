@@ -25,12 +25,13 @@ use anyhow::{Context, Result};
 use kernels::ops::linear::linear_out;
 use kernels::ops::rope::rope_bias;
 use kernels::ops::{
-    bias_cast, concat_cols, concat_rows, linear, linear_backward, linear_backward_acc, qkv_rope,
-    rope, split_store, GradStore, Qkv, RopeTable,
+    bias_cast, concat_cols, concat_rows, linear, linear_backward, linear_backward_input,
+    linear_backward_input_acc, qkv_rope, rope, split_store, GradStore, Qkv, RopeTable,
 };
 use kernels::{DType, Tensor};
 
 use super::batch::Batch;
+use super::grad_lane::GradLane;
 use crate::config::ModelConfig;
 use crate::params::LayerParams;
 
@@ -116,19 +117,23 @@ pub(crate) fn qkv_forward(
 
 /// Backward of [`qkv_forward`] after RoPE's: given dq [N,H·D], dk [N,K·D], dv [N,K·D] (the
 /// gradients of the projections' outputs before RoPE), returns d(xn) [N,C] and stores the weight
-/// gradients into `g` as `store` says (bias gradients are added).
+/// gradients into `g` as `store` says (bias gradients are added). The three products' weight
+/// gradients go to `lane` (the fused product's run in place); the inputs are consumed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn qkv_backward(
-    dq: &Tensor,
-    dk: &Tensor,
-    dv: &Tensor,
-    xn: &Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    xn: Tensor,
     lp: &LayerParams,
     g: &mut LayerParams,
     store: GradStore,
+    lane: &mut GradLane,
 ) -> Result<Tensor> {
-    if !fused(xn) {
-        return unfused_backward(dq, dk, dv, xn, lp, g, store);
+    if !fused(&xn) {
+        return unfused_backward(dq, dk, dv, xn, lp, g, store, lane);
     }
+    let (dq, dk, dv, xn) = (&dq, &dk, &dv, &xn);
     let d_qkv = concat_cols(&[dq, dk, dv])?; // [N,(H+2K)·D]
     let (w, b) = qkv_weights(lp).context("concatenating the q/k/v weights")?;
     let dev = xn.device();
@@ -218,18 +223,24 @@ fn linear_rope(
 }
 
 /// [`qkv_backward`] as three products' backwards adding into one d(xn) (the CPU reference, and the
-/// GPU's default for now).
+/// GPU's default for now): the input gradients first, then the weight gradients on `lane`.
+#[allow(clippy::too_many_arguments)]
 fn unfused_backward(
-    dq: &Tensor,
-    dk: &Tensor,
-    dv: &Tensor,
-    xn: &Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    xn: Tensor,
     lp: &LayerParams,
     g: &mut LayerParams,
     store: GradStore,
+    lane: &mut GradLane,
 ) -> Result<Tensor> {
-    let mut d_xn = linear_backward(dq, xn, &lp.q, &mut g.q, g.q_bias.as_mut(), store)?; // [N,C]
-    linear_backward_acc(dk, xn, &lp.k, &mut g.k, g.k_bias.as_mut(), store, &mut d_xn)?; // +=
-    linear_backward_acc(dv, xn, &lp.v, &mut g.v, g.v_bias.as_mut(), store, &mut d_xn)?; // +=
+    let mut d_xn = linear_backward_input(&dq, &lp.q)?; // [N,C]
+    linear_backward_input_acc(&dk, &lp.k, &mut d_xn)?; // +=
+    linear_backward_input_acc(&dv, &lp.v, &mut d_xn)?; // +=
+    lane.weight_grad(&dq, &xn, &mut g.q, g.q_bias.as_mut(), store)?;
+    lane.weight_grad(&dk, &xn, &mut g.k, g.k_bias.as_mut(), store)?;
+    lane.weight_grad(&dv, &xn, &mut g.v, g.v_bias.as_mut(), store)?;
+    [dq, dk, dv, xn].into_iter().for_each(|t| lane.keep(t));
     Ok(d_xn)
 }
