@@ -152,9 +152,10 @@ fn layer_backward(
     let theta = cfg.rope_theta as f32;
     let scale = 1.0 / (d as f32).sqrt();
 
+    // Each weight gradient is queued as soon as its dy exists, before the input gradient that
+    // follows it: on a lane it then waits for nothing else the device's stream does.
     // MLP block: x_out = x2 + down(silu(gate(xn2)) * up(xn2)).
-    let d_act = linear_backward_input(&d_out, &lp.down)?; // [N,F]
-                                                          // d_out becomes d_x2 and is added to in place below: the lane reads a copy.
+    // d_out becomes d_x2 and is added to in place below: the lane reads a copy.
     let d_out_copy = lane.snapshot(&d_out)?;
     lane.weight_grad(
         d_out_copy.as_ref().unwrap_or(&d_out),
@@ -165,12 +166,13 @@ fn layer_backward(
     )?;
     d_out_copy.into_iter().for_each(|t| lane.keep(t));
     lane.keep(s.act);
+    let d_act = linear_backward_input(&d_out, &lp.down)?; // [N,F]
     let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
     drop((d_act, s.gate, s.up));
-    let mut d_xn2 = linear_backward_input(&d_gate, &lp.gate)?; // [N,C]
-    linear_backward_input_acc(&d_up, &lp.up, &mut d_xn2)?; // d_xn2 +=
     lane.weight_grad(&d_gate, &s.xn2, &mut g.gate, None, store)?;
     lane.weight_grad(&d_up, &s.xn2, &mut g.up, None, store)?;
+    let mut d_xn2 = linear_backward_input(&d_gate, &lp.gate)?; // [N,C]
+    linear_backward_input_acc(&d_up, &lp.up, &mut d_xn2)?; // d_xn2 +=
     lane.keep(d_gate);
     lane.keep(d_up);
     lane.keep(s.xn2);
@@ -187,9 +189,8 @@ fn layer_backward(
     drop(d_xn2);
 
     // Attention block: x2 = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))).
+    // d_x2 becomes d_x and is added to in place below: the lane reads a copy of it.
     let att = s.att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
-    let d_att = linear_backward_input(&d_x2, &lp.o)?; // [N,H*D]
-                                                      // d_x2 becomes d_x and is added to in place below: the lane reads a copy.
     let d_x2_copy = lane.snapshot(&d_x2)?;
     lane.weight_grad(
         d_x2_copy.as_ref().unwrap_or(&d_x2),
@@ -199,6 +200,7 @@ fn layer_backward(
         store,
     )?;
     d_x2_copy.into_iter().for_each(|t| lane.keep(t));
+    let d_att = linear_backward_input(&d_x2, &lp.o)?; // [N,H*D]
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
 

@@ -223,7 +223,7 @@ fn linear_rope(
 }
 
 /// [`qkv_backward`] as three products' backwards adding into one d(xn) (the CPU reference, and the
-/// GPU's default for now): the input gradients first, then the weight gradients on `lane`.
+/// GPU's default for now): the weight gradients queued on `lane` first, then the input gradients.
 #[allow(clippy::too_many_arguments)]
 fn unfused_backward(
     dq: Tensor,
@@ -235,12 +235,12 @@ fn unfused_backward(
     store: GradStore,
     lane: &mut GradLane,
 ) -> Result<Tensor> {
-    let mut d_xn = linear_backward_input(&dq, &lp.q)?; // [N,C]
-    linear_backward_input_acc(&dk, &lp.k, &mut d_xn)?; // +=
-    linear_backward_input_acc(&dv, &lp.v, &mut d_xn)?; // +=
     lane.weight_grad(&dq, &xn, &mut g.q, g.q_bias.as_mut(), store)?;
     lane.weight_grad(&dk, &xn, &mut g.k, g.k_bias.as_mut(), store)?;
     lane.weight_grad(&dv, &xn, &mut g.v, g.v_bias.as_mut(), store)?;
+    let mut d_xn = linear_backward_input(&dq, &lp.q)?; // [N,C]
+    linear_backward_input_acc(&dk, &lp.k, &mut d_xn)?; // +=
+    linear_backward_input_acc(&dv, &lp.v, &mut d_xn)?; // +=
     [dq, dk, dv, xn].into_iter().for_each(|t| lane.keep(t));
     Ok(d_xn)
 }
