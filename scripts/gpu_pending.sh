@@ -4,6 +4,11 @@
 # table built in) against the defaults before them, beside both peers. Runs on the GPU machine
 # from the repository root and writes as it goes to $OUT (card.txt, summary.txt, tests.log,
 # rollout.txt, train.txt, ncu_decode.*), so a call cut short still returns what ran.
+# The next call (as of session 16, 2026-12-08; nothing below toverlap/lanes has run on a GPU yet):
+#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then S="toverlap train lanes_min";
+#   else S="toverlap lanes_min"; fi; timeout 550 bash scripts/gpu_pending.sh $S; cat $OUT/summary.txt
+#   (carry .gpu/slim.tgz and .gpu/kcache.tgz; ~7 minutes on an H100, the H200's train section cut
+#   short by lanes_min if needed). Then, on the warm machine: combo, or hf for #3's ratio.
 # Sections run in the order given (default: tests rollout train tests2):
 #   tests    the GPU tests of the decode loop (decode_feed, generate_against_hf, cuda_graphs,
 #            fused_attention)
