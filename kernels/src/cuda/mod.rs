@@ -246,6 +246,7 @@ impl CudaDevice {
             dev: self,
             lanes,
             joined: false,
+            sm_target_before: std::cell::Cell::new(None),
         })
     }
 
@@ -475,6 +476,8 @@ pub struct Lanes<'d> {
     dev: &'d CudaDevice,
     lanes: Vec<&'d Lane>,
     joined: bool,
+    /// The thread's GEMM SM target before [`Lanes::share_sms`], restored at the join.
+    sm_target_before: std::cell::Cell<Option<Option<u32>>>,
 }
 
 impl Lanes<'_> {
@@ -517,7 +520,10 @@ impl Lanes<'_> {
     /// differ from an unshared GEMM's.
     pub fn share_sms(&self) {
         let share = sm_count(self.dev) / (self.lanes.len() + 1);
-        GEMM_SM_TARGET.with(|c| c.set(Some(share.max(1) as u32)));
+        let before = GEMM_SM_TARGET.with(|c| c.replace(Some(share.max(1) as u32)));
+        if self.sm_target_before.get().is_none() {
+            self.sm_target_before.set(Some(before));
+        }
     }
 
     /// Makes side lane `i` wait for everything queued on the device's stream so far (as at the
@@ -566,7 +572,9 @@ impl Lanes<'_> {
     }
 
     fn join_all(&self) -> Result<()> {
-        GEMM_SM_TARGET.with(|c| c.set(None));
+        if let Some(before) = self.sm_target_before.take() {
+            GEMM_SM_TARGET.with(|c| c.set(before));
+        }
         for (i, lane) in self.lanes.iter().enumerate() {
             self.dev.inner.stream.join(&lane.stream).map_err(|e| {
                 Error::Cuda(format!("joining lane {i} into the device stream: {e:?}"))
