@@ -1,8 +1,11 @@
 //! The decoder backward with its weight gradients on a side lane of the GPU
 //! (`backward_with_overlap`, `REALIGN_TRAIN_OVERLAP`) gives the gradients of the in-place
-//! backward: the same bits when the lane's GEMMs plan for the whole GPU (the same GEMMs, queued
-//! elsewhere), and the same up to f32 summation order when they plan for fewer SMs (cuBLAS may
-//! pick a kernel that splits the sums differently). Both ways of storing, the first micro-batch
+//! backward: the same bits for the projection matrices when the lane's GEMMs plan for the whole
+//! GPU (the same GEMMs, queued elsewhere), and the same up to f32 summation order when they plan
+//! for fewer SMs (cuBLAS may pick a kernel that splits the sums differently). What a GPU sums with
+//! atomics, whose order of additions differs from run to run, is compared to that tolerance
+//! always: biases, norm weights, the embedding rows, and in f32 everything upstream of the
+//! CUDA-core attention backward's dq (the bf16 tensor-core one writes dq without atomics). Both ways of storing, the first micro-batch
 //! written over and a second added on top. On the CPU the overlap runs in place.
 
 use kernels::ops::GradStore;
@@ -70,7 +73,13 @@ fn weight_gradients_on_a_side_lane_equal_the_in_place_ones() {
                 let what = format!("{dev} {dtype} {name}");
                 assert!(w.iter().all(|v| v.is_finite()), "{what}");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(a), bits(w), "{what}: lane, whole GPU");
+                let deterministic = !dev.is_cuda() || dtype == DType::BF16;
+                if deterministic && name.ends_with("_proj.weight") {
+                    assert_eq!(bits(a), bits(w), "{what}: lane, whole GPU");
+                } else {
+                    let err = rel_err(a, w);
+                    assert!(err <= 1e-5, "{what}: lane, whole GPU: rel err {err:.2e}");
+                }
                 let err = rel_err(b, w);
                 assert!(err <= 1e-4, "{what}: lane, 32 SMs: rel err {err:.2e}");
             }
