@@ -35,7 +35,8 @@
 #            default / 2 lanes sharing)
 #   toverlap REALIGN_TRAIN_OVERLAP (the decoder backward's weight gradients on a side lane beside
 #            the input gradients, session 16, not yet run): the split backward's op test, the
-#            model's overlap test, device parity with it on, then train step rounds of default /
+#            norm backwards (cu/rmsnorm.cu changed: the out-of-place accumulate), the model's
+#            overlap test, device parity without and with it, then train step rounds of default /
 #            lane / lane GEMMs planned for 100 SMs / for 66, and the phases with it on
 #   lanes_min  the lanes tests (kernels' fork/join, actor's rollout), HF parity with lanes, B 256
 #            rounds of default / 2 lanes / 2 sharing the SMs / 4 sharing
@@ -142,7 +143,8 @@ for section in "${@:-tests rollout train tests2}"; do for s in $section; do case
     ROUNDS=2 bash scripts/ab_rounds.sh "$B/rollout_bench $R --batch 64" "$STEP" - \
       "REALIGN_DECODE_LANES=2 REALIGN_LANE_SMS=share" ;;
   toverlap) # the backward's weight gradients on a side lane (REALIGN_TRAIN_OVERLAP, session 16)
-    tests kernels--linear_parts model--backward_overlap
+    tests kernels--linear_parts kernels--training_fused kernels--ops_cuda model--backward_overlap \
+      learner--device_parity
     REALIGN_TRAIN_OVERLAP=1 tests learner--device_parity
     SPS='s/.*median ([0-9.]+) s .*/\1/p'  # the median step, seconds
     ROUNDS=3 bash scripts/ab_rounds.sh "$B/train_step_bench $TS" "$SPS" - REALIGN_TRAIN_OVERLAP=1 \

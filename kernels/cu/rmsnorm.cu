@@ -26,11 +26,13 @@ __device__ void rmsnorm_impl(const T* __restrict__ x, const T* __restrict__ w, T
 // (column j always belongs to the same thread, so no races), then adds it to dw with one atomic
 // per column: dw must be zeroed before launch.
 // With ACC, dx already holds a gradient (the residual branch's) and receives dx + this norm's dx,
-// rounded once.
-template <typename T, bool ACC = false>
+// rounded once; with FROM too, that gradient is read from `res` instead and dx is a new buffer
+// (res is left as it was: a weight gradient on a side lane may still be reading it).
+template <typename T, bool ACC = false, bool FROM = false>
 __device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                  const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
-                                 u32 n, u32 c, u32 rows_per_block) {
+                                 u32 n, u32 c, u32 rows_per_block, const T* __restrict__ res = nullptr) {
+    const T* prev = FROM ? res : dx;  // the gradient ACC adds onto
     extern __shared__ float dw_part[];  // [c]
     __shared__ float scratch[32];
     for (u32 j = threadIdx.x; j < c; j += blockDim.x) dw_part[j] = 0.0f;
@@ -46,7 +48,7 @@ __device__ void rmsnorm_bwd_impl(const T* __restrict__ dy, const T* __restrict__
         for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
             const float g = ld(dy, off + j), xn = ld(x, off + j) * r;
             const float d = r * (ld(w, j) * g - xn * dot);
-            st(dx, off + j, ACC ? ld(dx, off + j) + d : d);
+            st(dx, off + j, ACC ? ld(prev, off + j) + d : d);
             dw_part[j] += g * xn;
         }
     }
@@ -87,10 +89,11 @@ __device__ void rmsnorm_warp_impl(const T* __restrict__ x, const T* __restrict__
 // memory ([warps][8][c / 8]: element k of lane-owned chunk q at [k][q], so that a warp's 32 lanes
 // touch 32 consecutive words, free of bank conflicts), summed over the warps and added to dw with
 // one atomic per column at the end: dw must be zeroed before launch.
-template <typename T, bool ACC = false>
+template <typename T, bool ACC = false, bool FROM = false>
 __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                       const float* __restrict__ rstd, T* __restrict__ dx, float* dw,
-                                      u32 n, u32 c, u32 rows_per_block) {
+                                      u32 n, u32 c, u32 rows_per_block, const T* __restrict__ res = nullptr) {
+    const T* prev = FROM ? res : dx;  // the gradient ACC adds onto
     extern __shared__ float dw_part[];  // [warps][8][c / 8]
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32, c8 = c / 8;
     float* part = dw_part + (size_t)warp * c;
@@ -121,7 +124,7 @@ __device__ void rmsnorm_bwd_warp_impl(const T* __restrict__ dy, const T* __restr
                 xv[k] = r * (wv[k] * gv[k] - xn * dot);
             }
             if (ACC) {
-                ld8(dx, off + q * 8, gv);
+                ld8(prev, off + q * 8, gv);
 #pragma unroll
                 for (int k = 0; k < 8; ++k) xv[k] += gv[k];
             }
@@ -191,4 +194,29 @@ extern "C" __global__ void rmsnorm_backward_warp_acc_bf16(const __nv_bfloat16* d
                                                           const __nv_bfloat16* w, const float* rstd,
                                                           __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb) { pdl_entry();
     rmsnorm_bwd_warp_impl<__nv_bfloat16, true>(dy, x, w, rstd, dx, dw, n, c, rpb);
+}
+
+// The accumulating backward out of place (`rmsnorm_backward_acc_from`): dx = res + this norm's dx,
+// rounded once, into a new buffer; res is only read.
+extern "C" __global__ void rmsnorm_backward_accfrom_f32(const float* dy, const float* x, const float* w,
+                                                        const float* rstd, float* dx, float* dw, u32 n, u32 c,
+                                                        u32 rpb, const float* res) { pdl_entry();
+    rmsnorm_bwd_impl<float, true, true>(dy, x, w, rstd, dx, dw, n, c, rpb, res);
+}
+extern "C" __global__ void rmsnorm_backward_accfrom_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                         const __nv_bfloat16* w, const float* rstd,
+                                                         __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb,
+                                                         const __nv_bfloat16* res) { pdl_entry();
+    rmsnorm_bwd_impl<__nv_bfloat16, true, true>(dy, x, w, rstd, dx, dw, n, c, rpb, res);
+}
+extern "C" __global__ void rmsnorm_backward_warp_accfrom_f32(const float* dy, const float* x, const float* w,
+                                                             const float* rstd, float* dx, float* dw, u32 n, u32 c,
+                                                             u32 rpb, const float* res) { pdl_entry();
+    rmsnorm_bwd_warp_impl<float, true, true>(dy, x, w, rstd, dx, dw, n, c, rpb, res);
+}
+extern "C" __global__ void rmsnorm_backward_warp_accfrom_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                              const __nv_bfloat16* w, const float* rstd,
+                                                              __nv_bfloat16* dx, float* dw, u32 n, u32 c, u32 rpb,
+                                                              const __nv_bfloat16* res) { pdl_entry();
+    rmsnorm_bwd_warp_impl<__nv_bfloat16, true, true>(dy, x, w, rstd, dx, dw, n, c, rpb, res);
 }

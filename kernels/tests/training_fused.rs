@@ -1,6 +1,7 @@
 //! The fused ops of the training step (the residual add + norm is `add_rmsnorm`, tested in
 //! fused_ops.rs): `bias_cast`, `rope_bias` (bias add + rotary, rounded once), and the accumulating backwards `linear_backward_acc` and
-//! `rmsnorm_backward_acc`. `rmsnorm_backward_acc` (the norm's dx added onto a residual gradient, dw onto a running
+//! `rmsnorm_backward_acc` (and its out-of-place form `rmsnorm_backward_acc_from`, which must give
+//! the same bits). `rmsnorm_backward_acc` (the norm's dx added onto a residual gradient, dw onto a running
 //! gradient) against `rmsnorm_backward` followed by the two adds: on the CPU exactly, and the CUDA
 //! op against the CPU (f32 and bf16; C a multiple of 8, the warp-per-row kernel, and not).
 //! `attention_backward_rope` (the RoPE backward fused into the attention backward's dq, dk
@@ -439,6 +440,64 @@ fn cuda_attention_backward_rope_matches_unfused() {
                         "{what}: fused {e_ref:.3e} farther from cpu than unfused {e_unf:.3e}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// `rmsnorm_backward_acc_from` (out of place) gives the in-place op's d_res bits in a new tensor,
+/// leaves its `res` as it was, and adds the same weight gradient (summed with atomics on a GPU,
+/// so compared to f32 rounding there): on every device, f32 and (GPU) bf16, C a multiple of 8 or
+/// not.
+#[test]
+fn acc_from_is_the_in_place_acc_out_of_place() {
+    for dev in test_devices() {
+        let dtypes: &[DType] = if dev.is_cuda() {
+            &[DType::F32, DType::BF16]
+        } else {
+            &[DType::F32]
+        };
+        for &dtype in dtypes {
+            for (i, &(n, c)) in SHAPES.iter().enumerate() {
+                let seed = 300 + 10 * i as u64;
+                let what = format!("{dev} {dtype} {n}x{c}");
+                let x = t(&bf16_exact(randn_vec(n * c, seed)), &[n, c], &dev, dtype);
+                let dy = t(
+                    &bf16_exact(randn_vec(n * c, seed + 1)),
+                    &[n, c],
+                    &dev,
+                    dtype,
+                );
+                let w = t(&bf16_exact(randn_vec(c, seed + 2)), &[c], &dev, dtype);
+                let (_, rstd) = ops::rmsnorm(&x, &w, 1e-6).unwrap();
+                let res0 = bf16_exact(randn_vec(n * c, seed + 3));
+                let dw0 = randn_vec(c, seed + 4);
+
+                let mut in_place = t(&res0, &[n, c], &dev, dtype);
+                let mut dw = Tensor::from_f32(dw0.clone(), &[c], &dev).unwrap();
+                ops::rmsnorm_backward_acc(&dy, &x, &w, &rstd, &mut in_place, &mut dw).unwrap();
+
+                let res = t(&res0, &[n, c], &dev, dtype);
+                let res_before = res.to_vec_f32().unwrap();
+                let mut dw2 = Tensor::from_f32(dw0.clone(), &[c], &dev).unwrap();
+                let out =
+                    ops::rmsnorm_backward_acc_from(&dy, &x, &w, &rstd, &res, &mut dw2).unwrap();
+
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.to_vec_f32()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                assert_eq!(bits(&out), bits(&in_place), "{what}: d_res");
+                assert_eq!(
+                    res.to_vec_f32().unwrap(),
+                    res_before,
+                    "{what}: res untouched"
+                );
+                let e = rel_err(&dw2.to_vec_f32().unwrap(), &dw.to_vec_f32().unwrap());
+                assert!(e <= 1e-6, "{what}: dw rel err {e:.2e}");
             }
         }
     }

@@ -55,7 +55,7 @@ pub fn rmsnorm_backward(
     let (n, c) = x.dims2(OP)?;
     let mut dx = empty(&dev, &[n, c], x.dtype())?;
     let mut dw = zeros(&dev, &[c], DType::F32)?;
-    launch_backward(OP, dy, x, w, rstd, &mut dx, &mut dw, false)?;
+    launch_backward(OP, dy, x, w, rstd, &mut dx, &mut dw, Acc::No)?;
     Ok((dx, dw))
 }
 
@@ -68,7 +68,42 @@ pub fn rmsnorm_backward_acc(
     d_res: &mut Tensor,
     dw: &mut Tensor,
 ) -> Result<()> {
-    launch_backward("rmsnorm_backward_acc", dy, x, w, rstd, d_res, dw, true)
+    launch_backward(
+        "rmsnorm_backward_acc",
+        dy,
+        x,
+        w,
+        rstd,
+        d_res,
+        dw,
+        Acc::InPlace,
+    )
+}
+
+/// [`rmsnorm_backward_acc`] out of place: returns res + dx (one rounding) in a new tensor, leaving
+/// `res` as it was; dw += the weight's gradient.
+pub fn rmsnorm_backward_acc_from(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    res: &Tensor,
+    dw: &mut Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "rmsnorm_backward_acc_from";
+    let dev = device_of(x, OP)?;
+    let (n, c) = x.dims2(OP)?;
+    let mut out = empty(&dev, &[n, c], x.dtype())?;
+    launch_backward(OP, dy, x, w, rstd, &mut out, dw, Acc::From(res))?;
+    Ok(out)
+}
+
+/// What the backward's dx holds: its own gradient, that plus the gradient already in it, or that
+/// plus another tensor's.
+enum Acc<'a> {
+    No,
+    InPlace,
+    From(&'a Tensor),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -80,7 +115,7 @@ fn launch_backward(
     rstd: &Tensor,
     dx: &mut Tensor,
     dw: &mut Tensor,
-    acc: bool,
+    acc: Acc,
 ) -> Result<()> {
     let dev = device_of(x, op)?;
     let (n, c) = x.dims2(op)?;
@@ -91,7 +126,7 @@ fn launch_backward(
     let warps = (48 * 1024 / (c * 4).max(1)).clamp(1, 8);
     let vec = c.is_multiple_of(8);
     let smem = if vec { warps * c * 4 } else { c * 4 } as u32;
-    let args = Args::new()
+    let mut args = Args::new()
         .ptr(dy, &dev, op)?
         .ptr(x, &dev, op)?
         .ptr(w, &dev, op)?
@@ -101,8 +136,15 @@ fn launch_backward(
         .u32(u32_dim(op, n)?)
         .u32(u32_dim(op, c)?)
         .u32(u32_dim(op, rows_per_block)?);
+    if let Acc::From(res) = acc {
+        args = args.ptr(res, &dev, op)?;
+    }
     let sfx = suffix(x.dtype(), op)?;
-    let acc = if acc { "acc_" } else { "" };
+    let acc = match acc {
+        Acc::No => "",
+        Acc::InPlace => "acc_",
+        Acc::From(_) => "accfrom_",
+    };
     let (func, threads) = if vec {
         (
             format!("rmsnorm_backward_warp_{acc}{sfx}"),

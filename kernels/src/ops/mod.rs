@@ -53,7 +53,7 @@ pub use paged_attention::paged_attention;
 pub use paged_attention_qkv::{paged_attention_qkv_fused, QkvInputs};
 pub use policy_grad::{policy_logprob_grad, KlGrad, PolicyGradInputs, PolicyGradSpec};
 pub use qkv_rope_cache::{qkv_rope, qkv_rope_cache, Qkv, RopeTable};
-pub use rmsnorm::{rmsnorm, rmsnorm_backward, rmsnorm_backward_acc};
+pub use rmsnorm::{rmsnorm, rmsnorm_backward, rmsnorm_backward_acc, rmsnorm_backward_acc_from};
 pub use rope::{rope, rope_backward};
 pub use sampling::{read_samples, sample_tokens, sample_tokens_into, SampleSpec};
 pub use swiglu::{swiglu, swiglu_backward};

@@ -50,19 +50,7 @@ pub fn rmsnorm_backward_acc(
     d_res: &mut Tensor,
     dw: &mut Tensor,
 ) -> Result<()> {
-    const OP: &str = "rmsnorm_backward_acc";
-    check_float(OP, x)?;
-    let (n, c) = x.dims2(OP)?;
-    check_same(OP, x, &[w, dy, d_res])?;
-    check_shape(OP, "dy", dy, &[n, c])?;
-    check_shape(OP, "d_res", d_res, &[n, c])?;
-    check_shape(OP, "weight w", w, &[c])?;
-    check_dtype(OP, rstd, DType::F32)?;
-    x.check_same_device(rstd, OP)?;
-    check_shape(OP, "rstd", rstd, &[n])?;
-    check_dtype(OP, dw, DType::F32)?;
-    x.check_same_device(dw, OP)?;
-    check_shape(OP, "dw", dw, &[c])?;
+    check_acc_operands("rmsnorm_backward_acc", dy, x, w, rstd, ("d_res", d_res), dw)?;
     match x.device() {
         Device::Cpu => {
             let (dx, g) = crate::cpu::rmsnorm::rmsnorm_backward(dy, x, w, rstd)?;
@@ -71,4 +59,60 @@ pub fn rmsnorm_backward_acc(
         }
         Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm_backward_acc(dy, x, w, rstd, d_res, dw),
     }
+}
+
+/// [`rmsnorm_backward_acc`] out of place: returns res[N,C] + dx (x's dtype; on the GPU one
+/// rounding, the bits of the in-place op) as a new tensor and adds the weight's gradient to dw[C]
+/// F32. `res` is only read: for a backward whose residual gradient is still being read elsewhere
+/// (a weight gradient queued on a side lane of the GPU).
+pub fn rmsnorm_backward_acc_from(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    res: &Tensor,
+    dw: &mut Tensor,
+) -> Result<Tensor> {
+    check_acc_operands(
+        "rmsnorm_backward_acc_from",
+        dy,
+        x,
+        w,
+        rstd,
+        ("res", res),
+        dw,
+    )?;
+    match x.device() {
+        Device::Cpu => {
+            let mut out = res.try_clone()?;
+            rmsnorm_backward_acc(dy, x, w, rstd, &mut out, dw)?;
+            Ok(out)
+        }
+        Device::Cuda(_) => crate::cuda::rmsnorm::rmsnorm_backward_acc_from(dy, x, w, rstd, res, dw),
+    }
+}
+
+/// The checks of an accumulating norm backward: dy, x and the residual gradient `res` (named for
+/// the message) [N,C] of one float dtype, w [C], rstd [N] F32, dw [C] F32, all on x's device.
+fn check_acc_operands(
+    op: &'static str,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    (res_name, res): (&str, &Tensor),
+    dw: &Tensor,
+) -> Result<()> {
+    check_float(op, x)?;
+    let (n, c) = x.dims2(op)?;
+    check_same(op, x, &[w, dy, res])?;
+    check_shape(op, "dy", dy, &[n, c])?;
+    check_shape(op, res_name, res, &[n, c])?;
+    check_shape(op, "weight w", w, &[c])?;
+    check_dtype(op, rstd, DType::F32)?;
+    x.check_same_device(rstd, op)?;
+    check_shape(op, "rstd", rstd, &[n])?;
+    check_dtype(op, dw, DType::F32)?;
+    x.check_same_device(dw, op)?;
+    check_shape(op, "dw", dw, &[c])
 }

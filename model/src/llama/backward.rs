@@ -13,8 +13,8 @@
 use anyhow::{bail, Context, Result};
 use kernels::ops::{
     add_inplace, attention_backward_rope, fill_many, linear_backward_input,
-    linear_backward_input_acc, rmsnorm_backward, rmsnorm_backward_acc, scatter_add_rows_host_ids,
-    swiglu_backward, GradStore,
+    linear_backward_input_acc, rmsnorm_backward, scatter_add_rows_host_ids, swiglu_backward,
+    GradStore,
 };
 use kernels::{DType, Tensor};
 
@@ -155,16 +155,7 @@ fn layer_backward(
     // Each weight gradient is queued as soon as its dy exists, before the input gradient that
     // follows it: on a lane it then waits for nothing else the device's stream does.
     // MLP block: x_out = x2 + down(silu(gate(xn2)) * up(xn2)).
-    // d_out becomes d_x2 and is added to in place below: the lane reads a copy.
-    let d_out_copy = lane.snapshot(&d_out)?;
-    lane.weight_grad(
-        d_out_copy.as_ref().unwrap_or(&d_out),
-        &s.act,
-        &mut g.down,
-        None,
-        store,
-    )?;
-    d_out_copy.into_iter().for_each(|t| lane.keep(t));
+    lane.weight_grad(&d_out, &s.act, &mut g.down, None, store)?;
     lane.keep(s.act);
     let d_act = linear_backward_input(&d_out, &lp.down)?; // [N,F]
     let (d_gate, d_up) = swiglu_backward(&d_act, &s.gate, &s.up)?; // [N,F] each
@@ -177,29 +168,19 @@ fn layer_backward(
     lane.keep(d_up);
     lane.keep(s.xn2);
     // The residual passes d_out straight through to x2; the norm's dx is added onto it.
-    let mut d_x2 = d_out;
-    rmsnorm_backward_acc(
+    let d_x2 = lane.add_norm_grad(
+        d_out,
         &d_xn2,
         &s.x2,
         &lp.mlp_norm,
         &s.mlp_rstd,
-        &mut d_x2,
         &mut g.mlp_norm,
     )?;
     drop(d_xn2);
 
     // Attention block: x2 = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))).
-    // d_x2 becomes d_x and is added to in place below: the lane reads a copy of it.
     let att = s.att.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
-    let d_x2_copy = lane.snapshot(&d_x2)?;
-    lane.weight_grad(
-        d_x2_copy.as_ref().unwrap_or(&d_x2),
-        &att,
-        &mut g.o,
-        None,
-        store,
-    )?;
-    d_x2_copy.into_iter().for_each(|t| lane.keep(t));
+    lane.weight_grad(&d_x2, &att, &mut g.o, None, store)?;
     let d_att = linear_backward_input(&d_x2, &lp.o)?; // [N,H*D]
     let att = att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
     let d_att = d_att.reshape(&[n, h, d])?; // [N,H*D] -> [N,H,D]
@@ -223,15 +204,14 @@ fn layer_backward(
     let dq = dq.reshape(&[n, h * d])?; // [N,H,D] -> [N,H*D]
     let dk = dk.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
     let dv = dv.reshape(&[n, k * d])?; // [N,K,D] -> [N,K*D]
+                                       // d(layer input) = d_x2 (residual) + the attention norm's dx.
     let d_xn = qkv_backward(dq, dk, dv, s.xn, lp, g, store, lane)?; // [N,C]
-                                                                    // d(layer input) = d_x2 (residual) + the attention norm's dx.
-    let mut d_x = d_x2;
-    rmsnorm_backward_acc(
+    let d_x = lane.add_norm_grad(
+        d_x2,
         &d_xn,
         &s.x,
         &lp.attn_norm,
         &s.attn_rstd,
-        &mut d_x,
         &mut g.attn_norm,
     )?;
     lane.end_layer()?;

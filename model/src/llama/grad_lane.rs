@@ -9,15 +9,17 @@
 //! bits; only where they are queued changes.
 //!
 //! Ordering: before each weight gradient the lane catches up with the device's stream (its dy and x
-//! are ready). Its inputs are kept alive (moved into the lane's keep list, or copied when the input
-//! chain goes on to write the buffer in place, as it does the residual gradient) until the device's
-//! stream has waited for the work that reads them: a layer's work is waited for at the end of the
-//! next layer's input chain (one layer of slack), and everything at [`GradLane::finish`] (and on
-//! drop), before the optimiser reads the gradients.
+//! are ready). Its inputs are kept alive and unchanged (moved into the lane's keep list; the
+//! residual gradient, which the input chain would add a norm's gradient to in place, gets the sum
+//! in a new tensor instead) until the device's stream has waited for the work that reads them: a
+//! layer's work is waited for at the end of the next layer's input chain (one layer of slack), and
+//! everything at [`GradLane::finish`] (and on drop), before the optimiser reads the gradients.
 
 use anyhow::Result;
 use kernels::cuda::{with_gemm_sm_target, CudaDevice, LaneMark, Lanes};
-use kernels::ops::{linear_backward_weight, GradStore};
+use kernels::ops::{
+    linear_backward_weight, rmsnorm_backward_acc, rmsnorm_backward_acc_from, GradStore,
+};
 use kernels::{Device, Tensor};
 
 /// How the decoder backward queues weight gradients (`REALIGN_TRAIN_OVERLAP`, read once): unset or
@@ -82,8 +84,8 @@ impl<'d> GradLane<'d> {
 
     /// dw (+)= dyᵀ · x as `store` says and db += Σ_n dy[n], queued on the lane or run in place.
     /// On a lane, dy and x must stay unchanged and alive until the device's stream has waited for
-    /// this work: hand them to [`GradLane::keep`] instead of dropping them, and give a
-    /// [`GradLane::snapshot`] for a buffer the input chain goes on to write in place.
+    /// this work: hand them to [`GradLane::keep`] instead of dropping them, and add onto a
+    /// residual gradient that a weight gradient reads through [`GradLane::add_norm_grad`].
     pub fn weight_grad(
         &mut self,
         dy: &Tensor,
@@ -107,14 +109,28 @@ impl<'d> GradLane<'d> {
         Ok(())
     }
 
-    /// On a lane, a copy of `t` (queued on the device's stream) for a weight gradient to read
-    /// while the input chain goes on to write `t` in place (the residual gradient); in place None:
-    /// the weight gradient reads `t` itself before the write.
-    pub fn snapshot(&self, t: &Tensor) -> Result<Option<Tensor>> {
-        Ok(match self.fork {
-            Some(_) => Some(t.try_clone()?),
-            None => None,
-        })
+    /// The residual gradient `res` plus a norm's input gradient (`rmsnorm_backward_acc`, whose
+    /// weight gradient is added to `dw`): in place when the weight gradients run in place; on a
+    /// lane into a new tensor (`rmsnorm_backward_acc_from`, the same bits), since a queued weight
+    /// gradient may still be reading `res`, which is kept until then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_norm_grad(
+        &mut self,
+        res: Tensor,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
+        dw: &mut Tensor,
+    ) -> Result<Tensor> {
+        if self.fork.is_none() {
+            let mut res = res;
+            rmsnorm_backward_acc(dy, x, w, rstd, &mut res, dw)?;
+            return Ok(res);
+        }
+        let out = rmsnorm_backward_acc_from(dy, x, w, rstd, &res, dw)?;
+        self.current.push(res);
+        Ok(out)
     }
 
     /// Keeps `t` until the work queued so far is waited for (in place: dropped at once).
