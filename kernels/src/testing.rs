@@ -33,6 +33,16 @@ pub fn test_devices() -> Vec<Device> {
     devices
 }
 
+/// The float dtypes a test body runs in on `device`: f32 everywhere, bf16 too on a GPU (the CPU
+/// backend computes in f32).
+pub fn test_dtypes(device: &Device) -> Vec<DType> {
+    if device.is_cuda() {
+        vec![DType::F32, DType::BF16]
+    } else {
+        vec![DType::F32]
+    }
+}
+
 /// `n` standard-normal f32 values from `seed`.
 pub fn randn_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);

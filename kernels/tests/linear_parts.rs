@@ -4,7 +4,7 @@
 //! ways of storing dw. Bad shapes are errors naming the op.
 
 use kernels::ops::{self, GradStore};
-use kernels::testing::{randn_vec, test_devices};
+use kernels::testing::{randn_vec, test_devices, test_dtypes};
 use kernels::{DType, Device, Tensor};
 
 fn t(seed: u64, shape: &[usize], dev: &Device, dtype: DType) -> Tensor {
@@ -24,18 +24,10 @@ fn bits(t: &Tensor) -> Vec<u32> {
         .collect()
 }
 
-fn dtypes(dev: &Device) -> Vec<DType> {
-    if dev.is_cuda() {
-        vec![DType::F32, DType::BF16]
-    } else {
-        vec![DType::F32]
-    }
-}
-
 #[test]
 fn the_halves_give_the_bits_of_the_whole_backward() {
     for dev in test_devices() {
-        for dtype in dtypes(&dev) {
+        for dtype in test_dtypes(&dev) {
             for (n, i, o) in [(33, 40, 24), (64, 128, 96)] {
                 for (store, bias) in [
                     (GradStore::Overwrite, false),

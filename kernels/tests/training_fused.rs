@@ -11,7 +11,7 @@
 //! a missing GPU fails.
 
 use half::bf16;
-use kernels::testing::{randn_vec, rel_err, test_devices};
+use kernels::testing::{randn_vec, rel_err, test_devices, test_dtypes};
 use kernels::{ops, DType, Device, Tensor};
 
 const CPU: Device = Device::Cpu;
@@ -452,12 +452,7 @@ fn cuda_attention_backward_rope_matches_unfused() {
 #[test]
 fn acc_from_is_the_in_place_acc_out_of_place() {
     for dev in test_devices() {
-        let dtypes: &[DType] = if dev.is_cuda() {
-            &[DType::F32, DType::BF16]
-        } else {
-            &[DType::F32]
-        };
-        for &dtype in dtypes {
+        for dtype in test_dtypes(&dev) {
             for (i, &(n, c)) in SHAPES.iter().enumerate() {
                 let seed = 300 + 10 * i as u64;
                 let what = format!("{dev} {dtype} {n}x{c}");

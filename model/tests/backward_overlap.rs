@@ -9,7 +9,7 @@
 //! written over and a second added on top. On the CPU the overlap runs in place.
 
 use kernels::ops::GradStore;
-use kernels::testing::{randn_vec, rel_err, test_devices};
+use kernels::testing::{randn_vec, rel_err, test_devices, test_dtypes};
 use kernels::{ops, DType, Device, Tensor};
 use model::llama::{backward_with_overlap, forward, Batch, Keep, Overlap};
 use model::{Arch, ModelConfig, Params};
@@ -60,12 +60,7 @@ fn gradients(dev: &Device, dtype: DType, overlap: Overlap) -> Vec<(String, Vec<f
 #[test]
 fn weight_gradients_on_a_side_lane_equal_the_in_place_ones() {
     for dev in test_devices() {
-        let dtypes: &[DType] = if dev.is_cuda() {
-            &[DType::F32, DType::BF16]
-        } else {
-            &[DType::F32]
-        };
-        for &dtype in dtypes {
+        for dtype in test_dtypes(&dev) {
             let want = gradients(&dev, dtype, Overlap::Off);
             let lane = gradients(&dev, dtype, Overlap::Lane { sms: None });
             let fewer = gradients(&dev, dtype, Overlap::Lane { sms: Some(32) });
