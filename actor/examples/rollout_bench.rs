@@ -289,12 +289,17 @@ fn main() -> Result<()> {
     let floor_step_s = (weight_bytes as f64 + kv_bytes) / HBM_BYTES_PER_S;
 
     eprintln!(
-        "{name}, {:?} on {}, {} loop, {} decode attention, {lanes} lane(s): B {} × P {} + N {}: \
+        "{name}, {:?} on {}, {} loop, {} decode attention, {lanes} lane(s){}: B {} × P {} + N {}: \
          {seconds:.3} s, {tokens_per_s:.0} new tokens/s",
         a.dtype,
         a.device,
         if overlap { "overlapped" } else { "serial" },
         if fused_attention { "fused" } else { "split" },
+        if lanes > 1 && actor::llama::lane_sms_shared() {
+            " sharing the SMs"
+        } else {
+            ""
+        },
         a.batch,
         a.prompt,
         a.new
@@ -380,6 +385,7 @@ fn main() -> Result<()> {
         "overlap": overlap,
         "fused_attention": fused_attention,
         "decode_lanes": lanes,
+        "lane_sms_shared": lanes > 1 && actor::llama::lane_sms_shared(),
         "drains": last.drains,
         "discarded_tokens": last.discarded_tokens,
         "graph_replays": last.graph_replays,

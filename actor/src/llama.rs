@@ -38,7 +38,7 @@ use model::{LayerParams, ModelConfig, Params};
 
 mod lanes;
 use lanes::{lane_split_for, LaneRows};
-pub use lanes::{LANE_MIN_ROWS, MAX_DECODE_LANES};
+pub use lanes::{share_sms_requested as lane_sms_shared, LANE_MIN_ROWS, MAX_DECODE_LANES};
 
 use crate::block_manager::BlockCopy;
 use crate::profile::Stopwatch;

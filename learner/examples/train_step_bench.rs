@@ -155,14 +155,20 @@ fn main() -> Result<()> {
     // MFU in percent of a step that takes `secs`.
     let mfu_pct = |secs: f64| 100.0 * tokens / secs * flops_per_token / 989e12;
     println!(
-        "{} × {} tokens, {:?} on {}: {:.4} s/step, {:.0} tokens/s, MFU {:.1}% (of 989 TFLOP/s)",
+        "{} × {} tokens, {:?} on {}: {:.4} s/step, {:.0} tokens/s, MFU {:.1}% (of 989 TFLOP/s); \
+         weight gradients: {}",
         seqs_n,
         seq_len,
         a.dtype,
         a.device,
         mean,
         tps,
-        mfu_pct(mean)
+        mfu_pct(mean),
+        match model::llama::overlap_requested() {
+            model::llama::Overlap::Off => "in place".to_string(),
+            model::llama::Overlap::Lane { sms: None } => "side lane".to_string(),
+            model::llama::Overlap::Lane { sms: Some(n) } => format!("side lane, {n} SMs"),
+        }
     );
     // The spread shows clock drift: on the H200 a sustained step runs into the 700 W power cap
     // and slows after the first few steps (docs/benchmarks.md, 2026-11-29 17:50).

@@ -46,7 +46,7 @@ pub(super) fn lane_split_for(
 
 /// `REALIGN_LANE_SMS=share`: the GEMMs of a split step plan for an equal share of the SMs each
 /// (`Lanes::share_sms`) instead of the whole GPU; an A/B knob until measured (read once).
-fn share_sms_requested() -> bool {
+pub fn share_sms_requested() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("REALIGN_LANE_SMS").as_deref() == Ok("share"))
 }
