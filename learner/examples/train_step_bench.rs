@@ -164,11 +164,7 @@ fn main() -> Result<()> {
         mean,
         tps,
         mfu_pct(mean),
-        match model::llama::overlap_requested() {
-            model::llama::Overlap::Off => "in place".to_string(),
-            model::llama::Overlap::Lane { sms: None } => "side lane".to_string(),
-            model::llama::Overlap::Lane { sms: Some(n) } => format!("side lane, {n} SMs"),
-        }
+        model::llama::overlap_requested()
     );
     // The spread shows clock drift: on the H200 a sustained step runs into the 700 W power cap
     // and slows after the first few steps (docs/benchmarks.md, 2026-11-29 17:50).

@@ -41,8 +41,7 @@ pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, o) = dy.dims2(OP)?;
     let (_, i) = w.dims2(OP)?;
     let mut dx = vec![0.0f32; n * i];
-    let (dyv, wv) = (view(f32s(OP, dy)?, n, o)?, view(f32s(OP, w)?, o, i)?);
-    general_mat_mul(1.0, &dyv, &wv, 0.0, &mut view_mut(&mut dx, n, i)?);
+    input_grad_slices(f32s(OP, dy)?, f32s(OP, w)?, &mut dx, n, i, o)?;
     super::tensor(dx, &[n, i])
 }
 
@@ -108,9 +107,22 @@ pub fn linear_backward_slices(
     i: usize,
     o: usize,
 ) -> Result<()> {
+    input_grad_slices(dy, w, dx, n, i, o)?;
+    weight_grad_slices(dy, x, dw, store, db, n, i, o)
+}
+
+/// dx[N,I] = dy[N,O] · w[O,I].
+fn input_grad_slices(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    n: usize,
+    i: usize,
+    o: usize,
+) -> Result<()> {
     let (dyv, wv) = (view(dy, n, o)?, view(w, o, i)?);
     general_mat_mul(1.0, &dyv, &wv, 0.0, &mut view_mut(dx, n, i)?);
-    weight_grad_slices(dy, x, dw, store, db, n, i, o)
+    Ok(())
 }
 
 /// dw[O,I] (+)= dyᵀ · x as `store` says; db[O] += Σ_n dy[n].

@@ -8,9 +8,10 @@
 //! results in program order and device memory freed by a dropped tensor is reused only after the
 //! work queued before the drop (cudarc frees stream-ordered). It is a created (non-blocking)
 //! stream, not the legacy default stream, because only such a stream can be captured into a CUDA
-//! graph ([`CudaDevice::capture`]). The one exception is [`CudaDevice::fork_lane`], which lets a
-//! caller queue two independent pieces of work side by side on a second stream of the same device
-//! (the decode step's two row halves), forked from and joined back into the device's stream.
+//! graph ([`CudaDevice::capture`]). The one exception is [`CudaDevice::fork_lanes`], which lets a
+//! caller queue independent pieces of work side by side on up to three more streams of the same
+//! device (the decode step's row blocks, the backward's weight gradients), forked from and joined
+//! back into the device's stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -208,11 +209,6 @@ impl CudaDevice {
             Some((ordinal, i)) if ordinal == self.ordinal() => self.inner.lanes[i].get(),
             _ => None,
         }
-    }
-
-    /// Forks one side lane from this device's stream: [`CudaDevice::fork_lanes`] with one.
-    pub fn fork_lane(&self) -> Result<Lanes<'_>> {
-        self.fork_lanes(1)
     }
 
     /// Forks `n` side streams (lanes, 1 to [`MAX_SIDE_LANES`]) from this device's stream: work
@@ -486,20 +482,11 @@ impl Lanes<'_> {
         self.lanes.len()
     }
 
-    /// Runs `f` with this thread's ops on the device queued on side lane 0.
-    pub fn on_lane<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.queue_on(0, f)
-    }
-
     /// Runs `f` with this thread's ops on the device queued on side lane `i` (below
     /// [`Lanes::count`]). What `f` returns must not own device memory allocated inside it (see
     /// [`CudaDevice::fork_lanes`]).
     pub fn on<T>(&self, i: usize, f: impl FnOnce() -> T) -> Result<T> {
         self.lane_at(i)?;
-        Ok(self.queue_on(i, f))
-    }
-
-    fn queue_on<T>(&self, i: usize, f: impl FnOnce() -> T) -> T {
         /// Back on the device's stream when `f` returns or unwinds.
         struct Off;
         impl Drop for Off {
@@ -509,7 +496,7 @@ impl Lanes<'_> {
         }
         ON_LANE.with(|c| c.set(Some((self.dev.ordinal(), i))));
         let _off = Off;
-        f()
+        Ok(f())
     }
 
     /// Until the join, every GEMM this thread queues (on the device's stream and on the lanes)

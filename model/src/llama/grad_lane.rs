@@ -31,6 +31,16 @@ pub enum Overlap {
     Lane { sms: Option<u32> },
 }
 
+impl std::fmt::Display for Overlap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Overlap::Off => write!(f, "in place"),
+            Overlap::Lane { sms: None } => write!(f, "side lane"),
+            Overlap::Lane { sms: Some(n) } => write!(f, "side lane, {n} SMs"),
+        }
+    }
+}
+
 pub fn overlap_requested() -> Overlap {
     static MODE: std::sync::OnceLock<Overlap> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| {
